@@ -1,0 +1,246 @@
+//! The data plane's contract: every BPF map key and value, shared byte for byte by the XDP
+//! program (`redis-ha-ebpf`) and the controller (`redis-ha-ctl`).
+//!
+//! Conventions, chosen so that `bpftool map dump` is readable by an operator:
+//! - IPv4 addresses are `[u8; 4]` in network order (bpftool prints `[198,18,0,100]`);
+//! - ports are `u16` in host order (bpftool prints `6380`);
+//! - flags are `u32`, never `bool`; every padding byte is an explicit field;
+//! - backend index 0 means "unset", so a zeroed array slot is never a real backend.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Most services (VIP + write port + read port) one data plane serves.
+pub const MAX_SERVICES: u32 = 64;
+/// Backend slots, shared by all services. Slot 0 is never used.
+pub const MAX_BACKENDS: u32 = 1024;
+/// Entries in one Maglev lookup table. A prime well above the number of replicas a service
+/// has (Maglev wants M >> N), small enough that two tables per service fit in a few MiB.
+pub const RING_SIZE: u32 = 4093;
+/// Each service owns two tables (double buffering); [`ServiceState::ring_active`] picks one.
+pub const RING_ENTRIES: u32 = MAX_SERVICES * 2 * RING_SIZE;
+/// Connection-table capacity (each connection takes two entries: one per direction).
+pub const FLOW_TABLE_SIZE: u32 = 262_144;
+
+/// Pin directory under bpffs for the program's link and every map.
+pub const PIN_DIR: &str = "/sys/fs/bpf/redis-ha";
+
+/// What a VIP port is for.
+pub mod port_kind {
+    /// Always forwarded to the service's current master.
+    pub const WRITE: u32 = 1;
+    /// Balanced over the service's read pool by the Maglev table.
+    pub const READ: u32 = 2;
+}
+
+/// Key of `SERVICES`: a VIP and one of its ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    pub vip: [u8; 4],
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Value of `SERVICES`: which service this VIP port belongs to and which of its ports it is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServicePort {
+    /// Index into `SERVICE_STATE` (and the service's half of `READ_RING`).
+    pub service_id: u32,
+    /// [`port_kind::WRITE`] or [`port_kind::READ`].
+    pub kind: u32,
+}
+
+/// Value of `SERVICE_STATE[service_id]`: the small, hot record a failover rewrites.
+///
+/// Backends and rings are filled first; then one write of this record switches traffic.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceState {
+    /// Backend slot of the current master; 0 = no master (new write connections are reset).
+    pub master: u32,
+    /// Which of the service's two Maglev tables is live (0 or 1).
+    pub ring_active: u32,
+    /// Failover epoch that installed this master; userspace never writes an older one.
+    pub epoch: u64,
+}
+
+/// Bits of [`Backend::flags`].
+pub mod backend_flags {
+    /// The backend is in its service's read pool. Read-port connections to a backend
+    /// without it are reset on their next packet.
+    pub const READABLE: u32 = 1;
+}
+
+/// Value of `BACKENDS[slot]`: where a backend lives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub ip: [u8; 4],
+    pub port: u16,
+    pub _pad: u16,
+    /// The service this slot belongs to (a slot serves one service).
+    pub service_id: u32,
+    /// [`backend_flags`] bits.
+    pub flags: u32,
+}
+
+/// Key of `FLOWS`: a TCP connection as seen in one direction (addresses as on the wire).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src_ip: [u8; 4],
+    pub dst_ip: [u8; 4],
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+/// Directions of a [`Flow`].
+pub mod flow_dir {
+    /// Client → VIP: the destination is rewritten to the backend.
+    pub const TO_BACKEND: u32 = 1;
+    /// Backend → client: the source is rewritten back to the VIP port.
+    pub const TO_CLIENT: u32 = 2;
+}
+
+/// Value of `FLOWS`: what to rewrite for this direction of the connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    /// The address that replaces the destination (TO_BACKEND) or the source (TO_CLIENT).
+    pub nat_ip: [u8; 4],
+    pub nat_port: u16,
+    pub _pad: u16,
+    /// Backend slot the connection was given; checked against the live state on every packet
+    /// so a switched master or a removed replica resets the connection instead of hanging it.
+    pub backend: u32,
+    pub service_id: u32,
+    /// [`port_kind`] of the VIP port the client connected to.
+    pub kind: u32,
+    /// [`flow_dir`].
+    pub dir: u32,
+}
+
+/// Value of `BACKEND_STATS[slot]` (per CPU; userspace sums the CPUs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    /// Packets forwarded to the backend (client → backend).
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    /// Replies from the backend rewritten back to the VIP.
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    /// Connections assigned to this backend.
+    pub new_flows: u64,
+    /// Connections reset because this backend stopped being the master / left the read pool.
+    pub flows_reset: u64,
+}
+
+/// Indexes of `COUNTERS` (per CPU, one `u64` packet count each): what the program did with
+/// each packet and why. Userspace prints them by these names.
+pub mod counter {
+    /// Rewritten toward a backend and redirected (fast path).
+    pub const FWD_TO_BACKEND: u32 = 0;
+    /// Reply rewritten back to VIP:port and redirected (fast path).
+    pub const FWD_TO_CLIENT: u32 = 1;
+    /// Rewritten, then passed to the kernel because the FIB had no neighbour entry yet
+    /// (the kernel forwards it and resolves ARP; later packets take the fast path).
+    pub const PASS_REWRITTEN: u32 = 2;
+    /// Not IPv4 (IPv6, ARP, ...): passed untouched.
+    pub const PASS_NOT_IPV4: u32 = 3;
+    /// IPv4 but not TCP (UDP to a VIP port included): passed untouched.
+    pub const PASS_NOT_TCP: u32 = 4;
+    /// TCP not addressed to a VIP service port and not a reply of a known connection.
+    pub const PASS_NOT_SERVICE: u32 = 5;
+    /// Truncated Ethernet/IP/TCP header or an IHL/data offset below the minimum.
+    pub const PASS_MALFORMED: u32 = 6;
+    /// IPv4 fragment: ports are not in every fragment, so it is left to the kernel.
+    pub const PASS_FRAGMENT: u32 = 7;
+    /// IPv4 header with options (IHL > 5): left to the kernel.
+    pub const PASS_IP_OPTIONS: u32 = 8;
+    /// A connection whose backend is no longer valid got a TCP RST.
+    pub const RESET_STALE_FLOW: u32 = 9;
+    /// A new connection to a port with no backend (no master / empty read pool) got a TCP RST.
+    pub const RESET_NO_BACKEND: u32 = 10;
+    /// The FIB lookup failed (no route, forwarding disabled, ...): dropped.
+    pub const DROP_NO_ROUTE: u32 = 11;
+    /// A map or helper call failed (flow table insert, packet resize): dropped.
+    pub const DROP_INTERNAL: u32 = 12;
+    /// Number of counters (size of the `COUNTERS` array).
+    pub const COUNT: u32 = 13;
+
+    /// Names for display, indexed like the constants above.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "fwd_to_backend",
+        "fwd_to_client",
+        "pass_rewritten",
+        "pass_not_ipv4",
+        "pass_not_tcp",
+        "pass_not_service",
+        "pass_malformed",
+        "pass_fragment",
+        "pass_ip_options",
+        "reset_stale_flow",
+        "reset_no_backend",
+        "drop_no_route",
+        "drop_internal",
+    ];
+}
+
+/// Pinned map names (files under [`PIN_DIR`]); the XDP program declares maps with these names.
+pub mod map_name {
+    pub const SERVICES: &str = "SERVICES";
+    pub const SERVICE_STATE: &str = "SERVICE_STATE";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const READ_RING: &str = "READ_RING";
+    pub const FLOWS: &str = "FLOWS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const COUNTERS: &str = "COUNTERS";
+}
+
+/// Hash of a client → VIP connection that picks its Maglev table entry.
+///
+/// Deterministic (no per-node seed) so every data-plane node, given the same tables, sends a
+/// connection to the same replica. A murmur3-style finaliser spreads nearby ports and addresses.
+pub const fn flow_hash(key: &FlowKey) -> u32 {
+    let mut h = u32::from_be_bytes(key.src_ip);
+    h ^= u32::from_be_bytes(key.dst_ip).rotate_left(16);
+    h ^= ((key.src_port as u32) << 16) | key.dst_port as u32;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
+/// Slot of `READ_RING` holding entry `i` of table `half` (0/1) of `service_id`.
+pub const fn ring_index(service_id: u32, half: u32, i: u32) -> u32 {
+    (service_id * 2 + half) * RING_SIZE + i
+}
+
+// The eBPF and userspace builds must agree on every layout; a field added without its
+// padding would silently shift the other side's view.
+const _: () = assert!(size_of::<ServiceKey>() == 8);
+const _: () = assert!(size_of::<ServicePort>() == 8);
+const _: () = assert!(size_of::<ServiceState>() == 16);
+const _: () = assert!(size_of::<Backend>() == 16);
+const _: () = assert!(size_of::<FlowKey>() == 12);
+const _: () = assert!(size_of::<Flow>() == 24);
+const _: () = assert!(size_of::<BackendStats>() == 48);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all types are #[repr(C)], Copy, made only of integers and byte arrays, with
+    // every padding byte an explicit field, so any bit pattern is a valid value.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServicePort {}
+    unsafe impl aya::Pod for ServiceState {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for BackendStats {}
+}

@@ -1,0 +1,365 @@
+//! redis-ha's XDP program: the write port of a VIP goes to the service's master, the read port
+//! to a replica picked by a Maglev table; replies get their source rewritten back to the VIP.
+//! Only the destination (and, on replies, the source) changes, so backends see the client's
+//! real address. Everything else passes to the kernel untouched.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod packet;
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{
+        BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_FIB_LKUP_RET_UNREACHABLE, bpf_fib_lookup as FibParams, xdp_action,
+    },
+    helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_tail},
+    macros::xdp,
+    programs::XdpContext,
+};
+use aya_log_ebpf::debug;
+use maps::{BACKENDS, FLOWS, READ_RING, SERVICE_STATE, SERVICES, backend_stats, count};
+use packet::*;
+use redis_ha_common::{
+    Backend, Flow, FlowKey, RING_SIZE, ServiceKey, ServicePort, backend_flags, counter, flow_dir,
+    flow_hash, port_kind, ring_index,
+};
+
+const AF_INET: u8 = 2;
+
+/// Entry point. Anything the fast path does not own goes to the kernel (`XDP_PASS`): the
+/// program sits on interfaces that also carry the host's own traffic (SSH, replication
+/// between backends, ARP), and the kernel handled all of that before we were attached.
+#[xdp]
+pub fn redis_ha(ctx: XdpContext) -> u32 {
+    match try_redis_ha(&ctx) {
+        Ok(action) => action,
+        Err(reason) => {
+            count(reason);
+            xdp_action::XDP_PASS
+        }
+    }
+}
+
+/// `Err(counter)` means "pass untouched, counted under `counter`".
+#[inline(always)]
+fn try_redis_ha(ctx: &XdpContext) -> Result<u32, u32> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(counter::PASS_MALFORMED)?;
+    // SAFETY: ptr_at checked that the header lies inside the packet.
+    if unsafe { (*eth).ether_type } != ETH_P_IPV4 {
+        return Err(counter::PASS_NOT_IPV4);
+    }
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, IP_OFF).ok_or(counter::PASS_MALFORMED)?;
+    let ip = unsafe { &mut *ip };
+    let ihl = ip.ver_ihl & 0x0f;
+    if ip.ver_ihl >> 4 != 4 || ihl < 5 {
+        return Err(counter::PASS_MALFORMED);
+    }
+    if ip.proto != IPPROTO_TCP {
+        return Err(counter::PASS_NOT_TCP);
+    }
+    // Non-first fragments carry no ports, so fragments of one datagram could not be NATed
+    // consistently; the kernel reassembles them (and owns the VIP address) instead.
+    if u16::from_be_bytes(ip.frag) & IP_MF_OFFSET_MASK != 0 {
+        return Err(counter::PASS_FRAGMENT);
+    }
+    // Options never occur on Redis traffic in practice; the kernel handles the rare one.
+    if ihl != 5 {
+        return Err(counter::PASS_IP_OPTIONS);
+    }
+    let tcp: *mut TcpHdr = ptr_at(ctx, TCP_OFF).ok_or(counter::PASS_MALFORMED)?;
+    let tcp = unsafe { &mut *tcp };
+    if tcp.doff_res >> 4 < 5 || u16::from_be_bytes(ip.tot_len) < (Ipv4Hdr::LEN + TcpHdr::LEN) as u16
+    {
+        return Err(counter::PASS_MALFORMED);
+    }
+
+    let key = ServiceKey {
+        vip: ip.dst,
+        port: u16::from_be_bytes(tcp.dport),
+        _pad: 0,
+    };
+    // SAFETY: the value is copied out before any map update.
+    if let Some(svc) = unsafe { SERVICES.get(&key) }.copied() {
+        return Ok(to_backend(ctx, eth, ip, tcp, svc));
+    }
+    let fkey = FlowKey {
+        src_ip: ip.src,
+        dst_ip: ip.dst,
+        src_port: u16::from_be_bytes(tcp.sport),
+        dst_port: u16::from_be_bytes(tcp.dport),
+    };
+    match unsafe { FLOWS.get(&fkey) }.copied() {
+        Some(flow) if flow.dir == flow_dir::TO_CLIENT => Ok(to_client(ctx, eth, ip, tcp, &flow)),
+        _ => Err(counter::PASS_NOT_SERVICE),
+    }
+}
+
+/// Client → VIP:port. Picks (or recalls) the backend, rewrites the destination, forwards.
+#[inline(always)]
+fn to_backend(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    tcp: &mut TcpHdr,
+    svc: ServicePort,
+) -> u32 {
+    let Some(state) = SERVICE_STATE.get(svc.service_id).copied() else {
+        count(counter::DROP_INTERNAL);
+        return xdp_action::XDP_DROP;
+    };
+    let fkey = FlowKey {
+        src_ip: ip.src,
+        dst_ip: ip.dst,
+        src_port: u16::from_be_bytes(tcp.sport),
+        dst_port: u16::from_be_bytes(tcp.dport),
+    };
+    // A bare SYN always starts over: the client may reuse a port whose old entry points at a
+    // backend that has since been replaced.
+    let new_conn = tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let known = if new_conn {
+        None
+    } else {
+        unsafe { FLOWS.get(&fkey) }.copied()
+    };
+
+    let slot = match known {
+        Some(flow) => {
+            if !still_valid(&flow, state.master) {
+                backend_stats(flow.backend, |s| s.flows_reset += 1);
+                let _ = FLOWS.remove(&fkey);
+                debug!(ctx, "reset stale flow to backend slot {}", flow.backend);
+                return send_reset(ctx, eth, counter::RESET_STALE_FLOW);
+            }
+            flow.backend
+        }
+        None => {
+            let slot = if svc.kind == port_kind::WRITE {
+                state.master
+            } else {
+                let i = flow_hash(&fkey) % RING_SIZE;
+                READ_RING
+                    .get(ring_index(svc.service_id, state.ring_active & 1, i))
+                    .copied()
+                    .unwrap_or(0)
+            };
+            if slot == 0 {
+                return send_reset(ctx, eth, counter::RESET_NO_BACKEND);
+            }
+            slot
+        }
+    };
+    let Some(be) = BACKENDS.get(slot).copied() else {
+        count(counter::DROP_INTERNAL);
+        return xdp_action::XDP_DROP;
+    };
+    if known.is_none() && !remember(&fkey, &be, slot, &svc) {
+        count(counter::DROP_INTERNAL);
+        return xdp_action::XDP_DROP;
+    }
+
+    let old_dst = ip.dst;
+    let old_port = tcp.dport;
+    let new_port = be.port.to_be_bytes();
+    ip.dst = be.ip;
+    csum_replace4(&mut ip.check, old_dst, be.ip);
+    csum_replace4(&mut tcp.check, old_dst, be.ip);
+    tcp.dport = new_port;
+    csum_replace2(&mut tcp.check, old_port, new_port);
+
+    let len = u16::from_be_bytes(ip.tot_len) as u64;
+    backend_stats(slot, |s| {
+        s.packets_in += 1;
+        s.bytes_in += len;
+        if known.is_none() {
+            s.new_flows += 1;
+        }
+    });
+    forward(ctx, eth, ip, counter::FWD_TO_BACKEND)
+}
+
+/// Is the backend a connection was given still the right one? A write connection must still
+/// point at the master, a read connection at a replica in the read pool.
+#[inline(always)]
+fn still_valid(flow: &Flow, master: u32) -> bool {
+    if flow.kind == port_kind::WRITE {
+        return flow.backend == master;
+    }
+    match BACKENDS.get(flow.backend) {
+        Some(be) => be.flags & backend_flags::READABLE != 0 && be.service_id == flow.service_id,
+        None => false,
+    }
+}
+
+/// Records both directions of a new connection.
+#[inline(always)]
+fn remember(fkey: &FlowKey, be: &Backend, slot: u32, svc: &ServicePort) -> bool {
+    let forward = Flow {
+        nat_ip: be.ip,
+        nat_port: be.port,
+        _pad: 0,
+        backend: slot,
+        service_id: svc.service_id,
+        kind: svc.kind,
+        dir: flow_dir::TO_BACKEND,
+    };
+    let reply_key = FlowKey {
+        src_ip: be.ip,
+        dst_ip: fkey.src_ip,
+        src_port: be.port,
+        dst_port: fkey.src_port,
+    };
+    let reply = Flow {
+        nat_ip: fkey.dst_ip,
+        nat_port: fkey.dst_port,
+        dir: flow_dir::TO_CLIENT,
+        ..forward
+    };
+    FLOWS.insert(fkey, forward, 0).is_ok() && FLOWS.insert(&reply_key, reply, 0).is_ok()
+}
+
+/// Backend → client reply of a known connection: the source becomes VIP:port again.
+#[inline(always)]
+fn to_client(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    tcp: &mut TcpHdr,
+    flow: &Flow,
+) -> u32 {
+    let old_src = ip.src;
+    let old_port = tcp.sport;
+    let new_port = flow.nat_port.to_be_bytes();
+    ip.src = flow.nat_ip;
+    csum_replace4(&mut ip.check, old_src, flow.nat_ip);
+    csum_replace4(&mut tcp.check, old_src, flow.nat_ip);
+    tcp.sport = new_port;
+    csum_replace2(&mut tcp.check, old_port, new_port);
+
+    let len = u16::from_be_bytes(ip.tot_len) as u64;
+    backend_stats(flow.backend, |s| {
+        s.packets_out += 1;
+        s.bytes_out += len;
+    });
+    forward(ctx, eth, ip, counter::FWD_TO_CLIENT)
+}
+
+/// Routes the rewritten packet as the kernel would (FIB lookup, TTL, MACs) and redirects it.
+/// When the fast path cannot finish the job (no neighbour entry yet, a local destination, an
+/// MTU to enforce) the rewritten packet goes to the kernel, which forwards it correctly and
+/// resolves the neighbour for the packets that follow.
+#[inline(always)]
+fn forward(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, fast: u32) -> u32 {
+    // SAFETY: all-zero is a valid bpf_fib_lookup (plain integers and unions of integers).
+    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    p.family = AF_INET;
+    p.l4_protocol = IPPROTO_TCP;
+    p.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.tot_len);
+    p.__bindgen_anon_2.tos = ip.tos;
+    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src);
+    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst);
+    p.ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: p is a valid, correctly sized parameter block on the stack.
+    let rc =
+        unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut p, size_of::<FibParams>() as i32, 0) } as u32;
+    match rc {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            if ip.ttl <= 1 {
+                // Let the kernel send the ICMP time-exceeded, as a router would.
+                count(counter::PASS_REWRITTEN);
+                return xdp_action::XDP_PASS;
+            }
+            let old = [ip.ttl, ip.proto];
+            ip.ttl -= 1;
+            csum_replace2(&mut ip.check, old, [ip.ttl, ip.proto]);
+            // SAFETY: eth was bounds-checked by the caller and the packet was not resized.
+            unsafe {
+                (*eth).dst = p.dmac;
+                (*eth).src = p.smac;
+            }
+            count(fast);
+            unsafe { bpf_redirect(p.ifindex, 0) as u32 }
+        }
+        BPF_FIB_LKUP_RET_BLACKHOLE | BPF_FIB_LKUP_RET_UNREACHABLE | BPF_FIB_LKUP_RET_PROHIBIT => {
+            count(counter::DROP_NO_ROUTE);
+            xdp_action::XDP_DROP
+        }
+        _ => {
+            count(counter::PASS_REWRITTEN);
+            xdp_action::XDP_PASS
+        }
+    }
+}
+
+/// Turns the client's segment into a TCP RST from VIP:port back to the client and bounces
+/// it out of the interface it came in on, so the client fails fast instead of waiting on a
+/// backend that is gone or no longer the right one.
+#[inline(always)]
+fn send_reset(ctx: &XdpContext, eth: *mut EthHdr, reason: u32) -> u32 {
+    let (Some(ip), Some(tcp)) = (
+        ptr_at::<Ipv4Hdr>(ctx, IP_OFF),
+        ptr_at::<TcpHdr>(ctx, TCP_OFF),
+    ) else {
+        count(counter::DROP_INTERNAL);
+        return xdp_action::XDP_DROP;
+    };
+    // SAFETY: both headers were bounds-checked just above.
+    let (ip, tcp, eth) = unsafe { (&mut *ip, &mut *tcp, &mut *eth) };
+
+    // RFC 793 reset generation: acknowledge everything the segment carried, and take our
+    // sequence number from its ACK so the client accepts the reset.
+    let hdrs = (Ipv4Hdr::LEN + ((tcp.doff_res >> 4) as usize) * 4) as u32;
+    let payload = (u16::from_be_bytes(ip.tot_len) as u32).saturating_sub(hdrs);
+    let mut seg_len = payload;
+    if tcp.flags & TCP_SYN != 0 {
+        seg_len += 1;
+    }
+    if tcp.flags & TCP_FIN != 0 {
+        seg_len += 1;
+    }
+    let ack = u32::from_be_bytes(tcp.seq).wrapping_add(seg_len);
+    let seq = if tcp.flags & TCP_ACK != 0 {
+        tcp.ack_seq
+    } else {
+        [0; 4]
+    };
+
+    core::mem::swap(&mut eth.src, &mut eth.dst);
+    core::mem::swap(&mut ip.src, &mut ip.dst);
+    ip.tot_len = (RST_FRAME_LEN as u16 - EthHdr::LEN as u16).to_be_bytes();
+    ip.id = [0; 2];
+    ip.frag = IP_DF.to_be_bytes();
+    ip.ttl = 64;
+    ip.check = [0; 2];
+    ip.check = ipv4_csum(ip);
+
+    core::mem::swap(&mut tcp.sport, &mut tcp.dport);
+    tcp.seq = seq;
+    tcp.ack_seq = ack.to_be_bytes();
+    tcp.doff_res = 5 << 4;
+    tcp.flags = TCP_RST | TCP_ACK;
+    tcp.window = [0; 2];
+    tcp.urg_ptr = [0; 2];
+    tcp.check = [0; 2];
+    tcp.check = tcp_bare_csum(ip, tcp);
+
+    // Drop the options and payload the client sent; only the bare segment goes back.
+    let excess = (ctx.data_end() - ctx.data()) as i32 - RST_FRAME_LEN as i32;
+    if excess > 0 && unsafe { bpf_xdp_adjust_tail(ctx.as_ptr() as *mut _, -excess) } != 0 {
+        count(counter::DROP_INTERNAL);
+        return xdp_action::XDP_DROP;
+    }
+    count(reason);
+    xdp_action::XDP_TX
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,64 @@
+//! Every map of the data plane. All are BTF maps so `bpftool map dump pinned
+//! /sys/fs/bpf/redis-ha/NAME` prints named fields; `redis-ha-ctl` pins them under that
+//! directory. Key → value, who writes, who reads:
+
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use redis_ha_common::{
+    Backend, BackendStats, FLOW_TABLE_SIZE, Flow, FlowKey, MAX_BACKENDS, MAX_SERVICES,
+    RING_ENTRIES, ServiceKey, ServicePort, ServiceState, counter,
+};
+
+/// VIP + port → (service, write or read). Written by the controller when services change;
+/// read for every TCP packet to tell VIP traffic from the rest.
+#[btf_map]
+pub static SERVICES: HashMap<ServiceKey, ServicePort, { MAX_SERVICES as usize * 2 }> =
+    HashMap::new();
+
+/// service_id → master slot, live Maglev table, epoch. Written by the controller (a failover is
+/// one write here); read for every VIP packet.
+#[btf_map]
+pub static SERVICE_STATE: Array<ServiceState, { MAX_SERVICES as usize }> = Array::new();
+
+/// backend slot → address, service and read-pool flag. Slot 0 stays zero ("unset"). Written
+/// by the controller before any state or ring entry points at the slot.
+#[btf_map]
+pub static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
+
+/// ring_index(service, half, i) → backend slot: two Maglev tables per service, the inactive
+/// one rewritten by the controller and then made live by flipping `ring_active`.
+#[btf_map]
+pub static READ_RING: Array<u32, { RING_ENTRIES as usize }> = Array::new();
+
+/// Connection table, one entry per direction: client → VIP (rewrite destination) and
+/// backend → client (rewrite source). Written by the program on a connection's first packet;
+/// read on every packet; the controller only dumps it.
+#[btf_map]
+pub static FLOWS: LruHashMap<FlowKey, Flow, { FLOW_TABLE_SIZE as usize }> = LruHashMap::new();
+
+/// backend slot → traffic counters, per CPU. Written by the program; summed by the controller.
+#[btf_map]
+pub static BACKEND_STATS: PerCpuArray<BackendStats, { MAX_BACKENDS as usize }> = PerCpuArray::new();
+
+/// `counter::*` → packets, per CPU: what was done with each packet and why.
+#[btf_map]
+pub static COUNTERS: PerCpuArray<u64, { counter::COUNT as usize }> = PerCpuArray::new();
+
+#[inline(always)]
+pub fn count(idx: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: per-CPU slot, only this CPU's program instance touches it.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Adds to a backend's counters through `f`.
+#[inline(always)]
+pub fn backend_stats(slot: u32, f: impl FnOnce(&mut BackendStats)) {
+    if let Some(s) = BACKEND_STATS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, only this CPU's program instance touches it.
+        f(unsafe { &mut *s });
+    }
+}
