@@ -1,4 +1,12 @@
-//! redis-ha-ctl: loads redis-ha's XDP program and drives its maps.
+//! redis-ha-ctl: loads redis-ha's XDP program, drives its maps, and (as a daemon) fails over.
+//!
+//! Layout:
+//! - [`config`]: the TOML config and its validation;
+//! - [`maglev`]: the consistent-hash table behind the read port;
+//! - [`dataplane`]: the desired map contents, computed purely, and the aya code that applies them;
+//! - [`failover`]: Sentinel-style decisions (SDOWN, ODOWN, votes, promotion) as a pure state machine.
+
+pub mod failover;
 
 /// The compiled XDP program (redis-ha-ebpf), embedded at build time by `build.rs`.
 pub fn ebpf_object() -> &'static [u8] {

@@ -1,0 +1,1 @@
+//! Sentinel-style failover decisions as a pure state machine (see issue 3).
