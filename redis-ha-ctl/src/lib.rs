@@ -6,7 +6,11 @@
 //! - [`dataplane`]: the desired map contents, computed purely, and the aya code that applies them;
 //! - [`failover`]: Sentinel-style decisions (SDOWN, ODOWN, votes, promotion) as a pure state machine.
 
+pub mod commands;
+pub mod config;
+pub mod dataplane;
 pub mod failover;
+pub mod maglev;
 
 /// The compiled XDP program (redis-ha-ebpf), embedded at build time by `build.rs`.
 pub fn ebpf_object() -> &'static [u8] {

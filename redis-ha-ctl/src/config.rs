@@ -1,0 +1,477 @@
+//! The TOML config: parsed into span-carrying raw structs, then validated into typed values.
+//! Every error names the file, the line and the key, so an operator can fix it at once.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+};
+
+use redis_ha_common::{MAX_BACKENDS, MAX_SERVICES};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Backend slots are assigned in fixed blocks per service (see [`backend_slot`]), which is
+/// what bounds the number of backends a service may have.
+pub const MAX_BACKENDS_PER_SERVICE: usize = (MAX_BACKENDS / MAX_SERVICES) as usize - 1;
+
+/// The default pin directory (bpffs); a per-deployment one lets several data planes coexist.
+pub const DEFAULT_PIN_DIR: &str = redis_ha_common::PIN_DIR;
+
+/// A validated config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Present on nodes that own an XDP data plane.
+    pub dataplane: Option<DataplaneConfig>,
+    pub services: Vec<ServiceConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// Interfaces where client packets and backend replies arrive; the program is attached to
+    /// each.
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpMode,
+    /// bpffs directory holding the pinned program, links and maps.
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode where the interface supports it, generic (skb) mode otherwise.
+    #[default]
+    Auto,
+    Native,
+    Skb,
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Native => "native",
+            Self::Skb => "skb",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Sentinel's "master name" for this group, e.g. `mymaster`.
+    pub name: String,
+    pub vip: Ipv4Addr,
+    /// Always reaches the current master.
+    pub write_port: u16,
+    /// Balanced over the read pool.
+    pub read_port: u16,
+    /// In config order; the first is the initial master.
+    pub backends: Vec<SocketAddrV4>,
+}
+
+/// Slot of a service's backend in the `BACKENDS` map: a fixed block per service, so every
+/// data-plane node given the same config uses the same slots (and thus the same Maglev
+/// tables), and slot 0 is never used.
+pub fn backend_slot(service_id: u32, backend_index: usize) -> u32 {
+    service_id * (MAX_BACKENDS / MAX_SERVICES) + backend_index as u32 + 1
+}
+
+/// A config that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read the config: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        /// e.g. `service[1].vip` (empty when the problem is not one key's).
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates config text; `path` is only used in error messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let at = |span: Option<std::ops::Range<usize>>, key: String, message: String| {
+            let (line, column) = line_col(text, span.map_or(0, |s| s.start));
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                line,
+                column,
+                key,
+                message,
+            }
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            at(
+                e.span(),
+                String::new(),
+                e.message().trim_end().replace('\n', " "),
+            )
+        })?;
+        raw.validate()
+            .map_err(|Problem { span, key, message }| at(Some(span), key, message))
+    }
+
+    pub fn service(&self, name: &str) -> Option<(u32, &ServiceConfig)> {
+        self.services
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.name == name)
+            .map(|(i, s)| (i as u32, s))
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    dataplane: Option<Spanned<RawDataplane>>,
+    #[serde(default, rename = "service")]
+    services: Vec<Spanned<RawService>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDataplane {
+    interfaces: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    xdp_mode: XdpMode,
+    pin_dir: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Spanned<String>,
+    vip: Spanned<String>,
+    write_port: Spanned<u16>,
+    read_port: Spanned<u16>,
+    backends: Spanned<Vec<Spanned<String>>>,
+}
+
+/// A validation failure before it is given a file and line.
+struct Problem {
+    span: std::ops::Range<usize>,
+    key: String,
+    message: String,
+}
+
+fn problem<T>(spanned: &Spanned<T>, key: impl Into<String>, message: impl Into<String>) -> Problem {
+    let key = key.into();
+    Problem {
+        span: spanned.span(),
+        message: format!("{key}: {}", message.into()),
+        key,
+    }
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, Problem> {
+        let dataplane = self.dataplane.map(validate_dataplane).transpose()?;
+        if self.services.is_empty() {
+            return Err(Problem {
+                span: 0..0,
+                key: "service".into(),
+                message: "service: no [[service]] section: at least one service is required".into(),
+            });
+        }
+        if self.services.len() > MAX_SERVICES as usize {
+            return Err(problem(
+                &self.services[MAX_SERVICES as usize],
+                "service",
+                format!("at most {MAX_SERVICES} services are supported"),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut ports = HashSet::new();
+        let mut backends = HashSet::new();
+        let mut services = Vec::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let s = s.get_ref();
+            let key = |field: &str| format!("service[{i}].{field}");
+            let name = s.name.get_ref();
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(problem(
+                    &s.name,
+                    key("name"),
+                    format!("{name:?} is not a valid name (letters, digits, '-', '_', '.')"),
+                ));
+            }
+            if !names.insert(name.clone()) {
+                return Err(problem(
+                    &s.name,
+                    key("name"),
+                    format!("{name:?} is used twice"),
+                ));
+            }
+            let vip: Ipv4Addr = s.vip.get_ref().parse().map_err(|_| {
+                problem(
+                    &s.vip,
+                    key("vip"),
+                    format!("{:?} is not an IPv4 address", s.vip.get_ref()),
+                )
+            })?;
+            if vip.is_unspecified() || vip.is_broadcast() || vip.is_multicast() {
+                return Err(problem(
+                    &s.vip,
+                    key("vip"),
+                    format!("{vip} cannot be a VIP"),
+                ));
+            }
+            for (field, port) in [("write_port", &s.write_port), ("read_port", &s.read_port)] {
+                if *port.get_ref() == 0 {
+                    return Err(problem(port, key(field), "port 0 is not a valid port"));
+                }
+                if !ports.insert((vip, *port.get_ref())) {
+                    return Err(problem(
+                        port,
+                        key(field),
+                        format!("{vip}:{} is already used by another port", port.get_ref()),
+                    ));
+                }
+            }
+            let list = s.backends.get_ref();
+            if list.is_empty() {
+                return Err(problem(
+                    &s.backends,
+                    key("backends"),
+                    "needs at least one backend",
+                ));
+            }
+            if list.len() > MAX_BACKENDS_PER_SERVICE {
+                return Err(problem(
+                    &s.backends,
+                    key("backends"),
+                    format!("at most {MAX_BACKENDS_PER_SERVICE} backends per service"),
+                ));
+            }
+            let mut addrs = Vec::new();
+            for (j, b) in list.iter().enumerate() {
+                let bkey = format!("service[{i}].backends[{j}]");
+                let addr: SocketAddrV4 = b.get_ref().parse().map_err(|_| {
+                    problem(
+                        b,
+                        bkey.clone(),
+                        format!("{:?} is not an IPv4 address:port", b.get_ref()),
+                    )
+                })?;
+                if addr.port() == 0 || addr.ip().is_unspecified() {
+                    return Err(problem(b, bkey, format!("{addr} is not a usable backend")));
+                }
+                if !backends.insert(addr) {
+                    return Err(problem(
+                        b,
+                        bkey,
+                        format!("{addr} is listed twice (a backend serves one service)"),
+                    ));
+                }
+                addrs.push(addr);
+            }
+            services.push(ServiceConfig {
+                name: name.clone(),
+                vip,
+                write_port: *s.write_port.get_ref(),
+                read_port: *s.read_port.get_ref(),
+                backends: addrs,
+            });
+        }
+        Ok(Config {
+            dataplane,
+            services,
+        })
+    }
+}
+
+fn validate_dataplane(dp: Spanned<RawDataplane>) -> Result<DataplaneConfig, Problem> {
+    let raw = dp.get_ref();
+    if raw.interfaces.get_ref().is_empty() {
+        return Err(problem(
+            &raw.interfaces,
+            "dataplane.interfaces",
+            "lists no interface: name those where client packets and backend replies arrive",
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (i, ifname) in raw.interfaces.get_ref().iter().enumerate() {
+        let name = ifname.get_ref();
+        // IFNAMSIZ is 16 including the terminating NUL.
+        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
+            return Err(problem(
+                ifname,
+                format!("dataplane.interfaces[{i}]"),
+                format!("{name:?} is not a valid interface name"),
+            ));
+        }
+        if !seen.insert(name.clone()) {
+            return Err(problem(
+                ifname,
+                format!("dataplane.interfaces[{i}]"),
+                format!("{name:?} is listed twice"),
+            ));
+        }
+    }
+    let pin_dir = match &raw.pin_dir {
+        None => PathBuf::from(DEFAULT_PIN_DIR),
+        Some(p) => {
+            let path = PathBuf::from(p.get_ref());
+            if !path.is_absolute() || p.get_ref().contains('.') {
+                return Err(problem(
+                    p,
+                    "dataplane.pin_dir",
+                    format!(
+                        "{:?} must be an absolute path on bpffs without '.' (bpffs refuses it)",
+                        p.get_ref()
+                    ),
+                ));
+            }
+            path
+        }
+    };
+    Ok(DataplaneConfig {
+        interfaces: raw
+            .interfaces
+            .get_ref()
+            .iter()
+            .map(|s| s.get_ref().clone())
+            .collect(),
+        xdp_mode: raw.xdp_mode,
+        pin_dir,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[dataplane]
+interfaces = ["eth0", "eth1"]
+xdp_mode = "native"
+
+[[service]]
+name = "mymaster"
+vip = "198.18.0.100"
+write_port = 6380
+read_port = 6381
+backends = ["198.18.1.11:6379", "198.18.1.12:6379", "198.18.1.13:6379"]
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("test.toml"), text)
+    }
+
+    fn err(text: &str) -> (usize, String, String) {
+        match parse(text) {
+            Err(ConfigError::Invalid {
+                line, key, message, ..
+            }) => (line, key, message),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn good_config_parses_to_typed_values() {
+        let c = parse(GOOD).unwrap();
+        let dp = c.dataplane.unwrap();
+        assert_eq!(dp.interfaces, ["eth0", "eth1"]);
+        assert_eq!(dp.xdp_mode, XdpMode::Native);
+        assert_eq!(dp.pin_dir, PathBuf::from("/sys/fs/bpf/redis-ha"));
+        let s = &c.services[0];
+        assert_eq!(s.vip, Ipv4Addr::new(198, 18, 0, 100));
+        assert_eq!((s.write_port, s.read_port), (6380, 6381));
+        assert_eq!(s.backends[2], "198.18.1.13:6379".parse().unwrap());
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let (line, key, msg) = err(&GOOD.replace("\"198.18.0.100\"", "\"198.18.0.300\""));
+        assert_eq!((line, key.as_str()), (8, "service[0].vip"));
+        assert!(
+            msg.contains("198.18.0.300") && msg.contains("not an IPv4"),
+            "{msg}"
+        );
+
+        let (line, key, _) = err(&GOOD.replace("\"198.18.1.12:6379\"", "\"198.18.1.12\""));
+        assert_eq!((line, key.as_str()), (11, "service[0].backends[1]"));
+
+        let (line, key, msg) = err(&GOOD.replace("read_port = 6381", "read_port = 6380"));
+        assert_eq!((line, key.as_str()), (10, "service[0].read_port"));
+        assert!(msg.contains("already used"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_types_are_reported_with_their_line() {
+        let (line, _, msg) = err(&GOOD.replace("write_port = 6380", "write_prot = 6380"));
+        assert_eq!(line, 9);
+        assert!(msg.contains("write_prot"), "{msg}");
+        let (line, _, msg) = err(&GOOD.replace("write_port = 6380", "write_port = 70000"));
+        assert_eq!(line, 9, "{msg}");
+        let (_, _, msg) = err(&GOOD.replace("\"native\"", "\"turbo\""));
+        assert!(msg.contains("turbo"), "{msg}");
+    }
+
+    #[test]
+    fn duplicates_and_limits_are_refused() {
+        let twice = format!(
+            "{GOOD}\n[[service]]\nname = \"mymaster\"\nvip = \"198.18.0.101\"\nwrite_port = 1\nread_port = 2\nbackends = [\"198.18.1.21:6379\"]\n"
+        );
+        assert_eq!(err(&twice).1, "service[1].name");
+        let shared = format!(
+            "{GOOD}\n[[service]]\nname = \"other\"\nvip = \"198.18.0.101\"\nwrite_port = 1\nread_port = 2\nbackends = [\"198.18.1.11:6379\"]\n"
+        );
+        assert_eq!(err(&shared).1, "service[1].backends[0]");
+        assert_eq!(err("").1, "service");
+        let no_if = GOOD.replace("[\"eth0\", \"eth1\"]", "[]");
+        assert_eq!(err(&no_if).1, "dataplane.interfaces");
+        let long_if = GOOD.replace("\"eth1\"", "\"a-very-long-interface\"");
+        assert_eq!(err(&long_if).1, "dataplane.interfaces[1]");
+        let rel = GOOD.replace("xdp_mode = \"native\"", "pin_dir = \"relative/dir\"");
+        assert_eq!(err(&rel).1, "dataplane.pin_dir");
+    }
+
+    #[test]
+    fn display_names_the_file() {
+        let e = parse(&GOOD.replace("6381", "0")).unwrap_err().to_string();
+        assert!(e.starts_with("test.toml:10:"), "{e}");
+        assert!(e.contains("service[0].read_port"), "{e}");
+    }
+
+    #[test]
+    fn slots_are_distinct_nonzero_and_in_range() {
+        let mut seen = HashSet::new();
+        for sid in 0..MAX_SERVICES {
+            for b in 0..MAX_BACKENDS_PER_SERVICE {
+                let slot = backend_slot(sid, b);
+                assert!(slot != 0 && slot < MAX_BACKENDS);
+                assert!(seen.insert(slot));
+            }
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! The real data plane: the XDP program attached to interfaces, its links, program and maps
+//! pinned under the pin directory so forwarding goes on while no controller runs.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    EbpfLoader,
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    programs::{
+        Xdp, XdpMode as AyaXdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLinkId,
+    },
+};
+use redis_ha_common::{
+    Backend, BackendStats, Flow, FlowKey, MAX_BACKENDS, MAX_SERVICES, RING_SIZE, ServiceKey,
+    ServicePort, ServiceState, counter, map_name, ring_index,
+};
+
+use super::{Dataplane, MapOp, Snapshot};
+use crate::config::{DataplaneConfig, XdpMode};
+
+const PROG_PIN: &str = "prog";
+const LINK_PREFIX: &str = "link_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error("bpffs is not mounted at /sys/fs/bpf: run `mount -t bpf bpf /sys/fs/bpf` (as root)")]
+    NoBpffs,
+    #[error("no data plane is pinned at {0}: run `redis-ha-ctl load --config FILE` first")]
+    NotLoaded(PathBuf),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("loading the XDP program (are you root? is the kernel built with BPF and BTF?): {0}")]
+    Load(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error(
+        "attaching to {iface} in {mode} mode: {source}{hint}",
+        hint = if *.mode == "native" { " (try xdp_mode = \"skb\" or \"auto\")" } else { "" }
+    )]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> BpfError {
+    move |source| BpfError::Map { name, source }
+}
+
+/// How the program sits on one interface.
+#[derive(Clone, Debug)]
+pub struct Attachment {
+    pub interface: String,
+    /// "native" or "skb"; "pinned" when an earlier run attached it (the mode is then shown
+    /// by `bpftool net show`).
+    pub mode: &'static str,
+    pub newly_attached: bool,
+}
+
+/// Handles on the pinned maps.
+pub struct BpfDataplane {
+    pin_dir: PathBuf,
+    services: HashMap<MapData, ServiceKey, ServicePort>,
+    state: Array<MapData, ServiceState>,
+    backends: Array<MapData, Backend>,
+    ring: Array<MapData, u32>,
+    flows: HashMap<MapData, FlowKey, Flow>,
+    backend_stats: PerCpuArray<MapData, BackendStats>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+fn check_bpffs(pin_dir: &Path) -> Result<(), BpfError> {
+    // statfs magic of bpffs; a pin dir elsewhere would silently fail to pin.
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let base = pin_dir.parent().unwrap_or(pin_dir);
+    let c =
+        std::ffi::CString::new(base.as_os_str().as_encoded_bytes()).map_err(|_| BpfError::Io {
+            what: "invalid path",
+            path: base.to_owned(),
+            source: io::ErrorKind::InvalidInput.into(),
+        })?;
+    // SAFETY: c is a valid NUL-terminated path and st a properly sized out-parameter.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    if rc != 0 || st.f_type as i64 != BPF_FS_MAGIC {
+        return Err(BpfError::NoBpffs);
+    }
+    Ok(())
+}
+
+impl BpfDataplane {
+    /// Opens the maps a previous `load` pinned.
+    pub fn open(pin_dir: &Path) -> Result<Self, BpfError> {
+        if !pin_dir.join(map_name::SERVICES).exists() {
+            return Err(BpfError::NotLoaded(pin_dir.to_owned()));
+        }
+        let open = |name: &'static str| -> Result<Map, BpfError> {
+            let data = MapData::from_pin(pin_dir.join(name)).map_err(map_err(name))?;
+            Map::from_map_data(data).map_err(map_err(name))
+        };
+        Ok(Self {
+            pin_dir: pin_dir.to_owned(),
+            services: HashMap::try_from(open(map_name::SERVICES)?)
+                .map_err(map_err(map_name::SERVICES))?,
+            state: Array::try_from(open(map_name::SERVICE_STATE)?)
+                .map_err(map_err(map_name::SERVICE_STATE))?,
+            backends: Array::try_from(open(map_name::BACKENDS)?)
+                .map_err(map_err(map_name::BACKENDS))?,
+            ring: Array::try_from(open(map_name::READ_RING)?)
+                .map_err(map_err(map_name::READ_RING))?,
+            flows: HashMap::try_from(open(map_name::FLOWS)?).map_err(map_err(map_name::FLOWS))?,
+            backend_stats: PerCpuArray::try_from(open(map_name::BACKEND_STATS)?)
+                .map_err(map_err(map_name::BACKEND_STATS))?,
+            counters: PerCpuArray::try_from(open(map_name::COUNTERS)?)
+                .map_err(map_err(map_name::COUNTERS))?,
+        })
+    }
+
+    /// Makes sure the program is loaded, pinned and attached to every configured interface of
+    /// the current network namespace, reusing whatever an earlier run pinned (so restarting
+    /// never interrupts forwarding), and detaching interfaces no longer configured.
+    pub fn load_and_attach(cfg: &DataplaneConfig) -> Result<(Self, Vec<Attachment>), BpfError> {
+        check_bpffs(&cfg.pin_dir)?;
+        let io_err = |what, path: &Path| {
+            let path = path.to_owned();
+            move |source| BpfError::Io { what, path, source }
+        };
+        std::fs::create_dir_all(&cfg.pin_dir)
+            .map_err(io_err("creating pin directory", &cfg.pin_dir))?;
+        let prog_pin = cfg.pin_dir.join(PROG_PIN);
+
+        let mut prog = if prog_pin.exists() {
+            Xdp::from_pin(&prog_pin, aya_obj::programs::XdpAttachType::Interface)
+                .map_err(|e| BpfError::Load(Box::new(e)))?
+        } else {
+            raise_memlock();
+            let mut loader = EbpfLoader::new();
+            let pins: Vec<(&str, PathBuf)> = [
+                map_name::SERVICES,
+                map_name::SERVICE_STATE,
+                map_name::BACKENDS,
+                map_name::READ_RING,
+                map_name::FLOWS,
+                map_name::BACKEND_STATS,
+                map_name::COUNTERS,
+            ]
+            .into_iter()
+            .map(|n| (n, cfg.pin_dir.join(n)))
+            .collect();
+            for (name, path) in &pins {
+                // Reuses maps an older program version pinned, which is how an upgrade keeps
+                // its connection table.
+                loader.map_pin_path(name, path.as_path());
+            }
+            let mut ebpf = loader
+                .load(crate::ebpf_object())
+                .map_err(|e| BpfError::Load(Box::new(e)))?;
+            let prog: &mut Xdp = ebpf
+                .program_mut("redis_ha")
+                .ok_or_else(|| BpfError::Load("program redis_ha missing from the object".into()))?
+                .try_into()
+                .map_err(|e| BpfError::Load(Box::new(e)))?;
+            prog.load().map_err(|e| BpfError::Load(Box::new(e)))?;
+            prog.pin(&prog_pin)
+                .map_err(|e| BpfError::Load(Box::new(e)))?;
+            for (name, path) in &pins {
+                if !path.exists() {
+                    let map = ebpf
+                        .map(name)
+                        .ok_or_else(|| BpfError::Load(format!("map {name} missing").into()))?;
+                    map.pin(path).map_err(|e| BpfError::Load(Box::new(e)))?;
+                }
+            }
+            Xdp::from_pin(&prog_pin, aya_obj::programs::XdpAttachType::Interface)
+                .map_err(|e| BpfError::Load(Box::new(e)))?
+        };
+
+        let mut attachments = Vec::new();
+        for iface in &cfg.interfaces {
+            let link_pin = cfg.pin_dir.join(format!("{LINK_PREFIX}{iface}"));
+            if link_pin.exists() {
+                attachments.push(Attachment {
+                    interface: iface.clone(),
+                    mode: "pinned",
+                    newly_attached: false,
+                });
+                continue;
+            }
+            let (id, mode) = attach(&mut prog, iface, cfg.xdp_mode)?;
+            let link = prog.take_link(id).map_err(|e| attach_err(iface, mode, e))?;
+            let fd_link: FdLink = link.try_into().map_err(|e| attach_err(iface, mode, e))?;
+            fd_link
+                .pin(&link_pin)
+                .map_err(|e| attach_err(iface, mode, e))?;
+            attachments.push(Attachment {
+                interface: iface.clone(),
+                mode,
+                newly_attached: true,
+            });
+        }
+        for (iface, path) in pinned_links(&cfg.pin_dir)? {
+            if !cfg.interfaces.contains(&iface) {
+                detach(&path)?;
+            }
+        }
+        Ok((Self::open(&cfg.pin_dir)?, attachments))
+    }
+
+    /// Detaches from every interface and removes every pin.
+    pub fn unload(pin_dir: &Path) -> Result<Vec<String>, BpfError> {
+        if !pin_dir.exists() {
+            return Err(BpfError::NotLoaded(pin_dir.to_owned()));
+        }
+        let mut detached = Vec::new();
+        for (iface, path) in pinned_links(pin_dir)? {
+            detach(&path)?;
+            detached.push(iface);
+        }
+        std::fs::remove_dir_all(pin_dir).map_err(|source| BpfError::Io {
+            what: "removing",
+            path: pin_dir.to_owned(),
+            source,
+        })?;
+        Ok(detached)
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Summed per-CPU counters of every slot that saw traffic.
+    pub fn backend_stats(&self) -> Result<Vec<(u32, BackendStats)>, BpfError> {
+        let mut out = Vec::new();
+        for slot in 1..MAX_BACKENDS {
+            let per_cpu = self
+                .backend_stats
+                .get(&slot, 0)
+                .map_err(map_err(map_name::BACKEND_STATS))?;
+            let mut sum = BackendStats::default();
+            for s in per_cpu.iter() {
+                sum.packets_in += s.packets_in;
+                sum.bytes_in += s.bytes_in;
+                sum.packets_out += s.packets_out;
+                sum.bytes_out += s.bytes_out;
+                sum.new_flows += s.new_flows;
+                sum.flows_reset += s.flows_reset;
+            }
+            if sum != BackendStats::default() {
+                out.push((slot, sum));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `counter::*` values summed over CPUs.
+    pub fn counters(&self) -> Result<[u64; counter::COUNT as usize], BpfError> {
+        let mut out = [0u64; counter::COUNT as usize];
+        for (i, v) in out.iter_mut().enumerate() {
+            let per_cpu = self
+                .counters
+                .get(&(i as u32), 0)
+                .map_err(map_err(map_name::COUNTERS))?;
+            *v = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` connection-table entries, and how many there are in all.
+    pub fn flows(&self, limit: usize) -> Result<(Vec<(FlowKey, Flow)>, usize), BpfError> {
+        let mut out = Vec::new();
+        let mut total = 0;
+        for entry in self.flows.iter() {
+            // An entry evicted between listing keys and reading it is simply skipped.
+            let Ok((k, v)) = entry else { continue };
+            total += 1;
+            if out.len() < limit {
+                out.push((k, v));
+            }
+        }
+        Ok((out, total))
+    }
+
+    /// One of a service's Maglev tables (for inspection).
+    pub fn ring(&self, service_id: u32, half: u32) -> Result<Vec<u32>, BpfError> {
+        (0..RING_SIZE)
+            .map(|i| {
+                self.ring
+                    .get(&ring_index(service_id, half, i), 0)
+                    .map_err(map_err(map_name::READ_RING))
+            })
+            .collect()
+    }
+}
+
+fn attach_err(
+    iface: &str,
+    mode: &'static str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> BpfError {
+    BpfError::Attach {
+        iface: iface.to_owned(),
+        mode,
+        source: Box::new(e),
+    }
+}
+
+fn attach(
+    prog: &mut Xdp,
+    iface: &str,
+    mode: XdpMode,
+) -> Result<(XdpLinkId, &'static str), BpfError> {
+    match mode {
+        XdpMode::Native => prog
+            .attach(iface, AyaXdpMode::Driver)
+            .map(|id| (id, "native"))
+            .map_err(|e| attach_err(iface, "native", e)),
+        XdpMode::Skb => prog
+            .attach(iface, AyaXdpMode::Skb)
+            .map(|id| (id, "skb"))
+            .map_err(|e| attach_err(iface, "skb", e)),
+        XdpMode::Auto => match prog.attach(iface, AyaXdpMode::Driver) {
+            Ok(id) => Ok((id, "native")),
+            Err(_) => prog
+                .attach(iface, AyaXdpMode::Skb)
+                .map(|id| (id, "skb"))
+                .map_err(|e| attach_err(iface, "skb", e)),
+        },
+    }
+}
+
+fn pinned_links(pin_dir: &Path) -> Result<Vec<(String, PathBuf)>, BpfError> {
+    let entries = std::fs::read_dir(pin_dir).map_err(|source| BpfError::Io {
+        what: "listing",
+        path: pin_dir.to_owned(),
+        source,
+    })?;
+    Ok(entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let iface = name.strip_prefix(LINK_PREFIX)?.to_owned();
+            Some((iface, e.path()))
+        })
+        .collect())
+}
+
+/// Unpinning drops the last reference to the link, which detaches the program.
+fn detach(path: &Path) -> Result<(), BpfError> {
+    let link = PinnedLink::from_pin(path).map_err(|e| BpfError::Io {
+        what: "opening pinned link",
+        path: path.to_owned(),
+        source: io::Error::other(e.to_string()),
+    })?;
+    link.unpin().map_err(|source| BpfError::Io {
+        what: "unpinning",
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; the ring and flow table exceed
+/// the usual 8 MiB default there.
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain setrlimit with a valid struct; failure only matters on old kernels, where
+    // the load error that follows says what went wrong.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+}
+
+impl Dataplane for BpfDataplane {
+    type Error = BpfError;
+
+    fn snapshot(&self) -> Result<Snapshot, BpfError> {
+        let mut snap = Snapshot::default();
+        for entry in self.services.iter() {
+            let (k, v) = entry.map_err(map_err(map_name::SERVICES))?;
+            snap.ports.insert((k.vip, k.port), v);
+        }
+        for id in 0..MAX_SERVICES {
+            let s = self
+                .state
+                .get(&id, 0)
+                .map_err(map_err(map_name::SERVICE_STATE))?;
+            if s != ServiceState::default() {
+                snap.states.insert(id, s);
+            }
+        }
+        for slot in 1..MAX_BACKENDS {
+            let b = self
+                .backends
+                .get(&slot, 0)
+                .map_err(map_err(map_name::BACKENDS))?;
+            if b != Backend::default() {
+                snap.backends.insert(slot, b);
+            }
+        }
+        Ok(snap)
+    }
+
+    fn apply(&mut self, op: &MapOp) -> Result<(), BpfError> {
+        match op {
+            MapOp::SetBackend { slot, backend } => self
+                .backends
+                .set(*slot, backend, 0)
+                .map_err(map_err(map_name::BACKENDS)),
+            MapOp::SetPort { key, port } => self
+                .services
+                .insert(key, port, 0)
+                .map_err(map_err(map_name::SERVICES)),
+            MapOp::RemovePort { key } => self
+                .services
+                .remove(key)
+                .map_err(map_err(map_name::SERVICES)),
+            MapOp::SetRing {
+                service_id,
+                half,
+                table,
+            } => {
+                for (i, slot) in table.iter().enumerate() {
+                    self.ring
+                        .set(ring_index(*service_id, *half, i as u32), slot, 0)
+                        .map_err(map_err(map_name::READ_RING))?;
+                }
+                Ok(())
+            }
+            MapOp::SetState { service_id, state } => self
+                .state
+                .set(*service_id, state, 0)
+                .map_err(map_err(map_name::SERVICE_STATE)),
+        }
+    }
+}

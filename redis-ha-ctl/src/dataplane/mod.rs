@@ -1,0 +1,562 @@
+//! What the XDP maps should hold, and how to get there safely.
+//!
+//! Pure code computes the target ([`ServiceTarget`]) and the ordered list of map writes
+//! ([`plan`]) from a [`Snapshot`] of the maps; a [`Dataplane`] applies them — the pinned BPF
+//! maps in production ([`bpf::BpfDataplane`]), an in-memory copy in unit tests. The order of
+//! the writes is what makes every intermediate state safe for packets in flight: a slot is
+//! filled before anything points at it, and a replica leaves the Maglev table before its
+//! connections are reset.
+
+pub mod bpf;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use redis_ha_common::{Backend, ServiceKey, ServicePort, ServiceState, backend_flags, port_kind};
+
+use crate::{
+    config::{ServiceConfig, backend_slot},
+    maglev,
+};
+
+/// What one service's maps should say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceTarget {
+    /// Index of the service in the config: its `SERVICE_STATE` slot and backend block.
+    pub id: u32,
+    pub vip: Ipv4Addr,
+    pub write_port: u16,
+    pub read_port: u16,
+    /// In config order; backend `i` lives in slot `backend_slot(id, i)`.
+    pub backends: Vec<SocketAddrV4>,
+    pub master: Option<SocketAddrV4>,
+    pub read_pool: Vec<SocketAddrV4>,
+    /// Failover epoch of `master`; the maps never go back to an older one.
+    pub epoch: u64,
+}
+
+impl ServiceTarget {
+    /// The starting point for a service nobody has failed over yet: the first backend is the
+    /// master, the others serve reads.
+    pub fn initial(id: u32, svc: &ServiceConfig) -> Self {
+        Self {
+            id,
+            vip: svc.vip,
+            write_port: svc.write_port,
+            read_port: svc.read_port,
+            backends: svc.backends.clone(),
+            master: svc.backends.first().copied(),
+            read_pool: svc.backends.iter().skip(1).copied().collect(),
+            epoch: 0,
+        }
+    }
+
+    /// The target a running data plane already serves for this service, when its maps hold
+    /// one whose master is still a configured backend; otherwise [`Self::initial`]. Reloading
+    /// the config must never undo a failover.
+    pub fn resume(id: u32, svc: &ServiceConfig, current: &Snapshot) -> Self {
+        let mut t = Self::initial(id, svc);
+        let Some(state) = current.states.get(&id) else {
+            return t;
+        };
+        let addr_of = |slot: u32| {
+            let b = current.backends.get(&slot)?;
+            (b.service_id == id).then(|| SocketAddrV4::new(b.ip.into(), b.port))
+        };
+        let Some(master) = addr_of(state.master).filter(|a| svc.backends.contains(a)) else {
+            return t;
+        };
+        t.master = Some(master);
+        t.epoch = state.epoch;
+        t.read_pool = current
+            .backends
+            .iter()
+            .filter(|(_, b)| b.service_id == id && b.flags & backend_flags::READABLE != 0)
+            .filter_map(|(slot, _)| addr_of(*slot))
+            .filter(|a| svc.backends.contains(a))
+            .collect();
+        t
+    }
+
+    fn slot_of(&self, addr: SocketAddrV4) -> Option<u32> {
+        self.backends
+            .iter()
+            .position(|b| *b == addr)
+            .map(|i| backend_slot(self.id, i))
+    }
+
+    fn keys(&self) -> [(ServiceKey, ServicePort); 2] {
+        let key = |port| ServiceKey {
+            vip: self.vip.octets(),
+            port,
+            _pad: 0,
+        };
+        let val = |kind| ServicePort {
+            service_id: self.id,
+            kind,
+        };
+        [
+            (key(self.write_port), val(port_kind::WRITE)),
+            (key(self.read_port), val(port_kind::READ)),
+        ]
+    }
+}
+
+/// The parts of the maps the controller owns (flows and counters belong to the program).
+/// Zeroed array entries are left out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub ports: BTreeMap<([u8; 4], u16), ServicePort>,
+    pub states: BTreeMap<u32, ServiceState>,
+    pub backends: BTreeMap<u32, Backend>,
+}
+
+impl Snapshot {
+    fn readable(&self, service_id: u32) -> BTreeSet<u32> {
+        self.backends
+            .iter()
+            .filter(|(_, b)| b.service_id == service_id && b.flags & backend_flags::READABLE != 0)
+            .map(|(s, _)| *s)
+            .collect()
+    }
+}
+
+/// One map write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapOp {
+    /// `BACKENDS[slot] = backend` (a zeroed backend clears the slot).
+    SetBackend {
+        slot: u32,
+        backend: Backend,
+    },
+    SetPort {
+        key: ServiceKey,
+        port: ServicePort,
+    },
+    RemovePort {
+        key: ServiceKey,
+    },
+    /// Writes one of a service's two Maglev tables.
+    SetRing {
+        service_id: u32,
+        half: u32,
+        table: Vec<u32>,
+    },
+    /// `SERVICE_STATE[service_id] = state`: the switch itself.
+    SetState {
+        service_id: u32,
+        state: ServiceState,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(
+        "service {service}: the data plane is at epoch {current}, refusing to go back to epoch {offered}"
+    )]
+    StaleEpoch {
+        service: u32,
+        current: u64,
+        offered: u64,
+    },
+    #[error("service {service}: {addr} is not one of its backends")]
+    UnknownBackend { service: u32, addr: SocketAddrV4 },
+}
+
+/// The ordered writes that take the maps from `current` to `targets` (services absent from
+/// `targets` are removed). Order, each step safe for packets in flight:
+/// 1. backend slots get their address, and newly readable replicas their READABLE flag;
+/// 2. service ports appear;
+/// 3. the inactive Maglev table is written when the read pool changed;
+/// 4. one state write per service flips master, table and epoch together;
+/// 5. replicas that left the pool lose READABLE (their connections get reset);
+/// 6. removed services lose ports, then state, then backend slots.
+pub fn plan(current: &Snapshot, targets: &[ServiceTarget]) -> Result<Vec<MapOp>, PlanError> {
+    let mut ops = Vec::new();
+    let mut late_flag_clears = Vec::new();
+    let mut states = Vec::new();
+    let mut wanted_slots = BTreeSet::new();
+    let mut wanted_ports = BTreeSet::new();
+
+    for t in targets {
+        let cur_state = current.states.get(&t.id).copied();
+        if let Some(s) = cur_state
+            && s.epoch > t.epoch
+        {
+            return Err(PlanError::StaleEpoch {
+                service: t.id,
+                current: s.epoch,
+                offered: t.epoch,
+            });
+        }
+        for addr in t.master.iter().chain(&t.read_pool) {
+            if t.slot_of(*addr).is_none() {
+                return Err(PlanError::UnknownBackend {
+                    service: t.id,
+                    addr: *addr,
+                });
+            }
+        }
+        let pool: BTreeSet<u32> = t.read_pool.iter().filter_map(|a| t.slot_of(*a)).collect();
+
+        // 1. Slots, with READABLE added now but removed only after the table flip.
+        for (i, addr) in t.backends.iter().enumerate() {
+            let slot = backend_slot(t.id, i);
+            wanted_slots.insert(slot);
+            let want = Backend {
+                ip: addr.ip().octets(),
+                port: addr.port(),
+                _pad: 0,
+                service_id: t.id,
+                flags: if pool.contains(&slot) {
+                    backend_flags::READABLE
+                } else {
+                    0
+                },
+            };
+            let cur = current.backends.get(&slot).copied().unwrap_or_default();
+            let same_place = cur.ip == want.ip && cur.port == want.port && cur.service_id == t.id;
+            let interim = if same_place && cur.flags & backend_flags::READABLE != 0 {
+                Backend {
+                    flags: want.flags | backend_flags::READABLE,
+                    ..want
+                }
+            } else {
+                want
+            };
+            if interim != cur {
+                ops.push(MapOp::SetBackend {
+                    slot,
+                    backend: interim,
+                });
+            }
+            if interim != want {
+                late_flag_clears.push(MapOp::SetBackend {
+                    slot,
+                    backend: want,
+                });
+            }
+        }
+
+        // 2. Ports.
+        for (key, port) in t.keys() {
+            wanted_ports.insert((key.vip, key.port));
+            if current.ports.get(&(key.vip, key.port)) != Some(&port) {
+                ops.push(MapOp::SetPort { key, port });
+            }
+        }
+
+        // 3. Table, into the half packets are not reading.
+        let mut ring_active = cur_state.map_or(0, |s| s.ring_active & 1);
+        if cur_state.is_none() || current.readable(t.id) != pool {
+            let half = if cur_state.is_none() {
+                0
+            } else {
+                1 - ring_active
+            };
+            let members: Vec<(u32, SocketAddrV4)> = t
+                .read_pool
+                .iter()
+                .filter_map(|a| Some((t.slot_of(*a)?, *a)))
+                .collect();
+            ops.push(MapOp::SetRing {
+                service_id: t.id,
+                half,
+                table: maglev::table(&members),
+            });
+            ring_active = half;
+        }
+
+        // 4. The switch.
+        let want_state = ServiceState {
+            master: t.master.and_then(|a| t.slot_of(a)).unwrap_or(0),
+            ring_active,
+            epoch: t.epoch,
+        };
+        if cur_state != Some(want_state) {
+            states.push(MapOp::SetState {
+                service_id: t.id,
+                state: want_state,
+            });
+        }
+    }
+    ops.extend(states);
+    // 5.
+    ops.extend(late_flag_clears);
+
+    // 6. Removals.
+    let wanted_ids: BTreeSet<u32> = targets.iter().map(|t| t.id).collect();
+    for (vip, port) in current.ports.keys() {
+        if !wanted_ports.contains(&(*vip, *port)) {
+            ops.push(MapOp::RemovePort {
+                key: ServiceKey {
+                    vip: *vip,
+                    port: *port,
+                    _pad: 0,
+                },
+            });
+        }
+    }
+    for id in current.states.keys() {
+        if !wanted_ids.contains(id) {
+            ops.push(MapOp::SetState {
+                service_id: *id,
+                state: ServiceState::default(),
+            });
+        }
+    }
+    for slot in current.backends.keys() {
+        if !wanted_slots.contains(slot) {
+            ops.push(MapOp::SetBackend {
+                slot: *slot,
+                backend: Backend::default(),
+            });
+        }
+    }
+    Ok(ops)
+}
+
+/// Something that holds the data plane's maps.
+pub trait Dataplane {
+    type Error: std::error::Error + Send + Sync + 'static;
+    fn snapshot(&self) -> Result<Snapshot, Self::Error>;
+    fn apply(&mut self, op: &MapOp) -> Result<(), Self::Error>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError<E: std::error::Error + 'static> {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("applying the map update: {0}")]
+    Apply(#[source] E),
+}
+
+/// Brings `dp` to `targets`, returning the writes it made.
+pub fn sync<D: Dataplane>(
+    dp: &mut D,
+    targets: &[ServiceTarget],
+) -> Result<Vec<MapOp>, SyncError<D::Error>> {
+    let current = dp.snapshot().map_err(SyncError::Apply)?;
+    let ops = plan(&current, targets)?;
+    for op in &ops {
+        dp.apply(op).map_err(SyncError::Apply)?;
+    }
+    Ok(ops)
+}
+
+/// An in-memory data plane: the maps as plain collections. Used by unit tests (here and in
+/// the controller) to check what packets would see after every single write.
+#[derive(Clone, Debug, Default)]
+pub struct MemDataplane {
+    pub maps: Snapshot,
+    /// (service_id, half) → table.
+    pub rings: BTreeMap<(u32, u32), Vec<u32>>,
+}
+
+impl MemDataplane {
+    /// Where a new write connection to `service_id` would go now.
+    pub fn master_of(&self, service_id: u32) -> Option<Backend> {
+        let st = self.maps.states.get(&service_id)?;
+        self.maps.backends.get(&st.master).copied()
+    }
+
+    /// Slots new read connections of `service_id` can land on now.
+    pub fn live_ring_slots(&self, service_id: u32) -> BTreeSet<u32> {
+        let Some(st) = self.maps.states.get(&service_id) else {
+            return BTreeSet::new();
+        };
+        self.rings
+            .get(&(service_id, st.ring_active))
+            .map(|t| t.iter().copied().filter(|s| *s != 0).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Dataplane for MemDataplane {
+    type Error = std::convert::Infallible;
+
+    fn snapshot(&self) -> Result<Snapshot, Self::Error> {
+        Ok(self.maps.clone())
+    }
+
+    fn apply(&mut self, op: &MapOp) -> Result<(), Self::Error> {
+        match op {
+            MapOp::SetBackend { slot, backend } => {
+                if *backend == Backend::default() {
+                    self.maps.backends.remove(slot);
+                } else {
+                    self.maps.backends.insert(*slot, *backend);
+                }
+            }
+            MapOp::SetPort { key, port } => {
+                self.maps.ports.insert((key.vip, key.port), *port);
+            }
+            MapOp::RemovePort { key } => {
+                self.maps.ports.remove(&(key.vip, key.port));
+            }
+            MapOp::SetRing {
+                service_id,
+                half,
+                table,
+            } => {
+                self.rings.insert((*service_id, *half), table.clone());
+            }
+            MapOp::SetState { service_id, state } => {
+                if *state == ServiceState::default() {
+                    self.maps.states.remove(service_id);
+                } else {
+                    self.maps.states.insert(*service_id, *state);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc() -> ServiceConfig {
+        ServiceConfig {
+            name: "mymaster".into(),
+            vip: Ipv4Addr::new(198, 18, 0, 100),
+            write_port: 6380,
+            read_port: 6381,
+            backends: ["198.18.1.11:6379", "198.18.1.12:6379", "198.18.1.13:6379"]
+                .map(|s| s.parse().unwrap())
+                .to_vec(),
+        }
+    }
+
+    fn addr(last: u8) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, last), 6379)
+    }
+
+    /// Applies `targets` one write at a time, checking after each that everything packets
+    /// can reach is a filled slot of the right service.
+    fn apply_checked(dp: &mut MemDataplane, targets: &[ServiceTarget]) -> Vec<MapOp> {
+        let ops = plan(&dp.maps, targets).unwrap();
+        for op in &ops {
+            dp.apply(op).unwrap();
+            for (id, st) in &dp.maps.states {
+                if st.master != 0 {
+                    let b = dp.maps.backends.get(&st.master).expect("master slot unset");
+                    assert_eq!(b.service_id, *id);
+                }
+                for slot in dp.live_ring_slots(*id) {
+                    let b = dp.maps.backends.get(&slot).expect("ring slot unset");
+                    assert!(
+                        b.flags & backend_flags::READABLE != 0,
+                        "live table points at slot {slot}, which is not READABLE, after {op:?}"
+                    );
+                }
+            }
+        }
+        ops
+    }
+
+    #[test]
+    fn initial_load_fills_everything_and_second_sync_is_a_no_op() {
+        let mut dp = MemDataplane::default();
+        let t = vec![ServiceTarget::initial(0, &svc())];
+        apply_checked(&mut dp, &t);
+        assert_eq!(dp.master_of(0).unwrap().ip, [198, 18, 1, 11]);
+        assert_eq!(
+            dp.live_ring_slots(0),
+            [backend_slot(0, 1), backend_slot(0, 2)].into()
+        );
+        assert_eq!(dp.maps.ports.len(), 2);
+        assert!(plan(&dp.maps, &t).unwrap().is_empty());
+    }
+
+    #[test]
+    fn failover_is_one_state_write_after_the_table() {
+        let mut dp = MemDataplane::default();
+        let mut t = ServiceTarget::initial(0, &svc());
+        apply_checked(&mut dp, std::slice::from_ref(&t));
+        t.master = Some(addr(12));
+        t.read_pool = vec![addr(13)];
+        t.epoch = 1;
+        let ops = apply_checked(&mut dp, std::slice::from_ref(&t));
+        let states: Vec<_> = ops
+            .iter()
+            .filter(|o| matches!(o, MapOp::SetState { .. }))
+            .collect();
+        assert_eq!(states.len(), 1);
+        let flip = ops
+            .iter()
+            .position(|o| matches!(o, MapOp::SetState { .. }))
+            .unwrap();
+        let ring = ops
+            .iter()
+            .position(|o| matches!(o, MapOp::SetRing { .. }))
+            .unwrap();
+        let clear = ops
+            .iter()
+            .position(|o| matches!(o, MapOp::SetBackend { backend, .. } if backend.flags == 0))
+            .unwrap();
+        assert!(ring < flip && flip < clear, "{ops:?}");
+        assert_eq!(dp.master_of(0).unwrap().ip, [198, 18, 1, 12]);
+        assert_eq!(dp.live_ring_slots(0), [backend_slot(0, 2)].into());
+        assert_eq!(dp.maps.states[&0].ring_active, 1);
+    }
+
+    #[test]
+    fn an_older_epoch_is_refused() {
+        let mut dp = MemDataplane::default();
+        let mut t = ServiceTarget::initial(0, &svc());
+        t.epoch = 5;
+        apply_checked(&mut dp, std::slice::from_ref(&t));
+        t.epoch = 4;
+        t.master = Some(addr(13));
+        assert!(matches!(
+            plan(&dp.maps, &[t]),
+            Err(PlanError::StaleEpoch {
+                current: 5,
+                offered: 4,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn resume_keeps_a_failover_that_already_happened() {
+        let mut dp = MemDataplane::default();
+        let mut t = ServiceTarget::initial(0, &svc());
+        apply_checked(&mut dp, std::slice::from_ref(&t));
+        t.master = Some(addr(13));
+        t.read_pool = vec![addr(11)];
+        t.epoch = 3;
+        apply_checked(&mut dp, std::slice::from_ref(&t));
+        assert_eq!(ServiceTarget::resume(0, &svc(), &dp.maps), t);
+        assert_eq!(
+            ServiceTarget::resume(0, &svc(), &Snapshot::default()),
+            ServiceTarget::initial(0, &svc())
+        );
+    }
+
+    #[test]
+    fn empty_read_pool_and_removed_service() {
+        let mut dp = MemDataplane::default();
+        let mut t = ServiceTarget::initial(0, &svc());
+        apply_checked(&mut dp, std::slice::from_ref(&t));
+        t.read_pool.clear();
+        apply_checked(&mut dp, std::slice::from_ref(&t));
+        assert!(dp.live_ring_slots(0).is_empty());
+        apply_checked(&mut dp, &[]);
+        assert_eq!(dp.maps, Snapshot::default());
+    }
+
+    #[test]
+    fn unknown_master_is_refused() {
+        let mut t = ServiceTarget::initial(0, &svc());
+        t.master = Some(addr(99));
+        assert!(matches!(
+            plan(&Snapshot::default(), &[t]),
+            Err(PlanError::UnknownBackend { .. })
+        ));
+    }
+}
