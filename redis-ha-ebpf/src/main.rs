@@ -351,7 +351,11 @@ fn send_reset(ctx: &XdpContext, eth: *mut EthHdr, reason: u32) -> u32 {
         return xdp_action::XDP_DROP;
     }
     count(reason);
-    xdp_action::XDP_TX
+    // Redirect to the ingress device rather than XDP_TX: on veth (native mode) an XDP_TX
+    // frame can sit in the peer's queue until the next packet arrives (seen here: the reset
+    // reached the client only with its retransmission, 200 ms late); a redirect is flushed
+    // at the end of the poll.
+    unsafe { bpf_redirect(ctx.ingress_ifindex() as u32, 0) as u32 }
 }
 
 #[cfg(not(test))]
