@@ -24,7 +24,83 @@ pub const DEFAULT_PIN_DIR: &str = redis_ha_common::PIN_DIR;
 pub struct Config {
     /// Present on nodes that own an XDP data plane.
     pub dataplane: Option<DataplaneConfig>,
+    /// Present on nodes that run `redis-ha-ctl run`.
+    pub controller: Option<ControllerConfig>,
     pub services: Vec<ServiceConfig>,
+}
+
+/// The controller daemon: who it is, where it listens, whom it agrees with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControllerConfig {
+    /// Stable id, unique among the controllers (Sentinel's `myid`).
+    pub id: String,
+    /// TCP: the Sentinel-compatible RESP port; UDP on the same port: the peer protocol.
+    pub listen: std::net::SocketAddr,
+    pub peers: Vec<PeerConfig>,
+    /// Shared secret authenticating peer messages (HMAC-SHA256).
+    pub secret: String,
+    /// Where the current epoch, votes and known masters are persisted.
+    pub state_file: PathBuf,
+    /// How often every backend is probed and the view sent to peers.
+    pub probe_interval_ms: u64,
+    /// Prometheus `/metrics` and the status page (HTTP), if wanted.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerConfig {
+    pub id: String,
+    pub addr: std::net::SocketAddr,
+}
+
+/// When the master also serves the read port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadFromMaster {
+    /// Never: with no healthy replica, new read connections are refused (reset).
+    Never,
+    /// Only when no replica qualifies.
+    #[default]
+    Fallback,
+    /// Always, alongside the replicas.
+    Always,
+}
+
+/// Redis credentials for probes and commands (`AUTH [username] password`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisAuth {
+    pub username: Option<String>,
+    pub password: String,
+}
+
+/// Per-service failure detection and failover settings, Sentinel's names and defaults
+/// except where noted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailoverConfig {
+    /// Controllers that must see the master down before it is objectively down.
+    pub quorum: usize,
+    pub down_after_ms: u64,
+    pub failover_timeout_ms: u64,
+    pub parallel_syncs: usize,
+    /// A replica further behind than this leaves the read pool.
+    pub max_replica_lag_ms: u64,
+    pub read_from_master: ReadFromMaster,
+    pub auth: Option<RedisAuth>,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        Self {
+            quorum: *default_quorum().get_ref(),
+            down_after_ms: *default_down_after().get_ref(),
+            failover_timeout_ms: *default_failover_timeout().get_ref(),
+            parallel_syncs: *default_parallel_syncs().get_ref(),
+            max_replica_lag_ms: *default_max_lag().get_ref(),
+            read_from_master: ReadFromMaster::default(),
+            auth: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +144,7 @@ pub struct ServiceConfig {
     pub read_port: u16,
     /// In config order; the first is the initial master.
     pub backends: Vec<SocketAddrV4>,
+    pub failover: FailoverConfig,
 }
 
 /// Slot of a service's backend in the `BACKENDS` map: a fixed block per service, so every
@@ -149,6 +226,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     dataplane: Option<Spanned<RawDataplane>>,
+    controller: Option<Spanned<RawController>>,
     #[serde(default, rename = "service")]
     services: Vec<Spanned<RawService>>,
 }
@@ -164,12 +242,69 @@ struct RawDataplane {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawController {
+    id: Spanned<String>,
+    listen: Spanned<String>,
+    #[serde(default)]
+    peers: Vec<Spanned<RawPeer>>,
+    secret: Option<Spanned<String>>,
+    secret_file: Option<Spanned<String>>,
+    state_file: Option<Spanned<String>>,
+    #[serde(default = "default_probe_interval")]
+    probe_interval_ms: Spanned<u64>,
+    metrics_listen: Option<Spanned<String>>,
+}
+
+fn default_probe_interval() -> Spanned<u64> {
+    Spanned::new(0..0, 100)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    id: Spanned<String>,
+    addr: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawService {
     name: Spanned<String>,
     vip: Spanned<String>,
     write_port: Spanned<u16>,
     read_port: Spanned<u16>,
     backends: Spanned<Vec<Spanned<String>>>,
+    #[serde(default = "default_quorum")]
+    quorum: Spanned<usize>,
+    #[serde(default = "default_down_after")]
+    down_after_ms: Spanned<u64>,
+    #[serde(default = "default_failover_timeout")]
+    failover_timeout_ms: Spanned<u64>,
+    #[serde(default = "default_parallel_syncs")]
+    parallel_syncs: Spanned<usize>,
+    #[serde(default = "default_max_lag")]
+    max_replica_lag_ms: Spanned<u64>,
+    #[serde(default)]
+    read_from_master: ReadFromMaster,
+    auth: Option<RedisAuth>,
+}
+
+fn default_quorum() -> Spanned<usize> {
+    Spanned::new(0..0, 2)
+}
+/// Sentinel's default is 30 s; the seed tutorial (and most operators) lower it to 1 s.
+fn default_down_after() -> Spanned<u64> {
+    Spanned::new(0..0, 1000)
+}
+/// Sentinel's default (3 minutes).
+fn default_failover_timeout() -> Spanned<u64> {
+    Spanned::new(0..0, 180_000)
+}
+fn default_parallel_syncs() -> Spanned<usize> {
+    Spanned::new(0..0, 1)
+}
+fn default_max_lag() -> Spanned<u64> {
+    Spanned::new(0..0, 5000)
 }
 
 /// A validation failure before it is given a file and line.
@@ -190,7 +325,16 @@ fn problem<T>(spanned: &Spanned<T>, key: impl Into<String>, message: impl Into<S
 
 impl RawConfig {
     fn validate(self) -> Result<Config, Problem> {
-        let dataplane = self.dataplane.map(validate_dataplane).transpose()?;
+        let dataplane = self
+            .dataplane
+            .as_ref()
+            .map(validate_dataplane)
+            .transpose()?;
+        let controller = self
+            .controller
+            .as_ref()
+            .map(validate_controller)
+            .transpose()?;
         if self.services.is_empty() {
             return Err(Problem {
                 span: 0..0,
@@ -294,22 +438,172 @@ impl RawConfig {
                 }
                 addrs.push(addr);
             }
+            // Without a [controller] section (a data-plane-only node) the quorum is not used.
+            let controllers = self
+                .controller
+                .as_ref()
+                .map_or(usize::MAX, |c| c.get_ref().peers.len() + 1);
+            let quorum = *s.quorum.get_ref();
+            if quorum == 0 || quorum > controllers {
+                return Err(problem(
+                    &s.quorum,
+                    key("quorum"),
+                    format!(
+                        "{quorum} must be between 1 and the number of controllers ({controllers})"
+                    ),
+                ));
+            }
+            let down_after = *s.down_after_ms.get_ref();
+            if down_after < 50 {
+                return Err(problem(
+                    &s.down_after_ms,
+                    key("down_after_ms"),
+                    format!(
+                        "{down_after} ms is too short to tell a slow reply from a failure (minimum 50)"
+                    ),
+                ));
+            }
+            if *s.failover_timeout_ms.get_ref() < down_after {
+                return Err(problem(
+                    &s.failover_timeout_ms,
+                    key("failover_timeout_ms"),
+                    "must be at least down_after_ms",
+                ));
+            }
+            if *s.parallel_syncs.get_ref() == 0 {
+                return Err(problem(
+                    &s.parallel_syncs,
+                    key("parallel_syncs"),
+                    "must be at least 1",
+                ));
+            }
             services.push(ServiceConfig {
                 name: name.clone(),
                 vip,
                 write_port: *s.write_port.get_ref(),
                 read_port: *s.read_port.get_ref(),
                 backends: addrs,
+                failover: FailoverConfig {
+                    quorum,
+                    down_after_ms: down_after,
+                    failover_timeout_ms: *s.failover_timeout_ms.get_ref(),
+                    parallel_syncs: *s.parallel_syncs.get_ref(),
+                    max_replica_lag_ms: *s.max_replica_lag_ms.get_ref(),
+                    read_from_master: s.read_from_master,
+                    auth: s.auth.clone(),
+                },
             });
         }
         Ok(Config {
             dataplane,
+            controller,
             services,
         })
     }
 }
 
-fn validate_dataplane(dp: Spanned<RawDataplane>) -> Result<DataplaneConfig, Problem> {
+fn validate_controller(c: &Spanned<RawController>) -> Result<ControllerConfig, Problem> {
+    let raw = c.get_ref();
+    let valid_id = |id: &str| {
+        !id.is_empty()
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    if !valid_id(raw.id.get_ref()) {
+        return Err(problem(
+            &raw.id,
+            "controller.id",
+            format!(
+                "{:?} is not a valid id (letters, digits, '-', '_', '.')",
+                raw.id.get_ref()
+            ),
+        ));
+    }
+    let addr = |v: &Spanned<String>, key: String| {
+        v.get_ref()
+            .parse::<std::net::SocketAddr>()
+            .map_err(|_| problem(v, key, format!("{:?} is not an address:port", v.get_ref())))
+    };
+    let listen = addr(&raw.listen, "controller.listen".into())?;
+    let mut ids = HashSet::from([raw.id.get_ref().clone()]);
+    let mut peers = Vec::new();
+    for (i, p) in raw.peers.iter().enumerate() {
+        let p = p.get_ref();
+        if !valid_id(p.id.get_ref()) || !ids.insert(p.id.get_ref().clone()) {
+            return Err(problem(
+                &p.id,
+                format!("controller.peers[{i}].id"),
+                format!(
+                    "{:?} is invalid or not unique among the controllers",
+                    p.id.get_ref()
+                ),
+            ));
+        }
+        peers.push(PeerConfig {
+            id: p.id.get_ref().clone(),
+            addr: addr(&p.addr, format!("controller.peers[{i}].addr"))?,
+        });
+    }
+    let secret = match (&raw.secret, &raw.secret_file) {
+        (Some(s), None) => s.get_ref().clone(),
+        (None, Some(f)) => std::fs::read_to_string(f.get_ref())
+            .map_err(|e| {
+                problem(
+                    f,
+                    "controller.secret_file",
+                    format!("cannot read {:?}: {e}", f.get_ref()),
+                )
+            })?
+            .trim()
+            .to_owned(),
+        _ => {
+            return Err(Problem {
+                span: c.span(),
+                key: "controller.secret".into(),
+                message: "controller.secret: set exactly one of `secret` and `secret_file`".into(),
+            });
+        }
+    };
+    if secret.len() < 16 {
+        let at = raw
+            .secret
+            .as_ref()
+            .or(raw.secret_file.as_ref())
+            .map_or(c.span(), |s| s.span());
+        return Err(Problem {
+            span: at,
+            key: "controller.secret".into(),
+            message: "controller.secret: use at least 16 characters".into(),
+        });
+    }
+    let interval = *raw.probe_interval_ms.get_ref();
+    if !(10..=10_000).contains(&interval) {
+        return Err(problem(
+            &raw.probe_interval_ms,
+            "controller.probe_interval_ms",
+            "must be between 10 and 10000",
+        ));
+    }
+    Ok(ControllerConfig {
+        id: raw.id.get_ref().clone(),
+        listen,
+        peers,
+        secret,
+        state_file: raw.state_file.as_ref().map_or_else(
+            || PathBuf::from(format!("/var/lib/redis-ha/{}.state", raw.id.get_ref())),
+            |p| PathBuf::from(p.get_ref()),
+        ),
+        probe_interval_ms: interval,
+        metrics_listen: raw
+            .metrics_listen
+            .as_ref()
+            .map(|m| addr(m, "controller.metrics_listen".into()))
+            .transpose()?,
+    })
+}
+
+fn validate_dataplane(dp: &Spanned<RawDataplane>) -> Result<DataplaneConfig, Problem> {
     let raw = dp.get_ref();
     if raw.interfaces.get_ref().is_empty() {
         return Err(problem(

@@ -8,9 +8,13 @@
 
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod dataplane;
 pub mod failover;
 pub mod maglev;
+pub mod peer;
+pub mod persist;
+pub mod probe;
 
 /// The compiled XDP program (redis-ha-ebpf), embedded at build time by `build.rs`.
 pub fn ebpf_object() -> &'static [u8] {

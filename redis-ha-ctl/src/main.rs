@@ -55,6 +55,21 @@ enum Command {
     },
     /// Validate a config and print it as it will be used.
     CheckConfig { config: PathBuf },
+    /// Run the controller: probe the backends, agree with the peer controllers, fail over and
+    /// (on data-plane nodes) keep the XDP maps up to date. Stops on SIGINT/SIGTERM; the data
+    /// plane keeps forwarding. Example: redis-ha-ctl run --config /etc/redis-ha/redis-ha.toml
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn run_daemon(config: &std::path::Path) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(redis_ha_ctl::daemon::run(config))
 }
 
 fn main() -> ExitCode {
@@ -81,6 +96,7 @@ fn main() -> ExitCode {
         } => commands::set_read_pool(&config, &service, &addrs),
         Command::Maps { config, flows } => commands::maps(&config, flows),
         Command::CheckConfig { config } => commands::check_config(&config),
+        Command::Run { config } => run_daemon(&config).map(|()| String::new()),
     };
     match result {
         Ok(out) => {

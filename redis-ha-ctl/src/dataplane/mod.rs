@@ -428,6 +428,7 @@ mod tests {
             backends: ["198.18.1.11:6379", "198.18.1.12:6379", "198.18.1.13:6379"]
                 .map(|s| s.parse().unwrap())
                 .to_vec(),
+            failover: Default::default(),
         }
     }
 

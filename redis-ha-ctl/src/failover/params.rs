@@ -1,0 +1,101 @@
+//! Tuning of one service's failover, with Sentinel's defaults.
+
+use super::Millis;
+
+/// Whether the read port may send clients to the master.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadFromMaster {
+    /// Reads only ever go to replicas; with no healthy replica the read port has no backend.
+    Never,
+    /// Reads go to the master only while no replica is eligible (keeps reads available).
+    #[default]
+    Fallback,
+    /// The master is always one of the read backends.
+    Always,
+}
+
+/// Tuning of one service. Field names follow Sentinel's config where one exists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Params {
+    /// Controllers (this one included) that must report the master SDOWN for it to be ODOWN
+    /// (`sentinel monitor <name> <ip> <port> <quorum>`). Also the minimum number of votes a leader
+    /// needs, on top of a majority of all controllers.
+    pub quorum: usize,
+    /// How long a node may go without a valid reply before it is SDOWN
+    /// (`down-after-milliseconds`).
+    pub down_after_ms: Millis,
+    /// `failover-timeout`: bounds each failover phase, and twice it separates two attempts.
+    pub failover_timeout_ms: Millis,
+    /// How many replicas are pointed at the new master at the same time (`parallel-syncs`): each
+    /// one stops serving reads while it resynchronises.
+    pub parallel_syncs: usize,
+    /// A replica whose last interaction with its master is older than this leaves the read pool.
+    pub max_replica_lag_ms: Millis,
+    /// Whether the master serves the read port.
+    pub read_from_master: ReadFromMaster,
+    /// Consecutive failed probes needed, on top of `down_after_ms`, before a node is SDOWN
+    /// (pingora's hysteresis: one lost probe must not flip a node).
+    pub fall: u32,
+    /// Consecutive successful probes needed before an SDOWN node is up again.
+    pub rise: u32,
+    /// How often the executor probes each node (Sentinel's ping period). A node that has not
+    /// replied within 5 of these cannot be promoted.
+    pub probe_interval_ms: Millis,
+    /// How often we tell our peers our view (Sentinel's hello / ask period), and re-ask for votes.
+    pub hello_interval_ms: Millis,
+    /// A peer's report (its view, its vote) older than this is forgotten (Sentinel: 5 ask periods).
+    pub peer_report_validity_ms: Millis,
+    /// A candidate not elected within min(this, failover_timeout) gives up the attempt.
+    pub election_timeout_ms: Millis,
+    /// Upper bound of the random delay added to the next failover attempt (`SENTINEL_MAX_DESYNC`).
+    pub max_desync_ms: Millis,
+    /// A replica told to follow the new master that has not started to within this is considered
+    /// done (`SENTINEL_SLAVE_RECONF_TIMEOUT`); the general fix-up reconfigures it later.
+    pub replica_reconf_timeout_ms: Millis,
+    /// How long a node must be up, and claim to be a master, before we demote it
+    /// (`+convert-to-slave`), and the minimum spacing of two REPLICAOF sent to the same node outside
+    /// a failover. Gives a newer configuration time to reach us first (Sentinel: 4 hello periods).
+    pub convert_delay_ms: Millis,
+}
+
+impl Default for Params {
+    /// Sentinel's defaults (`src/sentinel.c`), and 2/2 pingora-style hysteresis.
+    fn default() -> Self {
+        Self {
+            quorum: 2,
+            down_after_ms: 30_000,
+            failover_timeout_ms: 180_000,
+            parallel_syncs: 1,
+            max_replica_lag_ms: 10_000,
+            read_from_master: ReadFromMaster::Fallback,
+            fall: 2,
+            rise: 2,
+            probe_interval_ms: 1_000,
+            hello_interval_ms: 1_000,
+            peer_report_validity_ms: 5_000,
+            election_timeout_ms: 10_000,
+            max_desync_ms: 1_000,
+            replica_reconf_timeout_ms: 10_000,
+            convert_delay_ms: 8_000,
+        }
+    }
+}
+
+impl Params {
+    /// The election timeout Sentinel uses: the smaller of the election and failover timeouts.
+    pub(crate) fn effective_election_timeout(&self) -> Millis {
+        self.election_timeout_ms.min(self.failover_timeout_ms)
+    }
+
+    /// How long a probe reply stays fresh enough to promote that node (Sentinel: 5 ping periods).
+    pub(crate) fn reply_validity(&self) -> Millis {
+        self.probe_interval_ms.saturating_mul(5)
+    }
+
+    /// How long a master may report itself a replica before it is SDOWN (Sentinel adds two INFO
+    /// periods to down-after; our INFO period is the probe interval).
+    pub(crate) fn wrong_role_grace(&self) -> Millis {
+        self.down_after_ms
+            .saturating_add(self.probe_interval_ms.saturating_mul(2))
+    }
+}

@@ -1,0 +1,248 @@
+//! The controllers' peer protocol: one UDP datagram per message, JSON, authenticated with
+//! HMAC-SHA256 over the shared secret. Views are re-sent every probe interval, so a lost
+//! datagram costs one interval, never correctness; vote requests are retried by the machine.
+//!
+//! A datagram is `HMAC (32 bytes) || JSON envelope`. A receiver drops (and logs) anything whose
+//! MAC does not verify (wrong secret, tampering), whose sender is not a configured peer, or
+//! that replays an older sequence number of the sender's current boot.
+
+use std::{collections::HashMap, net::SocketAddrV4};
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::failover::{ControllerId, Epoch, Hello, NodeAddr, PeerMsg};
+
+const MAC_LEN: usize = 32;
+/// Comfortably below the 64 KiB UDP limit; a hello lists at most a service's backends.
+pub const MAX_DATAGRAM: usize = 16 * 1024;
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+struct Envelope {
+    from: String,
+    /// Process start (ns since the Unix epoch): a restarted sender starts a new sequence.
+    boot: u64,
+    seq: u64,
+    service: String,
+    msg: WireMsg,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+enum WireMsg {
+    Hello {
+        current_epoch: Epoch,
+        master: SocketAddrV4,
+        config_epoch: Epoch,
+        sdown: Vec<SocketAddrV4>,
+    },
+    VoteRequest {
+        epoch: Epoch,
+        master: SocketAddrV4,
+    },
+    VoteReply {
+        epoch: Epoch,
+        leader: String,
+    },
+}
+
+impl From<&PeerMsg> for WireMsg {
+    fn from(m: &PeerMsg) -> Self {
+        match m {
+            PeerMsg::Hello(h) => WireMsg::Hello {
+                current_epoch: h.current_epoch,
+                master: h.master,
+                config_epoch: h.config_epoch,
+                sdown: h.sdown.clone(),
+            },
+            PeerMsg::VoteRequest { epoch, master } => WireMsg::VoteRequest {
+                epoch: *epoch,
+                master: *master,
+            },
+            PeerMsg::VoteReply { epoch, leader } => WireMsg::VoteReply {
+                epoch: *epoch,
+                leader: leader.0.clone(),
+            },
+        }
+    }
+}
+
+impl From<WireMsg> for PeerMsg {
+    fn from(m: WireMsg) -> Self {
+        match m {
+            WireMsg::Hello {
+                current_epoch,
+                master,
+                config_epoch,
+                sdown,
+            } => PeerMsg::Hello(Hello {
+                current_epoch,
+                master: NodeAddr::from(master),
+                config_epoch,
+                sdown,
+            }),
+            WireMsg::VoteRequest { epoch, master } => PeerMsg::VoteRequest { epoch, master },
+            WireMsg::VoteReply { epoch, leader } => PeerMsg::VoteReply {
+                epoch,
+                leader: ControllerId(leader),
+            },
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refused {
+    #[error("too short to carry a MAC")]
+    Short,
+    #[error("bad MAC: the sender does not share our secret (or the datagram was altered)")]
+    BadMac,
+    #[error("not a valid message: {0}")]
+    Malformed(String),
+    #[error("sender {0:?} is not a configured peer")]
+    UnknownPeer(String),
+    #[error("replayed or reordered message from {0}")]
+    Replay(String),
+}
+
+/// Seals outgoing and opens incoming datagrams for one controller.
+pub struct PeerCodec {
+    me: String,
+    secret: Vec<u8>,
+    boot: u64,
+    seq: u64,
+    peers: Vec<String>,
+    /// Per sender: (boot, highest seq) seen.
+    seen: HashMap<String, (u64, u64)>,
+}
+
+impl PeerCodec {
+    pub fn new(me: &str, secret: &str, peers: Vec<String>, boot: u64) -> Self {
+        Self {
+            me: me.to_owned(),
+            secret: secret.as_bytes().to_vec(),
+            boot,
+            seq: 0,
+            peers,
+            seen: HashMap::new(),
+        }
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        // HMAC accepts keys of any length; new_from_slice cannot fail for it.
+        Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC takes any key length")
+    }
+
+    pub fn seal(&mut self, service: &str, msg: &PeerMsg) -> Vec<u8> {
+        self.seq += 1;
+        let env = Envelope {
+            from: self.me.clone(),
+            boot: self.boot,
+            seq: self.seq,
+            service: service.to_owned(),
+            msg: msg.into(),
+        };
+        let body = serde_json::to_vec(&env).expect("envelope serializes");
+        let mut mac = self.mac();
+        mac.update(&body);
+        let mut out = mac.finalize().into_bytes().to_vec();
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Verifies and decodes a datagram: (sender, service name, message).
+    pub fn open(&mut self, datagram: &[u8]) -> Result<(ControllerId, String, PeerMsg), Refused> {
+        if datagram.len() <= MAC_LEN {
+            return Err(Refused::Short);
+        }
+        let (tag, body) = datagram.split_at(MAC_LEN);
+        let mut mac = self.mac();
+        mac.update(body);
+        mac.verify_slice(tag).map_err(|_| Refused::BadMac)?;
+        let env: Envelope =
+            serde_json::from_slice(body).map_err(|e| Refused::Malformed(e.to_string()))?;
+        if !self.peers.contains(&env.from) {
+            return Err(Refused::UnknownPeer(env.from));
+        }
+        let last = self.seen.get(&env.from).copied().unwrap_or((0, 0));
+        if (env.boot, env.seq) <= last {
+            return Err(Refused::Replay(env.from));
+        }
+        self.seen.insert(env.from.clone(), (env.boot, env.seq));
+        Ok((ControllerId(env.from), env.service, env.msg.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef-test";
+
+    fn pair() -> (PeerCodec, PeerCodec) {
+        (
+            PeerCodec::new("c1", SECRET, vec!["c2".into()], 1),
+            PeerCodec::new("c2", SECRET, vec!["c1".into()], 1),
+        )
+    }
+
+    fn hello() -> PeerMsg {
+        PeerMsg::Hello(Hello {
+            current_epoch: 3,
+            master: "198.18.1.11:6379".parse().unwrap(),
+            config_epoch: 2,
+            sdown: vec!["198.18.1.13:6379".parse().unwrap()],
+        })
+    }
+
+    #[test]
+    fn round_trip() {
+        let (mut a, mut b) = pair();
+        for msg in [
+            hello(),
+            PeerMsg::VoteRequest {
+                epoch: 4,
+                master: "198.18.1.11:6379".parse().unwrap(),
+            },
+            PeerMsg::VoteReply {
+                epoch: 4,
+                leader: ControllerId("c1".into()),
+            },
+        ] {
+            let d = a.seal("mymaster", &msg);
+            assert_eq!(
+                b.open(&d).unwrap(),
+                (ControllerId("c1".into()), "mymaster".into(), msg)
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_secret_tampering_and_strangers_are_refused() {
+        let (mut a, mut b) = pair();
+        let mut intruder = PeerCodec::new("c1", "another-secret-entirely", vec![], 1);
+        assert_eq!(b.open(&intruder.seal("m", &hello())), Err(Refused::BadMac));
+        let mut d = a.seal("m", &hello());
+        let last = d.len() - 2;
+        d[last] ^= 1;
+        assert_eq!(b.open(&d), Err(Refused::BadMac));
+        let mut stranger = PeerCodec::new("c9", SECRET, vec![], 1);
+        assert_eq!(
+            b.open(&stranger.seal("m", &hello())),
+            Err(Refused::UnknownPeer("c9".into()))
+        );
+        assert_eq!(b.open(&[1, 2, 3]), Err(Refused::Short));
+    }
+
+    #[test]
+    fn replays_are_refused_but_a_restarted_peer_is_heard() {
+        let (mut a, mut b) = pair();
+        let d1 = a.seal("m", &hello());
+        let d2 = a.seal("m", &hello());
+        b.open(&d2).unwrap();
+        assert_eq!(b.open(&d1), Err(Refused::Replay("c1".into())));
+        assert_eq!(b.open(&d2), Err(Refused::Replay("c1".into())));
+        let mut restarted = PeerCodec::new("c1", SECRET, vec![], 2);
+        assert!(b.open(&restarted.seal("m", &hello())).is_ok());
+    }
+}
