@@ -446,16 +446,34 @@ fn spawn_command(
     let auth = svc.failover.auth.clone();
     let timeout = Duration::from_millis((svc.failover.down_after_ms).clamp(100, 2000));
     tokio::spawn(async move {
-        let ok = match Prober::new(node, auth.as_ref(), timeout) {
-            Ok(mut p) => p.command(&command).await,
-            Err(_) => false,
+        let Ok(mut p) = Prober::new(node, auth.as_ref(), timeout) else {
+            let event = Event::CommandDone {
+                node,
+                command,
+                ok: false,
+            };
+            let _ = tx.send(Input { service, event }).await;
+            return;
         };
+        let ok = p.command(&command).await;
         info!(%node, ?command, ok, "command sent");
+        let done = Event::CommandDone { node, command, ok };
         let _ = tx
             .send(Input {
                 service,
-                event: Event::CommandDone { node, command, ok },
+                event: done,
             })
             .await;
+        if ok {
+            // Probe at once: a promotion is confirmed by the node reporting role:master, and
+            // waiting for the next periodic probe would add up to one interval to the failover.
+            let result = p.probe().await;
+            let _ = tx
+                .send(Input {
+                    service,
+                    event: Event::Probe { node, result },
+                })
+                .await;
+        }
     });
 }

@@ -1,1 +1,103 @@
-fn main() {}
+//! Developer tasks for redis-ha: `cargo xtask <command>` (alias in .cargo/config.toml).
+//!
+//! Every command first installs what is missing (see [`prerequisites`]), so a fresh machine
+//! with only rustup's toolchains needs nothing else.
+
+mod build_load;
+mod demo;
+mod prerequisites;
+mod test;
+mod testbed;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use redis_ha_tests::XdpMode;
+
+#[derive(Parser)]
+#[command(about = "redis-ha developer tasks", disable_help_subcommand = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Release build of redis-ha-ctl (its build.rs compiles the XDP program it embeds).
+    Build,
+    /// Build, then `redis-ha-ctl load` the data plane and show what is attached.
+    BuildAndLoad {
+        /// redis-ha-ctl config (the testbed's: target/testbed/redis-ha.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Load inside this network namespace (the testbed's LB: rha-tb-lb).
+        #[arg(long)]
+        netns: Option<String>,
+    },
+    /// The namespace testbed (client, LB, three redis-servers) for manual work.
+    Testbed {
+        #[command(subcommand)]
+        action: TestbedAction,
+    },
+    /// Testbed, data plane, a write and some reads through the VIP, then the maps.
+    Demo {
+        /// Leave the testbed and the data plane running afterwards.
+        #[arg(long)]
+        keep: bool,
+        /// XDP attach mode written into the config: auto, native or skb.
+        #[arg(long, default_value = "native")]
+        xdp_mode: XdpMode,
+    },
+    /// Every test of the workspace (as root, one at a time), then a check for leaked namespaces.
+    Test,
+}
+
+#[derive(Subcommand)]
+enum TestbedAction {
+    /// Build the testbed (tag `tb`) and leave it running.
+    Up {
+        /// XDP attach mode written into the config: auto, native or skb.
+        #[arg(long, default_value = "native")]
+        xdp_mode: XdpMode,
+    },
+    /// Remove the testbed: its namespaces, processes, pins and files.
+    Down,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The error chain says what failed and what to do; a backtrace (RUST_BACKTRACE is often
+    // set) would bury it.
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    prerequisites::prerequisites()?;
+    match task {
+        Task::Build => build_load::build().map(drop),
+        Task::BuildAndLoad { config, netns } => {
+            build_load::build_and_load(&config, netns.as_deref())
+        }
+        Task::Testbed {
+            action: TestbedAction::Up { xdp_mode },
+        } => {
+            let tb = testbed::up(xdp_mode)?;
+            tb.keep();
+            testbed::print_usage();
+            Ok(())
+        }
+        Task::Testbed {
+            action: TestbedAction::Down,
+        } => testbed::down(),
+        Task::Demo { keep, xdp_mode } => demo::demo(keep, xdp_mode),
+        Task::Test => test::test(),
+    }
+}

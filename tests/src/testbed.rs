@@ -1,0 +1,811 @@
+//! The end-to-end testbed: a client, a load balancer and N redis-server backends, each in its
+//! own network namespace, joined by veths.
+//!
+//! ```text
+//!   rha-T-client            rha-T-lb                      rha-T-rN
+//!   rha-T-c 198.18.0.2/24 ── rha-T-lc 198.18.0.1/24
+//!                            lo 198.18.0.100/32 (VIP)
+//!                            rha-T-lN 198.18.1.1/32 ──── rha-T-rN 198.18.1.1N/24
+//!                              route 198.18.1.1N/32        redis-server :6379
+//!                              proxy_arp=1
+//! ```
+//! One routed veth per backend rather than a bridge: a Linux bridge cannot transmit frames
+//! that native XDP redirected into it. proxy_arp lets backends, which think they share a /24,
+//! reach each other (replication) through the LB's kernel.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::netns::{Netns, leftovers};
+use crate::process::{ChildGuard, run_within, wait_until};
+
+/// Every namespace and interface the tests create starts with this.
+pub const PREFIX: &str = "rha-";
+/// The service name in the generated config.
+pub const SERVICE_NAME: &str = "mymaster";
+/// The virtual IP clients connect to (on the LB's `lo`).
+pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+/// Always reaches the current master.
+pub const WRITE_PORT: u16 = 6380;
+/// Balanced over the read pool.
+pub const READ_PORT: u16 = 6381;
+/// Where every redis-server listens.
+pub const REDIS_PORT: u16 = 6379;
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// The LB's address on the client side: the client's default gateway.
+pub const LB_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// The LB's address on every backend-side veth: the backends' default gateway.
+pub const LB_BACKEND_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+/// Backend addresses are 198.18.1.1N, so N is one digit.
+pub const MAX_BACKENDS: usize = 9;
+/// Tags end up in interface names (`rha-<tag>-lc`), which Linux caps at 15 bytes.
+pub const MAX_TAG_LEN: usize = 8;
+
+/// How long a fresh redis-server may take to answer PING.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long replicas may take to finish their first sync.
+const REPLICATION_TIMEOUT: Duration = Duration::from_secs(30);
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The address of backend `n` (1-based): 198.18.1.1N.
+pub fn backend_ip(n: usize) -> Ipv4Addr {
+    assert!(
+        (1..=MAX_BACKENDS).contains(&n),
+        "backend {n} out of 1..={MAX_BACKENDS}"
+    );
+    Ipv4Addr::new(198, 18, 1, 10 + n as u8)
+}
+
+/// `rha-<tag>-`: the start of every namespace and interface name of one testbed.
+pub fn namespace_prefix(tag: &str) -> String {
+    format!("{PREFIX}{tag}-")
+}
+
+/// The bpffs directory redis-ha-ctl pins into for this testbed: `/sys/fs/bpf/redis-ha-<tag>`,
+/// so concurrent testbeds never share (or delete) each other's pins.
+pub fn pin_dir(tag: &str) -> PathBuf {
+    PathBuf::from(format!("{}-{tag}", redis_ha_common::PIN_DIR))
+}
+
+/// Server data and logs of a testbed: `$TMPDIR/redis-ha-<tag>`.
+fn temp_dir(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("redis-ha-{tag}"))
+}
+
+/// Directories holding per-testbed `redis-ha-<tag>` entries (see [`pin_dir`], [`temp_dir`]).
+pub(crate) fn state_dir_parents() -> Vec<PathBuf> {
+    let pin_parent = pin_dir("x")
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    vec![pin_parent, std::env::temp_dir()]
+}
+
+/// The tag in a `redis-ha-<tag>` directory name, if it is one of ours.
+pub(crate) fn tag_of_state_dir(name: &str) -> Option<&str> {
+    name.strip_prefix("redis-ha-")
+        .filter(|tag| validate_tag(tag).is_ok())
+}
+
+fn validate_tag(tag: &str) -> Result<()> {
+    if tag.is_empty()
+        || tag.len() > MAX_TAG_LEN
+        || !tag
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        bail!("testbed tag {tag:?} must be 1 to {MAX_TAG_LEN} characters of [a-z0-9]");
+    }
+    Ok(())
+}
+
+/// A tag no other live process uses: this process's pid (5 base-36 digits) and a counter,
+/// e.g. `002ps0`, `002ps1`.
+pub fn unique_tag() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    // Fixed width for the pid so that (pid, counter) pairs never spell the same tag.
+    format!("{:0>5}{}", base36(std::process::id()), base36(n))
+}
+
+fn base36(mut n: u32) -> String {
+    let mut digits = Vec::new();
+    loop {
+        digits.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    digits.reverse();
+    String::from_utf8(digits).expect("ASCII digits")
+}
+
+/// How redis-ha-ctl attaches the XDP program (`xdp_mode` in its config).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Native where the driver supports it, else generic.
+    Auto,
+    /// In the veth driver (`xdpdrv`).
+    #[default]
+    Native,
+    /// Generic XDP on the skb path (`xdpgeneric`).
+    Skb,
+}
+
+impl XdpMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XdpMode::Auto => "auto",
+            XdpMode::Native => "native",
+            XdpMode::Skb => "skb",
+        }
+    }
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for XdpMode {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(XdpMode::Auto),
+            "native" => Ok(XdpMode::Native),
+            "skb" => Ok(XdpMode::Skb),
+            _ => bail!("unknown XDP mode {s:?}: expected auto, native or skb"),
+        }
+    }
+}
+
+/// What [`Testbed::up`] builds.
+#[derive(Clone, Debug)]
+pub struct TestbedOptions {
+    /// Goes into every name (`rha-<tag>-lb`); unique per test so tests never collide.
+    pub tag: String,
+    /// Number of redis-server backends; backend 1 is the master, the others replicate it.
+    pub backends: usize,
+    /// Written into the generated redis-ha-ctl config.
+    pub xdp_mode: XdpMode,
+}
+
+impl Default for TestbedOptions {
+    /// A fresh [`unique_tag`], three backends, native XDP.
+    fn default() -> Self {
+        Self {
+            tag: unique_tag(),
+            backends: 3,
+            xdp_mode: XdpMode::Native,
+        }
+    }
+}
+
+/// One redis-server in its own namespace. Its process can be killed, frozen and restarted to
+/// simulate failures.
+#[derive(Debug)]
+pub struct Backend {
+    index: usize,
+    ip: Ipv4Addr,
+    ns: Netns,
+    /// The backend's end of its veth.
+    interface: String,
+    /// The LB's end of the same veth.
+    lb_interface: String,
+    /// Working directory and log of the server.
+    dir: PathBuf,
+    /// redis-server arguments, kept so [`Backend::start`] restarts it as it was.
+    args: Vec<String>,
+    /// `None` while killed; behind a mutex so a test can fail a backend through `&Testbed`
+    /// while another thread drives the controller.
+    server: Mutex<Option<ChildGuard>>,
+}
+
+impl Backend {
+    /// 1-based: backend 1 lives in `rha-<tag>-r1` at 198.18.1.11.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ip
+    }
+
+    /// `198.18.1.1N:6379`.
+    pub fn addr(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.ip, REDIS_PORT)
+    }
+
+    pub fn netns(&self) -> &Netns {
+        &self.ns
+    }
+
+    pub fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    pub fn lb_interface(&self) -> &str {
+        &self.lb_interface
+    }
+
+    /// redis-server's stdout and stderr.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("redis.log")
+    }
+
+    /// The server's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.server().as_ref().map(ChildGuard::id)
+    }
+
+    /// Whether the server process exists (a SIGSTOPped one counts as running).
+    pub fn is_running(&self) -> bool {
+        let mut server = self.server();
+        match server.as_mut().map(ChildGuard::try_wait) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                *server = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// `redis-cli ARGS...` against this backend, from inside its own namespace.
+    pub fn redis_cli(&self, args: &[&str]) -> Result<String> {
+        self.ns.redis_cli(self.addr(), args)
+    }
+
+    /// Crashes the server: SIGKILL, then reap.
+    pub fn kill(&self) -> Result<()> {
+        if let Some(mut server) = self.server().take() {
+            server.kill()?;
+        }
+        Ok(())
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open but nothing answers, as with a
+    /// hung host.
+    pub fn stop(&self) -> Result<()> {
+        self.signal(libc::SIGSTOP)
+    }
+
+    /// Thaws a server frozen by [`Self::stop`] (SIGCONT).
+    pub fn resume(&self) -> Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
+    fn signal(&self, signal: libc::c_int) -> Result<()> {
+        match self.server().as_mut() {
+            Some(server) => server.signal(signal),
+            None => bail!("backend {} is not running", self.index),
+        }
+    }
+
+    /// Starts the server again with the arguments it had, and waits until it answers PING.
+    /// An error if it already runs.
+    pub fn start(&self) -> Result<()> {
+        if self.is_running() {
+            bail!("backend {} already runs", self.index);
+        }
+        let server = self.spawn_server()?;
+        *self.server() = Some(server);
+        self.wait_ready()
+    }
+
+    fn spawn_server(&self) -> Result<ChildGuard> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .with_context(|| format!("opening {}", self.log_path().display()))?;
+        let mut cmd = self.ns.command("redis-server");
+        cmd.args(&self.args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        ChildGuard::spawn(&mut cmd)
+            .with_context(|| format!("starting redis-server of backend {}", self.index))
+    }
+
+    /// Waits (bounded) until the server answers PING.
+    pub fn wait_ready(&self) -> Result<()> {
+        wait_until(
+            &format!("backend {} ({}) to answer PING", self.index, self.addr()),
+            READY_TIMEOUT,
+            POLL_INTERVAL,
+            || {
+                if !self.is_running() {
+                    bail!(
+                        "redis-server exited; its log ({}) ends with:\n{}",
+                        self.log_path().display(),
+                        log_tail(&self.log_path())
+                    );
+                }
+                let reply = self.redis_cli(&["PING"])?;
+                Ok((reply.trim() == "PONG").then_some(()))
+            },
+        )
+    }
+
+    fn server(&self) -> std::sync::MutexGuard<'_, Option<ChildGuard>> {
+        // A panic while holding the lock cannot leave the Option half-written.
+        self.server.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn disarm(&mut self) {
+        self.ns.disarm();
+        if let Some(server) = self.server().as_mut() {
+            server.disarm();
+        }
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
+}
+
+/// A directory removed on drop.
+#[derive(Debug)]
+struct DirGuard {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A running testbed. Dropping it (also during a panic) kills every process in its
+/// namespaces, deletes the namespaces, the pin directory and the temporary directory;
+/// [`Testbed::keep`] leaves everything running instead.
+#[derive(Debug)]
+pub struct Testbed {
+    tag: String,
+    xdp_mode: XdpMode,
+    client: Netns,
+    client_interface: String,
+    lb: Netns,
+    lb_client_interface: String,
+    backends: Vec<Backend>,
+    /// The generated redis-ha-ctl config (inside `dir`).
+    config_path: PathBuf,
+    /// Declared last: dropped after the servers writing into it are gone.
+    dir: DirGuard,
+    armed: bool,
+}
+
+impl Testbed {
+    /// Builds the namespaces, veths, addresses and routes, starts the redis-servers and waits
+    /// until the replicas are in sync with the master. Needs root.
+    pub fn up(options: TestbedOptions) -> Result<Testbed> {
+        let TestbedOptions {
+            tag,
+            backends,
+            xdp_mode,
+        } = options;
+        validate_tag(&tag)?;
+        if !(1..=MAX_BACKENDS).contains(&backends) {
+            bail!("a testbed has 1 to {MAX_BACKENDS} backends, not {backends}");
+        }
+        if !crate::is_root() {
+            bail!("building a testbed needs root (network namespaces, veths): run as root");
+        }
+        for program in ["ip", "nsenter", "ethtool", "redis-server", "redis-cli"] {
+            if crate::find_program(program).is_none() {
+                bail!(
+                    "`{program}` is not installed: run `cargo xtask build` (it installs the prerequisites)"
+                );
+            }
+        }
+        let prefix = namespace_prefix(&tag);
+        let stale = leftovers(&prefix)?;
+        if !stale.is_empty() {
+            let hint = if tag == "tb" {
+                "`cargo xtask testbed down`".to_owned()
+            } else {
+                format!("`redis_ha_tests::cleanup_prefix(\"{prefix}\")`")
+            };
+            bail!("testbed {tag} already exists ({stale}): remove it with {hint}");
+        }
+
+        let dir = DirGuard {
+            path: temp_dir(&tag),
+            armed: true,
+        };
+        std::fs::create_dir_all(&dir.path)
+            .with_context(|| format!("creating {}", dir.path.display()))?;
+
+        let name = |role: &str| format!("{prefix}{role}");
+        let client = Netns::create(&name("client"))?;
+        let lb = Netns::create(&name("lb"))?;
+        let client_interface = name("c");
+        let lb_client_interface = name("lc");
+
+        // Routing on the LB. rp_filter off because XDP-rewritten replies arrive from
+        // addresses the reverse path check would reject.
+        lb.set_sysctl("net.ipv4.ip_forward", "1")?;
+        for scope in ["all", "default"] {
+            lb.set_sysctl(&format!("net.ipv4.conf.{scope}.rp_filter"), "0")?;
+        }
+        lb.set_sysctl("net.ipv4.conf.lo.rp_filter", "0")?;
+        lb.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+
+        // Client side.
+        lb.ip(&[
+            "link",
+            "add",
+            &lb_client_interface,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &client_interface,
+            "netns",
+            client.name(),
+        ])?;
+        lb.ip(&[
+            "addr",
+            "add",
+            &format!("{LB_CLIENT_IP}/24"),
+            "dev",
+            &lb_client_interface,
+        ])?;
+        lb.set_sysctl(
+            &format!("net.ipv4.conf.{lb_client_interface}.rp_filter"),
+            "0",
+        )?;
+        lb.ip(&["link", "set", &lb_client_interface, "up"])?;
+        setup_endpoint(
+            &client,
+            &client_interface,
+            &format!("{CLIENT_IP}/24"),
+            LB_CLIENT_IP,
+        )?;
+
+        // Backends: their namespaces and veths, all before any server starts, so replicas
+        // find their master reachable.
+        let mut planned = Vec::new();
+        for n in 1..=backends {
+            let ns = Netns::create(&name(&format!("r{n}")))?;
+            let interface = name(&format!("r{n}"));
+            let lb_interface = name(&format!("l{n}"));
+            let ip = backend_ip(n);
+            lb.ip(&[
+                "link",
+                "add",
+                &lb_interface,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &interface,
+                "netns",
+                ns.name(),
+            ])?;
+            lb.ip(&[
+                "addr",
+                "add",
+                &format!("{LB_BACKEND_IP}/32"),
+                "dev",
+                &lb_interface,
+            ])?;
+            lb.set_sysctl(&format!("net.ipv4.conf.{lb_interface}.rp_filter"), "0")?;
+            // Backends believe they share 198.18.1.0/24: the LB answers their ARP for each
+            // other and routes replication traffic between the veths.
+            lb.set_sysctl(&format!("net.ipv4.conf.{lb_interface}.proxy_arp"), "1")?;
+            lb.ip(&["link", "set", &lb_interface, "up"])?;
+            lb.ip(&["route", "add", &format!("{ip}/32"), "dev", &lb_interface])?;
+            setup_endpoint(&ns, &interface, &format!("{ip}/24"), LB_BACKEND_IP)?;
+
+            let backend_dir = dir.path.join(format!("r{n}"));
+            std::fs::create_dir_all(&backend_dir)
+                .with_context(|| format!("creating {}", backend_dir.display()))?;
+            planned.push(Backend {
+                index: n,
+                ip,
+                ns,
+                interface,
+                lb_interface,
+                args: redis_args(ip, &backend_dir, (n > 1).then(|| backend_ip(1))),
+                dir: backend_dir,
+                server: Mutex::new(None),
+            });
+        }
+
+        let testbed = Testbed {
+            config_path: dir.path.join("redis-ha.toml"),
+            tag,
+            xdp_mode,
+            client,
+            client_interface,
+            lb,
+            lb_client_interface,
+            backends: planned,
+            dir,
+            armed: true,
+        };
+        for backend in &testbed.backends {
+            *backend.server() = Some(backend.spawn_server()?);
+        }
+        for backend in &testbed.backends {
+            backend.wait_ready()?;
+        }
+        testbed.wait_replication()?;
+        testbed.write_config(&testbed.config_path)?;
+        Ok(testbed)
+    }
+
+    /// Waits (bounded) until every replica reports `master_link_status:up` and the master
+    /// counts them all.
+    pub fn wait_replication(&self) -> Result<()> {
+        for replica in &self.backends[1..] {
+            wait_until(
+                &format!("backend {} to sync with the master", replica.index),
+                REPLICATION_TIMEOUT,
+                POLL_INTERVAL,
+                || {
+                    let info = replica.redis_cli(&["INFO", "replication"])?;
+                    Ok(info.contains("master_link_status:up").then_some(()))
+                },
+            )?;
+        }
+        let expected = format!("connected_slaves:{}", self.backends.len() - 1);
+        wait_until(
+            &format!("the master to report {expected}"),
+            REPLICATION_TIMEOUT,
+            POLL_INTERVAL,
+            || {
+                let info = self.backends[0].redis_cli(&["INFO", "replication"])?;
+                Ok(info.contains(&expected).then_some(()))
+            },
+        )
+    }
+
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    pub fn xdp_mode(&self) -> XdpMode {
+        self.xdp_mode
+    }
+
+    /// The client namespace (`rha-<tag>-client`, 198.18.0.2).
+    pub fn client(&self) -> &Netns {
+        &self.client
+    }
+
+    /// The client's end of its veth to the LB.
+    pub fn client_interface(&self) -> &str {
+        &self.client_interface
+    }
+
+    /// The load balancer namespace (`rha-<tag>-lb`): run redis-ha-ctl here.
+    pub fn lb(&self) -> &Netns {
+        &self.lb
+    }
+
+    /// The LB's end of the client veth.
+    pub fn lb_client_interface(&self) -> &str {
+        &self.lb_client_interface
+    }
+
+    /// Every LB interface the XDP program attaches to: the client side first, then one per
+    /// backend in order.
+    pub fn lb_interfaces(&self) -> Vec<String> {
+        std::iter::once(self.lb_client_interface.clone())
+            .chain(self.backends.iter().map(|b| b.lb_interface.clone()))
+            .collect()
+    }
+
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
+    /// Backend `n`, 1-based (backend 1 starts as the master). Panics if there is none.
+    pub fn backend(&self, n: usize) -> &Backend {
+        assert!(
+            (1..=self.backends.len()).contains(&n),
+            "backend {n} out of 1..={}",
+            self.backends.len()
+        );
+        &self.backends[n - 1]
+    }
+
+    /// The backend whose address is `addr`, if any.
+    pub fn backend_at(&self, addr: SocketAddrV4) -> Option<&Backend> {
+        self.backends.iter().find(|b| b.addr() == addr)
+    }
+
+    /// `198.18.0.100:6380`.
+    pub fn vip_write(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(VIP, WRITE_PORT)
+    }
+
+    /// `198.18.0.100:6381`.
+    pub fn vip_read(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(VIP, READ_PORT)
+    }
+
+    /// `/sys/fs/bpf/redis-ha-<tag>`.
+    pub fn pin_dir(&self) -> PathBuf {
+        pin_dir(&self.tag)
+    }
+
+    /// The config [`Testbed::up`] wrote for this testbed (removed with it).
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The redis-ha-ctl config describing this testbed.
+    pub fn config_toml(&self) -> String {
+        let list = |items: Vec<String>| {
+            items
+                .iter()
+                .map(|s| toml_string(s))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let backends = self.backends.iter().map(|b| b.addr().to_string()).collect();
+        format!(
+            "[dataplane]\n\
+             interfaces = [{interfaces}]\n\
+             xdp_mode = {mode}\n\
+             pin_dir = {pin_dir}\n\
+             \n\
+             [[service]]\n\
+             name = {name}\n\
+             vip = {vip}\n\
+             write_port = {WRITE_PORT}\n\
+             read_port = {READ_PORT}\n\
+             backends = [{backends}]\n",
+            interfaces = list(self.lb_interfaces()),
+            mode = toml_string(self.xdp_mode.as_str()),
+            pin_dir = toml_string(&self.pin_dir().display().to_string()),
+            name = toml_string(SERVICE_NAME),
+            vip = toml_string(&VIP.to_string()),
+            backends = list(backends),
+        )
+    }
+
+    /// Writes [`Self::config_toml`] to `path`, creating its directory.
+    pub fn write_config(&self, path: &Path) -> Result<()> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(path, self.config_toml())
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// A command running redis-ha-ctl inside the LB namespace (arguments still to add), e.g.
+    /// for a daemon the test wraps in a [`ChildGuard`].
+    pub fn ctl_command(&self) -> Result<Command> {
+        Ok(self.lb.command(crate::ctl_binary()?))
+    }
+
+    /// `redis-ha-ctl SUBCOMMAND --config <config_path> ARGS...` inside the LB namespace, bounded
+    /// in time; returns its stdout.
+    pub fn ctl(&self, subcommand: &str, args: &[&str]) -> Result<String> {
+        let mut cmd = self.ctl_command()?;
+        cmd.arg(subcommand)
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args);
+        run_within(&mut cmd, Duration::from_secs(60))
+    }
+
+    /// Leaves the testbed running after this process exits (`cargo xtask testbed up`);
+    /// [`crate::cleanup_prefix`] with `rha-<tag>-` removes it later.
+    pub fn keep(mut self) {
+        self.armed = false;
+        self.client.disarm();
+        self.lb.disarm();
+        for backend in &mut self.backends {
+            backend.disarm();
+        }
+        self.dir.armed = false;
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        for backend in &self.backends {
+            let _ = backend.kill();
+        }
+        // Processes a test started in the namespaces without a guard (e.g. a controller
+        // daemon) go before their pins do.
+        for ns in [&self.client, &self.lb]
+            .into_iter()
+            .chain(self.backends.iter().map(|b| &b.ns))
+        {
+            if let Err(e) = ns.kill_all() {
+                eprintln!("redis-ha-tests: {e:#}");
+            }
+        }
+        let pins = self.pin_dir();
+        if pins.exists()
+            && let Err(e) = std::fs::remove_dir_all(&pins)
+        {
+            eprintln!("redis-ha-tests: removing {}: {e}", pins.display());
+        }
+        // The namespaces and the temporary directory go as the fields drop.
+    }
+}
+
+/// Addresses the endpoint of a veth (client or backend) and routes through the LB.
+fn setup_endpoint(ns: &Netns, interface: &str, cidr: &str, gateway: Ipv4Addr) -> Result<()> {
+    ns.ip(&["addr", "add", cidr, "dev", interface])?;
+    ns.ip(&["link", "set", interface, "up"])?;
+    ns.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
+    // What makes XDP_REDIRECT deliver into this veth (TOOLCHAIN.md): without `tx off` the
+    // receiver drops redirected frames for bad partial checksums (native mode); without
+    // `tso off gso off` large transfers stall (skb mode); GRO on lets a veth without its own
+    // XDP program accept redirected frames (native mode).
+    ns.run(
+        "ethtool",
+        &[
+            "-K", interface, "tx", "off", "tso", "off", "gso", "off", "gro", "on",
+        ],
+    )?;
+    Ok(())
+}
+
+fn redis_args(ip: Ipv4Addr, dir: &Path, replica_of: Option<Ipv4Addr>) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--bind",
+        &ip.to_string(),
+        "127.0.0.1",
+        "--port",
+        &REDIS_PORT.to_string(),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "no",
+        "--daemonize",
+        "no",
+        // Redis waits 5 s by default before a diskless sync, hoping more replicas join.
+        "--repl-diskless-sync-delay",
+        "0",
+        "--dir",
+        &dir.display().to_string(),
+    ]
+    .map(str::to_owned)
+    .into();
+    if let Some(master) = replica_of {
+        args.extend([
+            "--replicaof".to_owned(),
+            master.to_string(),
+            REDIS_PORT.to_string(),
+        ]);
+    }
+    args
+}
+
+/// A TOML basic string. Our values are plain ASCII; escape the two characters that matter.
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}

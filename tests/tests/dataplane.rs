@@ -1,0 +1,213 @@
+//! End-to-end tests of the data plane alone (issue 2): a real testbed (client, LB and three
+//! redis-server namespaces), the real XDP program loaded by `redis-ha-ctl load`, and manual
+//! switches through `redis-ha-ctl set-master` / `set-read-pool`.
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddrV4,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use redis_ha_tests::{Testbed, TestbedOptions, XdpMode, in_netns, require_root, unique_tag};
+
+fn testbed(mode: XdpMode) -> Result<Testbed> {
+    require_root();
+    let tb = Testbed::up(TestbedOptions {
+        tag: unique_tag(),
+        backends: 3,
+        xdp_mode: mode,
+    })?;
+    tb.ctl("load", &[])?;
+    Ok(tb)
+}
+
+/// A Redis connection whose socket lives in the client namespace (a socket keeps the
+/// namespace it was created in, whichever thread uses it later).
+fn connect(tb: &Testbed, addr: SocketAddrV4) -> Result<redis::Connection> {
+    let url = format!("redis://{addr}/");
+    in_netns(&tb.client().path(), move || {
+        let client = redis::Client::open(url)?;
+        let conn = client.get_connection_with_timeout(Duration::from_secs(5))?;
+        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        conn.set_write_timeout(Some(Duration::from_secs(5)))?;
+        Ok::<_, redis::RedisError>(conn)
+    })?
+    .context("connecting through the VIP")
+}
+
+/// The address the backend that answered on `conn` is bound to (the testbed binds each
+/// redis-server to its own address first).
+fn served_by(conn: &mut redis::Connection) -> Result<String> {
+    let bind: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("bind").query(conn)?;
+    let addr = bind.get(1).context("CONFIG GET bind: no value")?;
+    Ok(addr
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned())
+}
+
+fn counters(tb: &Testbed) -> Result<String> {
+    tb.ctl("maps", &["--flows", "0"])
+}
+
+#[test]
+fn writes_reach_the_master_with_the_clients_real_address() -> Result<()> {
+    let tb = testbed(XdpMode::Native)?;
+    let mut conn = connect(&tb, tb.vip_write())?;
+    let _: () = redis::cmd("SET")
+        .arg("e2e:w")
+        .arg("hello")
+        .query(&mut conn)?;
+    assert_eq!(served_by(&mut conn)?, "198.18.1.11");
+    assert_eq!(tb.backend(1).redis_cli(&["GET", "e2e:w"])?.trim(), "hello");
+
+    let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut conn)?;
+    assert!(
+        clients.contains("addr=198.18.0.2:"),
+        "the master should see the client's own address, got:\n{clients}"
+    );
+    let maps = counters(&tb)?;
+    assert!(
+        maps.contains("fwd_to_backend") && maps.contains("fwd_to_client"),
+        "{maps}"
+    );
+    Ok(())
+}
+
+#[test]
+fn reads_spread_over_every_replica_and_never_reach_the_master() -> Result<()> {
+    let tb = testbed(XdpMode::Native)?;
+    tb.wait_replication()?;
+    let mut w = connect(&tb, tb.vip_write())?;
+    let _: () = redis::cmd("SET")
+        .arg("e2e:r")
+        .arg("replicated")
+        .query(&mut w)?;
+    let mut seen = BTreeSet::new();
+    for _ in 0..40 {
+        let mut conn = connect(&tb, tb.vip_read())?;
+        seen.insert(served_by(&mut conn)?);
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from(["198.18.1.12".to_owned(), "198.18.1.13".to_owned()])
+    );
+    // Replication is asynchronous: give it a bounded moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut conn = connect(&tb, tb.vip_read())?;
+        let v: Option<String> = redis::cmd("GET").arg("e2e:r").query(&mut conn)?;
+        if v.as_deref() == Some("replicated") {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the replicas never served the written value (got {v:?})");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+#[test]
+fn a_one_megabyte_value_round_trips_in_native_and_generic_mode() -> Result<()> {
+    for mode in [XdpMode::Native, XdpMode::Skb] {
+        let tb = testbed(mode)?;
+        let value: Vec<u8> = (0..1_048_576u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut conn = connect(&tb, tb.vip_write())?;
+        let _: () = redis::cmd("SET")
+            .arg("e2e:big")
+            .arg(&value)
+            .query(&mut conn)?;
+        let back: Vec<u8> = redis::cmd("GET").arg("e2e:big").query(&mut conn)?;
+        assert!(back == value, "{mode:?}: the value came back different");
+        assert_eq!(served_by(&mut conn)?, "198.18.1.11", "{mode:?}");
+        let mut reader = connect(&tb, tb.vip_read())?;
+        let _: String = redis::cmd("PING").query(&mut reader)?;
+    }
+    Ok(())
+}
+
+/// Waits (bounded) for the next command on `conn` to fail, and says how.
+fn next_command_error(conn: &mut redis::Connection) -> Result<(redis::RedisError, Duration)> {
+    let start = Instant::now();
+    for _ in 0..5 {
+        match redis::cmd("PING").query::<String>(conn) {
+            Ok(_) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => return Ok((e, start.elapsed())),
+        }
+    }
+    bail!("the old connection kept working after the switch")
+}
+
+fn is_reset(e: &redis::RedisError) -> bool {
+    e.is_connection_dropped()
+        || e.kind() == redis::ErrorKind::IoError
+            && !e.is_timeout()
+            && e.to_string().to_lowercase().contains("reset")
+}
+
+#[test]
+fn switching_the_master_moves_new_writes_and_resets_old_connections() -> Result<()> {
+    let tb = testbed(XdpMode::Native)?;
+    tb.wait_replication()?;
+    let mut old = connect(&tb, tb.vip_write())?;
+    assert_eq!(served_by(&mut old)?, "198.18.1.11");
+
+    tb.backend(2).redis_cli(&["REPLICAOF", "NO", "ONE"])?;
+    tb.ctl("set-master", &["mymaster", "198.18.1.12:6379"])?;
+
+    let mut new = connect(&tb, tb.vip_write())?;
+    assert_eq!(served_by(&mut new)?, "198.18.1.12");
+    let _: () = redis::cmd("SET")
+        .arg("e2e:after")
+        .arg("1")
+        .query(&mut new)?;
+    assert_eq!(tb.backend(2).redis_cli(&["GET", "e2e:after"])?.trim(), "1");
+
+    let (err, after) = next_command_error(&mut old)?;
+    assert!(
+        is_reset(&err),
+        "expected a reset, got {err:?} after {after:?}"
+    );
+    assert!(!err.is_timeout(), "the old connection hung: {err:?}");
+    assert!(counters(&tb)?.contains("reset_stale_flow"));
+    Ok(())
+}
+
+#[test]
+fn a_replica_leaving_the_read_pool_resets_its_connections() -> Result<()> {
+    let tb = testbed(XdpMode::Native)?;
+    let mut conn = connect(&tb, tb.vip_read())?;
+    let leaving = served_by(&mut conn)?;
+    let staying = if leaving == "198.18.1.12" {
+        "198.18.1.13"
+    } else {
+        "198.18.1.12"
+    };
+    tb.ctl("set-read-pool", &["mymaster", &format!("{staying}:6379")])?;
+    let (err, _) = next_command_error(&mut conn)?;
+    assert!(is_reset(&err), "expected a reset, got {err:?}");
+    for _ in 0..20 {
+        let mut c = connect(&tb, tb.vip_read())?;
+        assert_eq!(served_by(&mut c)?, staying);
+    }
+    Ok(())
+}
+
+#[test]
+fn traffic_not_for_a_vip_port_passes_and_reloading_keeps_forwarding() -> Result<()> {
+    let tb = testbed(XdpMode::Native)?;
+    // Straight to a backend, routed by the LB's kernel with the program attached.
+    let direct = tb
+        .client()
+        .redis_cli("198.18.1.13:6379".parse()?, &["PING"])?;
+    assert_eq!(direct.trim(), "PONG");
+    let mut conn = connect(&tb, tb.vip_write())?;
+    let again = tb.ctl("load", &[])?;
+    assert!(again.contains("already attached"), "{again}");
+    let _: String = redis::cmd("PING").query(&mut conn)?;
+    assert!(counters(&tb)?.contains("pass_not_service"));
+    Ok(())
+}
