@@ -145,8 +145,10 @@ pub mod counter {
     pub const FWD_TO_BACKEND: u32 = 0;
     /// Reply rewritten back to VIP:port and redirected (fast path).
     pub const FWD_TO_CLIENT: u32 = 1;
-    /// Rewritten, then passed to the kernel because the FIB had no neighbour entry yet
-    /// (the kernel forwards it and resolves ARP; later packets take the fast path).
+    /// Rewritten, then passed to the kernel, which knows better than the fast path: no
+    /// neighbour entry yet (the kernel resolves ARP; later packets take the fast path), a local
+    /// destination or no route at all (the FIB says "not forwarded" for both), TTL expiring, or
+    /// an MTU to enforce. The kernel forwards, delivers or rejects it as it would have.
     pub const PASS_REWRITTEN: u32 = 2;
     /// Not IPv4 (IPv6, ARP, ...): passed untouched.
     pub const PASS_NOT_IPV4: u32 = 3;
@@ -164,12 +166,16 @@ pub mod counter {
     pub const RESET_STALE_FLOW: u32 = 9;
     /// A new connection to a port with no backend (no master / empty read pool) got a TCP RST.
     pub const RESET_NO_BACKEND: u32 = 10;
-    /// The FIB lookup failed (no route, forwarding disabled, ...): dropped.
+    /// The route to the destination is a blackhole, unreachable or prohibited, or forwarding is
+    /// disabled on the ingress interface (`net.ipv4.ip_forward=0`): dropped.
     pub const DROP_NO_ROUTE: u32 = 11;
     /// A map or helper call failed (flow table insert, packet resize): dropped.
     pub const DROP_INTERNAL: u32 = 12;
+    /// A client's RST on a connection we would have reset (stale or without backend): dropped,
+    /// since a reset must never be answered with a reset (RFC 9293, 3.10.7.1).
+    pub const DROP_RST_NO_BACKEND: u32 = 13;
     /// Number of counters (size of the `COUNTERS` array).
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
 
     /// Names for display, indexed like the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -186,6 +192,7 @@ pub mod counter {
         "reset_no_backend",
         "drop_no_route",
         "drop_internal",
+        "drop_rst_no_backend",
     ];
 }
 

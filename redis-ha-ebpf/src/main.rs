@@ -11,8 +11,9 @@ mod packet;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS,
-        BPF_FIB_LKUP_RET_UNREACHABLE, bpf_fib_lookup as FibParams, xdp_action,
+        BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_PROHIBIT,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE, bpf_fib_lookup as FibParams,
+        xdp_action,
     },
     helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_tail},
     macros::xdp,
@@ -281,7 +282,10 @@ fn forward(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, fast: u32) -> u
             count(fast);
             unsafe { bpf_redirect(p.ifindex, 0) as u32 }
         }
-        BPF_FIB_LKUP_RET_BLACKHOLE | BPF_FIB_LKUP_RET_UNREACHABLE | BPF_FIB_LKUP_RET_PROHIBIT => {
+        BPF_FIB_LKUP_RET_BLACKHOLE
+        | BPF_FIB_LKUP_RET_UNREACHABLE
+        | BPF_FIB_LKUP_RET_PROHIBIT
+        | BPF_FIB_LKUP_RET_FWD_DISABLED => {
             count(counter::DROP_NO_ROUTE);
             xdp_action::XDP_DROP
         }
@@ -306,6 +310,11 @@ fn send_reset(ctx: &XdpContext, eth: *mut EthHdr, reason: u32) -> u32 {
     };
     // SAFETY: both headers were bounds-checked just above.
     let (ip, tcp, eth) = unsafe { (&mut *ip, &mut *tcp, &mut *eth) };
+    if tcp.flags & TCP_RST != 0 {
+        // The client is closing anyway; a reset is never answered with a reset.
+        count(counter::DROP_RST_NO_BACKEND);
+        return xdp_action::XDP_DROP;
+    }
 
     // RFC 793 reset generation: acknowledge everything the segment carried, and take our
     // sequence number from its ACK so the client accepts the reset.
