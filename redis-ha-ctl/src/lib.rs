@@ -11,10 +11,13 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod failover;
+pub mod http;
 pub mod maglev;
+pub mod metrics;
 pub mod peer;
 pub mod persist;
 pub mod probe;
+pub mod status;
 
 /// The compiled XDP program (redis-ha-ebpf), embedded at build time by `build.rs`.
 pub fn ebpf_object() -> &'static [u8] {

@@ -1,0 +1,117 @@
+//! The controller's picture of the world, as operators see it: `redis-ha-ctl status`, the
+//! Sentinel-compatible API, `/metrics` and the status page all render this one snapshot, which
+//! the daemon republishes after every step (through a `tokio::sync::watch` channel).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    /// This controller's id.
+    pub controller: String,
+    /// Where it listens (RESP over TCP, peer protocol over UDP).
+    pub listen: String,
+    /// Unix time (ms) of this snapshot.
+    pub at_unix_ms: u64,
+    pub services: Vec<ServiceStatus>,
+    /// Present on a node that owns an XDP data plane.
+    pub dataplane: Option<DataplaneStatus>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub vip: String,
+    pub write_port: u16,
+    pub read_port: u16,
+    /// `ip:port` of the master this controller believes in.
+    pub master: String,
+    /// Epoch in which that master was promoted.
+    pub config_epoch: u64,
+    /// Highest epoch seen.
+    pub current_epoch: u64,
+    pub quorum: usize,
+    pub down_after_ms: u64,
+    /// "idle", "election", "promotion" or "reconfiguration".
+    pub failover_phase: String,
+    pub odown: bool,
+    pub nodes: Vec<NodeStatus>,
+    /// The read port's backends (`ip:port`), as last applied.
+    pub read_pool: Vec<String>,
+    /// The other controllers, as heard from.
+    pub peers: Vec<PeerStatus>,
+    /// Failovers this controller saw complete (`+switch-master`), since it started.
+    pub failovers: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct NodeStatus {
+    pub addr: String,
+    /// "master", "replica" or "unknown" (never answered yet).
+    pub role: String,
+    /// Subjectively down from this controller's point of view.
+    pub sdown: bool,
+    /// For a replica: whom it follows and whether the link is up.
+    pub master: Option<String>,
+    pub link_up: Option<bool>,
+    pub lag_ms: Option<u64>,
+    pub repl_offset: Option<u64>,
+    pub priority: Option<u32>,
+    pub in_read_pool: bool,
+    /// Milliseconds since the last valid reply (None: never).
+    pub last_ok_ms_ago: Option<u64>,
+    /// Latency of the last successful probe.
+    pub probe_latency_ms: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PeerStatus {
+    pub id: String,
+    pub addr: String,
+    /// Milliseconds since a valid (authenticated) message arrived (None: never).
+    pub last_heard_ms_ago: Option<u64>,
+    /// The master and config epoch it announced last.
+    pub master: Option<String>,
+    pub config_epoch: Option<u64>,
+    /// Whether it believes in the same master at the same config epoch as we do.
+    pub agrees: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct DataplaneStatus {
+    pub pin_dir: String,
+    /// (interface, attach mode) as attached by this run or found pinned.
+    pub interfaces: Vec<(String, String)>,
+    pub backends: Vec<BackendTraffic>,
+    /// Packet counters by name (`redis_ha_common::counter::NAMES`).
+    pub counters: BTreeMap<String, u64>,
+    /// Entries in the connection table (two per connection).
+    pub flow_entries: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct BackendTraffic {
+    pub service: String,
+    pub addr: String,
+    pub slot: u32,
+    pub is_master: bool,
+    pub readable: bool,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub new_flows: u64,
+    pub flows_reset: u64,
+}
+
+/// One operator event, as Sentinel publishes it on its pub/sub channel named after the event.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EventRecord {
+    pub at_unix_ms: u64,
+    pub service: String,
+    /// Sentinel's event name, e.g. `+switch-master`: also the pub/sub channel.
+    pub name: String,
+    /// Sentinel's message payload, e.g. `mymaster 198.18.1.11 6379 198.18.1.12 6379`.
+    pub payload: String,
+}
