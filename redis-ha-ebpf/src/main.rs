@@ -160,14 +160,14 @@ fn to_backend(
         return xdp_action::XDP_DROP;
     }
 
-    let old_dst = ip.dst;
-    let old_port = tcp.dport;
-    let new_port = be.port.to_be_bytes();
-    ip.dst = be.ip;
-    csum_replace4(&mut ip.check, old_dst, be.ip);
-    csum_replace4(&mut tcp.check, old_dst, be.ip);
-    tcp.dport = new_port;
-    csum_replace2(&mut tcp.check, old_port, new_port);
+    rewrite(
+        &mut ip.dst,
+        &mut tcp.dport,
+        be.ip,
+        be.port,
+        &mut ip.check,
+        &mut tcp.check,
+    );
 
     let len = u16::from_be_bytes(ip.tot_len) as u64;
     backend_stats(slot, |s| {
@@ -229,14 +229,14 @@ fn to_client(
     tcp: &mut TcpHdr,
     flow: &Flow,
 ) -> u32 {
-    let old_src = ip.src;
-    let old_port = tcp.sport;
-    let new_port = flow.nat_port.to_be_bytes();
-    ip.src = flow.nat_ip;
-    csum_replace4(&mut ip.check, old_src, flow.nat_ip);
-    csum_replace4(&mut tcp.check, old_src, flow.nat_ip);
-    tcp.sport = new_port;
-    csum_replace2(&mut tcp.check, old_port, new_port);
+    rewrite(
+        &mut ip.src,
+        &mut tcp.sport,
+        flow.nat_ip,
+        flow.nat_port,
+        &mut ip.check,
+        &mut tcp.check,
+    );
 
     let len = u16::from_be_bytes(ip.tot_len) as u64;
     backend_stats(flow.backend, |s| {
@@ -244,6 +244,24 @@ fn to_client(
         s.bytes_out += len;
     });
     forward(ctx, eth, ip, counter::FWD_TO_CLIENT)
+}
+
+/// Replaces one endpoint (address + port) of the segment, keeping both checksums valid.
+#[inline(always)]
+fn rewrite(
+    addr: &mut [u8; 4],
+    port: &mut [u8; 2],
+    new_addr: [u8; 4],
+    new_port: u16,
+    ip_check: &mut [u8; 2],
+    tcp_check: &mut [u8; 2],
+) {
+    let new_port = new_port.to_be_bytes();
+    csum_replace4(ip_check, *addr, new_addr);
+    csum_replace4(tcp_check, *addr, new_addr);
+    csum_replace2(tcp_check, *port, new_port);
+    *addr = new_addr;
+    *port = new_port;
 }
 
 /// Routes the rewritten packet as the kernel would (FIB lookup, TTL, MACs) and redirects it.
