@@ -20,6 +20,11 @@ const DEBIAN_PROGRAMS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
     ("nsenter", "util-linux"),
+    // `cargo xtask bench` runs the seed stack it compares redis-ha with.
+    ("haproxy", "haproxy"),
+    ("redis-sentinel", "redis-sentinel"),
+    // tests/tests/status_page.rs loads the status page in headless Chromium.
+    ("chromium", "chromium"),
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";
