@@ -6,24 +6,32 @@
 //! - [`netns`]: the [`Netns`] guard, [`cleanup_prefix`] for leftovers of crashed runs;
 //! - [`testbed`]: [`Testbed`] — client, load balancer and backends wired as the data plane
 //!   expects, and the redis-ha-ctl config describing them;
+//! - [`cluster`]: [`Cluster`] — a testbed with three controller processes (`redis-ha-ctl run`),
+//!   their logs, state files and the data plane's view (`maps`);
+//! - [`trial`]: traffic through the VIP and the failover trial ([`run_trial`]): gap, lost
+//!   acknowledged writes, writes reaching the old master;
 //! - this file: finding the redis-ha-ctl binary and checking for root.
 //!
 //! Everything is named with the `rha-` prefix and a per-testbed tag, so concurrent tests never
 //! collide and leftovers are easy to find.
 
+pub mod cluster;
 pub mod netns;
 pub mod process;
 pub mod testbed;
+pub mod trial;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 
+pub use cluster::{Cluster, ClusterOptions, Controller, ControllerSpec, MapsView};
 pub use netns::{
     Leftovers, Netns, cleanup_prefix, in_netns, leftovers, list_namespaces, netns_command,
 };
 pub use process::{ChildGuard, describe, output_within, run, run_within, wait_until};
 pub use testbed::{Backend, Testbed, TestbedOptions, XdpMode, unique_tag};
+pub use trial::{Fault, TrafficLoop, TrialOptions, TrialOutcome, run_trial};
 
 /// The pin directory redis-ha-ctl uses when its config names none.
 pub use redis_ha_common::PIN_DIR as DEFAULT_PIN_DIR;

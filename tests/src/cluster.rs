@@ -1,0 +1,1011 @@
+//! Three redis-ha-ctl controller processes on a [`Testbed`], as the seed ran three Sentinels.
+//!
+//! ```text
+//!   rha-T-lb  (c1: owns the data plane)          rha-T-k2 (c2)           rha-T-k3 (c3)
+//!   rha-T-p2 198.18.2.1/32 ───────────────────── rha-T-k2 198.18.2.2/24
+//!     route 198.18.2.2/32, proxy_arp=1             default via 198.18.2.1
+//!   rha-T-p3 198.18.2.1/32 ─────────────────────────────────────────── rha-T-k3 198.18.2.3/24
+//!     route 198.18.2.3/32, proxy_arp=1                                   default via 198.18.2.1
+//! ```
+//! Each controller lives outside the backends' namespaces, so killing a redis-server or cutting a
+//! backend's link never takes a controller with it, and c2/c3 reach the backends the way a
+//! remote Sentinel would: routed through the LB, but not through the XDP data plane (their
+//! veths carry no program). c1 listens on 198.18.2.1, the LB's address on those veths, so every
+//! peer datagram crosses exactly one veth.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::str::FromStr;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::netns::{Netns, netns_command};
+use crate::process::{ChildGuard, run_within, wait_until};
+use crate::testbed::{Backend, SERVICE_NAME, Testbed, TestbedOptions, namespace_prefix};
+
+/// UDP port of the peer protocol (Sentinel's port, out of habit).
+pub const PEER_PORT: u16 = 26379;
+/// How long a freshly started controller may take to log that it runs (it loads XDP first).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound for one `redis-ha-ctl maps`.
+const MAPS_TIMEOUT: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(100);
+/// How long peers need, once all run, to have exchanged fresh hellos (they send one per probe
+/// interval and forget them after `max(5 intervals, down_after_ms)`).
+const PEER_WARMUP: Duration = Duration::from_secs(1);
+
+/// The address of controller node `n` on the controllers' network: 198.18.2.1 is the LB (c1),
+/// 198.18.2.N is the namespace `rha-<tag>-kN`.
+pub fn node_ip(n: u8) -> Ipv4Addr {
+    assert!((1..=9).contains(&n), "controller node {n} out of 1..=9");
+    Ipv4Addr::new(198, 18, 2, n)
+}
+
+/// What [`Cluster::up`] builds.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    pub testbed: TestbedOptions,
+    pub down_after_ms: u64,
+    /// Small in tests (Sentinel's default is 3 minutes): an aborted attempt is retried after
+    /// twice this, which must fit in a test.
+    pub failover_timeout_ms: u64,
+    pub probe_interval_ms: u64,
+    pub quorum: usize,
+    /// The shared peer secret (at least 16 characters).
+    pub secret: String,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            testbed: TestbedOptions::default(),
+            down_after_ms: 1000,
+            failover_timeout_ms: 5000,
+            probe_interval_ms: 100,
+            quorum: 2,
+            secret: "redis-ha-e2e-shared-secret".to_owned(),
+        }
+    }
+}
+
+/// One controller's configuration, enough to write its TOML.
+#[derive(Clone, Debug)]
+pub struct ControllerSpec {
+    pub id: String,
+    /// Where it runs: node 1 is the LB namespace, node N ≥ 2 the namespace `rha-<tag>-kN`
+    /// (created on demand). It listens on [`node_ip`]`(node)`:[`PEER_PORT`].
+    pub node: u8,
+    pub secret: String,
+    pub quorum: usize,
+    pub peers: Vec<(String, SocketAddrV4)>,
+    /// Owns the XDP data plane (gets the testbed's `[dataplane]` section).
+    pub dataplane: bool,
+}
+
+impl ControllerSpec {
+    pub fn listen(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(node_ip(self.node), PEER_PORT)
+    }
+}
+
+/// A namespace on the controllers' network, joined to the LB by a routed veth.
+#[derive(Debug)]
+struct ControllerNode {
+    n: u8,
+    ns: Netns,
+}
+
+/// A running testbed with controller processes. Dropping it (also during a panic) kills the
+/// controllers, removes their namespaces, then the testbed; during a panic it first prints the
+/// end of every controller's log, since the files go with the testbed's directory.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Declared first: the processes die before their namespaces and pins go.
+    controllers: Vec<Controller>,
+    nodes: Vec<ControllerNode>,
+    options: ClusterOptions,
+    /// Controller configs, logs and state files (inside the testbed's directory).
+    dir: PathBuf,
+    testbed: Testbed,
+}
+
+impl Cluster {
+    /// Builds the testbed, the controller namespaces and three controllers (c1 in the LB with
+    /// the data plane, c2 and c3 in their own namespaces), starts them and waits until the data
+    /// plane serves the initial master and a full read pool.
+    pub fn up(options: ClusterOptions) -> Result<Cluster> {
+        if options.secret.len() < 16 {
+            bail!("the peer secret must have at least 16 characters");
+        }
+        let testbed = Testbed::up(options.testbed.clone())?;
+        let dir = testbed
+            .config_path()
+            .parent()
+            .context("the testbed's config has no directory")?
+            .join("controllers");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut cluster = Cluster {
+            controllers: Vec::new(),
+            nodes: Vec::new(),
+            options,
+            dir,
+            testbed,
+        };
+        let members: Vec<(String, SocketAddrV4)> = (1..=3u8)
+            .map(|n| (format!("c{n}"), SocketAddrV4::new(node_ip(n), PEER_PORT)))
+            .collect();
+        for n in 1..=3u8 {
+            let id = format!("c{n}");
+            let spec = ControllerSpec {
+                peers: members.iter().filter(|(p, _)| *p != id).cloned().collect(),
+                id,
+                node: n,
+                secret: cluster.options.secret.clone(),
+                quorum: cluster.options.quorum,
+                dataplane: n == 1,
+            };
+            cluster.add_controller(spec)?;
+        }
+        for c in &cluster.controllers {
+            c.start()?;
+        }
+        cluster.wait_healthy(Duration::from_secs(30))?;
+        Ok(cluster)
+    }
+
+    pub fn testbed(&self) -> &Testbed {
+        &self.testbed
+    }
+
+    pub fn options(&self) -> &ClusterOptions {
+        &self.options
+    }
+
+    pub fn down_after(&self) -> Duration {
+        Duration::from_millis(self.options.down_after_ms)
+    }
+
+    pub fn probe_interval(&self) -> Duration {
+        Duration::from_millis(self.options.probe_interval_ms)
+    }
+
+    /// Every controller, c1..c3 first, then any added with [`Self::add_controller`].
+    pub fn controllers(&self) -> &[Controller] {
+        &self.controllers
+    }
+
+    /// Controller `n`, 1-based (c1 owns the data plane).
+    pub fn controller(&self, n: usize) -> &Controller {
+        assert!(
+            (1..=self.controllers.len()).contains(&n),
+            "controller {n} out of 1..={}",
+            self.controllers.len()
+        );
+        &self.controllers[n - 1]
+    }
+
+    /// The controllers whose process currently runs.
+    pub fn running(&self) -> Vec<&Controller> {
+        self.controllers.iter().filter(|c| c.is_running()).collect()
+    }
+
+    /// The namespace controller node `n` lives in (1: the LB).
+    pub fn node_netns(&self, n: u8) -> Result<&Netns> {
+        if n == 1 {
+            return Ok(self.testbed.lb());
+        }
+        self.nodes
+            .iter()
+            .find(|node| node.n == n)
+            .map(|node| &node.ns)
+            .with_context(|| format!("controller node {n} does not exist"))
+    }
+
+    /// Writes the config of a new controller (creating its node namespace if needed) without
+    /// starting it; returns its 1-based index. Used for c1..c3, and by tests for intruders.
+    pub fn add_controller(&mut self, spec: ControllerSpec) -> Result<usize> {
+        if spec.node >= 2 && !self.nodes.iter().any(|node| node.n == spec.node) {
+            let ns = attach_node(&self.testbed, spec.node)?;
+            self.nodes.push(ControllerNode { n: spec.node, ns });
+        }
+        let ns_name = self.node_netns(spec.node)?.name().to_owned();
+        let index = self.controllers.len() + 1;
+        // Unique names per index: an intruder may reuse a real controller's id.
+        let file = |ext: &str| self.dir.join(format!("{index}-{}.{ext}", spec.id));
+        let config_path = file("toml");
+        std::fs::write(&config_path, self.config_toml(&spec, &file("state")))
+            .with_context(|| format!("writing {}", config_path.display()))?;
+        self.controllers.push(Controller {
+            id: spec.id.clone(),
+            ns_name,
+            listen: spec.listen(),
+            config_path,
+            log_path: file("log"),
+            state_path: file("state"),
+            process: Mutex::new(None),
+            started_at: Mutex::new(None),
+        });
+        Ok(index)
+    }
+
+    fn config_toml(&self, spec: &ControllerSpec, state_file: &Path) -> String {
+        let base = self.testbed.config_toml();
+        // The testbed's config is `[dataplane]` then `[[service]]`; only c1 keeps the former.
+        let service_at = base.find("[[service]]").unwrap_or(0);
+        let (dataplane, service) = base.split_at(service_at);
+        let peers: Vec<String> = spec
+            .peers
+            .iter()
+            .map(|(id, addr)| format!("{{ id = \"{id}\", addr = \"{addr}\" }}"))
+            .collect();
+        let o = &self.options;
+        format!(
+            "{dataplane}{service}\
+             quorum = {quorum}\n\
+             down_after_ms = {down_after}\n\
+             failover_timeout_ms = {failover_timeout}\n\
+             \n\
+             [controller]\n\
+             id = \"{id}\"\n\
+             listen = \"{listen}\"\n\
+             secret = \"{secret}\"\n\
+             state_file = \"{state}\"\n\
+             probe_interval_ms = {interval}\n\
+             peers = [{peers}]\n",
+            dataplane = if spec.dataplane { dataplane } else { "" },
+            quorum = spec.quorum,
+            down_after = o.down_after_ms,
+            failover_timeout = o.failover_timeout_ms,
+            id = spec.id,
+            listen = spec.listen(),
+            secret = spec.secret,
+            state = state_file.display(),
+            interval = o.probe_interval_ms,
+            peers = peers.join(", "),
+        )
+    }
+
+    /// `redis-ha-ctl maps --config <c1's config> --flows 0`, parsed.
+    pub fn maps(&self) -> Result<MapsView> {
+        let mut cmd = self.testbed.lb().command(crate::ctl_binary()?);
+        cmd.arg("maps")
+            .arg("--config")
+            .arg(&self.controller(1).config_path)
+            .args(["--flows", "0"]);
+        let out = run_within(&mut cmd, MAPS_TIMEOUT)?;
+        out.parse()
+    }
+
+    /// The backend the write port points at now.
+    pub fn master(&self) -> Result<&Backend> {
+        let addr = self
+            .maps()?
+            .master()
+            .context("the write port has no master")?;
+        self.testbed
+            .backend_at(addr)
+            .with_context(|| format!("the write port points at {addr}, not a backend"))
+    }
+
+    /// Cuts backend `n` off: its veth goes down on the LB side, as if its cable were pulled.
+    pub fn cut_link(&self, n: usize) -> Result<()> {
+        let b = self.testbed.backend(n);
+        self.testbed
+            .lb()
+            .ip(&["link", "set", b.lb_interface(), "down"])?;
+        Ok(())
+    }
+
+    /// Undoes [`Self::cut_link`]. Taking a link down flushes the routes through it, so the
+    /// backend's host route comes back explicitly.
+    pub fn restore_link(&self, n: usize) -> Result<()> {
+        let b = self.testbed.backend(n);
+        let lb = self.testbed.lb();
+        lb.ip(&["link", "set", b.lb_interface(), "up"])?;
+        lb.ip(&[
+            "route",
+            "replace",
+            &format!("{}/32", b.ip()),
+            "dev",
+            b.lb_interface(),
+        ])?;
+        Ok(())
+    }
+
+    /// Makes `ip` unreachable from controller `ctl`'s namespace (a blackhole route), the others
+    /// unaffected. Refused for c1, whose namespace is the data plane's.
+    pub fn block(&self, ctl: usize, ip: Ipv4Addr) -> Result<()> {
+        let ns = self.controller_netns(ctl)?;
+        ns.ip(&["route", "add", "blackhole", &format!("{ip}/32")])?;
+        Ok(())
+    }
+
+    /// Removes the route [`Self::block`] added.
+    pub fn unblock(&self, ctl: usize, ip: Ipv4Addr) -> Result<()> {
+        let ns = self.controller_netns(ctl)?;
+        ns.ip(&["route", "del", "blackhole", &format!("{ip}/32")])?;
+        Ok(())
+    }
+
+    fn controller_netns(&self, ctl: usize) -> Result<&Netns> {
+        let c = self.controller(ctl);
+        if c.ns_name == self.testbed.lb().name() {
+            bail!(
+                "controller {} runs in the LB namespace: a route there would also cut the data plane",
+                c.id
+            );
+        }
+        self.nodes
+            .iter()
+            .map(|node| &node.ns)
+            .find(|ns| ns.name() == c.ns_name)
+            .with_context(|| format!("no namespace for controller {}", c.id))
+    }
+
+    /// Waits (bounded) until the service is whole: the write port has a master that reports
+    /// `role:master`; every other backend runs, follows it with the link up and is readable;
+    /// every running controller's state file (once it has one) names that master; and the
+    /// controllers have run long enough to have heard each other. Returns the master.
+    pub fn wait_healthy(&self, timeout: Duration) -> Result<SocketAddrV4> {
+        let master = wait_until("the service to be healthy", timeout, POLL, || {
+            Ok(self.health_problem()?.ok())
+        })
+        .map_err(|e| {
+            // Say what was still wrong, not just that time ran out.
+            let problem = match self.health_problem() {
+                Ok(Err(p)) => p,
+                Ok(Ok(_)) => "nothing (it became healthy just now)".to_owned(),
+                Err(e) => format!("{e:#}"),
+            };
+            e.context(format!("still wrong: {problem}"))
+        })?;
+        for c in self.running() {
+            if let Some(started) = c.started_at() {
+                std::thread::sleep(PEER_WARMUP.saturating_sub(started.elapsed()));
+            }
+        }
+        Ok(master)
+    }
+
+    /// `Ok(Ok(master))` when healthy, `Ok(Err(what is wrong))` otherwise.
+    fn health_problem(&self) -> Result<std::result::Result<SocketAddrV4, String>> {
+        let maps = self.maps()?;
+        let Some(master) = maps.master() else {
+            return Ok(Err("the write port has no master".into()));
+        };
+        let tb = &self.testbed;
+        let Some(master_backend) = tb.backend_at(master) else {
+            return Ok(Err(format!("the write port points at {master}")));
+        };
+        match replication(master_backend) {
+            Ok(Replication::Master) => {}
+            other => return Ok(Err(format!("master {master} reports {other:?}"))),
+        }
+        for b in tb.backends().iter().filter(|b| b.addr() != master) {
+            match replication(b) {
+                Ok(Replication::Replica {
+                    master: m,
+                    link_up: true,
+                }) if m == *master.ip() => {}
+                other => {
+                    return Ok(Err(format!(
+                        "{} reports {other:?}, not a synced replica of {master}",
+                        b.addr()
+                    )));
+                }
+            }
+            if !maps.row(b.addr()).is_some_and(|r| r.readable) {
+                return Ok(Err(format!("{} is not in the read pool", b.addr())));
+            }
+        }
+        for c in self.running() {
+            if let Some(state) = c.state()?
+                && state.master != master
+            {
+                return Ok(Err(format!(
+                    "{} believes {} is the master",
+                    c.id, state.master
+                )));
+            }
+        }
+        Ok(Ok(master))
+    }
+}
+
+impl Cluster {
+    /// The last `lines` lines of every controller's log, for a failing test to print (the
+    /// files go with the testbed's directory).
+    pub fn log_tails(&self, lines: usize) -> String {
+        self.controllers
+            .iter()
+            .map(|c| {
+                format!(
+                    "---- end of {c}, {} ----\n{}\n",
+                    c.log_path.display(),
+                    tail(&c.log(), lines)
+                )
+            })
+            .collect()
+    }
+}
+
+impl Cluster {
+    /// Copies every controller's log to `<target>/e2e-logs/<tag>/` (which outlives the
+    /// testbed, unlike the logs themselves) and returns that directory.
+    pub fn save_logs(&self) -> Result<PathBuf> {
+        let dir = crate::target_dir()
+            .join("e2e-logs")
+            .join(self.testbed.tag());
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for c in &self.controllers {
+            if let Some(name) = c.log_path.file_name() {
+                std::fs::write(dir.join(name), c.log())
+                    .with_context(|| format!("saving {}", c.log_path.display()))?;
+            }
+        }
+        Ok(dir)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_tails(60));
+            match self.save_logs() {
+                Ok(dir) => eprintln!("controller logs saved in {}", dir.display()),
+                Err(e) => eprintln!("saving the controller logs: {e:#}"),
+            }
+        }
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Creates `rha-<tag>-kN` joined to the LB (see the module docs).
+fn attach_node(tb: &Testbed, n: u8) -> Result<Netns> {
+    let prefix = namespace_prefix(tb.tag());
+    let ns = Netns::create(&format!("{prefix}k{n}"))?;
+    let inside = format!("{prefix}k{n}");
+    let outside = format!("{prefix}p{n}");
+    let lb = tb.lb();
+    let ip = node_ip(n);
+    lb.ip(&[
+        "link",
+        "add",
+        &outside,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &inside,
+        "netns",
+        ns.name(),
+    ])?;
+    lb.ip(&[
+        "addr",
+        "add",
+        &format!("{}/32", node_ip(1)),
+        "dev",
+        &outside,
+    ])?;
+    // Controllers believe they share 198.18.2.0/24: the LB answers their ARP for each other.
+    lb.set_sysctl(&format!("net.ipv4.conf.{outside}.proxy_arp"), "1")?;
+    lb.set_sysctl(&format!("net.ipv4.conf.{outside}.rp_filter"), "0")?;
+    lb.ip(&["link", "set", &outside, "up"])?;
+    lb.ip(&["route", "add", &format!("{ip}/32"), "dev", &outside])?;
+    ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", &inside])?;
+    ns.ip(&["link", "set", &inside, "up"])?;
+    ns.ip(&["route", "add", "default", "via", &node_ip(1).to_string()])?;
+    Ok(ns)
+}
+
+/// What `INFO replication` says about a backend's role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Replication {
+    Master,
+    Replica { master: Ipv4Addr, link_up: bool },
+}
+
+/// Asks backend `b` (from its own namespace) for its role.
+pub fn replication(b: &Backend) -> Result<Replication> {
+    let info = b.redis_cli(&["INFO", "replication"])?;
+    let field = |key: &str| {
+        info.lines()
+            .filter_map(|l| l.trim_end().split_once(':'))
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_owned())
+    };
+    match field("role").as_deref() {
+        Some("master") => Ok(Replication::Master),
+        Some("slave") => Ok(Replication::Replica {
+            master: field("master_host")
+                .context("a replica without master_host")?
+                .parse()
+                .context("master_host is not an IPv4 address")?,
+            link_up: field("master_link_status").as_deref() == Some("up"),
+        }),
+        other => bail!("{}: INFO replication has role {other:?}", b.addr()),
+    }
+}
+
+/// A position in a controller's log: "what it logged since then".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LogMark(u64);
+
+/// One `redis_ha::event` line, e.g. `+switch-master` with payload
+/// `mymaster 198.18.1.11 6379 198.18.1.12 6379`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventLine {
+    pub name: String,
+    pub payload: String,
+    /// The whole line, for messages.
+    pub line: String,
+}
+
+/// What a controller persisted for the testbed's service (its state file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControllerState {
+    pub current_epoch: u64,
+    pub vote_epoch: Option<u64>,
+    pub vote_leader: Option<String>,
+    pub master: SocketAddrV4,
+    pub config_epoch: u64,
+}
+
+/// One `redis-ha-ctl run` process and its files.
+#[derive(Debug)]
+pub struct Controller {
+    id: String,
+    ns_name: String,
+    listen: SocketAddrV4,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    state_path: PathBuf,
+    /// `None` while not running; behind a mutex so a test can kill one through `&Cluster`.
+    process: Mutex<Option<ChildGuard>>,
+    started_at: Mutex<Option<Instant>>,
+}
+
+impl Controller {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn listen(&self) -> SocketAddrV4 {
+        self.listen
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    pub fn state_path(&self) -> &Path {
+        &self.state_path
+    }
+
+    /// The namespace the process runs in.
+    pub fn netns_name(&self) -> &str {
+        &self.ns_name
+    }
+
+    fn process(&self) -> MutexGuard<'_, Option<ChildGuard>> {
+        self.process.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn started_at(&self) -> Option<Instant> {
+        *self.started_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process().as_ref().map(ChildGuard::id)
+    }
+
+    pub fn is_running(&self) -> bool {
+        let mut process = self.process();
+        match process.as_mut().map(ChildGuard::try_wait) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                *process = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Starts `redis-ha-ctl run` (output appended to its log) and waits until it logs that it
+    /// runs. An error if it already runs or exits meanwhile.
+    pub fn start(&self) -> Result<()> {
+        if self.is_running() {
+            bail!("controller {} already runs", self.id);
+        }
+        let mark = self.mark();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .with_context(|| format!("opening {}", self.log_path.display()))?;
+        let mut cmd = netns_command(&self.ns_name, crate::ctl_binary()?);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&self.config_path)
+            // Plain text: the tests read the log.
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        *self.process() = Some(
+            ChildGuard::spawn(&mut cmd)
+                .with_context(|| format!("starting controller {}", self.id))?,
+        );
+        *self.started_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        wait_until(
+            &format!("controller {} to start", self.id),
+            START_TIMEOUT,
+            Duration::from_millis(50),
+            || {
+                if !self.is_running() {
+                    bail!(
+                        "controller {} exited; its log ends with:\n{}",
+                        self.id,
+                        tail(&self.log_since(mark), 20)
+                    );
+                }
+                Ok(self
+                    .log_since(mark)
+                    .contains("controller started")
+                    .then_some(()))
+            },
+        )
+    }
+
+    /// SIGKILL and reap: a crash, no chance to clean up.
+    pub fn kill(&self) -> Result<()> {
+        if let Some(mut p) = self.process().take() {
+            p.kill()?;
+        }
+        Ok(())
+    }
+
+    /// The current end of the log.
+    pub fn mark(&self) -> LogMark {
+        LogMark(std::fs::metadata(&self.log_path).map_or(0, |m| m.len()))
+    }
+
+    /// The whole log, without terminal colours.
+    pub fn log(&self) -> String {
+        self.log_since(LogMark::default())
+    }
+
+    /// What the log gained since `mark`.
+    pub fn log_since(&self, mark: LogMark) -> String {
+        let bytes = std::fs::read(&self.log_path).unwrap_or_default();
+        let from = (mark.0 as usize).min(bytes.len());
+        strip_ansi(&String::from_utf8_lossy(&bytes[from..]))
+    }
+
+    /// The `name` events (e.g. `+switch-master`) logged since `mark`.
+    pub fn events(&self, name: &str, since: LogMark) -> Vec<EventLine> {
+        self.log_since(since)
+            .lines()
+            .filter_map(parse_event)
+            .filter(|e| e.name == name)
+            .collect()
+    }
+
+    pub fn count_events(&self, name: &str, since: LogMark) -> usize {
+        self.events(name, since).len()
+    }
+
+    /// Waits (bounded) for the first `name` event after `since`.
+    pub fn wait_for_event(
+        &self,
+        name: &str,
+        since: LogMark,
+        timeout: Duration,
+    ) -> Result<EventLine> {
+        wait_until(
+            &format!("{} to log {name}", self.id),
+            timeout,
+            Duration::from_millis(50),
+            || Ok(self.events(name, since).into_iter().next()),
+        )
+    }
+
+    /// Waits (bounded) for a log line containing every one of `needles` after `since`.
+    pub fn wait_for_line(
+        &self,
+        needles: &[&str],
+        since: LogMark,
+        timeout: Duration,
+    ) -> Result<String> {
+        wait_until(
+            &format!("{} to log a line with {needles:?}", self.id),
+            timeout,
+            Duration::from_millis(50),
+            || {
+                Ok(self
+                    .log_since(since)
+                    .lines()
+                    .find(|l| needles.iter().all(|n| l.contains(n)))
+                    .map(str::to_owned))
+            },
+        )
+    }
+
+    /// Its state file, `None` before it first persisted anything.
+    pub fn state(&self) -> Result<Option<ControllerState>> {
+        let text = match std::fs::read_to_string(&self.state_path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(e).with_context(|| format!("reading {}", self.state_path.display()));
+            }
+        };
+        parse_state(&text)
+            .with_context(|| {
+                format!(
+                    "{}: unexpected state file:\n{text}",
+                    self.state_path.display()
+                )
+            })
+            .map(Some)
+    }
+}
+
+impl fmt::Display for Controller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({} in {})", self.id, self.listen, self.ns_name)
+    }
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI sequences end with a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `<time> INFO redis_ha::event: +switch-master mymaster ... service=mymaster event="+switch-master"`.
+fn parse_event(line: &str) -> Option<EventLine> {
+    let (_, rest) = line.split_once("redis_ha::event: ")?;
+    let message = rest.split(" service=").next().unwrap_or(rest);
+    let (name, payload) = message.split_once(' ').unwrap_or((message, ""));
+    Some(EventLine {
+        name: name.to_owned(),
+        payload: payload.to_owned(),
+        line: line.to_owned(),
+    })
+}
+
+/// The testbed's state file holds one service; reading its five scalar fields by name needs no
+/// JSON library.
+fn parse_state(text: &str) -> Result<ControllerState> {
+    let service = text
+        .find(&format!("\"{SERVICE_NAME}\""))
+        .map(|at| &text[at..])
+        .with_context(|| format!("no service {SERVICE_NAME}"))?;
+    let field = |key: &str| -> Result<Option<String>> {
+        let at = service
+            .find(&format!("\"{key}\""))
+            .with_context(|| format!("no field {key}"))?;
+        let value = service[at + key.len() + 2..]
+            .trim_start()
+            .strip_prefix(':')
+            .with_context(|| format!("{key} has no value"))?
+            .trim_start();
+        let token = if let Some(s) = value.strip_prefix('"') {
+            s.split('"').next().unwrap_or_default()
+        } else {
+            value
+                .split(|c: char| c == ',' || c == '}' || c.is_whitespace())
+                .next()
+                .unwrap_or_default()
+        };
+        Ok((token != "null").then(|| token.to_owned()))
+    };
+    let number = |key: &str| -> Result<Option<u64>> {
+        field(key)?
+            .map(|v| v.parse().with_context(|| format!("{key} = {v:?}")))
+            .transpose()
+    };
+    Ok(ControllerState {
+        current_epoch: number("current_epoch")?.context("current_epoch is null")?,
+        vote_epoch: number("vote_epoch")?,
+        vote_leader: field("vote_leader")?,
+        master: field("master")?
+            .context("master is null")?
+            .parse()
+            .context("master is not an address")?,
+        config_epoch: number("config_epoch")?.context("config_epoch is null")?,
+    })
+}
+
+/// `redis-ha-ctl maps` for the testbed's one service.
+#[derive(Clone, Debug)]
+pub struct MapsView {
+    pub epoch: u64,
+    pub master_slot: u32,
+    pub backends: Vec<BackendRow>,
+    /// The whole output, for messages.
+    pub raw: String,
+}
+
+/// One backend line of `redis-ha-ctl maps`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendRow {
+    pub slot: u32,
+    pub addr: SocketAddrV4,
+    pub readable: bool,
+    pub pkts_in: u64,
+    pub bytes_in: u64,
+    pub pkts_out: u64,
+    pub bytes_out: u64,
+    pub new_flows: u64,
+    pub resets: u64,
+}
+
+impl MapsView {
+    /// The backend the write port points at.
+    pub fn master(&self) -> Option<SocketAddrV4> {
+        self.backends
+            .iter()
+            .find(|b| b.slot == self.master_slot)
+            .map(|b| b.addr)
+    }
+
+    pub fn row(&self, addr: SocketAddrV4) -> Option<&BackendRow> {
+        self.backends.iter().find(|b| b.addr == addr)
+    }
+
+    /// The read pool: backends with the READABLE flag.
+    pub fn readable(&self) -> Vec<SocketAddrV4> {
+        self.backends
+            .iter()
+            .filter(|b| b.readable)
+            .map(|b| b.addr)
+            .collect()
+    }
+}
+
+impl FromStr for MapsView {
+    type Err = anyhow::Error;
+
+    fn from_str(raw: &str) -> Result<Self> {
+        let header = raw
+            .lines()
+            .find(|l| l.starts_with("service ") && l.contains(&format!(" {SERVICE_NAME}:")))
+            .with_context(|| format!("no service {SERVICE_NAME} in `maps`:\n{raw}"))?;
+        let after = |label: &str| -> Result<u64> {
+            header
+                .split("; ")
+                .find_map(|part| part.strip_prefix(label))
+                .with_context(|| format!("no `{label}` in {header:?}"))?
+                .trim()
+                .parse()
+                .with_context(|| format!("`{label}` in {header:?}"))
+        };
+        let epoch = after("epoch ")?;
+        let master_slot = u32::try_from(after("master slot ")?)?;
+        let mut backends = Vec::new();
+        for line in raw.lines().skip_while(|l| *l != header).skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if line.trim().is_empty() || cols.first().is_some_and(|c| c.ends_with(':')) {
+                break;
+            }
+            // slot backend role readable pkts_in bytes_in pkts_out bytes_out new_flows resets
+            if cols.len() != 10 || cols[0] == "slot" {
+                continue;
+            }
+            let n = |i: usize| -> Result<u64> {
+                cols[i]
+                    .parse()
+                    .with_context(|| format!("column {i} of {line:?}"))
+            };
+            backends.push(BackendRow {
+                slot: u32::try_from(n(0)?)?,
+                addr: cols[1]
+                    .parse()
+                    .with_context(|| format!("address in {line:?}"))?,
+                readable: cols[3] == "yes",
+                pkts_in: n(4)?,
+                bytes_in: n(5)?,
+                pkts_out: n(6)?,
+                bytes_out: n(7)?,
+                new_flows: n(8)?,
+                resets: n(9)?,
+            });
+        }
+        if backends.is_empty() {
+            bail!("no backend rows in `maps`:\n{raw}");
+        }
+        Ok(MapsView {
+            epoch,
+            master_slot,
+            backends,
+            raw: raw.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_maps_output() {
+        let raw = "data plane pinned at /sys/fs/bpf/redis-ha-x\n\
+            \n\
+            service 0 mymaster: write 198.18.0.100:6380, read 198.18.0.100:6381; epoch 3; master slot 2; live table 1\n\
+            \x20 slot  backend               role     readable    pkts_in     bytes_in   pkts_out    bytes_out new_flows  resets\n\
+            \x20    1  198.18.1.11:6379      -        yes              10         1000          9          900         2       0\n\
+            \x20    2  198.18.1.12:6379      master   no               20         2000         19         1900         3       1\n\
+            \x20    3  198.18.1.13:6379      -        yes               0            0          0            0         0       0\n\
+            \n\
+            counters (packets):\n  fwd_to_backend 30\n";
+        let m: MapsView = raw.parse().unwrap();
+        assert_eq!((m.epoch, m.master_slot), (3, 2));
+        assert_eq!(m.master(), Some("198.18.1.12:6379".parse().unwrap()));
+        assert_eq!(m.backends.len(), 3);
+        assert_eq!(
+            m.readable(),
+            ["198.18.1.11:6379", "198.18.1.13:6379"].map(|a| a.parse().unwrap())
+        );
+        let r = m.row("198.18.1.12:6379".parse().unwrap()).unwrap();
+        assert_eq!((r.pkts_in, r.new_flows, r.resets), (20, 3, 1));
+    }
+
+    #[test]
+    fn parses_event_lines_and_state_files() {
+        let line = "\u{1b}[2m2026-11-25T21:01:00.250885Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m redis_ha::event: \
+                    +switch-master mymaster 198.18.1.11 6379 198.18.1.12 6379 service=mymaster event=\"+switch-master\"";
+        let e = parse_event(&strip_ansi(line)).unwrap();
+        assert_eq!(e.name, "+switch-master");
+        assert_eq!(e.payload, "mymaster 198.18.1.11 6379 198.18.1.12 6379");
+        assert!(parse_event("INFO redis_ha_ctl::daemon: controller started").is_none());
+
+        let state = r#"{
+  "services": {
+    "mymaster": {
+      "current_epoch": 4,
+      "vote_epoch": null,
+      "vote_leader": "c2",
+      "master": "198.18.1.13:6379",
+      "config_epoch": 3
+    }
+  }
+}"#;
+        assert_eq!(
+            parse_state(state).unwrap(),
+            ControllerState {
+                current_epoch: 4,
+                vote_epoch: None,
+                vote_leader: Some("c2".into()),
+                master: "198.18.1.13:6379".parse().unwrap(),
+                config_epoch: 3,
+            }
+        );
+    }
+}
