@@ -19,6 +19,8 @@ pub const MAX_BACKENDS: u32 = 1024;
 pub const RING_SIZE: u32 = 4093;
 /// Each service owns two tables (double buffering); [`ServiceState::ring_active`] picks one.
 pub const RING_ENTRIES: u32 = MAX_SERVICES * 2 * RING_SIZE;
+/// Client networks whose replies may be rewritten without a connection-table entry.
+pub const MAX_CLIENT_NETS: u32 = 256;
 /// Connection-table capacity (each connection takes two entries: one per direction).
 pub const FLOW_TABLE_SIZE: u32 = 262_144;
 
@@ -64,6 +66,11 @@ pub struct ServiceState {
     pub ring_active: u32,
     /// Failover epoch that installed this master; userspace never writes an older one.
     pub epoch: u64,
+    /// The service's VIP and ports, for replies that arrive without a connection-table entry
+    /// (another LB node accepted the connection, or the entry was evicted).
+    pub vip: [u8; 4],
+    pub write_port: u16,
+    pub read_port: u16,
 }
 
 /// Bits of [`Backend::flags`].
@@ -84,6 +91,23 @@ pub struct Backend {
     pub service_id: u32,
     /// [`backend_flags`] bits.
     pub flags: u32,
+}
+
+/// Key of `BACKEND_ADDRS`: a backend's address, to find its slot from a reply.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AddrKey {
+    pub ip: [u8; 4],
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Key of `CLIENT_NETS` (an LPM trie key: prefix length in bits, then the address).
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetKey {
+    pub prefix_len: u32,
+    pub addr: [u8; 4],
 }
 
 /// Key of `FLOWS`: a TCP connection as seen in one direction (addresses as on the wire).
@@ -174,8 +198,12 @@ pub mod counter {
     /// A client's RST on a connection we would have reset (stale or without backend): dropped,
     /// since a reset must never be answered with a reset (RFC 9293, 3.10.7.1).
     pub const DROP_RST_NO_BACKEND: u32 = 13;
+    /// A backend's reply with no connection-table entry, to an address in a client network:
+    /// rewritten from the live state (write port if it is the master, else read port) and
+    /// redirected. This is what keeps connections alive when they move to another LB node.
+    pub const FWD_TO_CLIENT_NO_FLOW: u32 = 14;
     /// Number of counters (size of the `COUNTERS` array).
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
 
     /// Names for display, indexed like the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -193,6 +221,7 @@ pub mod counter {
         "drop_no_route",
         "drop_internal",
         "drop_rst_no_backend",
+        "fwd_to_client_no_flow",
     ];
 }
 
@@ -205,6 +234,8 @@ pub mod map_name {
     pub const FLOWS: &str = "FLOWS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const BACKEND_ADDRS: &str = "BACKEND_ADDRS";
+    pub const CLIENT_NETS: &str = "CLIENT_NETS";
 }
 
 /// Hash of a client → VIP connection that picks its Maglev table entry.
@@ -232,7 +263,9 @@ pub const fn ring_index(service_id: u32, half: u32, i: u32) -> u32 {
 // padding would silently shift the other side's view.
 const _: () = assert!(size_of::<ServiceKey>() == 8);
 const _: () = assert!(size_of::<ServicePort>() == 8);
-const _: () = assert!(size_of::<ServiceState>() == 16);
+const _: () = assert!(size_of::<ServiceState>() == 24);
+const _: () = assert!(size_of::<AddrKey>() == 8);
+const _: () = assert!(size_of::<NetKey>() == 8);
 const _: () = assert!(size_of::<Backend>() == 16);
 const _: () = assert!(size_of::<FlowKey>() == 12);
 const _: () = assert!(size_of::<Flow>() == 24);
@@ -248,6 +281,8 @@ mod pod {
     unsafe impl aya::Pod for ServiceState {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for AddrKey {}
+    unsafe impl aya::Pod for NetKey {}
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for BackendStats {}
 }

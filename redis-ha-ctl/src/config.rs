@@ -111,6 +111,11 @@ pub struct DataplaneConfig {
     pub xdp_mode: XdpMode,
     /// bpffs directory holding the pinned program, links and maps.
     pub pin_dir: PathBuf,
+    /// Networks of the clients (address, prefix length). A backend's reply to one of them that
+    /// has no connection-table entry is rewritten from the live state, which is what lets a
+    /// connection survive moving to another LB node. Empty (the default): never. Clients in
+    /// these networks must then reach the backends only through the VIP.
+    pub client_networks: Vec<(Ipv4Addr, u8)>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -238,6 +243,8 @@ struct RawDataplane {
     #[serde(default)]
     xdp_mode: XdpMode,
     pin_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    client_networks: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -648,7 +655,25 @@ fn validate_dataplane(dp: &Spanned<RawDataplane>) -> Result<DataplaneConfig, Pro
             path
         }
     };
+    let mut client_networks = Vec::new();
+    for (i, net) in raw.client_networks.iter().enumerate() {
+        let bad = || {
+            problem(
+                net,
+                format!("dataplane.client_networks[{i}]"),
+                format!("{:?} is not an IPv4 network like \"198.18.0.0/24\"", net.get_ref()),
+            )
+        };
+        let (addr, len) = net.get_ref().split_once('/').ok_or_else(bad)?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+        let len: u8 = len.parse().map_err(|_| bad())?;
+        if len > 32 {
+            return Err(bad());
+        }
+        client_networks.push((addr, len));
+    }
     Ok(DataplaneConfig {
+        client_networks,
         interfaces: raw
             .interfaces
             .get_ref()
@@ -748,6 +773,11 @@ backends = ["198.18.1.11:6379", "198.18.1.12:6379", "198.18.1.13:6379"]
         assert_eq!(err(&long_if).1, "dataplane.interfaces[1]");
         let rel = GOOD.replace("xdp_mode = \"native\"", "pin_dir = \"relative/dir\"");
         assert_eq!(err(&rel).1, "dataplane.pin_dir");
+        let net = GOOD.replace("xdp_mode = \"native\"", "client_networks = [\"198.18.0.0/33\"]");
+        assert_eq!(err(&net).1, "dataplane.client_networks[0]");
+        let ok = GOOD.replace("xdp_mode = \"native\"", "client_networks = [\"198.18.0.0/24\"]");
+        let nets = parse(&ok).unwrap().dataplane.unwrap().client_networks;
+        assert_eq!(nets, [(Ipv4Addr::new(198, 18, 0, 0), 24)]);
     }
 
     #[test]

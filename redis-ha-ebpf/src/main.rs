@@ -20,11 +20,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
-use maps::{BACKENDS, FLOWS, READ_RING, SERVICE_STATE, SERVICES, backend_stats, count};
+use maps::{
+    BACKEND_ADDRS, BACKENDS, CLIENT_NETS, FLOWS, READ_RING, SERVICE_STATE, SERVICES, backend_stats,
+    count,
+};
 use packet::*;
 use redis_ha_common::{
-    Backend, Flow, FlowKey, RING_SIZE, ServiceKey, ServicePort, backend_flags, counter, flow_dir,
-    flow_hash, port_kind, ring_index,
+    AddrKey, Backend, Flow, FlowKey, RING_SIZE, ServiceKey, ServicePort, backend_flags, counter,
+    flow_dir, flow_hash, port_kind, ring_index,
 };
 
 const AF_INET: u8 = 2;
@@ -92,9 +95,57 @@ fn try_redis_ha(ctx: &XdpContext) -> Result<u32, u32> {
         dst_port: u16::from_be_bytes(tcp.dport),
     };
     match unsafe { FLOWS.get(&fkey) }.copied() {
-        Some(flow) if flow.dir == flow_dir::TO_CLIENT => Ok(to_client(ctx, eth, ip, tcp, &flow)),
-        _ => Err(counter::PASS_NOT_SERVICE),
+        Some(flow) if flow.dir == flow_dir::TO_CLIENT => {
+            Ok(to_client(ctx, eth, ip, tcp, &flow, counter::FWD_TO_CLIENT))
+        }
+        _ => match reply_without_flow(&fkey) {
+            Some(flow) => Ok(to_client(
+                ctx,
+                eth,
+                ip,
+                tcp,
+                &flow,
+                counter::FWD_TO_CLIENT_NO_FLOW,
+            )),
+            None => Err(counter::PASS_NOT_SERVICE),
+        },
     }
+}
+
+/// A backend's reply for which this node has no connection entry: the connection was
+/// accepted by another LB node (which then failed) or its entry was evicted. The rewrite is
+/// derived from the live state, the same on every node: the master's replies come from the
+/// write port, a readable replica's from the read port. Only for destinations in a configured
+/// client network, so replication and probes between hosts behind the LB are never touched.
+#[inline(always)]
+fn reply_without_flow(fkey: &FlowKey) -> Option<Flow> {
+    let net = aya_ebpf::btf_maps::lpm_trie::Key::new(32, fkey.dst_ip);
+    CLIENT_NETS.get(&net)?;
+    let addr = AddrKey {
+        ip: fkey.src_ip,
+        port: fkey.src_port,
+        _pad: 0,
+    };
+    // SAFETY: the value is copied out at once.
+    let slot = unsafe { BACKEND_ADDRS.get(&addr) }.copied()?;
+    let be = BACKENDS.get(slot).copied()?;
+    let st = SERVICE_STATE.get(be.service_id).copied()?;
+    let (nat_port, kind) = if slot == st.master {
+        (st.write_port, port_kind::WRITE)
+    } else if be.flags & backend_flags::READABLE != 0 {
+        (st.read_port, port_kind::READ)
+    } else {
+        return None;
+    };
+    Some(Flow {
+        nat_ip: st.vip,
+        nat_port,
+        _pad: 0,
+        backend: slot,
+        service_id: be.service_id,
+        kind,
+        dir: flow_dir::TO_CLIENT,
+    })
 }
 
 /// Client → VIP:port. Picks (or recalls) the backend, rewrites the destination, forwards.
@@ -228,6 +279,7 @@ fn to_client(
     ip: &mut Ipv4Hdr,
     tcp: &mut TcpHdr,
     flow: &Flow,
+    fast: u32,
 ) -> u32 {
     rewrite(
         &mut ip.src,
@@ -243,7 +295,7 @@ fn to_client(
         s.packets_out += 1;
         s.bytes_out += len;
     });
-    forward(ctx, eth, ip, counter::FWD_TO_CLIENT)
+    forward(ctx, eth, ip, fast)
 }
 
 /// Replaces one endpoint (address + port) of the segment, keeping both checksums valid.

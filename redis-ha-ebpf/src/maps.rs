@@ -3,12 +3,12 @@
 //! directory. Key → value, who writes, who reads:
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use redis_ha_common::{
-    Backend, BackendStats, FLOW_TABLE_SIZE, Flow, FlowKey, MAX_BACKENDS, MAX_SERVICES,
-    RING_ENTRIES, ServiceKey, ServicePort, ServiceState, counter,
+    AddrKey, Backend, BackendStats, FLOW_TABLE_SIZE, Flow, FlowKey, MAX_BACKENDS, MAX_CLIENT_NETS,
+    MAX_SERVICES, RING_ENTRIES, ServiceKey, ServicePort, ServiceState, counter,
 };
 
 /// VIP + port → (service, write or read). Written by the controller when services change;
@@ -37,6 +37,17 @@ pub static READ_RING: Array<u32, { RING_ENTRIES as usize }> = Array::new();
 /// read on every packet; the controller only dumps it.
 #[btf_map]
 pub static FLOWS: LruHashMap<FlowKey, Flow, { FLOW_TABLE_SIZE as usize }> = LruHashMap::new();
+
+/// backend address → slot, mirroring `BACKENDS`. Written by the controller with each slot;
+/// read for replies that have no `FLOWS` entry.
+#[btf_map]
+pub static BACKEND_ADDRS: HashMap<AddrKey, u32, { MAX_BACKENDS as usize }> = HashMap::new();
+
+/// Client networks (longest prefix match) → 1. Written by the controller from
+/// `[dataplane] client_networks`; a backend's reply without a `FLOWS` entry is rewritten only
+/// when its destination is in one (empty: never, the default).
+#[btf_map]
+pub static CLIENT_NETS: LpmTrie<[u8; 4], u32, { MAX_CLIENT_NETS as usize }> = LpmTrie::new();
 
 /// backend slot → traffic counters, per CPU. Written by the program; summed by the controller.
 #[btf_map]

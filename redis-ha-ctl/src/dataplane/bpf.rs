@@ -8,7 +8,7 @@ use std::{
 
 use aya::{
     EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
     programs::{
         Xdp, XdpMode as AyaXdpMode,
         links::{FdLink, PinnedLink},
@@ -16,8 +16,8 @@ use aya::{
     },
 };
 use redis_ha_common::{
-    Backend, BackendStats, Flow, FlowKey, MAX_BACKENDS, MAX_SERVICES, RING_SIZE, ServiceKey,
-    ServicePort, ServiceState, counter, map_name, ring_index,
+    AddrKey, Backend, BackendStats, Flow, FlowKey, MAX_BACKENDS, MAX_SERVICES, RING_SIZE,
+    ServiceKey, ServicePort, ServiceState, counter, map_name, ring_index,
 };
 
 use super::{Dataplane, MapOp, Snapshot};
@@ -80,6 +80,8 @@ pub struct BpfDataplane {
     flows: HashMap<MapData, FlowKey, Flow>,
     backend_stats: PerCpuArray<MapData, BackendStats>,
     counters: PerCpuArray<MapData, u64>,
+    backend_addrs: HashMap<MapData, AddrKey, u32>,
+    client_nets: LpmTrie<MapData, [u8; 4], u32>,
 }
 
 fn check_bpffs(pin_dir: &Path) -> Result<(), BpfError> {
@@ -126,6 +128,10 @@ impl BpfDataplane {
                 .map_err(map_err(map_name::BACKEND_STATS))?,
             counters: PerCpuArray::try_from(open(map_name::COUNTERS)?)
                 .map_err(map_err(map_name::COUNTERS))?,
+            backend_addrs: HashMap::try_from(open(map_name::BACKEND_ADDRS)?)
+                .map_err(map_err(map_name::BACKEND_ADDRS))?,
+            client_nets: LpmTrie::try_from(open(map_name::CLIENT_NETS)?)
+                .map_err(map_err(map_name::CLIENT_NETS))?,
         })
     }
 
@@ -156,6 +162,8 @@ impl BpfDataplane {
                 map_name::FLOWS,
                 map_name::BACKEND_STATS,
                 map_name::COUNTERS,
+                map_name::BACKEND_ADDRS,
+                map_name::CLIENT_NETS,
             ]
             .into_iter()
             .map(|n| (n, cfg.pin_dir.join(n)))
@@ -216,7 +224,9 @@ impl BpfDataplane {
                 detach(&path)?;
             }
         }
-        Ok((Self::open(&cfg.pin_dir)?, attachments))
+        let mut dp = Self::open(&cfg.pin_dir)?;
+        dp.set_client_networks(&cfg.client_networks)?;
+        Ok((dp, attachments))
     }
 
     /// Detaches from every interface and removes every pin.
@@ -235,6 +245,39 @@ impl BpfDataplane {
             source,
         })?;
         Ok(detached)
+    }
+
+    /// Makes `CLIENT_NETS` hold exactly `nets` (added first, then stale ones removed, so a
+    /// network listed both before and after never disappears in between).
+    pub fn set_client_networks(
+        &mut self,
+        nets: &[(std::net::Ipv4Addr, u8)],
+    ) -> Result<(), BpfError> {
+        let wanted: Vec<Key<[u8; 4]>> = nets
+            .iter()
+            .map(|(addr, len)| Key::new(u32::from(*len), addr.octets()))
+            .collect();
+        for key in &wanted {
+            self.client_nets
+                .insert(key, 1, 0)
+                .map_err(map_err(map_name::CLIENT_NETS))?;
+        }
+        // aya's Key keeps its fields private; it is a packed (u32, [u8; 4]), so compare bytes.
+        let bytes = |k: &Key<[u8; 4]>| -> [u8; 8] {
+            // SAFETY: Key<[u8; 4]> is #[repr(C, packed)] of a u32 and 4 bytes: exactly 8
+            // initialised bytes, any of which is a valid u8.
+            unsafe { std::mem::transmute_copy(k) }
+        };
+        let present: Vec<Key<[u8; 4]>> = self.client_nets.keys().filter_map(Result::ok).collect();
+        for key in present {
+            let listed = wanted.iter().any(|w| bytes(w) == bytes(&key));
+            if !listed {
+                self.client_nets
+                    .remove(&key)
+                    .map_err(map_err(map_name::CLIENT_NETS))?;
+            }
+        }
+        Ok(())
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -416,10 +459,32 @@ impl Dataplane for BpfDataplane {
 
     fn apply(&mut self, op: &MapOp) -> Result<(), BpfError> {
         match op {
-            MapOp::SetBackend { slot, backend } => self
-                .backends
-                .set(*slot, backend, 0)
-                .map_err(map_err(map_name::BACKENDS)),
+            MapOp::SetBackend { slot, backend } => {
+                // BACKEND_ADDRS mirrors BACKENDS: the new address is findable before the slot
+                // holds it, the old one is forgotten only after.
+                let old = self
+                    .backends
+                    .get(slot, 0)
+                    .map_err(map_err(map_name::BACKENDS))?;
+                let key = |b: &Backend| AddrKey {
+                    ip: b.ip,
+                    port: b.port,
+                    _pad: 0,
+                };
+                if *backend != Backend::default() {
+                    self.backend_addrs
+                        .insert(key(backend), slot, 0)
+                        .map_err(map_err(map_name::BACKEND_ADDRS))?;
+                }
+                self.backends
+                    .set(*slot, backend, 0)
+                    .map_err(map_err(map_name::BACKENDS))?;
+                if old != Backend::default() && (old.ip, old.port) != (backend.ip, backend.port) {
+                    // Absent already is fine: the mirror may predate this map (older pins).
+                    let _ = self.backend_addrs.remove(&key(&old));
+                }
+                Ok(())
+            }
             MapOp::SetPort { key, port } => self
                 .services
                 .insert(key, port, 0)

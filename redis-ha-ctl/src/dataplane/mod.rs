@@ -274,6 +274,9 @@ pub fn plan(current: &Snapshot, targets: &[ServiceTarget]) -> Result<Vec<MapOp>,
             master: t.master.and_then(|a| t.slot_of(a)).unwrap_or(0),
             ring_active,
             epoch: t.epoch,
+            vip: t.vip.octets(),
+            write_port: t.write_port,
+            read_port: t.read_port,
         };
         if cur_state != Some(want_state) {
             states.push(MapOp::SetState {

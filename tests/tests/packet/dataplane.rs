@@ -5,11 +5,11 @@ use std::{net::SocketAddrV4, time::Duration};
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
     programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode},
 };
 use redis_ha_common::{
-    Backend, BackendStats, Flow, FlowKey, RING_SIZE, ServiceKey, ServicePort, ServiceState,
+    AddrKey, Backend, BackendStats, Flow, FlowKey, RING_SIZE, ServiceKey, ServicePort, ServiceState,
     backend_flags, counter, map_name, ring_index,
 };
 
@@ -155,6 +155,9 @@ impl Dataplane {
             master,
             ring_active,
             epoch: 1,
+            vip: crate::VIP.octets(),
+            write_port: crate::WRITE.port(),
+            read_port: crate::READ.port(),
         };
         self.state
             .set(service_id, st, 0)
@@ -170,6 +173,28 @@ impl Dataplane {
             flags: if readable { backend_flags::READABLE } else { 0 },
         };
         self.backends.set(slot, be, 0).expect("set BACKENDS");
+    }
+
+    /// What the controller writes beside every backend slot: its address → slot.
+    pub fn add_backend_addr(&mut self, addr: SocketAddrV4, slot: u32) {
+        let mut map: HashMap<&mut MapData, AddrKey, u32> =
+            HashMap::try_from(self.bpf.map_mut(map_name::BACKEND_ADDRS).expect("BACKEND_ADDRS"))
+                .expect("BACKEND_ADDRS type");
+        let key = AddrKey {
+            ip: addr.ip().octets(),
+            port: addr.port(),
+            _pad: 0,
+        };
+        map.insert(key, slot, 0).expect("insert BACKEND_ADDRS");
+    }
+
+    /// `[dataplane] client_networks`.
+    pub fn add_client_net(&mut self, net: std::net::Ipv4Addr, prefix_len: u32) {
+        let mut map: LpmTrie<&mut MapData, [u8; 4], u32> =
+            LpmTrie::try_from(self.bpf.map_mut(map_name::CLIENT_NETS).expect("CLIENT_NETS"))
+                .expect("CLIENT_NETS type");
+        map.insert(&Key::new(prefix_len, net.octets()), 1, 0)
+            .expect("insert CLIENT_NETS");
     }
 
     pub fn set_readable(&mut self, slot: u32, readable: bool) {

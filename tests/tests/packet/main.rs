@@ -18,6 +18,7 @@ mod measure;
 mod netns;
 mod passthrough;
 mod reset;
+mod stateless;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
