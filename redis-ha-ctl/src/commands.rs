@@ -6,7 +6,7 @@ use anyhow::{Context as _, bail};
 use redis_ha_common::{backend_flags, counter, flow_dir, port_kind};
 
 use crate::{
-    config::{Config, DataplaneConfig},
+    config::{Config, DataplaneConfig, ReadFromMaster},
     dataplane::{
         Dataplane as _, ServiceTarget,
         bpf::{Attachment, BpfDataplane},
@@ -248,25 +248,176 @@ pub fn maps(config: &Path, flow_limit: usize) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// Validates a config and prints it as it will be used.
+/// Validates a config and prints it as it will be used: every key with its effective value
+/// (defaults filled in), as TOML an operator can diff or reuse, the secret and Redis password
+/// not shown; then, as comments, what follows from it.
 pub fn check_config(config: &Path) -> anyhow::Result<String> {
     let cfg = Config::load(config)?;
-    let mut out = format!("{}: OK\n", config.display());
+    Ok(format!(
+        "# {}: OK\n{}",
+        config.display(),
+        effective_config(&cfg)
+    ))
+}
+
+/// A TOML string (our values are plain: escape the two characters that matter).
+fn toml_str(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn toml_list<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    let items: Vec<String> = items
+        .into_iter()
+        .map(|i| toml_str(&i.to_string()))
+        .collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// The effective config as TOML (see [`check_config`]).
+pub fn effective_config(cfg: &Config) -> String {
+    let mut out = String::new();
     if let Some(dp) = &cfg.dataplane {
-        writeln!(
-            out,
-            "dataplane: interfaces [{}], xdp_mode {}, pin_dir {}",
-            dp.interfaces.join(", "),
-            dp.xdp_mode,
-            dp.pin_dir.display()
-        )?;
+        out += &format!(
+            "\n[dataplane]\ninterfaces = {}\nxdp_mode = {}\npin_dir = {}\n",
+            toml_list(&dp.interfaces),
+            toml_str(&dp.xdp_mode.to_string()),
+            toml_str(&dp.pin_dir.display().to_string()),
+        );
+    }
+    if let Some(c) = &cfg.controller {
+        let peers: Vec<String> = c
+            .peers
+            .iter()
+            .map(|p| {
+                format!(
+                    "{{ id = {}, addr = {} }}",
+                    toml_str(&p.id),
+                    toml_str(&p.addr.to_string())
+                )
+            })
+            .collect();
+        out += &format!(
+            "\n[controller]\nid = {}\nlisten = {}  # TCP: Sentinel-compatible API; UDP: peers\n\
+             peers = [{}]\nsecret = \"<{} characters, not shown>\"\nstate_file = {}\n\
+             probe_interval_ms = {}\n",
+            toml_str(&c.id),
+            toml_str(&c.listen.to_string()),
+            peers.join(", "),
+            c.secret.chars().count(),
+            toml_str(&c.state_file.display().to_string()),
+            c.probe_interval_ms,
+        );
+        match c.metrics_listen {
+            Some(m) => out += &format!("metrics_listen = {}\n", toml_str(&m.to_string())),
+            None => out += "# metrics_listen: not set (no /metrics, no status page)\n",
+        }
     }
     for (i, s) in cfg.services.iter().enumerate() {
-        writeln!(
-            out,
-            "{}",
+        let f = &s.failover;
+        let read_from_master = match f.read_from_master {
+            ReadFromMaster::Never => "never",
+            ReadFromMaster::Fallback => "fallback",
+            ReadFromMaster::Always => "always",
+        };
+        out += &format!(
+            "\n[[service]]\nname = {}\nvip = {}\nwrite_port = {}\nread_port = {}\n\
+             backends = {}\nquorum = {}\ndown_after_ms = {}\nfailover_timeout_ms = {}\n\
+             parallel_syncs = {}\nmax_replica_lag_ms = {}\nread_from_master = {}\n",
+            toml_str(&s.name),
+            toml_str(&s.vip.to_string()),
+            s.write_port,
+            s.read_port,
+            toml_list(&s.backends),
+            f.quorum,
+            f.down_after_ms,
+            f.failover_timeout_ms,
+            f.parallel_syncs,
+            f.max_replica_lag_ms,
+            toml_str(read_from_master),
+        );
+        match &f.auth {
+            Some(a) => {
+                let user = a
+                    .username
+                    .as_deref()
+                    .map_or(String::new(), |u| format!("username = {}, ", toml_str(u)));
+                out += &format!("auth = {{ {user}password = \"<not shown>\" }}\n");
+            }
+            None => out += "# auth: none (probes and commands do not AUTH)\n",
+        }
+        out += &format!(
+            "# before any failover: {}\n",
             describe_target(&s.name, &ServiceTarget::initial(i as u32, s))
-        )?;
+        );
+        if let Some(c) = &cfg.controller {
+            let p = crate::daemon::params(s, c);
+            let controllers = c.peers.len() + 1;
+            out += &format!(
+                "# derived: {} controllers, failover needs {} votes and quorum {}; peers' reports \
+                 expire after {} ms; a returning old master is demoted after {} ms\n",
+                controllers,
+                // A majority of all controllers, reachable or not.
+                controllers / 2 + 1,
+                p.quorum,
+                p.peer_report_validity_ms,
+                p.convert_delay_ms,
+            );
+        }
     }
-    Ok(out)
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[dataplane]
+interfaces = ["eth0"]
+
+[controller]
+id = "c1"
+listen = "198.18.2.1:26379"
+secret = "a-secret-of-some-length"
+peers = [{ id = "c2", addr = "198.18.2.2:26379" }, { id = "c3", addr = "198.18.2.3:26379" }]
+
+[[service]]
+name = "mymaster"
+vip = "198.18.0.100"
+write_port = 6380
+read_port = 6381
+backends = ["198.18.1.11:6379", "198.18.1.12:6379"]
+auth = { username = "ha", password = "hunter2" }
+"#;
+
+    #[test]
+    fn the_effective_config_has_every_default_and_no_secret() {
+        let path = Path::new("redis-ha.toml");
+        let cfg = Config::parse(path, CONFIG).unwrap();
+        let text = effective_config(&cfg);
+        for needle in [
+            "xdp_mode = \"auto\"",
+            "pin_dir = \"/sys/fs/bpf/redis-ha\"",
+            "probe_interval_ms = 100",
+            "quorum = 2",
+            "down_after_ms = 1000",
+            "failover_timeout_ms = 180000",
+            "read_from_master = \"fallback\"",
+            "secret = \"<23 characters, not shown>\"",
+            "auth = { username = \"ha\", password = \"<not shown>\" }",
+            "failover needs 2 votes and quorum 2",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+        }
+        assert!(!text.contains("a-secret-of-some-length") && !text.contains("hunter2"));
+        // What it prints is itself a valid config (comments aside), equal to the original
+        // once the redacted values are put back.
+        let again = text
+            .replace(
+                "\"<23 characters, not shown>\"",
+                "\"a-secret-of-some-length\"",
+            )
+            .replace("\"<not shown>\"", "\"hunter2\"");
+        assert_eq!(Config::parse(path, &again).unwrap(), cfg);
+    }
 }

@@ -661,7 +661,10 @@ fn validate_dataplane(dp: &Spanned<RawDataplane>) -> Result<DataplaneConfig, Pro
             problem(
                 net,
                 format!("dataplane.client_networks[{i}]"),
-                format!("{:?} is not an IPv4 network like \"198.18.0.0/24\"", net.get_ref()),
+                format!(
+                    "{:?} is not an IPv4 network like \"198.18.0.0/24\"",
+                    net.get_ref()
+                ),
             )
         };
         let (addr, len) = net.get_ref().split_once('/').ok_or_else(bad)?;
@@ -773,9 +776,15 @@ backends = ["198.18.1.11:6379", "198.18.1.12:6379", "198.18.1.13:6379"]
         assert_eq!(err(&long_if).1, "dataplane.interfaces[1]");
         let rel = GOOD.replace("xdp_mode = \"native\"", "pin_dir = \"relative/dir\"");
         assert_eq!(err(&rel).1, "dataplane.pin_dir");
-        let net = GOOD.replace("xdp_mode = \"native\"", "client_networks = [\"198.18.0.0/33\"]");
+        let net = GOOD.replace(
+            "xdp_mode = \"native\"",
+            "client_networks = [\"198.18.0.0/33\"]",
+        );
         assert_eq!(err(&net).1, "dataplane.client_networks[0]");
-        let ok = GOOD.replace("xdp_mode = \"native\"", "client_networks = [\"198.18.0.0/24\"]");
+        let ok = GOOD.replace(
+            "xdp_mode = \"native\"",
+            "client_networks = [\"198.18.0.0/24\"]",
+        );
         let nets = parse(&ok).unwrap().dataplane.unwrap().client_networks;
         assert_eq!(nets, [(Ipv4Addr::new(198, 18, 0, 0), 24)]);
     }

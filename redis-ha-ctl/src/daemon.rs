@@ -3,37 +3,76 @@
 //! before they leave the host) and, on data-plane nodes, writes the result into the maps.
 //!
 //! One task owns all machines and the data plane, so decisions and map writes are strictly
-//! ordered; probes, commands and the peer socket run in their own tasks and talk to it over a
-//! channel.
+//! ordered; probes, commands, the planned switchover's Redis I/O, the peer socket and the
+//! Sentinel-compatible API run in their own tasks and talk to it over a channel. After each
+//! burst of steps it publishes a [`Status`] snapshot (a `watch` channel read by the API and the
+//! HTTP endpoint), and every event it performs goes to the [`EventHub`] (log, pub/sub).
 
 use std::{
-    collections::VecDeque,
+    collections::{BTreeMap, VecDeque},
     net::SocketAddr,
     path::Path,
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
-use tokio::{net::UdpSocket, sync::mpsc};
+use redis_ha_common::counter;
+use tokio::{
+    net::{TcpListener, UdpSocket},
+    sync::{mpsc, oneshot, watch},
+};
 use tracing::{error, info, warn};
 
 use crate::{
-    config::{Config, ControllerConfig, ReadFromMaster as CfgRead, ServiceConfig},
+    config::{
+        Config, ControllerConfig, ReadFromMaster as CfgRead, RedisAuth, ServiceConfig, backend_slot,
+    },
     dataplane::{Dataplane as _, ServiceTarget, bpf::BpfDataplane, sync},
     failover::{
-        self, Action, ControllerId, Event, MachineConfig, Millis, Params, PeerMsg, Persisted,
-        ServiceMachine,
+        self, Action, ControllerId, Event, FailoverPhase, ForceRefused, ForcedOutcome, Hello,
+        MachineConfig, Millis, NodeAddr, NodeInfo, NoticeKind, Params, PeerMsg, Persisted,
+        ProbeResult, Role, ServiceMachine,
     },
-    peer::{MAX_DATAGRAM, PeerCodec},
+    http,
+    metrics::Metrics,
+    peer::{MAX_DATAGRAM, PeerCodec, Refused},
     persist::StateStore,
-    probe::Prober,
+    probe::{self, Prober},
+    sentinel_api::{self, Api, ApiError, ControlRequest, EventHub, SwitchoverReport},
+    status::{
+        BackendTraffic, DataplaneStatus, EventRecord, NodeStatus, PeerStatus, ServiceStatus, Status,
+    },
 };
 
-/// An input for the machine of service `service` (index into the config's services).
-struct Input {
-    service: usize,
-    event: Event,
+/// How long a planned switchover may wait for its target to catch up (and, again, for the
+/// promotion) while writes are paused, unless the request says otherwise.
+pub const DEFAULT_SWITCHOVER_TIMEOUT_MS: u64 = 2_000;
+
+/// The data plane's counters are read (a syscall per slot and CPU) at most this often.
+const DATAPLANE_REFRESH: Duration = Duration::from_millis(500);
+
+/// An input for the executor.
+enum Input {
+    /// An event for the machine of service `service` (index into the config's services).
+    Event { service: usize, event: Event },
+    /// A probe's result, with how long a successful one took.
+    Probe {
+        service: usize,
+        node: NodeAddr,
+        result: ProbeResult,
+        latency: Option<Duration>,
+    },
+    /// A request from the API.
+    Control(ControlRequest),
+    /// A planned switchover paused writes on the master (`CLIENT PAUSE` accepted) at `at`.
+    Paused { service: usize, at: Instant },
+    /// ...and resumed them (`CLIENT UNPAUSE` sent; `ok` if it was accepted) at `at`.
+    Resumed {
+        service: usize,
+        ok: bool,
+        at: Instant,
+    },
 }
 
 /// The machine's timing, derived from the config. Sentinel's periods are tuned for
@@ -67,6 +106,12 @@ fn now_ms(start: Instant) -> Millis {
     start.elapsed().as_millis() as Millis
 }
 
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Cheap non-cryptographic randomness for the election jitter (xorshift), seeded per boot.
 struct Jitter(u64);
 impl Jitter {
@@ -78,6 +123,81 @@ impl Jitter {
     }
 }
 
+/// The probe timeout of a service: a probe must fail well within down-after.
+fn probe_timeout(svc: &ServiceConfig) -> Duration {
+    Duration::from_millis((svc.failover.down_after_ms / 2).clamp(50, 1000))
+}
+
+/// What the executor saw of one node, for the status.
+#[derive(Default)]
+struct NodeView {
+    /// The last INFO it gave.
+    info: Option<NodeInfo>,
+    last_ok: Option<Instant>,
+    latency: Option<Duration>,
+}
+
+/// What the executor heard from one peer, for the status.
+#[derive(Default)]
+struct PeerView {
+    last_heard: Option<Instant>,
+    hello: Option<Hello>,
+}
+
+/// An operator's forced failover, from the request to its answer.
+struct Switchover {
+    requested: Instant,
+    /// `None` once answered (a `SENTINEL FAILOVER` is answered when it starts).
+    reply: Option<oneshot::Sender<Result<String, ApiError>>>,
+    /// Answer at the end rather than at the start.
+    wait: bool,
+    paused_at: Option<Instant>,
+    resumed_at: Option<Instant>,
+    /// A `ResumeWrites` is in flight: the answer waits for it (it carries the pause length).
+    resuming: bool,
+    /// `Switched` or `Aborted`, once the machine said so.
+    outcome: Option<ForcedOutcome>,
+}
+
+/// Per service: what the status shows beyond the machine's own accessors.
+#[derive(Default)]
+struct View {
+    nodes: BTreeMap<NodeAddr, NodeView>,
+    peers: BTreeMap<String, PeerView>,
+    /// `+switch-master` seen since start.
+    failovers: u64,
+    switchover: Option<Switchover>,
+}
+
+/// The executor's state: owned by one task.
+struct Executor {
+    services: Vec<ServiceConfig>,
+    ctl: ControllerConfig,
+    names: Vec<String>,
+    start: Instant,
+    store: StateStore,
+    codec: PeerCodec,
+    socket: Arc<UdpSocket>,
+    peers: Vec<(ControllerId, SocketAddr)>,
+    dataplane: Option<BpfDataplane>,
+    /// (interface, attach mode) of the data plane, as attached at start.
+    interfaces: Vec<(String, String)>,
+    targets: Vec<ServiceTarget>,
+    machines: Vec<ServiceMachine>,
+    views: Vec<View>,
+    tx: mpsc::Sender<Input>,
+    /// Until every node has been probed a few times the machines know nothing of replica
+    /// health; holding back read-pool changes until then keeps a restart from emptying the
+    /// pool the pinned maps are serving.
+    warm_until: Millis,
+    held_pools: Vec<Option<Vec<NodeAddr>>>,
+    status: watch::Sender<Status>,
+    events: Arc<EventHub>,
+    metrics: Arc<Metrics>,
+    /// The data plane's counters, and when they were read.
+    dataplane_counters: Option<(Instant, DataplaneCounters)>,
+}
+
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let cfg = Config::load(config_path)?;
     let ctl = cfg.controller.clone().with_context(|| {
@@ -87,16 +207,18 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         )
     })?;
     let start = Instant::now();
-    let boot = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+    let boot = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
 
-    let mut store = StateStore::open(&ctl.state_file)?;
-    let mut dataplane = match &cfg.dataplane {
+    let store = StateStore::open(&ctl.state_file)?;
+    let mut interfaces = Vec::new();
+    let dataplane = match &cfg.dataplane {
         Some(dpc) => {
             let (dp, attachments) = BpfDataplane::load_and_attach(dpc)?;
             for a in &attachments {
                 info!(interface = %a.interface, mode = a.mode, new = a.newly_attached, "data plane attached");
+                interfaces.push((a.interface.clone(), a.mode.to_owned()));
             }
             Some(dp)
         }
@@ -106,7 +228,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         Some(dp) => Some(dp.snapshot()?),
         None => None,
     };
-    let mut targets: Vec<ServiceTarget> = cfg
+    let targets: Vec<ServiceTarget> = cfg
         .services
         .iter()
         .enumerate()
@@ -122,7 +244,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         .map(|p| ControllerId(p.id.clone()))
         .collect();
     let mut machines = Vec::new();
-    let mut pending: VecDeque<Input> = VecDeque::new();
+    let mut all_params = Vec::new();
     let mut first: Vec<(usize, Vec<Action>)> = Vec::new();
     for (i, svc) in cfg.services.iter().enumerate() {
         // Resume from whichever is newer: our state file or the pinned maps (which another
@@ -141,17 +263,19 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 config_epoch: t.epoch,
             });
         }
+        let p = params(svc, &ctl);
         let mc = MachineConfig {
             service: svc.name.clone(),
             me: ControllerId(ctl.id.clone()),
             peers: peer_ids.clone(),
             master: svc.backends[0],
             replicas: svc.backends[1..].to_vec(),
-            params: params(svc, &ctl),
+            params: p.clone(),
         };
         let (machine, actions) = ServiceMachine::new(mc, persisted, now_ms(start))
             .with_context(|| format!("service {}", svc.name))?;
         machines.push(machine);
+        all_params.push(p);
         // The current master and read pool go through the same path as every other action.
         first.push((i, actions));
     }
@@ -162,88 +286,116 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding the peer socket (UDP) {}", ctl.listen))?,
     );
-    let mut codec = PeerCodec::new(
+    let api_listener = TcpListener::bind(ctl.listen).await.with_context(|| {
+        format!(
+            "binding the Sentinel-compatible API (TCP) {}: is another controller running?",
+            ctl.listen
+        )
+    })?;
+    let codec = PeerCodec::new(
         &ctl.id,
         &ctl.secret,
         ctl.peers.iter().map(|p| p.id.clone()).collect(),
         boot,
     );
     // Receiving needs its own codec state (replay windows); sealing stays in the main task.
-    let mut rx_codec = PeerCodec::new(
+    let rx_codec = PeerCodec::new(
         &ctl.id,
         &ctl.secret,
         ctl.peers.iter().map(|p| p.id.clone()).collect(),
         boot,
     );
     let names: Vec<String> = cfg.services.iter().map(|s| s.name.clone()).collect();
-    {
-        let socket = socket.clone();
-        let tx = tx.clone();
-        let names = names.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; MAX_DATAGRAM];
-            loop {
-                let Ok((n, from)) = socket.recv_from(&mut buf).await else {
-                    continue;
-                };
-                match rx_codec.open(&buf[..n]) {
-                    Ok((peer, service, msg)) => {
-                        if let Some(i) = names.iter().position(|s| *s == service) {
-                            let _ = tx
-                                .send(Input {
-                                    service: i,
-                                    event: Event::Peer { from: peer, msg },
-                                })
-                                .await;
-                        }
-                    }
-                    Err(e) => warn!(%from, "refused peer message: {e}"),
-                }
-            }
-        });
-    }
+    let metrics = Arc::new(Metrics::new());
+    spawn_peer_receiver(
+        socket.clone(),
+        rx_codec,
+        names.clone(),
+        tx.clone(),
+        metrics.clone(),
+    );
+    spawn_probes(&cfg.services, &ctl, &tx, &metrics)?;
 
-    // Probes: one task per node, each with its own connection.
-    for (i, svc) in cfg.services.iter().enumerate() {
-        let interval = Duration::from_millis(ctl.probe_interval_ms);
-        let timeout = Duration::from_millis((svc.failover.down_after_ms / 2).clamp(50, 1000));
-        for node in &svc.backends {
-            let mut prober = Prober::new(*node, svc.failover.auth.as_ref(), timeout)
-                .with_context(|| format!("probe client for {node}"))?;
+    let (status_tx, status_rx) = watch::channel(Status::default());
+    let events = Arc::new(EventHub::new());
+    let api = Arc::new(Api {
+        services: cfg.services.clone(),
+        peer_validity_ms: all_params
+            .iter()
+            .map(|p| p.peer_report_validity_ms)
+            .collect(),
+        status: status_rx.clone(),
+        events: events.clone(),
+        control: {
+            // The API's requests join the executor's input as `Input::Control`.
+            let (control_tx, mut control_rx) = mpsc::channel::<ControlRequest>(16);
             let tx = tx.clone();
             tokio::spawn(async move {
-                let mut ticker = tokio::time::interval(interval);
-                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    ticker.tick().await;
-                    let result = prober.probe().await;
-                    let event = Event::Probe {
-                        node: prober.addr(),
-                        result,
-                    };
-                    if tx.send(Input { service: i, event }).await.is_err() {
+                while let Some(request) = control_rx.recv().await {
+                    if tx.send(Input::Control(request)).await.is_err() {
                         return;
                     }
                 }
             });
-        }
+            control_tx
+        },
+        listen: ctl.listen,
+        started: start,
+    });
+    tokio::spawn(sentinel_api::serve(api_listener, api));
+    if let Some(addr) = ctl.metrics_listen {
+        let (status_rx, metrics) = (status_rx.clone(), metrics.clone());
+        tokio::spawn(async move {
+            if let Err(e) = http::serve(addr, status_rx, metrics).await {
+                error!(%addr, "the HTTP endpoint (/metrics, status page) stopped: {e:#}");
+            }
+        });
     }
 
-    let peers: Vec<(ControllerId, SocketAddr)> = ctl
-        .peers
-        .iter()
-        .map(|p| (ControllerId(p.id.clone()), p.addr))
-        .collect();
+    let mut ex = Executor {
+        peers: ctl
+            .peers
+            .iter()
+            .map(|p| (ControllerId(p.id.clone()), p.addr))
+            .collect(),
+        warm_until: (ctl.probe_interval_ms * 4).max(500),
+        held_pools: vec![None; machines.len()],
+        views: machines
+            .iter()
+            .map(|m| View {
+                nodes: m.nodes().map(|n| (n, NodeView::default())).collect(),
+                peers: ctl
+                    .peers
+                    .iter()
+                    .map(|p| (p.id.clone(), PeerView::default()))
+                    .collect(),
+                ..View::default()
+            })
+            .collect(),
+        services: cfg.services.clone(),
+        ctl,
+        names,
+        start,
+        store,
+        codec,
+        socket,
+        dataplane,
+        interfaces,
+        targets,
+        machines,
+        tx,
+        status: status_tx,
+        events,
+        metrics,
+        dataplane_counters: None,
+    };
+
+    let mut pending: VecDeque<Input> = VecDeque::new();
     let mut jitter = Jitter(boot | 1);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Until every node has been probed a few times the machines know nothing of replica
-    // health; holding back read-pool changes until then keeps a restart from emptying the pool
-    // the pinned maps are serving.
-    let warm_until = (ctl.probe_interval_ms * 4).max(500);
-    let mut held_pools: Vec<Option<Vec<failover::NodeAddr>>> = vec![None; machines.len()];
 
-    info!(id = %ctl.id, listen = %ctl.listen, services = names.len(), "controller started");
+    info!(id = %ex.ctl.id, listen = %ex.ctl.listen, services = ex.names.len(), "controller started");
     let shutdown = tokio::signal::ctrl_c();
     tokio::pin!(shutdown);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -251,39 +403,26 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
 
     loop {
         for (i, actions) in first.drain(..) {
-            let fed = perform(
-                i,
-                actions,
-                &names,
-                &mut store,
-                &mut codec,
-                &socket,
-                &peers,
-                &mut dataplane,
-                &mut targets,
-                &cfg.services,
-                &tx,
-                now_ms(start) < warm_until,
-                &mut held_pools,
-            )
-            .await;
+            let fed = ex.perform(i, actions).await;
             pending.extend(fed);
         }
         let input = if let Some(p) = pending.pop_front() {
             p
         } else {
+            // Everything decided so far is performed: show it before waiting.
+            ex.publish_status();
             tokio::select! {
                 Some(input) = rx.recv() => input,
                 _ = tick.tick() => {
                     let now = now_ms(start);
-                    if now >= warm_until {
-                        for (i, held) in held_pools.iter_mut().enumerate() {
+                    if now >= ex.warm_until {
+                        for (i, held) in ex.held_pools.iter_mut().enumerate() {
                             if let Some(pool) = held.take() {
                                 first.push((i, vec![Action::SetReadPool(pool)]));
                             }
                         }
                     }
-                    for (i, m) in machines.iter_mut().enumerate() {
+                    for (i, m) in ex.machines.iter_mut().enumerate() {
                         let actions = m.step(Event::Tick, now, jitter.next());
                         if !actions.is_empty() {
                             first.push((i, actions));
@@ -296,111 +435,757 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             }
         };
         let now = now_ms(start);
-        let actions = machines[input.service].step(input.event, now, jitter.next());
-        if !actions.is_empty() {
-            first.push((input.service, actions));
+        if let Some((service, event)) = ex.accept(input) {
+            let actions = ex.machines[service].step(event, now, jitter.next());
+            if !actions.is_empty() {
+                first.push((service, actions));
+            }
         }
     }
     info!("controller stopping; the data plane keeps forwarding (pinned)");
     Ok(())
 }
 
-/// Performs one machine's actions in order; returns events to feed back (data-plane acks).
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the executor's state, passed explicitly"
-)]
-async fn perform(
-    service: usize,
-    actions: Vec<Action>,
-    names: &[String],
-    store: &mut StateStore,
-    codec: &mut PeerCodec,
-    socket: &UdpSocket,
-    peers: &[(ControllerId, SocketAddr)],
-    dataplane: &mut Option<BpfDataplane>,
-    targets: &mut [ServiceTarget],
+/// Receives, authenticates and forwards peer datagrams.
+fn spawn_peer_receiver(
+    socket: Arc<UdpSocket>,
+    mut codec: PeerCodec,
+    names: Vec<String>,
+    tx: mpsc::Sender<Input>,
+    metrics: Arc<Metrics>,
+) {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                continue;
+            };
+            match codec.open(&buf[..n]) {
+                Ok((peer, service, msg)) => {
+                    if let Some(i) = names.iter().position(|s| *s == service) {
+                        let input = Input::Event {
+                            service: i,
+                            event: Event::Peer { from: peer, msg },
+                        };
+                        if tx.send(input).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    metrics.peer_refused(match e {
+                        Refused::BadMac => "bad-mac",
+                        Refused::UnknownPeer(_) => "unknown-peer",
+                        Refused::Replay(_) => "replay",
+                        Refused::Short | Refused::Malformed(_) => "malformed",
+                    });
+                    warn!(%from, "refused peer message: {e}");
+                }
+            }
+        }
+    });
+}
+
+/// One task per node, each with its own connection, probing every probe interval.
+fn spawn_probes(
     services: &[ServiceConfig],
+    ctl: &ControllerConfig,
     tx: &mpsc::Sender<Input>,
-    warming_up: bool,
-    held_pools: &mut [Option<Vec<failover::NodeAddr>>],
-) -> Vec<Input> {
-    let name = &names[service];
-    let mut fed = Vec::new();
-    for action in actions {
-        match action {
-            Action::Emit(notice) => {
-                info!(target: "redis_ha::event", service = %name, event = notice.kind.as_str(), "{notice}");
-            }
-            Action::Persist(p) => {
-                if let Err(e) = store.put(name, &p) {
-                    // Without durable state a vote could be cast twice after a crash: stop
-                    // performing this batch (the vote or hello that follows must not leave).
-                    error!(service = %name, "persisting state failed, dropping the rest of this step: {e}");
-                    break;
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<()> {
+    for (i, svc) in services.iter().enumerate() {
+        let interval = Duration::from_millis(ctl.probe_interval_ms);
+        for node in &svc.backends {
+            let mut prober = Prober::new(*node, svc.failover.auth.as_ref(), probe_timeout(svc))
+                .with_context(|| format!("probe client for {node}"))?;
+            let tx = tx.clone();
+            let metrics = metrics.clone();
+            let (service_name, node_name) = (svc.name.clone(), node.to_string());
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(interval);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticker.tick().await;
+                    let started = Instant::now();
+                    let result = prober.probe().await;
+                    let latency = started.elapsed();
+                    let ok = matches!(result, ProbeResult::Ok(_));
+                    metrics.observe_probe(&service_name, &node_name, ok, latency);
+                    let input = Input::Probe {
+                        service: i,
+                        node: prober.addr(),
+                        result,
+                        latency: ok.then_some(latency),
+                    };
+                    if tx.send(input).await.is_err() {
+                        return;
+                    }
                 }
-            }
-            Action::SendToPeers(msg) => {
-                for (_, addr) in peers {
-                    send(socket, codec, name, &msg, *addr).await;
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Executor {
+    /// Takes note of an input; returns the event for a machine, if it is one.
+    fn accept(&mut self, input: Input) -> Option<(usize, Event)> {
+        match input {
+            Input::Event { service, event } => {
+                if let Event::Peer { from, msg } = &event
+                    && let Some(peer) = self.views[service].peers.get_mut(&from.0)
+                {
+                    peer.last_heard = Some(Instant::now());
+                    if let PeerMsg::Hello(hello) = msg {
+                        peer.hello = Some(hello.clone());
+                    }
                 }
+                Some((service, event))
             }
-            Action::ReplyVote { to, epoch, leader } => {
-                if let Some((_, addr)) = peers.iter().find(|(id, _)| *id == to) {
-                    send(
-                        socket,
-                        codec,
-                        name,
-                        &PeerMsg::VoteReply { epoch, leader },
-                        *addr,
-                    )
-                    .await;
+            Input::Probe {
+                service,
+                node,
+                result,
+                latency,
+            } => {
+                let view = self.views[service].nodes.entry(node).or_default();
+                if let ProbeResult::Ok(info) = &result {
+                    view.info = Some(info.clone());
+                    view.last_ok = Some(Instant::now());
+                    if latency.is_some() {
+                        view.latency = latency;
+                    }
                 }
+                Some((service, Event::Probe { node, result }))
             }
-            Action::PromoteReplica { node } => {
-                spawn_command(
-                    service,
-                    node,
-                    failover::Command::PromoteReplica,
-                    &services[service],
-                    tx,
-                );
-            }
-            Action::ReplicaOf { node, master } => {
-                spawn_command(
-                    service,
-                    node,
-                    failover::Command::ReplicaOf { master },
-                    &services[service],
-                    tx,
-                );
-            }
-            Action::SetMaster { epoch, node } => {
-                let t = &mut targets[service];
-                let before = (t.master, t.epoch);
-                t.master = Some(node);
-                t.epoch = t.epoch.max(epoch);
-                let ok = apply(dataplane, targets, name);
-                if !ok {
-                    let t = &mut targets[service];
-                    (t.master, t.epoch) = before;
+            Input::Control(ControlRequest::Failover {
+                service,
+                to,
+                timeout_ms,
+                wait,
+                reply,
+            }) => {
+                let Some(i) = self.names.iter().position(|n| *n == service) else {
+                    let _ = reply.send(Err(ApiError::new("ERR", "No such master with that name")));
+                    return None;
+                };
+                let idle = self.machines[i].phase() == FailoverPhase::Idle;
+                if self.views[i]
+                    .switchover
+                    .as_ref()
+                    .is_some_and(|s| idle && !s.resuming && s.outcome.is_none())
+                {
+                    // The machine is idle and nothing is in flight, yet no outcome came: an
+                    // attempt that ended without one. Do not let it block the operator forever.
+                    warn!(service = %service, "dropping a forced failover that never reported its end");
+                    if let Some(reply) = self.views[i].switchover.take().and_then(|s| s.reply) {
+                        let _ = reply.send(Err(ApiError::new(
+                            "ERR",
+                            "the failover ended without an outcome",
+                        )));
+                    }
                 }
-                fed.push(Input {
-                    service,
-                    event: Event::MasterApplied { epoch, node, ok },
+                if self.views[i].switchover.is_some() {
+                    // The machine may be idle again while the old master's writes are still
+                    // being resumed: one operator failover at a time.
+                    let _ =
+                        reply.send(Err(ApiError::new("INPROG", "Failover already in progress")));
+                    return None;
+                }
+                self.views[i].switchover = Some(Switchover {
+                    requested: Instant::now(),
+                    reply: Some(reply),
+                    wait,
+                    paused_at: None,
+                    resumed_at: None,
+                    resuming: false,
+                    outcome: None,
                 });
+                let timeout_ms = timeout_ms.unwrap_or(DEFAULT_SWITCHOVER_TIMEOUT_MS);
+                Some((i, Event::ForceFailover { to, timeout_ms }))
             }
-            Action::SetReadPool(pool) => {
-                if warming_up {
-                    held_pools[service] = Some(pool);
-                    continue;
+            Input::Paused { service, at } => {
+                if let Some(s) = &mut self.views[service].switchover {
+                    s.paused_at = Some(at);
                 }
-                targets[service].read_pool = pool;
-                apply(dataplane, targets, name);
+                None
+            }
+            Input::Resumed { service, ok, at } => {
+                if let Some(s) = &mut self.views[service].switchover {
+                    s.resuming = false;
+                    s.resumed_at = Some(at);
+                    if let Some(paused) = s.paused_at {
+                        let ms = at.duration_since(paused).as_secs_f64() * 1000.0;
+                        info!(service = %self.names[service], ok, "writes resumed after a pause of {ms:.1} ms");
+                    }
+                }
+                self.answer_switchover(service);
+                None
             }
         }
     }
-    fed
+
+    /// Performs one machine's actions in order; returns events to feed back (data-plane acks).
+    async fn perform(&mut self, service: usize, actions: Vec<Action>) -> Vec<Input> {
+        let name = self.names[service].clone();
+        let mut fed = Vec::new();
+        for action in actions {
+            match action {
+                Action::Emit(notice) => {
+                    info!(target: "redis_ha::event", service = %name, event = notice.kind.as_str(), "{notice}");
+                    match notice.kind {
+                        NoticeKind::SwitchMaster => {
+                            self.views[service].failovers += 1;
+                            self.metrics.failover_finished(&name, "switched");
+                        }
+                        kind if kind.as_str().starts_with("-failover-abort") => {
+                            self.metrics
+                                .failover_finished(&name, kind.as_str().trim_start_matches('-'));
+                        }
+                        _ => {}
+                    }
+                    self.events.publish(EventRecord {
+                        at_unix_ms: unix_ms(),
+                        service: name.clone(),
+                        name: notice.kind.as_str().to_owned(),
+                        payload: notice.payload,
+                    });
+                }
+                Action::Persist(p) => {
+                    if let Err(e) = self.store.put(&name, &p) {
+                        // Without durable state a vote could be cast twice after a crash: stop
+                        // performing this batch (the vote or hello that follows must not leave).
+                        error!(service = %name, "persisting state failed, dropping the rest of this step: {e}");
+                        break;
+                    }
+                }
+                Action::SendToPeers(msg) => {
+                    for (_, addr) in &self.peers {
+                        send(&self.socket, &mut self.codec, &name, &msg, *addr).await;
+                    }
+                }
+                Action::ReplyVote { to, epoch, leader } => {
+                    if let Some((_, addr)) = self.peers.iter().find(|(id, _)| *id == to) {
+                        let msg = PeerMsg::VoteReply { epoch, leader };
+                        send(&self.socket, &mut self.codec, &name, &msg, *addr).await;
+                    }
+                }
+                Action::PromoteReplica { node } => {
+                    self.spawn_command(service, node, failover::Command::PromoteReplica);
+                }
+                Action::ReplicaOf { node, master } => {
+                    self.spawn_command(service, node, failover::Command::ReplicaOf { master });
+                }
+                Action::SetMaster { epoch, node } => {
+                    let t = &mut self.targets[service];
+                    let before = (t.master, t.epoch);
+                    t.master = Some(node);
+                    t.epoch = t.epoch.max(epoch);
+                    let ok = apply(&mut self.dataplane, &self.targets, &name);
+                    if !ok {
+                        let t = &mut self.targets[service];
+                        (t.master, t.epoch) = before;
+                    }
+                    fed.push(Input::Event {
+                        service,
+                        event: Event::MasterApplied { epoch, node, ok },
+                    });
+                }
+                Action::SetReadPool(pool) => {
+                    if now_ms(self.start) < self.warm_until {
+                        self.held_pools[service] = Some(pool);
+                        continue;
+                    }
+                    self.targets[service].read_pool = pool;
+                    apply(&mut self.dataplane, &self.targets, &name);
+                }
+                Action::PauseAndSync {
+                    master,
+                    target,
+                    pause_ms,
+                    timeout_ms,
+                } => {
+                    info!(service = %name, %master, %target, pause_ms, timeout_ms, "planned switchover: pausing writes until the target caught up");
+                    let svc = &self.services[service];
+                    let io = SwitchoverIo::new(svc);
+                    let tx = self.tx.clone();
+                    tokio::spawn(async move {
+                        let ok = io
+                            .pause_and_sync(service, master, target, pause_ms, timeout_ms, &tx)
+                            .await;
+                        let _ = tx
+                            .send(Input::Event {
+                                service,
+                                event: Event::Synced { target, ok },
+                            })
+                            .await;
+                    });
+                }
+                Action::ResumeWrites { node, demote_to } => {
+                    if let Some(s) = &mut self.views[service].switchover {
+                        s.resuming = true;
+                    }
+                    let io = SwitchoverIo::new(&self.services[service]);
+                    let tx = self.tx.clone();
+                    tokio::spawn(async move {
+                        let (ok, at) = io.resume_writes(node, demote_to).await;
+                        let _ = tx.send(Input::Resumed { service, ok, at }).await;
+                    });
+                }
+                Action::Forced(outcome) => self.on_forced(service, outcome),
+            }
+        }
+        fed
+    }
+
+    /// Answers the operator who asked for a forced failover, as it progresses.
+    fn on_forced(&mut self, service: usize, outcome: ForcedOutcome) {
+        let name = &self.names[service];
+        let Some(s) = &mut self.views[service].switchover else {
+            // Not ours (cannot happen: only the API asks), or already answered and gone.
+            return;
+        };
+        match outcome {
+            ForcedOutcome::Refused(refused) => {
+                info!(service = %name, "failover refused: {refused}");
+                let code = match refused {
+                    ForceRefused::InProgress => "INPROG",
+                    ForceRefused::NoGoodReplica | ForceRefused::NotEligible { .. } => "NOGOODSLAVE",
+                    ForceRefused::UnknownNode(_) | ForceRefused::AlreadyMaster(_) => "ERR",
+                };
+                if let Some(reply) = s.reply.take() {
+                    let _ = reply.send(Err(ApiError::new(code, refused.to_string())));
+                }
+                self.views[service].switchover = None;
+            }
+            ForcedOutcome::Started {
+                epoch,
+                target,
+                paused,
+            } => {
+                info!(service = %name, epoch, %target, paused, "forced failover started");
+                if !s.wait
+                    && let Some(reply) = s.reply.take()
+                {
+                    let _ = reply.send(Ok("OK".to_owned()));
+                }
+            }
+            ForcedOutcome::Switched { .. } | ForcedOutcome::Aborted { .. } => {
+                s.outcome = Some(outcome);
+                self.answer_switchover(service);
+            }
+        }
+    }
+
+    /// Once the outcome is known and the old master's writes resumed: answer and forget.
+    fn answer_switchover(&mut self, service: usize) {
+        let name = self.names[service].clone();
+        let Some(s) = &mut self.views[service].switchover else {
+            return;
+        };
+        if s.resuming {
+            return;
+        }
+        let Some(outcome) = s.outcome.take() else {
+            return;
+        };
+        let pause_ms = match (s.paused_at, s.resumed_at) {
+            (Some(p), Some(r)) => Some(r.duration_since(p).as_secs_f64() * 1000.0),
+            _ => None,
+        };
+        let total_ms = s.requested.elapsed().as_secs_f64() * 1000.0;
+        let answer = match outcome {
+            ForcedOutcome::Switched { epoch, from, to } => {
+                let report = SwitchoverReport {
+                    service: name.clone(),
+                    epoch,
+                    from: from.to_string(),
+                    to: to.to_string(),
+                    write_pause_ms: pause_ms,
+                    total_ms,
+                };
+                info!(service = %name, epoch, %from, %to, write_pause_ms = ?pause_ms, total_ms, "forced failover switched");
+                serde_json::to_string(&report)
+                    .map_err(|e| ApiError::new("ERR", format!("encoding the report: {e}")))
+            }
+            ForcedOutcome::Aborted { epoch, reason } => {
+                let resumed = pause_ms.map_or(String::new(), |ms| {
+                    format!("; writes resumed after a pause of {ms:.1} ms")
+                });
+                let message = format!(
+                    "failover of {name} in epoch {epoch} aborted ({reason}): the write port was not \
+                     moved{resumed}"
+                );
+                warn!(service = %name, "{message}");
+                Err(ApiError::new("ABORTED", message))
+            }
+            // Not stored as an outcome.
+            ForcedOutcome::Refused(_) | ForcedOutcome::Started { .. } => return,
+        };
+        if let Some(reply) = s.reply.take() {
+            let _ = reply.send(answer);
+        }
+        self.views[service].switchover = None;
+    }
+
+    fn spawn_command(&self, service: usize, node: NodeAddr, command: failover::Command) {
+        let svc = &self.services[service];
+        let tx = self.tx.clone();
+        let auth = svc.failover.auth.clone();
+        let timeout = Duration::from_millis((svc.failover.down_after_ms).clamp(100, 2000));
+        tokio::spawn(async move {
+            let Ok(mut p) = Prober::new(node, auth.as_ref(), timeout) else {
+                let event = Event::CommandDone {
+                    node,
+                    command,
+                    ok: false,
+                };
+                let _ = tx.send(Input::Event { service, event }).await;
+                return;
+            };
+            let ok = p.command(&command).await;
+            info!(%node, ?command, ok, "command sent");
+            let done = Event::CommandDone { node, command, ok };
+            let _ = tx
+                .send(Input::Event {
+                    service,
+                    event: done,
+                })
+                .await;
+            if ok {
+                // Probe at once: a promotion is confirmed by the node reporting role:master,
+                // and waiting for the next periodic probe would add up to one interval.
+                let result = p.probe().await;
+                let _ = tx
+                    .send(Input::Probe {
+                        service,
+                        node,
+                        result,
+                        latency: None,
+                    })
+                    .await;
+            }
+        });
+    }
+
+    /// Rebuilds the snapshot and publishes it (the data plane's counters at most every
+    /// [`DATAPLANE_REFRESH`]).
+    fn publish_status(&mut self) {
+        let now = Instant::now();
+        let stale = self
+            .dataplane_counters
+            .as_ref()
+            .is_none_or(|(at, _)| now.duration_since(*at) >= DATAPLANE_REFRESH);
+        if stale && let Some(dp) = &self.dataplane {
+            match DataplaneCounters::read(dp) {
+                Ok(c) => self.dataplane_counters = Some((now, c)),
+                Err(e) => warn!("reading the data plane's counters: {e}"),
+            }
+        }
+        let status = Status {
+            controller: self.ctl.id.clone(),
+            listen: self.ctl.listen.to_string(),
+            at_unix_ms: unix_ms(),
+            services: (0..self.services.len())
+                .map(|i| self.service_status(i, now))
+                .collect(),
+            dataplane: self.dataplane.as_ref().map(|dp| {
+                let counters = self.dataplane_counters.as_ref().map(|(_, c)| c);
+                dataplane_status(
+                    dp,
+                    counters,
+                    &self.interfaces,
+                    &self.services,
+                    &self.targets,
+                )
+            }),
+        };
+        self.status.send_replace(status);
+    }
+
+    fn service_status(&self, i: usize, now: Instant) -> ServiceStatus {
+        let svc = &self.services[i];
+        let m = &self.machines[i];
+        let view = &self.views[i];
+        let target = &self.targets[i];
+        let ms_since = |t: Option<Instant>| t.map(|t| now.duration_since(t).as_millis() as u64);
+        let nodes = m
+            .nodes()
+            .map(|addr| {
+                let v = view.nodes.get(&addr);
+                let info = v.and_then(|v| v.info.as_ref());
+                let mut n = NodeStatus {
+                    addr: addr.to_string(),
+                    role: "unknown".into(),
+                    sdown: m.is_sdown(addr),
+                    in_read_pool: target.read_pool.contains(&addr),
+                    last_ok_ms_ago: ms_since(v.and_then(|v| v.last_ok)),
+                    probe_latency_ms: v.and_then(|v| v.latency).map(|d| d.as_secs_f64() * 1000.0),
+                    run_id: info.and_then(|i| i.run_id.clone()),
+                    ..NodeStatus::default()
+                };
+                match info.map(|i| &i.role) {
+                    Some(Role::Master { repl_offset }) => {
+                        n.role = "master".into();
+                        n.repl_offset = Some(*repl_offset);
+                    }
+                    Some(Role::Replica(r)) => {
+                        n.role = "replica".into();
+                        n.master = Some(r.master.to_string());
+                        n.link_up = Some(r.link_up);
+                        // Unknown while the link is down (the probe reports "very stale").
+                        n.lag_ms = r.link_up.then_some(r.lag_ms);
+                        n.repl_offset = Some(r.repl_offset);
+                        n.priority = Some(r.priority);
+                    }
+                    None => {}
+                }
+                n
+            })
+            .collect();
+        let peers = self
+            .ctl
+            .peers
+            .iter()
+            .map(|p| {
+                let v = view.peers.get(&p.id);
+                let hello = v.and_then(|v| v.hello.as_ref());
+                let heard = v.and_then(|v| v.last_heard);
+                PeerStatus {
+                    id: p.id.clone(),
+                    addr: p.addr.to_string(),
+                    last_heard_ms_ago: ms_since(heard),
+                    master: hello.map(|h| h.master.to_string()),
+                    config_epoch: hello.map(|h| h.config_epoch),
+
+                    agrees: hello.is_some_and(|h| {
+                        h.master == m.advertised_master() && h.config_epoch == m.config_epoch()
+                    }),
+                }
+            })
+            .collect();
+        ServiceStatus {
+            name: svc.name.clone(),
+            vip: svc.vip.to_string(),
+            write_port: svc.write_port,
+            read_port: svc.read_port,
+            // Sentinel's current master address: the promoted replica from the moment the write
+            // port moved to it, before the reconfiguration of the others ends.
+            master: m.advertised_master().to_string(),
+            config_epoch: m.config_epoch(),
+            current_epoch: m.current_epoch(),
+            quorum: svc.failover.quorum,
+            down_after_ms: svc.failover.down_after_ms,
+            failover_phase: match m.phase() {
+                FailoverPhase::Idle => "idle",
+                FailoverPhase::Election { .. } => "election",
+                FailoverPhase::Sync { .. } => "sync",
+                FailoverPhase::Promotion { .. } => "promotion",
+                FailoverPhase::Reconfiguration { .. } => "reconfiguration",
+            }
+            .to_owned(),
+            odown: m.is_odown(),
+            nodes,
+            read_pool: target.read_pool.iter().map(|a| a.to_string()).collect(),
+            peers,
+            failovers: view.failovers,
+        }
+    }
+}
+
+/// What the data plane counted, as last read.
+#[derive(Default)]
+struct DataplaneCounters {
+    /// Per backend slot.
+    backends: BTreeMap<u32, redis_ha_common::BackendStats>,
+    packets: BTreeMap<String, u64>,
+    flow_entries: usize,
+}
+
+impl DataplaneCounters {
+    fn read(dp: &BpfDataplane) -> Result<Self, crate::dataplane::bpf::BpfError> {
+        Ok(Self {
+            backends: dp.backend_stats()?.into_iter().collect(),
+            packets: dp
+                .counters()?
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (counter::NAMES[i].to_owned(), *v))
+                .collect(),
+            flow_entries: dp.flows(0)?.1,
+        })
+    }
+}
+
+/// The data plane's part of the status: every configured backend with its role and
+/// readability as applied now, and its traffic as last read.
+fn dataplane_status(
+    dp: &BpfDataplane,
+    counters: Option<&DataplaneCounters>,
+    interfaces: &[(String, String)],
+    services: &[ServiceConfig],
+    targets: &[ServiceTarget],
+) -> DataplaneStatus {
+    let mut backends = Vec::new();
+    for (i, svc) in services.iter().enumerate() {
+        let t = &targets[i];
+        for (j, addr) in svc.backends.iter().enumerate() {
+            let slot = backend_slot(i as u32, j);
+            let s = counters
+                .and_then(|c| c.backends.get(&slot).copied())
+                .unwrap_or_default();
+            backends.push(BackendTraffic {
+                service: svc.name.clone(),
+                addr: addr.to_string(),
+                slot,
+                is_master: t.master == Some(*addr),
+                readable: t.read_pool.contains(addr),
+                packets_in: s.packets_in,
+                bytes_in: s.bytes_in,
+                packets_out: s.packets_out,
+                bytes_out: s.bytes_out,
+                new_flows: s.new_flows,
+                flows_reset: s.flows_reset,
+            });
+        }
+    }
+    DataplaneStatus {
+        pin_dir: dp.pin_dir().display().to_string(),
+        interfaces: interfaces.to_vec(),
+        backends,
+        counters: counters.map(|c| c.packets.clone()).unwrap_or_default(),
+        flow_entries: counters.map_or(0, |c| c.flow_entries),
+    }
+}
+
+/// The Redis I/O of a planned switchover, on connections of its own (the probes' connections
+/// must keep probing meanwhile).
+struct SwitchoverIo {
+    auth: Option<RedisAuth>,
+    timeout: Duration,
+}
+
+impl SwitchoverIo {
+    fn new(svc: &ServiceConfig) -> Self {
+        Self {
+            auth: svc.failover.auth.clone(),
+            timeout: probe_timeout(svc),
+        }
+    }
+
+    fn prober(&self, node: NodeAddr) -> Option<Prober> {
+        Prober::new(node, self.auth.as_ref(), self.timeout)
+            .inspect_err(|e| warn!(%node, "switchover client: {e}"))
+            .ok()
+    }
+
+    /// `CLIENT PAUSE <pause_ms> WRITE` on `master`, then polls both nodes until `target`'s
+    /// `slave_repl_offset` equals the master's `master_repl_offset` (at most `timeout_ms`).
+    /// Writes already acknowledged are in the master's offset once the pause is accepted, so
+    /// equal offsets mean the target has every one of them.
+    async fn pause_and_sync(
+        &self,
+        service: usize,
+        master: NodeAddr,
+        target: NodeAddr,
+        pause_ms: Millis,
+        timeout_ms: Millis,
+        tx: &mpsc::Sender<Input>,
+    ) -> bool {
+        let (Some(mut m), Some(mut t)) = (self.prober(master), self.prober(target)) else {
+            return false;
+        };
+        let mut pause = redis::cmd("CLIENT");
+        pause.arg("PAUSE").arg(pause_ms).arg("WRITE");
+        if let Err(e) = m.query::<()>(&pause).await {
+            warn!(%master, "switchover: CLIENT PAUSE failed: {e}");
+            return false;
+        }
+        let _ = tx
+            .send(Input::Paused {
+                service,
+                at: Instant::now(),
+            })
+            .await;
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        let mut info = redis::cmd("INFO");
+        info.arg("replication");
+        let mut polls = 0u32;
+        loop {
+            let poll = async {
+                let m_text: String = m.query(&info).await.ok()?;
+                let t_text: String = t.query(&info).await.ok()?;
+                match (probe::parse_role(&m_text)?, probe::parse_role(&t_text)?) {
+                    (Role::Master { repl_offset }, Role::Replica(r)) if r.master == master => {
+                        Some((repl_offset, r.repl_offset))
+                    }
+                    _ => None,
+                }
+            };
+            // The bound holds even for a node that stops answering mid-way.
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let Ok(offsets) = tokio::time::timeout(remaining, poll).await else {
+                warn!(%master, %target, timeout_ms, "switchover: no answer about the offsets in time");
+                return false;
+            };
+            polls += 1;
+            match offsets {
+                Some((m_off, t_off)) if t_off >= m_off => {
+                    info!(%master, %target, offset = m_off, polls, "switchover: the target caught up");
+                    return true;
+                }
+                Some((m_off, t_off)) if Instant::now() >= deadline => {
+                    warn!(%master, %target, timeout_ms, behind = m_off - t_off, "switchover: the target did not catch up in time");
+                    return false;
+                }
+                Some(_) => {}
+                None => {
+                    // Roles changed under us or a node refused: no switchover.
+                    warn!(%master, %target, "switchover: cannot compare replication offsets");
+                    return false;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Ends a switchover's write pause on `node`. With `demote_to`: `REPLICAOF` it first, then
+    /// close its normal clients, then unpause, so that a write the pause held can only fail
+    /// (`READONLY` or a closed connection), never be acknowledged by a node whose data the new
+    /// master's is about to replace. Returns whether the unpause was accepted, and when.
+    async fn resume_writes(&self, node: NodeAddr, demote_to: Option<NodeAddr>) -> (bool, Instant) {
+        let Some(mut p) = self.prober(node) else {
+            return (false, Instant::now());
+        };
+        if let Some(master) = demote_to {
+            let mut replicaof = redis::cmd("REPLICAOF");
+            replicaof.arg(master.ip().to_string()).arg(master.port());
+            if let Err(e) = p.query::<()>(&replicaof).await {
+                // Closing the clients below still keeps the held writes from being
+                // acknowledged; the machine demotes it later (+convert-to-slave).
+                warn!(%node, %master, "switchover: demoting the old master failed: {e}");
+            }
+            let mut kill = redis::cmd("CLIENT");
+            kill.arg("KILL").arg("TYPE").arg("normal");
+            if let Err(e) = p.query::<redis::Value>(&kill).await {
+                warn!(%node, "switchover: CLIENT KILL TYPE normal failed: {e}");
+            }
+        }
+        let ok = match p.query::<()>(redis::cmd("CLIENT").arg("UNPAUSE")).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(%node, "switchover: CLIENT UNPAUSE failed (the pause expires by itself): {e}");
+                false
+            }
+        };
+        let resumed = Instant::now();
+        if demote_to.is_some() {
+            // Only so that a restart keeps the new role (it may fail: no config file); after the
+            // unpause, since it writes and syncs a file.
+            let _ = p.query::<()>(redis::cmd("CONFIG").arg("REWRITE")).await;
+        }
+        (ok, resumed)
+    }
 }
 
 fn apply(dataplane: &mut Option<BpfDataplane>, targets: &[ServiceTarget], name: &str) -> bool {
@@ -433,47 +1218,4 @@ async fn send(
     if let Err(e) = socket.send_to(&datagram, to).await {
         warn!(%to, "peer send failed: {e}");
     }
-}
-
-fn spawn_command(
-    service: usize,
-    node: failover::NodeAddr,
-    command: failover::Command,
-    svc: &ServiceConfig,
-    tx: &mpsc::Sender<Input>,
-) {
-    let tx = tx.clone();
-    let auth = svc.failover.auth.clone();
-    let timeout = Duration::from_millis((svc.failover.down_after_ms).clamp(100, 2000));
-    tokio::spawn(async move {
-        let Ok(mut p) = Prober::new(node, auth.as_ref(), timeout) else {
-            let event = Event::CommandDone {
-                node,
-                command,
-                ok: false,
-            };
-            let _ = tx.send(Input { service, event }).await;
-            return;
-        };
-        let ok = p.command(&command).await;
-        info!(%node, ?command, ok, "command sent");
-        let done = Event::CommandDone { node, command, ok };
-        let _ = tx
-            .send(Input {
-                service,
-                event: done,
-            })
-            .await;
-        if ok {
-            // Probe at once: a promotion is confirmed by the node reporting role:master, and
-            // waiting for the next periodic probe would add up to one interval to the failover.
-            let result = p.probe().await;
-            let _ = tx
-                .send(Input {
-                    service,
-                    event: Event::Probe { node, result },
-                })
-                .await;
-        }
-    });
 }

@@ -4,8 +4,13 @@
 //! - [`config`]: the TOML config and its validation;
 //! - [`maglev`]: the consistent-hash table behind the read port;
 //! - [`dataplane`]: the desired map contents, computed purely, and the aya code that applies them;
-//! - [`failover`]: Sentinel-style decisions (SDOWN, ODOWN, votes, promotion) as a pure state machine.
+//! - [`failover`]: Sentinel-style decisions (SDOWN, ODOWN, votes, promotion) as a pure state machine;
+//! - [`daemon`]: `redis-ha-ctl run`, the executor around the machines (probes, peers, commands,
+//!   map writes), which publishes a [`status::Status`] snapshot and the operator events;
+//! - [`resp`] and [`sentinel_api`]: the Sentinel-compatible RESP API on the controller's port;
+//! - [`client`]: `redis-ha-ctl status | events | failover`, which talk to that API.
 
+pub mod client;
 pub mod commands;
 pub mod config;
 pub mod daemon;
@@ -17,6 +22,8 @@ pub mod metrics;
 pub mod peer;
 pub mod persist;
 pub mod probe;
+pub mod resp;
+pub mod sentinel_api;
 pub mod status;
 
 /// The compiled XDP program (redis-ha-ebpf), embedded at build time by `build.rs`.

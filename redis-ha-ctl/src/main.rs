@@ -1,11 +1,23 @@
 use std::{net::SocketAddrV4, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use redis_ha_ctl::commands;
+use redis_ha_ctl::{client, commands};
 
 /// redis-ha: a highly available front door for Redis in the kernel (XDP).
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(
+    version,
+    about,
+    long_about = None,
+    after_help = "Examples:\n  \
+        redis-ha-ctl check-config /etc/redis-ha/redis-ha.toml\n  \
+        redis-ha-ctl run --config /etc/redis-ha/redis-ha.toml\n  \
+        redis-ha-ctl status --config /etc/redis-ha/redis-ha.toml\n  \
+        redis-ha-ctl events --config /etc/redis-ha/redis-ha.toml --follow\n  \
+        redis-ha-ctl failover --config /etc/redis-ha/redis-ha.toml mymaster\n  \
+        redis-cli -p 26379 SENTINEL get-master-addr-by-name mymaster\n\n\
+        `redis-ha-ctl help COMMAND` shows a command's options and more examples."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -18,17 +30,25 @@ enum Command {
     /// Reuses what an earlier run pinned, keeping the current master and read pool of every
     /// service already known. Example: redis-ha-ctl load --config /etc/redis-ha/redis-ha.toml
     Load {
+        /// The redis-ha config file (TOML).
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Detach the program from every interface and remove its pins.
+    /// Detach the program from every interface and remove its pins (forwarding stops).
+    ///
+    /// Example: redis-ha-ctl unload --config /etc/redis-ha/redis-ha.toml
     Unload {
+        /// The redis-ha config file (TOML).
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Point a service's write port at another backend (new connections go there, old ones
-    /// are reset). Example: redis-ha-ctl set-master -c FILE mymaster 198.18.1.12:6379
+    /// Point a service's write port at another backend, by hand.
+    ///
+    /// New connections go there, old ones are reset. A running controller follows only a newer
+    /// epoch; prefer `failover`, which also promotes and demotes. Example:
+    /// redis-ha-ctl set-master -c FILE mymaster 198.18.1.12:6379
     SetMaster {
+        /// The redis-ha config file (TOML).
         #[arg(long, short)]
         config: PathBuf,
         service: String,
@@ -37,16 +57,23 @@ enum Command {
         #[arg(long)]
         epoch: Option<u64>,
     },
-    /// Replace a service's read pool. Example: redis-ha-ctl set-read-pool -c FILE mymaster
-    /// 198.18.1.12:6379 198.18.1.13:6379
+    /// Replace a service's read pool, by hand.
+    ///
+    /// Example: redis-ha-ctl set-read-pool -c FILE mymaster 198.18.1.12:6379 198.18.1.13:6379
     SetReadPool {
+        /// The redis-ha config file (TOML).
         #[arg(long, short)]
         config: PathBuf,
         service: String,
         addrs: Vec<SocketAddrV4>,
     },
-    /// Show services, backends with their counters, packet counters and flows.
+    /// Show the pinned maps: services, backends and their counters, packet counters, flows.
+    ///
+    /// Read straight from the maps (no controller needed).
+    ///
+    /// Examples: redis-ha-ctl maps -c FILE; redis-ha-ctl maps -c FILE --flows 100
     Maps {
+        /// The redis-ha config file (TOML).
         #[arg(long, short)]
         config: PathBuf,
         /// How many flow-table entries to list.
@@ -54,13 +81,88 @@ enum Command {
         flows: usize,
     },
     /// Validate a config and print it as it will be used.
-    CheckConfig { config: PathBuf },
-    /// Run the controller: probe the backends, agree with the peer controllers, fail over and
-    /// (on data-plane nodes) keep the XDP maps up to date. Stops on SIGINT/SIGTERM; the data
-    /// plane keeps forwarding. Example: redis-ha-ctl run --config /etc/redis-ha/redis-ha.toml
+    ///
+    /// Prints every key with its effective value (defaults filled in; secrets not shown), as
+    /// TOML. An error names the file, line, column and key, e.g.
+    /// `redis-ha.toml:9:13: service[0].read_port: ...`; the exit status is then 1.
+    ///
+    /// Example: redis-ha-ctl check-config /etc/redis-ha/redis-ha.toml
+    CheckConfig {
+        /// The redis-ha config file (TOML).
+        config: PathBuf,
+    },
+    /// Run the controller daemon (one of three, like Sentinels).
+    ///
+    /// Probes the backends, agrees with the peer controllers, fails over and (on data-plane
+    /// nodes) keeps the XDP maps up to date; serves the Sentinel-compatible API on its `listen`
+    /// port. Stops on SIGINT/SIGTERM; the data plane keeps forwarding. Example:
+    /// redis-ha-ctl run --config /etc/redis-ha/redis-ha.toml
     Run {
+        /// The redis-ha config file (TOML).
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Show what the running controller sees: masters, replicas, controllers, traffic.
+    ///
+    /// Per service: the VIP and ports, the master, every replica (up or down, role, lag, in the
+    /// read pool or not), the epochs, the controllers and whether they agree; on a data-plane
+    /// node also the attached interfaces (and their XDP mode) and per-backend traffic.
+    ///
+    /// Asks the controller named by the config's `[controller] listen` (its Sentinel-compatible
+    /// port). Examples: redis-ha-ctl status --config /etc/redis-ha/redis-ha.toml;
+    /// redis-ha-ctl status -c FILE --json | jq '.services[0].master'
+    Status {
+        /// The redis-ha config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The whole snapshot as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the controller's recent events; with --follow, keep printing them.
+    ///
+    /// Events carry Sentinel's names and payloads (+sdown, +odown, +switch-master, ...), as
+    /// Sentinel clients also receive them by SUBSCRIBE on the controller's port.
+    ///
+    /// Examples: redis-ha-ctl events -c FILE; redis-ha-ctl events -c FILE --follow;
+    /// redis-ha-ctl events -c FILE --follow --json
+    Events {
+        /// The redis-ha config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Keep printing new events until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Planned switchover: move SERVICE's master without losing an acknowledged write.
+    ///
+    /// The controller pauses writes on the master (CLIENT PAUSE WRITE), waits until the new
+    /// master's replication offset equals the old one's, promotes it, moves the write port,
+    /// demotes the old master and resumes writes; it reports how long writes were paused. If
+    /// the target does not catch up within --timeout, nothing is switched and writes resume.
+    /// With the master down it is Sentinel's forced failover (no agreement needed).
+    ///
+    /// Examples: redis-ha-ctl failover -c FILE mymaster;
+    /// redis-ha-ctl failover -c FILE mymaster --to 198.18.1.12:6379 --timeout 5000
+    Failover {
+        /// The redis-ha config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The service (Sentinel's master name), e.g. mymaster.
+        service: String,
+        /// The replica to promote (default: the best one, as Sentinel selects).
+        #[arg(long)]
+        to: Option<SocketAddrV4>,
+        /// How long (ms) the new master may take to catch up, and again to be promoted, while
+        /// writes are paused (default 2000).
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -97,6 +199,19 @@ fn main() -> ExitCode {
         Command::Maps { config, flows } => commands::maps(&config, flows),
         Command::CheckConfig { config } => commands::check_config(&config),
         Command::Run { config } => run_daemon(&config).map(|()| String::new()),
+        Command::Status { config, json } => client::status(&config, json),
+        Command::Events {
+            config,
+            follow,
+            json,
+        } => client::events(&config, follow, json),
+        Command::Failover {
+            config,
+            service,
+            to,
+            timeout,
+            json,
+        } => client::failover(&config, &service, to, timeout, json),
     };
     match result {
         Ok(out) => {

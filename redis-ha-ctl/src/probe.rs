@@ -100,6 +100,31 @@ impl Prober {
         })
     }
 
+    /// One command, bounded by the probe timeout, on this node's connection (opened if
+    /// needed); any error drops the connection. Used by the planned switchover (`CLIENT PAUSE`,
+    /// `INFO replication`, `CLIENT UNPAUSE`).
+    pub async fn query<T: redis::FromRedisValue>(
+        &mut self,
+        cmd: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        let result = match tokio::time::timeout(self.timeout, async {
+            let mut c = self.conn().await?;
+            cmd.query_async::<T>(&mut c).await
+        })
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::IoError,
+                "timed out",
+            ))),
+        };
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
     /// Sends a failover command the way Sentinel does: the role change, then a best-effort
     /// `CONFIG REWRITE` (so a restart keeps the new role) and, on a demotion, killing normal
     /// clients so connections that still reach the old master close instead of writing to it.

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Status {
     /// This controller's id.
     pub controller: String,
@@ -20,12 +21,14 @@ pub struct Status {
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct ServiceStatus {
     pub name: String,
     pub vip: String,
     pub write_port: u16,
     pub read_port: u16,
-    /// `ip:port` of the master this controller believes in.
+    /// `ip:port` of the master this controller believes in: the promoted replica as soon as
+    /// the write port moved to it, as Sentinel reports it during a failover's reconfiguration.
     pub master: String,
     /// Epoch in which that master was promoted.
     pub config_epoch: u64,
@@ -33,7 +36,8 @@ pub struct ServiceStatus {
     pub current_epoch: u64,
     pub quorum: usize,
     pub down_after_ms: u64,
-    /// "idle", "election", "promotion" or "reconfiguration".
+    /// "idle", "election", "sync" (a planned switchover waits for its target to catch up),
+    /// "promotion" or "reconfiguration".
     pub failover_phase: String,
     pub odown: bool,
     pub nodes: Vec<NodeStatus>,
@@ -46,6 +50,7 @@ pub struct ServiceStatus {
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct NodeStatus {
     pub addr: String,
     /// "master", "replica" or "unknown" (never answered yet).
@@ -63,9 +68,12 @@ pub struct NodeStatus {
     pub last_ok_ms_ago: Option<u64>,
     /// Latency of the last successful probe.
     pub probe_latency_ms: Option<f64>,
+    /// Its `run_id` (`INFO server`), once it answered: Sentinel's `runid` field.
+    pub run_id: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct PeerStatus {
     pub id: String,
     pub addr: String,
@@ -79,6 +87,7 @@ pub struct PeerStatus {
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct DataplaneStatus {
     pub pin_dir: String,
     /// (interface, attach mode) as attached by this run or found pinned.
@@ -91,6 +100,7 @@ pub struct DataplaneStatus {
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct BackendTraffic {
     pub service: String,
     pub addr: String,

@@ -27,6 +27,16 @@ const DEBIAN_PROGRAMS: &[(&str, &str)] = &[
     ("chromium", "chromium"),
 ];
 
+/// Python modules the tests import, and the Debian package of each.
+const DEBIAN_PYTHON_MODULES: &[(&str, &str)] = &[
+    // tests/tests/operator.rs runs redis-py's Sentinel client against the controllers.
+    ("redis", "python3-redis"),
+];
+
+/// Debian's interpreter: Debian's python3-* packages install into its dist-packages, which
+/// another `python3` on the PATH (pyenv's, say) does not see.
+const DEBIAN_PYTHON: &str = "/usr/bin/python3";
+
 const BPFFS: &str = "/sys/fs/bpf";
 
 pub fn prerequisites() -> Result<()> {
@@ -144,10 +154,21 @@ fn bpf_linker() -> Result<()> {
     Ok(())
 }
 
+/// Whether Debian's interpreter can import `module`.
+fn has_python_module(module: &str) -> bool {
+    Path::new(DEBIAN_PYTHON).is_file()
+        && run(Command::new(DEBIAN_PYTHON).args(["-c", &format!("import {module}")])).is_ok()
+}
+
 fn debian_packages() -> Result<()> {
     let mut missing: Vec<&str> = Vec::new();
     for &(program, package) in DEBIAN_PROGRAMS {
         if find_program(program).is_none() && !missing.contains(&package) {
+            missing.push(package);
+        }
+    }
+    for &(module, package) in DEBIAN_PYTHON_MODULES {
+        if !has_python_module(module) && !missing.contains(&package) {
             missing.push(package);
         }
     }
@@ -174,6 +195,11 @@ fn debian_packages() -> Result<()> {
     for &(program, package) in DEBIAN_PROGRAMS {
         if find_program(program).is_none() {
             bail!("`{program}` is still missing after installing {package}");
+        }
+    }
+    for &(module, package) in DEBIAN_PYTHON_MODULES {
+        if !has_python_module(module) {
+            bail!("{DEBIAN_PYTHON} cannot import `{module}` after installing {package}");
         }
     }
     Ok(())

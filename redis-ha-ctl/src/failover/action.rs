@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use super::{ControllerId, Epoch, NodeAddr, PeerMsg};
+use super::{ControllerId, Epoch, Millis, NodeAddr, PeerMsg};
 
 /// One thing for the executor to do. Perform them in the order returned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +34,75 @@ pub enum Action {
     /// and little lag; the master per [`ReadFromMaster`](super::ReadFromMaster)). Only sent when it
     /// changes.
     SetReadPool(Vec<NodeAddr>),
+    /// A planned switchover begins: pause writes on `master` for `pause_ms`
+    /// (`CLIENT PAUSE <pause_ms> WRITE`; the pause outlives every bound of the switchover, so it
+    /// only expires by itself if this controller dies), then wait, at most `timeout_ms`, until
+    /// `target`'s replication offset equals the master's. Report with
+    /// [`Event::Synced`](super::Event::Synced). Writes stay paused until
+    /// [`Action::ResumeWrites`].
+    PauseAndSync {
+        master: NodeAddr,
+        target: NodeAddr,
+        pause_ms: Millis,
+        timeout_ms: Millis,
+    },
+    /// End the write pause on `node`. With `demote_to`, first make it a replica of that node and
+    /// close its normal clients (`REPLICAOF`, `CLIENT KILL TYPE normal`), then unpause: a write
+    /// held by the pause must fail (connection closed, or `READONLY`), never be acknowledged by
+    /// a node whose data is about to be replaced. Without it (an aborted switchover), just
+    /// unpause: the node is still the master.
+    ResumeWrites {
+        node: NodeAddr,
+        demote_to: Option<NodeAddr>,
+    },
+    /// How a forced failover ([`Event::ForceFailover`](super::Event::ForceFailover)) stands, for
+    /// whoever asked for it.
+    Forced(ForcedOutcome),
+}
+
+/// The answers to an [`Event::ForceFailover`](super::Event::ForceFailover), in order: `Refused`,
+/// or `Started` then `Switched` or `Aborted`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ForcedOutcome {
+    /// Not started; nothing changed.
+    Refused(ForceRefused),
+    /// Started in `epoch`; `paused` when writes are being paused (planned switchover).
+    Started {
+        epoch: Epoch,
+        target: NodeAddr,
+        paused: bool,
+    },
+    /// `to` is master and the write port was asked to move to it (after which, for a paused
+    /// switchover, [`Action::ResumeWrites`] demotes `from`).
+    Switched {
+        epoch: Epoch,
+        from: NodeAddr,
+        to: NodeAddr,
+    },
+    /// Given up; the write port was not moved by this attempt. `reason` is the abort notice
+    /// (`-failover-abort-not-synced`, `-failover-abort-slave-timeout`), or
+    /// `+config-update-from` when another controller's newer configuration superseded it.
+    Aborted { epoch: Epoch, reason: NoticeKind },
+}
+
+/// Why a forced failover was not started.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ForceRefused {
+    /// Sentinel: `-INPROG Failover already in progress`.
+    #[error("a failover is already in progress")]
+    InProgress,
+    /// Sentinel: `-NOGOODSLAVE No suitable replica to promote`.
+    #[error(
+        "no suitable replica to promote (one that is up, replicates from the master with its link \
+         up, and has a replica-priority other than 0)"
+    )]
+    NoGoodReplica,
+    #[error("{0} is not a node of this service")]
+    UnknownNode(NodeAddr),
+    #[error("{0} is the master already")]
+    AlreadyMaster(NodeAddr),
+    #[error("{node} cannot be promoted: {why}")]
+    NotEligible { node: NodeAddr, why: &'static str },
 }
 
 /// The state a controller must keep across restarts (Sentinel rewrites its config file for the
@@ -133,6 +202,12 @@ pub enum NoticeKind {
     FixSlaveConfig,
     /// `+reboot`: the node's run id changed.
     Reboot,
+    /// `+failover-state-wait-sync` (ours, no Sentinel equivalent): a planned switchover paused
+    /// writes on the master and waits for the selected replica to catch up.
+    FailoverStateWaitSync,
+    /// `-failover-abort-not-synced` (ours): the selected replica did not catch up in time, or
+    /// writes could not be paused; writes resume on the unchanged master.
+    FailoverAbortNotSynced,
 }
 
 impl NoticeKind {
@@ -168,6 +243,8 @@ impl NoticeKind {
             NoticeKind::ConvertToSlave => "+convert-to-slave",
             NoticeKind::FixSlaveConfig => "+fix-slave-config",
             NoticeKind::Reboot => "+reboot",
+            NoticeKind::FailoverStateWaitSync => "+failover-state-wait-sync",
+            NoticeKind::FailoverAbortNotSynced => "-failover-abort-not-synced",
         }
     }
 }

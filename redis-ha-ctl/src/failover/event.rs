@@ -29,6 +29,28 @@ pub enum Event {
         node: NodeAddr,
         ok: bool,
     },
+    /// An operator asks for a failover now (Sentinel's `SENTINEL FAILOVER`, `redis-ha-ctl
+    /// failover`): no agreement is needed, this controller leads it in a new epoch.
+    ///
+    /// While the master answers, it is a planned switchover that loses no acknowledged write:
+    /// writes are paused on the master and the target catches up
+    /// ([`Action::PauseAndSync`](super::Action::PauseAndSync)), then it is promoted, the write
+    /// port moves to it, and the old master is demoted before its writes resume
+    /// ([`Action::ResumeWrites`](super::Action::ResumeWrites)). With the master down it is
+    /// Sentinel's forced failover: promotion at once, nothing to pause.
+    ///
+    /// `to` names the replica to promote (default: the best one, as Sentinel selects);
+    /// `timeout_ms` bounds the catch-up and, again, the promotion while writes are paused.
+    /// Progress is reported with [`Action::Forced`](super::Action::Forced).
+    ForceFailover {
+        to: Option<NodeAddr>,
+        timeout_ms: Millis,
+    },
+    /// The outcome of [`Action::PauseAndSync`](super::Action::PauseAndSync): `ok` when writes
+    /// are paused on the master and `target` has processed everything the master has (equal
+    /// replication offsets); `false` when it could not pause or the target did not catch up in
+    /// time.
+    Synced { target: NodeAddr, ok: bool },
 }
 
 /// The outcome of probing one node.

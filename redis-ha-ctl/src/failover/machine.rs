@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::health::{Flip, Liveness};
 use super::select::{self, Candidate};
 use super::{
-    Action, Command, ControllerId, Epoch, Event, Hello, Millis, NodeAddr, NodeInfo, Notice,
-    NoticeKind, Params, PeerMsg, Persisted, ProbeResult, ReadFromMaster, ReplicaInfo, Role, Vote,
+    Action, Command, ControllerId, Epoch, Event, ForceRefused, ForcedOutcome, Hello, Millis,
+    NodeAddr, NodeInfo, Notice, NoticeKind, Params, PeerMsg, Persisted, ProbeResult,
+    ReadFromMaster, ReplicaInfo, Role, Vote,
 };
 
 /// Static description of one monitored service, as seen by one controller.
@@ -60,6 +61,9 @@ pub enum FailoverPhase {
     Idle,
     /// We are a candidate in `epoch`, collecting votes.
     Election { epoch: Epoch },
+    /// A planned switchover in `epoch`: writes are paused on the master while `target` catches
+    /// up.
+    Sync { epoch: Epoch, target: NodeAddr },
     /// Elected; waiting for `promoted` to report `role:master`.
     Promotion { epoch: Epoch, promoted: NodeAddr },
     /// `promoted` is master; the other replicas are being pointed at it.
@@ -117,15 +121,38 @@ enum Failover {
     Idle,
     /// `WAIT_START`: we are a candidate in `epoch`. Re-ask for votes every hello interval.
     Election { epoch: Epoch, last_ask: Millis },
+    /// A forced failover's planned switchover: writes paused on the master, waiting for
+    /// [`Event::Synced`] about `target`. Given up after twice `timeout` without a report.
+    Sync {
+        epoch: Epoch,
+        target: NodeAddr,
+        since: Millis,
+        timeout: Millis,
+    },
     /// `WAIT_PROMOTION`: REPLICAOF NO ONE sent to `promoted` (or to resend when `!sent`).
     Promotion {
         epoch: Epoch,
         promoted: NodeAddr,
         since: Millis,
         sent: bool,
+        /// Set when an operator forced this failover.
+        forced: Option<Forced>,
     },
     /// `RECONF_SLAVES`.
     Reconfiguration(Reconfiguration),
+}
+
+/// What a forced failover carries through its promotion.
+#[derive(Clone, Copy, Debug)]
+struct Forced {
+    /// The master when it started: paused (if `paused`), demoted once the promotion is
+    /// confirmed.
+    old_master: NodeAddr,
+    /// Writes are paused on `old_master`: the promotion must be quick, and every way out
+    /// resumes them.
+    paused: bool,
+    /// Bound of the promotion.
+    timeout: Millis,
 }
 
 #[derive(Clone, Debug)]
@@ -191,6 +218,9 @@ pub struct ServiceMachine {
     /// Sentinel's `failover_start_time`: when we last started a failover or voted for another
     /// candidate, plus jitter. No new attempt before twice the failover timeout after it.
     failover_start: Option<Millis>,
+    /// When we first could have started a failover for the current ODOWN (see
+    /// [`Self::start_failover_if_needed`]: controllers with lower ids go first).
+    candidacy: Option<Millis>,
     /// What the write port was told, so that epochs only move forward.
     dataplane: Dataplane,
     /// The last [`Action::SetReadPool`] (`None` before the first), so only changes are sent.
@@ -231,6 +261,7 @@ impl ServiceMachine {
             odown: false,
             failover: Failover::Idle,
             failover_start: None,
+            candidacy: None,
             dataplane: Dataplane::default(),
             read_pool: None,
             last_hello: None,
@@ -251,6 +282,12 @@ impl ServiceMachine {
             Event::Peer { from, msg } => self.on_peer(from, msg, now, jitter, &mut out),
             Event::CommandDone { node, command, ok } => self.on_command_done(node, command, ok),
             Event::MasterApplied { epoch, node, ok } => self.on_master_applied(epoch, node, ok),
+            Event::ForceFailover { to, timeout_ms } => {
+                if let Err(refused) = self.force_failover(to, timeout_ms, now, &mut out) {
+                    out.push(Action::Forced(ForcedOutcome::Refused(refused)));
+                }
+            }
+            Event::Synced { target, ok } => self.on_synced(target, ok, now, &mut out),
         }
         out
     }
@@ -282,6 +319,10 @@ impl ServiceMachine {
         match &self.failover {
             Failover::Idle => FailoverPhase::Idle,
             Failover::Election { epoch, .. } => FailoverPhase::Election { epoch: *epoch },
+            Failover::Sync { epoch, target, .. } => FailoverPhase::Sync {
+                epoch: *epoch,
+                target: *target,
+            },
             Failover::Promotion {
                 epoch, promoted, ..
             } => FailoverPhase::Promotion {
@@ -441,6 +482,7 @@ impl ServiceMachine {
                     self.master.port()
                 );
                 self.emit(out, NoticeKind::ConfigUpdateFrom, payload);
+                self.supersede_forced(hello.master, out);
                 self.switch_master(hello.master, now, out);
             } else {
                 self.persist(out);
@@ -639,6 +681,7 @@ impl ServiceMachine {
     /// Sentinel's `sentinelStartFailoverIfNeeded` + `sentinelStartFailover`.
     fn start_failover_if_needed(&mut self, now: Millis, jitter: Millis, out: &mut Vec<Action>) {
         if !self.odown || !matches!(self.failover, Failover::Idle) {
+            self.candidacy = None;
             return;
         }
         let retry_after = self.params.failover_timeout_ms.saturating_mul(2);
@@ -646,8 +689,27 @@ impl ServiceMachine {
             .failover_start
             .is_some_and(|start| now.saturating_sub(start) < retry_after)
         {
+            self.candidacy = None;
             return;
         }
+        // Every controller that sees the master down reaches ODOWN within a probe interval or
+        // two of the others; if all of them stood at once, each would vote for itself and the
+        // epoch would be lost (seen in ~4% of kill -9 trials before this rule), costing twice
+        // the failover timeout. So candidates take turns by id: those that report the master
+        // SDOWN and have a lower id go first, and we stand only after `rank` turns without
+        // having voted for one of them (a vote sets `failover_start` and stops us above).
+        let rank = self
+            .reports
+            .iter()
+            .filter(|(id, _)| **id < self.me)
+            .filter_map(|(_, r)| r.hello.as_ref())
+            .filter(|(h, _)| h.master == self.master && h.sdown.contains(&self.master))
+            .count() as Millis;
+        let since = *self.candidacy.get_or_insert(now);
+        if now.saturating_sub(since) < rank * self.params.candidate_stagger_ms() {
+            return;
+        }
+        self.candidacy = None;
         self.current_epoch += 1;
         let epoch = self.current_epoch;
         self.emit(out, NoticeKind::NewEpoch, epoch.to_string());
@@ -694,12 +756,32 @@ impl ServiceMachine {
                 }
                 self.election(epoch, last_ask, now, jitter, out)
             }
+            Failover::Sync {
+                epoch,
+                target,
+                since,
+                timeout,
+            } => {
+                // The executor reports within `timeout`; this only catches a lost report.
+                if now.saturating_sub(since) > timeout.saturating_mul(2) {
+                    self.abort_forced(epoch, NoticeKind::FailoverAbortNotSynced, None, out);
+                    Failover::Idle
+                } else {
+                    Failover::Sync {
+                        epoch,
+                        target,
+                        since,
+                        timeout,
+                    }
+                }
+            }
             Failover::Promotion {
                 epoch,
                 promoted,
                 since,
                 sent,
-            } => self.promotion(epoch, promoted, since, sent, now, out),
+                forced,
+            } => self.promotion(epoch, promoted, since, sent, forced, now, out),
             Failover::Reconfiguration(r) => self.reconfigure(r, now, out),
         };
     }
@@ -737,8 +819,20 @@ impl ServiceMachine {
             self.emit(out, NoticeKind::FailoverAbortNoGoodSlave, master);
             return Failover::Idle;
         };
+        self.emit(out, NoticeKind::SelectedSlave, self.describe(promoted));
+        self.promote(epoch, promoted, None, now, out)
+    }
+
+    /// `SEND_SLAVEOF_NOONE`, then `WAIT_PROMOTION`.
+    fn promote(
+        &mut self,
+        epoch: Epoch,
+        promoted: NodeAddr,
+        forced: Option<Forced>,
+        now: Millis,
+        out: &mut Vec<Action>,
+    ) -> Failover {
         let replica = self.describe(promoted);
-        self.emit(out, NoticeKind::SelectedSlave, replica.clone());
         self.emit(
             out,
             NoticeKind::FailoverStateSendSlaveofNoone,
@@ -751,26 +845,41 @@ impl ServiceMachine {
             promoted,
             since: now,
             sent: true,
+            forced,
         }
     }
 
     /// `WAIT_PROMOTION` on a tick: resend if the command failed, abort after the failover timeout.
     /// The way out is a probe reporting `role:master` ([`Self::confirm_promotion`]).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the state's fields, passed by value as the other phases' are"
+    )]
     fn promotion(
         &mut self,
         epoch: Epoch,
         promoted: NodeAddr,
         since: Millis,
         mut sent: bool,
+        forced: Option<Forced>,
         now: Millis,
         out: &mut Vec<Action>,
     ) -> Failover {
-        if now.saturating_sub(since) > self.params.failover_timeout_ms {
-            self.emit(
-                out,
-                NoticeKind::FailoverAbortSlaveTimeout,
-                self.describe(self.master),
-            );
+        let timeout = forced.map_or(self.params.failover_timeout_ms, |f| f.timeout);
+        if now.saturating_sub(since) > timeout {
+            match forced {
+                Some(f) => self.abort_forced(
+                    epoch,
+                    NoticeKind::FailoverAbortSlaveTimeout,
+                    Some((promoted, f)),
+                    out,
+                ),
+                None => self.emit(
+                    out,
+                    NoticeKind::FailoverAbortSlaveTimeout,
+                    self.describe(self.master),
+                ),
+            }
             return Failover::Idle;
         }
         if !sent && self.nodes[&promoted].liveness.is_up() {
@@ -782,6 +891,7 @@ impl ServiceMachine {
             promoted,
             since,
             sent,
+            forced,
         }
     }
 
@@ -789,38 +899,242 @@ impl ServiceMachine {
     /// recently, whose link to the old master has not been down for too long, and whose priority
     /// is not 0.
     fn select_replica(&self, now: Millis) -> Option<NodeAddr> {
+        select::best(
+            self.nodes
+                .keys()
+                .filter_map(|&addr| self.promotion_candidate(addr, now, false).ok()),
+        )
+    }
+
+    /// Whether `addr` may be promoted (see [`Self::select_replica`]), or why not. For a planned
+    /// switchover (`sync`) it must also be a replica of the master right now, with its link up:
+    /// it has to catch up before the promotion.
+    fn promotion_candidate(
+        &self,
+        addr: NodeAddr,
+        now: Millis,
+        sync: bool,
+    ) -> Result<Candidate<'_>, &'static str> {
+        let node = self
+            .nodes
+            .get(&addr)
+            .ok_or("it is not a node of this service")?;
+        if addr == self.master {
+            return Err("it is the master");
+        }
+        if !node.liveness.is_up() {
+            return Err("it is down (SDOWN)");
+        }
+        if now.saturating_sub(node.liveness.last_ok()) > self.params.reply_validity() {
+            return Err("it has not answered a probe recently");
+        }
+        let info = node.info.as_ref().ok_or("it never answered a probe")?;
+        let replica = match &info.role {
+            Role::Replica(r) => r,
+            Role::Master { .. } if sync => return Err("it claims to be a master"),
+            // Promoted by a leader that died: judge it by how far it had replicated.
+            Role::Master { .. } => node
+                .last_replica
+                .as_ref()
+                .ok_or("it claims to be a master")?,
+        };
+        if replica.master != self.master {
+            return Err("it does not replicate from the master");
+        }
+        if replica.priority == 0 {
+            return Err("its replica-priority is 0");
+        }
+        if sync && !replica.link_up {
+            return Err("its link to the master is down");
+        }
         let master_down_for = self.nodes[&self.master]
             .liveness
             .down_since()
             .map_or(0, |since| now.saturating_sub(since));
         let max_link_down = master_down_for + self.params.down_after_ms.saturating_mul(10);
-        let candidates = self.nodes.iter().filter_map(|(&addr, node)| {
-            if addr == self.master
-                || !node.liveness.is_up()
-                || now.saturating_sub(node.liveness.last_ok()) > self.params.reply_validity()
-            {
-                return None;
+        if replica.link_down_ms > max_link_down {
+            return Err("its link to the master has been down too long");
+        }
+        Ok(Candidate {
+            addr,
+            priority: replica.priority,
+            repl_offset: replica.repl_offset,
+            run_id: info.run_id.as_deref(),
+        })
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Forced failover (`SENTINEL FAILOVER`) and planned switchover.
+
+    /// Sentinel's `SENTINEL FAILOVER`: start a failover in a new epoch with ourselves as the
+    /// leader, without ODOWN or votes. If the master answers, pause its writes and let the
+    /// target catch up first ([`Action::PauseAndSync`]); otherwise promote at once.
+    fn force_failover(
+        &mut self,
+        to: Option<NodeAddr>,
+        timeout: Millis,
+        now: Millis,
+        out: &mut Vec<Action>,
+    ) -> Result<(), ForceRefused> {
+        if !matches!(self.failover, Failover::Idle) {
+            return Err(ForceRefused::InProgress);
+        }
+        // Pausing needs a master that takes commands; a dead one has nothing left to lose.
+        let pause = self.master_looks_sane(now);
+        let target = match to {
+            Some(node) if node == self.master => return Err(ForceRefused::AlreadyMaster(node)),
+            Some(node) if !self.nodes.contains_key(&node) => {
+                return Err(ForceRefused::UnknownNode(node));
             }
-            let info = node.info.as_ref()?;
-            let replica = match &info.role {
-                Role::Replica(r) => r,
-                // Promoted by a leader that died: judge it by how far it had replicated.
-                Role::Master { .. } => node.last_replica.as_ref()?,
-            };
-            if replica.master != self.master
-                || replica.priority == 0
-                || replica.link_down_ms > max_link_down
-            {
-                return None;
+            Some(node) => {
+                self.promotion_candidate(node, now, pause)
+                    .map_err(|why| ForceRefused::NotEligible { node, why })?
+                    .addr
             }
-            Some(Candidate {
-                addr,
-                priority: replica.priority,
-                repl_offset: replica.repl_offset,
-                run_id: info.run_id.as_deref(),
-            })
+            None => select::best(
+                self.nodes
+                    .keys()
+                    .filter_map(|&addr| self.promotion_candidate(addr, now, pause).ok()),
+            )
+            .ok_or(ForceRefused::NoGoodReplica)?,
+        };
+
+        // sentinelStartFailover, then WAIT_START with SRI_FORCE_FAILOVER: leader without votes.
+        // Our vote in the new epoch is recorded (and durable before anything leaves) so that we
+        // never vote for someone else in an epoch we lead.
+        self.current_epoch += 1;
+        let epoch = self.current_epoch;
+        let master = self.describe(self.master);
+        self.emit(out, NoticeKind::NewEpoch, epoch.to_string());
+        self.emit(out, NoticeKind::TryFailover, master.clone());
+        self.vote = Some(Vote {
+            epoch,
+            leader: self.me.clone(),
         });
-        select::best(candidates)
+        self.emit(
+            out,
+            NoticeKind::VoteForLeader,
+            format!("{} {epoch}", self.me),
+        );
+        self.persist(out);
+        self.failover_start = Some(now);
+        self.emit(out, NoticeKind::ElectedLeader, master.clone());
+        self.emit(out, NoticeKind::FailoverStateSelectSlave, master);
+        self.emit(out, NoticeKind::SelectedSlave, self.describe(target));
+        out.push(Action::Forced(ForcedOutcome::Started {
+            epoch,
+            target,
+            paused: pause,
+        }));
+        if pause {
+            self.emit(
+                out,
+                NoticeKind::FailoverStateWaitSync,
+                self.describe(target),
+            );
+            out.push(Action::PauseAndSync {
+                master: self.master,
+                target,
+                pause_ms: switchover_pause_ms(timeout),
+                timeout_ms: timeout,
+            });
+            self.failover = Failover::Sync {
+                epoch,
+                target,
+                since: now,
+                timeout,
+            };
+        } else {
+            let forced = Forced {
+                old_master: self.master,
+                paused: false,
+                timeout: self.params.failover_timeout_ms,
+            };
+            self.failover = self.promote(epoch, target, Some(forced), now, out);
+        }
+        Ok(())
+    }
+
+    /// The executor paused writes and the target caught up (or not).
+    fn on_synced(&mut self, target: NodeAddr, ok: bool, now: Millis, out: &mut Vec<Action>) {
+        let Failover::Sync {
+            epoch,
+            target: waiting_for,
+            timeout,
+            ..
+        } = self.failover
+        else {
+            return; // Late report of an attempt already given up.
+        };
+        if waiting_for != target {
+            return;
+        }
+        if !ok {
+            self.abort_forced(epoch, NoticeKind::FailoverAbortNotSynced, None, out);
+            self.failover = Failover::Idle;
+            return;
+        }
+        let forced = Forced {
+            old_master: self.master,
+            paused: true,
+            timeout,
+        };
+        self.failover = self.promote(epoch, target, Some(forced), now, out);
+    }
+
+    /// Give up a forced failover before its promotion was confirmed. If writes are paused,
+    /// resume them on the (unchanged) master, after telling a replica we may have promoted
+    /// (`promoting`) to follow the master again, so that only one node takes writes.
+    fn abort_forced(
+        &mut self,
+        epoch: Epoch,
+        reason: NoticeKind,
+        promoting: Option<(NodeAddr, Forced)>,
+        out: &mut Vec<Action>,
+    ) {
+        self.emit(out, reason, self.describe(self.master));
+        let paused = promoting.is_none_or(|(_, f)| f.paused);
+        if paused {
+            if let Some((promoted, f)) = promoting {
+                out.push(Action::ReplicaOf {
+                    node: promoted,
+                    master: f.old_master,
+                });
+            }
+            out.push(Action::ResumeWrites {
+                node: self.master,
+                demote_to: None,
+            });
+            // Nothing changed and the master serves again: a failover it may need later must
+            // not wait out the retry delay of an attempt that never touched it.
+            self.failover_start = None;
+        }
+        out.push(Action::Forced(ForcedOutcome::Aborted { epoch, reason }));
+    }
+
+    /// A peer's newer configuration makes `new_master` the master while our forced failover
+    /// has not confirmed its promotion: drop it, and resume the paused writes on the old master,
+    /// which follows `new_master` from now on.
+    fn supersede_forced(&mut self, new_master: NodeAddr, out: &mut Vec<Action>) {
+        let (epoch, paused) = match &self.failover {
+            Failover::Sync { epoch, .. } => (*epoch, true),
+            Failover::Promotion {
+                epoch,
+                forced: Some(f),
+                ..
+            } => (*epoch, f.paused),
+            _ => return,
+        };
+        if paused {
+            out.push(Action::ResumeWrites {
+                node: self.master,
+                demote_to: (self.master != new_master).then_some(new_master),
+            });
+        }
+        out.push(Action::Forced(ForcedOutcome::Aborted {
+            epoch,
+            reason: NoticeKind::ConfigUpdateFrom,
+        }));
     }
 
     /// A probe reported something the failover in progress waits for.
@@ -834,10 +1148,13 @@ impl ServiceMachine {
         };
         match &mut self.failover {
             Failover::Promotion {
-                epoch, promoted, ..
+                epoch,
+                promoted,
+                forced,
+                ..
             } if *promoted == addr && follows.is_none() => {
-                let (epoch, promoted) = (*epoch, *promoted);
-                self.confirm_promotion(epoch, promoted, now, out);
+                let (epoch, promoted, forced) = (*epoch, *promoted, *forced);
+                self.confirm_promotion(epoch, promoted, forced, now, out);
             }
             Failover::Reconfiguration(r) if follows == Some(r.promoted) => {
                 let Some(state) = r.replicas.get_mut(&addr) else {
@@ -867,6 +1184,7 @@ impl ServiceMachine {
         &mut self,
         epoch: Epoch,
         promoted: NodeAddr,
+        forced: Option<Forced>,
         now: Millis,
         out: &mut Vec<Action>,
     ) {
@@ -891,9 +1209,30 @@ impl ServiceMachine {
             replicas,
         });
         self.set_master(epoch, promoted, out);
+        let paused = forced.filter(|f| f.paused);
+        if let Some(f) = paused {
+            // Writes are held: tell the peers (a peer owning a data plane switches on this) and
+            // resume them right after the write port moved, before the read pool's update (a
+            // Maglev table rewrite). New connections already go to the new master when the old
+            // one closes its clients and turns replica.
+            self.send_hello(now, out);
+            out.push(Action::ResumeWrites {
+                node: f.old_master,
+                demote_to: Some(promoted),
+            });
+        }
         self.publish_read_pool(out);
-        // Sentinel's sentinelForceHelloUpdateForMaster: the others switch on this.
-        self.send_hello(now, out);
+        if paused.is_none() {
+            // Sentinel's sentinelForceHelloUpdateForMaster: the others switch on this.
+            self.send_hello(now, out);
+        }
+        if let Some(f) = forced {
+            out.push(Action::Forced(ForcedOutcome::Switched {
+                epoch,
+                from: f.old_master,
+                to: promoted,
+            }));
+        }
         if let Failover::Reconfiguration(r) = std::mem::take(&mut self.failover) {
             self.failover = self.reconfigure(r, now, out);
         }
@@ -1097,8 +1436,9 @@ impl ServiceMachine {
     // Outputs.
 
     /// The master the write port should use: the promoted node once it confirmed (Sentinel's
-    /// `sentinelGetCurrentMasterAddress`), else the master.
-    fn advertised_master(&self) -> NodeAddr {
+    /// `sentinelGetCurrentMasterAddress`), else the master. What operators and Sentinel clients
+    /// are told is the master (`SENTINEL get-master-addr-by-name`).
+    pub fn advertised_master(&self) -> NodeAddr {
         match &self.failover {
             Failover::Reconfiguration(r) => r.promoted,
             _ => self.master,
@@ -1198,6 +1538,13 @@ impl ServiceMachine {
             )
         }
     }
+}
+
+/// How long `CLIENT PAUSE` holds a planned switchover's writes: longer than every bound the
+/// switchover can take (the catch-up, its safety net, the promotion, plus a margin for the
+/// commands), so that only a controller that died mid-switchover leaves it to expire.
+pub(crate) fn switchover_pause_ms(timeout: Millis) -> Millis {
+    timeout.saturating_mul(3).saturating_add(2_000)
 }
 
 /// An absolute majority of `n` voters (50% + 1).

@@ -10,7 +10,8 @@
 //!   executor ─────────────────────────────────────────────▶ ServiceMachine::step(event, now, jitter)
 //!      ▲                                                              │
 //!      └──────────────────────── Vec<Action> ◀───────────────────────┘
-//!        Emit(+sdown ...), Persist, SendToPeers, ReplyVote, PromoteReplica, ReplicaOf, SetMaster, SetReadPool
+//!        Emit(+sdown ...), Persist, SendToPeers, ReplyVote, PromoteReplica, ReplicaOf, SetMaster, SetReadPool,
+//!        PauseAndSync, ResumeWrites, Forced
 //! ```
 //!
 //! Sentinel reads the clock, calls `rand()` and talks to the network inside its transitions; here
@@ -29,6 +30,10 @@
 //! - Report the outcome of commands ([`Event::CommandDone`]) and of data-plane writes
 //!   ([`Event::MasterApplied`]). A promotion is confirmed by a probe reporting `role:master`, not by
 //!   the command's reply, as Sentinel does.
+//! - An operator's failover request is [`Event::ForceFailover`]; perform [`Action::PauseAndSync`]
+//!   and report [`Event::Synced`]; perform [`Action::ResumeWrites`] after the actions before it
+//!   (the write port must have moved before the old master is demoted and unpaused); answer the
+//!   operator from [`Action::Forced`].
 //! - Pass a fresh random `jitter` to each step (any `u64`; it is reduced modulo
 //!   [`Params::max_desync_ms`]). It is used exactly where Sentinel calls `rand()`: to desynchronise
 //!   the controllers' next failover attempts so that split votes do not repeat forever.
@@ -45,7 +50,7 @@ mod tests;
 
 use std::fmt;
 
-pub use action::{Action, Notice, NoticeKind, Persisted, Vote};
+pub use action::{Action, ForceRefused, ForcedOutcome, Notice, NoticeKind, Persisted, Vote};
 pub use event::{Command, Event, Hello, NodeInfo, PeerMsg, ProbeResult, ReplicaInfo, Role};
 pub use machine::{FailoverPhase, MachineConfig, ServiceMachine, SetupError};
 pub use params::{Params, ReadFromMaster};

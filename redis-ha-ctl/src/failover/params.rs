@@ -82,6 +82,13 @@ impl Default for Params {
 }
 
 impl Params {
+    /// How long a candidate waits per controller with a lower id that also sees the master
+    /// down before standing itself: longer than the spread of the controllers' ODOWN times
+    /// (about two probe intervals) plus one tick, so the lower id's vote request arrives first.
+    pub fn candidate_stagger_ms(&self) -> Millis {
+        3 * self.hello_interval_ms.max(self.probe_interval_ms).max(100)
+    }
+
     /// The election timeout Sentinel uses: the smaller of the election and failover timeouts.
     pub(crate) fn effective_election_timeout(&self) -> Millis {
         self.election_timeout_ms.min(self.failover_timeout_ms)

@@ -9,8 +9,8 @@ use aya::{
     programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode},
 };
 use redis_ha_common::{
-    AddrKey, Backend, BackendStats, Flow, FlowKey, RING_SIZE, ServiceKey, ServicePort, ServiceState,
-    backend_flags, counter, map_name, ring_index,
+    AddrKey, Backend, BackendStats, Flow, FlowKey, RING_SIZE, ServiceKey, ServicePort,
+    ServiceState, backend_flags, counter, map_name, ring_index,
 };
 
 use crate::{
@@ -177,9 +177,12 @@ impl Dataplane {
 
     /// What the controller writes beside every backend slot: its address → slot.
     pub fn add_backend_addr(&mut self, addr: SocketAddrV4, slot: u32) {
-        let mut map: HashMap<&mut MapData, AddrKey, u32> =
-            HashMap::try_from(self.bpf.map_mut(map_name::BACKEND_ADDRS).expect("BACKEND_ADDRS"))
-                .expect("BACKEND_ADDRS type");
+        let mut map: HashMap<&mut MapData, AddrKey, u32> = HashMap::try_from(
+            self.bpf
+                .map_mut(map_name::BACKEND_ADDRS)
+                .expect("BACKEND_ADDRS"),
+        )
+        .expect("BACKEND_ADDRS type");
         let key = AddrKey {
             ip: addr.ip().octets(),
             port: addr.port(),
@@ -190,9 +193,12 @@ impl Dataplane {
 
     /// `[dataplane] client_networks`.
     pub fn add_client_net(&mut self, net: std::net::Ipv4Addr, prefix_len: u32) {
-        let mut map: LpmTrie<&mut MapData, [u8; 4], u32> =
-            LpmTrie::try_from(self.bpf.map_mut(map_name::CLIENT_NETS).expect("CLIENT_NETS"))
-                .expect("CLIENT_NETS type");
+        let mut map: LpmTrie<&mut MapData, [u8; 4], u32> = LpmTrie::try_from(
+            self.bpf
+                .map_mut(map_name::CLIENT_NETS)
+                .expect("CLIENT_NETS"),
+        )
+        .expect("CLIENT_NETS type");
         map.insert(&Key::new(prefix_len, net.octets()), 1, 0)
             .expect("insert CLIENT_NETS");
     }

@@ -1,8 +1,10 @@
 //! Tests of the whole machine: `unit` drives one machine by hand, `scenarios` wires several
-//! together through `sim`, an in-memory network and fake Redis nodes, with time driven explicitly.
+//! together through `sim`, an in-memory network and fake Redis nodes, with time driven explicitly;
+//! `switchover` covers operator-forced failovers (planned switchovers) both ways.
 
 mod scenarios;
 mod sim;
+mod switchover;
 mod unit;
 
 use std::net::Ipv4Addr;

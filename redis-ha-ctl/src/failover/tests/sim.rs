@@ -43,6 +43,8 @@ pub(super) struct FakeRedis {
     pub(super) lag_ms: Millis,
     /// Accepts REPLICAOF NO ONE but never becomes master (a wedged node).
     pub(super) ignores_promotion: bool,
+    /// Writes paused (`CLIENT PAUSE WRITE`) by a planned switchover.
+    pub(super) paused: bool,
 }
 
 pub(super) struct Sim {
@@ -76,6 +78,7 @@ impl Sim {
             priority,
             lag_ms: 0,
             ignores_promotion: false,
+            paused: false,
         };
         redis.insert(M, fake(None, 1_000, 100));
         redis.insert(R1, fake(Some(M), 100, 100));
@@ -199,6 +202,12 @@ impl Sim {
                 msg,
             },
         );
+        self.drain();
+    }
+
+    /// Feed `event` to controller `to` now, as its executor would (an operator's request).
+    pub(super) fn feed(&mut self, to: &str, event: Event) {
+        self.deliver(&to.into(), event);
         self.drain();
     }
 
@@ -390,6 +399,29 @@ impl Sim {
                     ));
                 }
                 Action::SetReadPool(pool) => self.ctls.get_mut(id).unwrap().reads = pool,
+                Action::PauseAndSync { master, target, .. } => {
+                    // Writes stop, so the target catches up with what the master has.
+                    let ok = self.command_reaches(id, master)
+                        && self.command_reaches(id, target)
+                        && self.redis[&target].follows == Some(master);
+                    if ok {
+                        self.redis.get_mut(&master).unwrap().paused = true;
+                        let offset = self.redis[&master].offset;
+                        self.redis.get_mut(&target).unwrap().offset = offset;
+                    }
+                    self.queue
+                        .push_back((id.clone(), Event::Synced { target, ok }));
+                }
+                Action::ResumeWrites { node, demote_to } => {
+                    if self.command_reaches(id, node) {
+                        let r = self.redis.get_mut(&node).unwrap();
+                        if demote_to.is_some() {
+                            r.follows = demote_to;
+                        }
+                        r.paused = false;
+                    }
+                }
+                Action::Forced(_) => {}
             }
         }
         if promoted && self.crash_next_promoter {

@@ -1,0 +1,446 @@
+//! `redis-ha-ctl status | events | failover`: clients of a running controller's API (the
+//! Sentinel-compatible RESP port named by `[controller] listen`), through the `redis` crate.
+
+use std::{
+    fmt::Write as _,
+    io::Write as _,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    config::Config,
+    failover::NodeAddr,
+    sentinel_api::{JSON_EVENTS_CHANNEL, SwitchoverReport},
+    status::{EventRecord, ServiceStatus, Status},
+};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The controller a config names: its `[controller] listen` address (a wildcard address is
+/// reached on loopback).
+pub fn api_addr(config: &Path) -> anyhow::Result<SocketAddr> {
+    let cfg = Config::load(config)?;
+    let ctl = cfg.controller.with_context(|| {
+        format!(
+            "{}: no [controller] section: it names the controller to talk to (`listen`)",
+            config.display()
+        )
+    })?;
+    let mut addr = ctl.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+    Ok(addr)
+}
+
+fn connect(addr: SocketAddr, read_timeout: Duration) -> anyhow::Result<redis::Connection> {
+    let info = redis::ConnectionInfo {
+        addr: redis::ConnectionAddr::Tcp(addr.ip().to_string(), addr.port()),
+        redis: redis::RedisConnectionInfo::default(),
+    };
+    let not_running =
+        || format!("no controller running at {addr} (is `redis-ha-ctl run` started?)");
+    let client = redis::Client::open(info)?;
+    let conn = match client.get_connection_with_timeout(CONNECT_TIMEOUT) {
+        Ok(conn) => conn,
+        Err(e) if e.is_connection_refusal() || e.is_timeout() => bail!("{}", not_running()),
+        Err(e) => return Err(e).with_context(not_running),
+    };
+    conn.set_read_timeout(Some(read_timeout))?;
+    conn.set_write_timeout(Some(CONNECT_TIMEOUT))?;
+    Ok(conn)
+}
+
+fn query_json(addr: SocketAddr, what: &str) -> anyhow::Result<String> {
+    let mut conn = connect(addr, READ_TIMEOUT)?;
+    redis::cmd("REDIS-HA")
+        .arg(what)
+        .query(&mut conn)
+        .with_context(|| format!("asking the controller at {addr} for its {what}"))
+}
+
+/// The running controller's snapshot.
+pub fn fetch_status(config: &Path) -> anyhow::Result<Status> {
+    let addr = api_addr(config)?;
+    let json = query_json(addr, "STATUS")?;
+    serde_json::from_str(&json).with_context(|| format!("the status from {addr} is not valid"))
+}
+
+/// `redis-ha-ctl status`.
+pub fn status(config: &Path, json: bool) -> anyhow::Result<String> {
+    let status = fetch_status(config)?;
+    if json {
+        return Ok(serde_json::to_string_pretty(&status)? + "\n");
+    }
+    Ok(render_status(&status))
+}
+
+/// `redis-ha-ctl events`: the recent events; with `follow`, then every new one as it happens
+/// (printed here, until the controller goes away or the process is interrupted).
+pub fn events(config: &Path, follow: bool, json: bool) -> anyhow::Result<String> {
+    let addr = api_addr(config)?;
+    let print = |e: &EventRecord| -> anyhow::Result<String> {
+        Ok(if json {
+            serde_json::to_string(e)? + "\n"
+        } else {
+            format!(
+                "{} {} {} {}\n",
+                format_unix_ms(e.at_unix_ms),
+                e.service,
+                e.name,
+                e.payload
+            )
+        })
+    };
+    let recent = || -> anyhow::Result<Vec<EventRecord>> {
+        serde_json::from_str(&query_json(addr, "EVENTS")?)
+            .with_context(|| format!("the events from {addr} are not valid"))
+    };
+    if !follow {
+        return recent()?.iter().map(print).collect();
+    }
+    // Subscribe before reading the history, so that nothing falls between the two. (Dropping
+    // a `PubSub` unsubscribes: this one lives as long as the loop.)
+    let mut conn = connect(addr, READ_TIMEOUT)?;
+    conn.set_read_timeout(None)?;
+    let mut pubsub = conn.as_pubsub();
+    pubsub
+        .subscribe(JSON_EVENTS_CHANNEL)
+        .with_context(|| format!("subscribing to the events of {addr}"))?;
+    let history = recent()?;
+    let mut stdout = std::io::stdout().lock();
+    for e in &history {
+        stdout.write_all(print(e)?.as_bytes())?;
+    }
+    stdout.flush()?;
+    loop {
+        let msg = pubsub
+            .get_message()
+            .with_context(|| format!("the controller at {addr} went away"))?;
+        let payload: String = msg.get_payload()?;
+        let record: EventRecord = serde_json::from_str(&payload)
+            .with_context(|| format!("an event from {addr} is not valid"))?;
+        if history.contains(&record) {
+            continue; // Published between our SUBSCRIBE and the history.
+        }
+        stdout.write_all(print(&record)?.as_bytes())?;
+        stdout.flush()?;
+    }
+}
+
+/// `redis-ha-ctl failover`: a planned switchover (a forced failover if the master is down),
+/// waiting for its outcome.
+pub fn failover(
+    config: &Path,
+    service: &str,
+    to: Option<NodeAddr>,
+    timeout_ms: Option<u64>,
+    json: bool,
+) -> anyhow::Result<String> {
+    let addr = api_addr(config)?;
+    let bound = timeout_ms.unwrap_or(crate::daemon::DEFAULT_SWITCHOVER_TIMEOUT_MS);
+    // The controller answers within about three times the switchover's bound.
+    let mut conn = connect(addr, Duration::from_millis(bound * 3) + READ_TIMEOUT)?;
+    let mut cmd = redis::cmd("REDIS-HA");
+    cmd.arg("FAILOVER").arg(service);
+    if let Some(to) = to {
+        cmd.arg("TO").arg(to.to_string());
+    }
+    if let Some(ms) = timeout_ms {
+        cmd.arg("TIMEOUT").arg(ms);
+    }
+    let reply: String = match cmd.query(&mut conn) {
+        Ok(reply) => reply,
+        // An error reply: the controller's own words (`NOGOODSLAVE ...`, `ABORTED ...`).
+        Err(e) if e.code().is_some() => bail!(
+            "{service}: {} {}",
+            e.code().unwrap_or_default(),
+            e.detail().unwrap_or_default()
+        ),
+        Err(e) => return Err(e).context(format!("asking {addr} for a failover of {service}")),
+    };
+    let report: SwitchoverReport = serde_json::from_str(&reply)
+        .with_context(|| format!("the answer from {addr} is not valid: {reply}"))?;
+    if json {
+        return Ok(serde_json::to_string_pretty(&report)? + "\n");
+    }
+    let pause = report.write_pause_ms.map_or_else(
+        || "no write pause (the master was down)".to_owned(),
+        |ms| format!("writes paused {ms:.1} ms"),
+    );
+    Ok(format!(
+        "{}: switched from {} to {} in epoch {}; {pause}; took {:.1} ms\n",
+        report.service, report.from, report.to, report.epoch, report.total_ms
+    ))
+}
+
+/// `2026-11-25 21:04:00.123 UTC`.
+pub fn format_unix_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03} UTC",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+fn ms_ago(ms: Option<u64>) -> String {
+    match ms {
+        None => "never".into(),
+        Some(ms) if ms < 10_000 => format!("{ms} ms"),
+        Some(ms) => format!("{:.1} s", ms as f64 / 1000.0),
+    }
+}
+
+fn or_dash<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+/// The human form of a snapshot: per service the ports, nodes and controllers, then the data
+/// plane.
+pub fn render_status(s: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "controller {} at {} ({})",
+        s.controller,
+        s.listen,
+        format_unix_ms(s.at_unix_ms)
+    );
+    for svc in &s.services {
+        render_service(&mut out, s, svc);
+    }
+    match &s.dataplane {
+        None => {
+            let _ = writeln!(
+                out,
+                "\ndata plane: none on this node (another controller's host owns it)"
+            );
+        }
+        Some(dp) => {
+            let _ = writeln!(
+                out,
+                "\ndata plane on this node: pinned at {}, {} flow entries (two per connection)",
+                dp.pin_dir, dp.flow_entries
+            );
+            let ifaces: Vec<String> = dp
+                .interfaces
+                .iter()
+                .map(|(i, mode)| format!("{i} ({mode})"))
+                .collect();
+            let _ = writeln!(out, "  attached: {}", ifaces.join(", "));
+            let _ = writeln!(
+                out,
+                "  {:<10} {:<21} {:>4}  {:<7} {:<5} {:>9} {:>11} {:>9} {:>11} {:>9} {:>6}",
+                "SERVICE",
+                "BACKEND",
+                "SLOT",
+                "ROLE",
+                "READS",
+                "PKTS-IN",
+                "BYTES-IN",
+                "PKTS-OUT",
+                "BYTES-OUT",
+                "NEW-FLOWS",
+                "RESETS"
+            );
+            for b in &dp.backends {
+                let _ = writeln!(
+                    out,
+                    "  {:<10} {:<21} {:>4}  {:<7} {:<5} {:>9} {:>11} {:>9} {:>11} {:>9} {:>6}",
+                    b.service,
+                    b.addr,
+                    b.slot,
+                    if b.is_master { "master" } else { "-" },
+                    if b.readable { "yes" } else { "no" },
+                    b.packets_in,
+                    b.bytes_in,
+                    b.packets_out,
+                    b.bytes_out,
+                    b.new_flows,
+                    b.flows_reset
+                );
+            }
+            let counters: Vec<String> = dp
+                .counters
+                .iter()
+                .filter(|(_, v)| **v != 0)
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            let _ = writeln!(out, "  packets: {}", counters.join(", "));
+        }
+    }
+    out
+}
+
+fn render_service(out: &mut String, s: &Status, svc: &ServiceStatus) {
+    let _ = writeln!(
+        out,
+        "\nservice {}: write {}:{} -> {}; read {}:{} -> [{}]",
+        svc.name,
+        svc.vip,
+        svc.write_port,
+        svc.master,
+        svc.vip,
+        svc.read_port,
+        svc.read_pool.join(", ")
+    );
+    let mut flags = Vec::new();
+    if svc.odown {
+        flags.push("MASTER ODOWN".to_owned());
+    }
+    let _ = writeln!(
+        out,
+        "  epoch {} (master's config epoch {}), quorum {}, down-after {} ms, failover: {}, \
+         failovers seen: {}{}",
+        svc.current_epoch,
+        svc.config_epoch,
+        svc.quorum,
+        svc.down_after_ms,
+        svc.failover_phase,
+        svc.failovers,
+        flags.iter().map(|f| format!(", {f}")).collect::<String>()
+    );
+    let _ = writeln!(
+        out,
+        "  {:<21} {:<8} {:<5} {:<21} {:<5} {:>7} {:>10} {:>4} {:<5} {:>8} {:>8}",
+        "NODE",
+        "ROLE",
+        "STATE",
+        "FOLLOWS",
+        "LINK",
+        "LAG",
+        "OFFSET",
+        "PRIO",
+        "READS",
+        "LAST-OK",
+        "PROBE"
+    );
+    for n in &svc.nodes {
+        let link = match n.link_up {
+            Some(true) => "up",
+            Some(false) => "down",
+            None => "-",
+        };
+        let _ = writeln!(
+            out,
+            "  {:<21} {:<8} {:<5} {:<21} {:<5} {:>7} {:>10} {:>4} {:<5} {:>8} {:>8}",
+            n.addr,
+            if n.addr == svc.master && n.role == "master" {
+                "MASTER"
+            } else {
+                n.role.as_str()
+            },
+            if n.sdown { "DOWN" } else { "up" },
+            or_dash(n.master.as_deref()),
+            link,
+            n.lag_ms.map_or_else(|| "-".into(), |l| format!("{l} ms")),
+            or_dash(n.repl_offset),
+            or_dash(n.priority),
+            if n.in_read_pool { "yes" } else { "no" },
+            ms_ago(n.last_ok_ms_ago),
+            n.probe_latency_ms
+                .map_or_else(|| "-".into(), |l| format!("{l:.2} ms")),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  {:<12} {:<21} {:>8} {:<21} {:>6} {:<6}",
+        "CONTROLLER", "ADDRESS", "HEARD", "ITS MASTER", "EPOCH", "AGREES"
+    );
+    let _ = writeln!(
+        out,
+        "  {:<12} {:<21} {:>8} {:<21} {:>6} {:<6}",
+        format!("{} (this)", s.controller),
+        s.listen,
+        "-",
+        svc.master,
+        svc.config_epoch,
+        "-"
+    );
+    for p in &svc.peers {
+        let _ = writeln!(
+            out,
+            "  {:<12} {:<21} {:>8} {:<21} {:>6} {:<6}",
+            p.id,
+            p.addr,
+            ms_ago(p.last_heard_ms_ago),
+            or_dash(p.master.as_deref()),
+            or_dash(p.config_epoch),
+            if p.agrees { "yes" } else { "NO" }
+        );
+    }
+    let agreeing = 1 + svc.peers.iter().filter(|p| p.agrees).count();
+    let _ = writeln!(
+        out,
+        "  {agreeing}/{} controllers agree on {} (config epoch {})",
+        svc.peers.len() + 1,
+        svc.master,
+        svc.config_epoch
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_unix_time() {
+        assert_eq!(format_unix_ms(0), "1970-01-01 00:00:00.000 UTC");
+        assert_eq!(
+            format_unix_ms(1_764_104_640_123),
+            "2025-11-25 21:04:00.123 UTC"
+        );
+        assert_eq!(
+            format_unix_ms(951_782_400_000),
+            "2000-02-29 00:00:00.000 UTC"
+        );
+    }
+
+    #[test]
+    fn renders_every_part_of_the_picture() {
+        let text = render_status(&crate::sentinel_api::testdata::status());
+        for needle in [
+            "service mymaster: write 198.18.0.100:6380 -> 198.18.1.11:6379",
+            "read 198.18.0.100:6381 -> [198.18.1.12:6379]",
+            "198.18.1.12:6379      replica",
+            "DOWN",
+            "c3",
+            "2/3 controllers agree",
+            "eth0 (native)",
+            "fwd_to_backend 15",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn no_controller_is_a_clear_message() {
+        // Port 1 on loopback: nothing listens there in a test environment.
+        let Err(err) = connect("127.0.0.1:1".parse().unwrap(), READ_TIMEOUT) else {
+            panic!("something answers on 127.0.0.1:1");
+        };
+        assert_eq!(
+            err.to_string(),
+            "no controller running at 127.0.0.1:1 (is `redis-ha-ctl run` started?)"
+        );
+    }
+}
