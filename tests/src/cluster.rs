@@ -40,6 +40,9 @@ const PEER_WARMUP: Duration = Duration::from_secs(1);
 
 /// The address of controller node `n` on the controllers' network: 198.18.2.1 is the LB (c1),
 /// 198.18.2.N is the namespace `rha-<tag>-kN`.
+/// Where every controller of a cluster serves HTTP (on its own node address).
+pub const METRICS_PORT: u16 = 9121;
+
 pub fn node_ip(n: u8) -> Ipv4Addr {
     assert!((1..=9).contains(&n), "controller node {n} out of 1..=9");
     Ipv4Addr::new(198, 18, 2, n)
@@ -89,6 +92,11 @@ pub struct ControllerSpec {
 impl ControllerSpec {
     pub fn listen(&self) -> SocketAddrV4 {
         SocketAddrV4::new(node_ip(self.node), PEER_PORT)
+    }
+
+    /// `/metrics`, `/status.json` and the status page of this controller.
+    pub fn metrics_listen(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(node_ip(self.node), METRICS_PORT)
     }
 }
 
@@ -255,6 +263,7 @@ impl Cluster {
              secret = \"{secret}\"\n\
              state_file = \"{state}\"\n\
              probe_interval_ms = {interval}\n\
+             metrics_listen = \"{metrics}\"\n\
              peers = [{peers}]\n",
             dataplane = if spec.dataplane { dataplane } else { "" },
             quorum = spec.quorum,
@@ -265,6 +274,7 @@ impl Cluster {
             secret = spec.secret,
             state = state_file.display(),
             interval = o.probe_interval_ms,
+            metrics = spec.metrics_listen(),
             peers = peers.join(", "),
         )
     }

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 
-pub use cluster::{Cluster, ClusterOptions, Controller, ControllerSpec, MapsView};
+pub use cluster::{Cluster, ClusterOptions, Controller, ControllerSpec, METRICS_PORT, MapsView};
 pub use netns::{
     Leftovers, Netns, cleanup_prefix, in_netns, leftovers, list_namespaces, netns_command,
 };

@@ -1,0 +1,104 @@
+//! `/metrics` of a real controller owning the real data plane: scraped the way Prometheus
+//! does, its per-backend counters must move with traffic sent through the VIP.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddrV4, TcpStream},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use redis_ha_tests::{Cluster, ClusterOptions, METRICS_PORT, in_netns, require_root};
+
+/// GET `path` from `addr`, with the socket created in the namespace at `ns`.
+fn http_get(ns: &Path, addr: SocketAddrV4, path: &str) -> Result<String> {
+    let mut stream = in_netns(ns, move || {
+        TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2))
+    })??;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body)?;
+    if !body.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {}", body.lines().next().unwrap_or_default());
+    }
+    Ok(body)
+}
+
+/// Sum of the samples of `metric` whose labels contain every one of `labels`.
+fn sample(text: &str, metric: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn metrics_counters_move_with_traffic_through_the_vip() -> Result<()> {
+    require_root();
+    let cluster = Cluster::up(ClusterOptions::default())?;
+    cluster.wait_healthy(Duration::from_secs(30))?;
+    let tb = cluster.testbed();
+    let lb = tb.lb().path();
+    let c1 = cluster.controller(1);
+    let addr = SocketAddrV4::new(*c1.listen().ip(), METRICS_PORT);
+    let master = ["backend=\"198.18.1.11:6379\"", "direction=\"in\""];
+
+    let before = http_get(&lb, addr, "/metrics")?;
+    let packets_before = sample(&before, "redis_ha_backend_packets_total", &master);
+    let flows_before = sample(
+        &before,
+        "redis_ha_backend_new_flows_total",
+        &["backend=\"198.18.1.11:6379\""],
+    );
+    assert!(
+        sample(&before, "redis_ha_probe_duration_seconds_count", &[]) > 0.0,
+        "no probe observed:\n{before}"
+    );
+
+    let url = format!("redis://{}/", tb.vip_write());
+    let mut conn = in_netns(&tb.client().path(), move || {
+        redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(5))
+    })??;
+    for i in 0..50 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("metrics:{i}"))
+            .arg(i)
+            .query(&mut conn)?;
+    }
+
+    // The daemon re-reads the per-CPU counters at most every 500 ms.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let after = http_get(&lb, addr, "/metrics")?;
+        let packets = sample(&after, "redis_ha_backend_packets_total", &master);
+        let flows = sample(
+            &after,
+            "redis_ha_backend_new_flows_total",
+            &["backend=\"198.18.1.11:6379\""],
+        );
+        if packets >= packets_before + 50.0 && flows > flows_before {
+            println!(
+                "master packets in: {packets_before} -> {packets}; new flows: {flows_before} -> {flows}"
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "counters did not follow 50 SETs: packets {packets_before} -> {packets}, \
+                 flows {flows_before} -> {flows}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = http_get(&lb, addr, "/status.json")?;
+    assert!(status.contains("198.18.1.11:6379"), "{status}");
+    let page = http_get(&lb, addr, "/").context("status page")?;
+    assert!(page.contains("198.18.1.12:6379") && page.contains("198.18.1.13:6379"));
+    Ok(())
+}
