@@ -94,6 +94,20 @@ fn try_redis_ha(ctx: &XdpContext) -> Result<u32, u32> {
         src_port: u16::from_be_bytes(tcp.sport),
         dst_port: u16::from_be_bytes(tcp.dport),
     };
+    if tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        // A new connection that does not go through a VIP (a client straight to a backend,
+        // say) may reuse the ports of an old VIP connection whose reply entry is still in
+        // the LRU table: that entry would rewrite this connection's SYN-ACK to come from the
+        // VIP. Forget it.
+        let reverse = FlowKey {
+            src_ip: fkey.dst_ip,
+            dst_ip: fkey.src_ip,
+            src_port: fkey.dst_port,
+            dst_port: fkey.src_port,
+        };
+        let _ = FLOWS.remove(&reverse);
+        return Err(counter::PASS_NOT_SERVICE);
+    }
     match unsafe { FLOWS.get(&fkey) }.copied() {
         Some(flow) if flow.dir == flow_dir::TO_CLIENT => {
             Ok(to_client(ctx, eth, ip, tcp, &flow, counter::FWD_TO_CLIENT))

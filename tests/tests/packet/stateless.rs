@@ -85,3 +85,35 @@ fn without_client_networks_replies_need_a_flow() {
         counter: counter::PASS_NOT_SERVICE,
     });
 }
+
+#[test]
+fn a_direct_connection_reusing_ports_of_an_old_vip_connection_is_not_rewritten() {
+    let tb = Testbed::new();
+    let dp = standard(&tb);
+    let c = client(47020);
+    dp.step(Case {
+        name: "an earlier connection through the VIP leaves a reply entry behind",
+        frame: tcp(c, WRITE).syn().build(),
+        action: XDP_REDIRECT,
+        expect: Expect::ToBackend(BE_11),
+        counter: counter::FWD_TO_BACKEND,
+    });
+    dp.table(&[
+        Case {
+            name: "the client now connects straight to the backend from the same port",
+            frame: tcp(c, BE_11).syn().build(),
+            action: XDP_PASS,
+            expect: Expect::Unchanged,
+            counter: counter::PASS_NOT_SERVICE,
+        },
+        Case {
+            name: "the backend's SYN-ACK must not be rewritten to come from the VIP",
+            frame: tcp(BE_11, c)
+                .flags(crate::frame::tcp_flags::SYN | crate::frame::tcp_flags::ACK)
+                .build(),
+            action: XDP_PASS,
+            expect: Expect::Unchanged,
+            counter: counter::PASS_NOT_SERVICE,
+        },
+    ]);
+}
