@@ -103,6 +103,18 @@ pub struct ReplicaInfo {
     pub priority: u32,
 }
 
+impl ReplicaInfo {
+    /// How old its data may be: the master's last contact while the link is up, the time
+    /// since the link went down otherwise.
+    pub fn staleness_ms(&self) -> Millis {
+        if self.link_up {
+            self.lag_ms
+        } else {
+            self.link_down_ms
+        }
+    }
+}
+
 impl Role {
     /// The master a replica follows; `None` for a master. Two reports with different keys are a
     /// role change (Sentinel's `role_reported_time` / `slave_conf_change_time`).

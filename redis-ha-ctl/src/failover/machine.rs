@@ -1467,8 +1467,12 @@ impl ServiceMachine {
         }
     }
 
-    /// Replicas that are up, follow the current master with the link up, and lag little; the
-    /// master as [`ReadFromMaster`] says. A node claiming to be master is never in it.
+    /// Replicas that are up, follow the current master, and whose data is at most
+    /// `max_replica_lag_ms` old — with the link up, the time since the master last talked to
+    /// them; with the link down, the time since it went down. So when the master dies, its
+    /// replicas keep serving (slightly stale) reads until one of them is promoted, instead of
+    /// the read port failing with the write port. The master as [`ReadFromMaster`] says. A
+    /// node claiming to be master is never in it.
     fn compute_read_pool(&self) -> Vec<NodeAddr> {
         let master = self.advertised_master();
         let mut pool: Vec<NodeAddr> = self
@@ -1478,7 +1482,7 @@ impl ServiceMachine {
                 addr != master
                     && node.liveness.is_up()
                     && matches!(node.role(), Some(Role::Replica(r))
-                        if r.master == master && r.link_up && r.lag_ms <= self.params.max_replica_lag_ms)
+                        if r.master == master && r.staleness_ms() <= self.params.max_replica_lag_ms)
             })
             .map(|(&addr, _)| addr)
             .collect();

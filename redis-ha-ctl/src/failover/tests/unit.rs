@@ -887,9 +887,34 @@ fn the_read_pool_follows_lag_links_and_read_from_master() {
             r.lag_ms = 1_001;
         }
         t.set(R1, Some(lagging));
-        t.set(R2, Some(replica_reply(M, false, 200, 100)));
+        let mut long_down = replica_reply(M, false, 200, 100);
+        if let ProbeResult::Ok(NodeInfo {
+            role: Role::Replica(r),
+            ..
+        }) = &mut long_down
+        {
+            r.link_down_ms = 1_001;
+        }
+        t.set(R2, Some(long_down));
     };
     assert_eq!(pool_with(ReadFromMaster::Never, &degraded), vec![R3]);
+    // A link down for less than the allowed lag (the master just died, say) still serves:
+    // its data is no staler than a lagging replica's.
+    let briefly_down = |t: &mut One| {
+        let mut down = replica_reply(M, false, 200, 100);
+        if let ProbeResult::Ok(NodeInfo {
+            role: Role::Replica(r),
+            ..
+        }) = &mut down
+        {
+            r.link_down_ms = 400;
+        }
+        t.set(R2, Some(down));
+    };
+    assert_eq!(
+        pool_with(ReadFromMaster::Never, &briefly_down),
+        vec![R1, R2, R3]
+    );
 
     // Only changes are sent.
     let mut t = One::new("a", &["b", "c"], params());
