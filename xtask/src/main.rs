@@ -3,6 +3,7 @@
 //! Every command first installs what is missing (see [`prerequisites`]), so a fresh machine
 //! with only rustup's toolchains needs nothing else.
 
+mod bench;
 mod build_load;
 mod demo;
 mod prerequisites;
@@ -52,6 +53,30 @@ enum Task {
     },
     /// Every test of the workspace (as root, one at a time), then a check for leaked namespaces.
     Test,
+    /// redis-ha vs direct vs the seed's HAProxy + Sentinel in one run; writes bench-results/.
+    Bench {
+        /// Short run (3 repeats, 1 failover trial per case; about 3 minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Repeats of every path and workload (default 3 with --quick, else 5).
+        #[arg(long)]
+        repeats: Option<usize>,
+        /// Failover trials per fault and stack (default 1 with --quick, else 5).
+        #[arg(long)]
+        trials: Option<usize>,
+        /// Leave out the throughput, latency and LB CPU comparison.
+        #[arg(long)]
+        skip_paths: bool,
+        /// Leave out the BPF_PROG_TEST_RUN per-packet cost.
+        #[arg(long)]
+        skip_packet: bool,
+        /// Leave out the failover trials.
+        #[arg(long)]
+        skip_failover: bool,
+        /// Output directory (default <workspace>/bench-results).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -99,5 +124,26 @@ fn run(task: Task) -> Result<()> {
         } => testbed::down(),
         Task::Demo { keep, xdp_mode } => demo::demo(keep, xdp_mode),
         Task::Test => test::test(),
+        Task::Bench {
+            quick,
+            repeats,
+            trials,
+            skip_paths,
+            skip_packet,
+            skip_failover,
+            out,
+        } => bench::bench(bench::Options {
+            quick,
+            repeats,
+            trials,
+            skip_paths,
+            skip_packet,
+            skip_failover,
+            out,
+            command: std::iter::once("cargo xtask".to_owned())
+                .chain(std::env::args().skip(1))
+                .collect::<Vec<_>>()
+                .join(" "),
+        }),
     }
 }

@@ -1,0 +1,679 @@
+//! Part 5: the same failover trial against redis-ha (three controllers, tests/src/cluster.rs)
+//! and against the seed stack (three Debian `redis-sentinel`s + the seed's HAProxy).
+//!
+//! One trial routine serves both stacks, so the probe is literally the same code: the writer
+//! of tests/src/trial.rs (`LoopOptions::writer`: a SET of a unique key every ~3 ms, 100 ms
+//! timeouts, one connection kept until it fails), plus a reader on the read port opening a new
+//! connection per GET (so every read is balanced afresh and a dead backend in the read pool
+//! shows). The definitions follow `run_trial` in tests/src/trial.rs:
+//! - write gap: last acknowledged write before the fault → first acknowledged after it;
+//! - switch seen: fault → the balancer's write target observed on another backend (polled
+//!   every 50 ms: redis-ha's maps, HAProxy's `show stat`);
+//! - read errors: failed reads between the fault and the restore, and their window (first →
+//!   last failure);
+//! - lost: acknowledged writes missing on the final master (pipelined EXISTS);
+//! - old master after switch: new connections the balancer's write side sent to the old master
+//!   between the switch and the end of the trial (redis-ha: the slot's new_flows; HAProxy:
+//!   the server's session count), after the old master is restored (restart / SIGCONT).
+//!
+//! `run_trial` itself is not called: its outcome has no per-request timeline and it reads
+//! redis-ha's maps, which the seed stack does not have.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use redis_ha_tests::cluster::{Replication, replication};
+use redis_ha_tests::testbed::{SERVICE_NAME, backend_ip};
+use redis_ha_tests::trial::{LoopOptions, LoopRecord, Request, TrafficLoop, missing_keys};
+use redis_ha_tests::{
+    Backend, ChildGuard, Cluster, ClusterOptions, Testbed, TestbedOptions, XdpMode, unique_tag,
+    wait_until,
+};
+
+use super::haproxy::{self, HaProxy};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    Kill9,
+    SigStop,
+}
+
+impl Fault {
+    pub fn id(self) -> &'static str {
+        match self {
+            Fault::Kill9 => "kill-9",
+            Fault::SigStop => "sigstop",
+        }
+    }
+}
+
+/// What the trial needs from a stack.
+trait Stack {
+    fn testbed(&self) -> &Testbed;
+    fn write_addr(&self) -> SocketAddrV4;
+    fn read_addr(&self) -> SocketAddrV4;
+    /// Waits until the service is whole again; returns the master.
+    fn wait_healthy(&self, timeout: Duration) -> Result<SocketAddrV4>;
+    /// Where the balancer sends new writes, if that is no longer `old`.
+    fn moved_from(&self, old: SocketAddrV4) -> Result<Option<SocketAddrV4>>;
+    /// New connections the balancer's write side has sent to `addr` so far.
+    fn write_connections_to(&self, addr: SocketAddrV4) -> Result<u64>;
+    /// The master the stack ends on.
+    fn final_master(&self) -> Result<SocketAddrV4>;
+    /// Called right after a killed backend was restarted.
+    fn after_restart(&self, _backend: &Backend) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// What one trial measured (times in ms, relative to the fault where they are instants).
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub stack: String,
+    pub fault: Fault,
+    pub down_after_ms: u64,
+    pub old_master: SocketAddrV4,
+    pub new_master: SocketAddrV4,
+    pub gap_ms: f64,
+    /// Last ack before the fault and first ack after it, relative to the fault.
+    pub gap_from_ms: f64,
+    pub gap_to_ms: f64,
+    pub switch_seen_ms: f64,
+    pub read_errors: u64,
+    pub read_error_from_ms: Option<f64>,
+    pub read_error_to_ms: Option<f64>,
+    pub acked: usize,
+    pub lost: usize,
+    pub write_failures: u64,
+    pub old_master_conns_after_switch: u64,
+    /// The most frequent failure messages of the writer and the reader, with counts.
+    pub write_error_kinds: Vec<(String, usize)>,
+    pub read_error_kinds: Vec<(String, usize)>,
+}
+
+/// The three most frequent messages among `failures`, with their counts.
+fn error_kinds(failures: &[(Instant, String)]) -> Vec<(String, usize)> {
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    for (_, why) in failures {
+        *counts.entry(why.as_str()).or_default() += 1;
+    }
+    let mut kinds: Vec<(String, usize)> = counts
+        .into_iter()
+        .map(|(why, n)| (why.to_owned(), n))
+        .collect();
+    kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
+    kinds.truncate(3);
+    kinds
+}
+
+impl Outcome {
+    pub fn read_window_ms(&self) -> f64 {
+        match (self.read_error_from_ms, self.read_error_to_ms) {
+            (Some(a), Some(b)) => b - a,
+            _ => 0.0,
+        }
+    }
+}
+
+/// One stack × down-after: N trials of each fault, or why it could not run.
+pub struct Series {
+    pub stack: String,
+    pub down_after_ms: u64,
+    pub outcomes: Vec<Outcome>,
+    pub errors: Vec<String>,
+}
+
+fn ms_between(later: Instant, earlier: Instant) -> f64 {
+    if later >= earlier {
+        (later - earlier).as_secs_f64() * 1000.0
+    } else {
+        -((earlier - later).as_secs_f64() * 1000.0)
+    }
+}
+
+/// Brings a failed master back if a trial ends early (an error between the fault and the
+/// restore), so the next trial does not start with a backend frozen or dead.
+struct Undo<'a> {
+    backend: &'a Backend,
+    fault: Fault,
+    armed: bool,
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = match self.fault {
+                Fault::Kill9 => self.backend.start(),
+                Fault::SigStop => self.backend.resume(),
+            };
+        }
+    }
+}
+
+fn run_trial(
+    stack: &dyn Stack,
+    name: &str,
+    fault: Fault,
+    down_after_ms: u64,
+    label: &str,
+) -> Result<Outcome> {
+    let tb = stack.testbed();
+    let down_after = Duration::from_millis(down_after_ms);
+    let resume_timeout = Duration::from_secs(15) + 4 * down_after;
+    let old = stack.wait_healthy(Duration::from_secs(60))?;
+    let old_backend = tb.backend_at(old).context("the master is no backend")?;
+
+    let writer = TrafficLoop::start(
+        tb.client().path(),
+        LoopOptions::writer(stack.write_addr(), label),
+    )?;
+    let reader = TrafficLoop::start(
+        tb.client().path(),
+        LoopOptions {
+            request: Request::Get {
+                key: format!("{label}:read"),
+            },
+            reconnect_every: Some(1),
+            ..LoopOptions::writer(stack.read_addr(), label)
+        },
+    )?;
+    let t0 = Instant::now();
+    writer
+        .wait_acks_after(t0, 1, Duration::from_secs(10))
+        .context("writes fail before the fault")?;
+    reader
+        .wait_acks_after(t0, 1, Duration::from_secs(10))
+        .context("reads fail before the fault")?;
+    std::thread::sleep(Duration::from_millis(500));
+
+    let mut undo = Undo {
+        backend: old_backend,
+        fault,
+        armed: true,
+    };
+    match fault {
+        Fault::Kill9 => old_backend.kill()?,
+        Fault::SigStop => old_backend.stop()?,
+    }
+    // After the call the old master can acknowledge nothing more (reaped, or stopped).
+    let fault_at = Instant::now();
+
+    let (new, switch_at) = wait_until(
+        "the write side to leave the failed master",
+        resume_timeout,
+        Duration::from_millis(50),
+        || Ok(stack.moved_from(old)?.map(|new| (new, Instant::now()))),
+    )?;
+    let conns_at_switch = stack.write_connections_to(old)?;
+    writer
+        .wait_acks_after(switch_at, 20, resume_timeout)
+        .context("writes did not resume after the switch")?;
+    std::thread::sleep((3 * down_after).max(Duration::from_millis(1500)));
+
+    // The reader stops before the old master returns: redis-ha counts new flows per backend,
+    // not per port, so reads balanced onto the returning replica would count as writes.
+    let restore_at = Instant::now();
+    let rrec: LoopRecord = reader.finish()?;
+    undo.armed = false;
+    match fault {
+        Fault::Kill9 => {
+            old_backend.start()?;
+            stack.after_restart(old_backend)?;
+        }
+        Fault::SigStop => old_backend.resume()?,
+    }
+    // Sentinel notices a returning master through its 10 s INFO period: allow for it.
+    wait_until(
+        &format!("{old} to replicate from {new}"),
+        Duration::from_secs(45),
+        Duration::from_millis(100),
+        || {
+            Ok(matches!(
+                replication(old_backend),
+                Ok(Replication::Replica { master, link_up: true }) if master == *new.ip()
+            )
+            .then_some(()))
+        },
+    )?;
+    writer.wait_acks_after(Instant::now(), 50, Duration::from_secs(10))?;
+    let conns_end = stack.write_connections_to(old)?;
+    let wrec: LoopRecord = writer.finish()?;
+
+    let final_master = stack.final_master()?;
+    let final_backend = tb
+        .backend_at(final_master)
+        .context("the final master is no backend")?;
+    let acked = wrec.set_keys(label);
+    let lost = missing_keys(final_backend, acked.clone())?.len();
+
+    let last_before = wrec
+        .acks
+        .iter()
+        .map(|(_, at)| *at)
+        .filter(|at| *at <= fault_at)
+        .max()
+        .context("no write acknowledged before the fault")?;
+    let first_after = wrec
+        .acks
+        .iter()
+        .map(|(_, at)| *at)
+        .find(|at| *at > fault_at)
+        .context("no write acknowledged after the fault")?;
+    let read_failures: Vec<Instant> = rrec
+        .failures
+        .iter()
+        .map(|(at, _)| *at)
+        .filter(|at| *at >= fault_at && *at < restore_at)
+        .collect();
+    Ok(Outcome {
+        stack: name.to_owned(),
+        fault,
+        down_after_ms,
+        old_master: old,
+        new_master: new,
+        gap_ms: ms_between(first_after, last_before),
+        gap_from_ms: ms_between(last_before, fault_at),
+        gap_to_ms: ms_between(first_after, fault_at),
+        switch_seen_ms: ms_between(switch_at, fault_at),
+        read_errors: read_failures.len() as u64,
+        read_error_from_ms: read_failures.first().map(|t| ms_between(*t, fault_at)),
+        read_error_to_ms: read_failures.last().map(|t| ms_between(*t, fault_at)),
+        acked: acked.len(),
+        lost,
+        write_failures: wrec.failure_count,
+        old_master_conns_after_switch: conns_end.saturating_sub(conns_at_switch),
+        write_error_kinds: error_kinds(&wrec.failures),
+        read_error_kinds: error_kinds(&rrec.failures),
+    })
+}
+
+/// Runs `trials` trials of each fault on a freshly built stack; failures are recorded, not
+/// fatal, so one broken stack does not hide the other's numbers.
+fn series(
+    name: &str,
+    down_after_ms: u64,
+    trials: usize,
+    build: impl FnOnce() -> Result<Box<dyn Stack>>,
+) -> Series {
+    let mut s = Series {
+        stack: name.to_owned(),
+        down_after_ms,
+        outcomes: Vec::new(),
+        errors: Vec::new(),
+    };
+    println!("==> failover: {name}, down-after {down_after_ms} ms, {trials} trial(s) per fault");
+    let stack = match build() {
+        Ok(stack) => stack,
+        Err(e) => {
+            let msg = format!("{name}: setting up failed: {e:#}");
+            println!("    {msg}");
+            s.errors.push(msg);
+            return s;
+        }
+    };
+    // A stack that did not recover makes every later trial wait out its health timeout:
+    // after two failures in a row the series stops.
+    let mut failures_in_a_row = 0;
+    'trials: for n in 0..trials {
+        for fault in [Fault::Kill9, Fault::SigStop] {
+            if failures_in_a_row >= 2 {
+                s.errors.push(format!(
+                    "{name}: stopped after two failed trials in a row ({} of {} done)",
+                    s.outcomes.len(),
+                    2 * trials
+                ));
+                break 'trials;
+            }
+            if let Err(e) = super::check_interrupted() {
+                s.errors.push(format!("{name}: {e}"));
+                return s;
+            }
+            let label = format!("bench-{}-{}-{n}", fault.id(), unique_tag());
+            match run_trial(stack.as_ref(), name, fault, down_after_ms, &label) {
+                Ok(o) => {
+                    println!(
+                        "    {:<8} gap {:>7.1} ms  switch seen {:>7.1} ms  read errors {:>4} over {:>7.1} ms  acked {:>5}  lost {:>3}  old-master conns after switch {}",
+                        fault.id(),
+                        o.gap_ms,
+                        o.switch_seen_ms,
+                        o.read_errors,
+                        o.read_window_ms(),
+                        o.acked,
+                        o.lost,
+                        o.old_master_conns_after_switch
+                    );
+                    for (who, kinds) in [
+                        ("writes", &o.write_error_kinds),
+                        ("reads", &o.read_error_kinds),
+                    ] {
+                        for (why, n) in kinds {
+                            println!("             {who} failed {n}×: {why}");
+                        }
+                    }
+                    s.outcomes.push(o);
+                    failures_in_a_row = 0;
+                }
+                Err(e) => {
+                    failures_in_a_row += 1;
+                    let msg = format!("{name} {} trial {}: {e:#}", fault.id(), n + 1);
+                    println!("    {msg}");
+                    s.errors.push(msg);
+                }
+            }
+        }
+    }
+    s
+}
+
+/// Every series: redis-ha at down_after_ms 1000 and 250, the seed stack at 1000.
+pub fn measure(trials: usize) -> Vec<Series> {
+    let mut all = Vec::new();
+    for (name, down_after_ms) in [
+        ("redis-ha", 1000),
+        ("redis-ha", 250),
+        ("sentinel+haproxy", 1000),
+    ] {
+        if super::check_interrupted().is_err() {
+            break;
+        }
+        all.push(series(name, down_after_ms, trials, || match name {
+            "redis-ha" => redis_ha(down_after_ms),
+            _ => seed(down_after_ms),
+        }));
+    }
+    all
+}
+
+// ---------------------------------------------------------------------------------------------
+// redis-ha: three controllers (tests/src/cluster.rs).
+
+struct RedisHa {
+    cluster: Cluster,
+}
+
+fn redis_ha(down_after_ms: u64) -> Result<Box<dyn Stack>> {
+    let cluster = Cluster::up(ClusterOptions {
+        down_after_ms,
+        ..ClusterOptions::default()
+    })?;
+    Ok(Box::new(RedisHa { cluster }))
+}
+
+impl Stack for RedisHa {
+    fn testbed(&self) -> &Testbed {
+        self.cluster.testbed()
+    }
+
+    fn write_addr(&self) -> SocketAddrV4 {
+        self.testbed().vip_write()
+    }
+
+    fn read_addr(&self) -> SocketAddrV4 {
+        self.testbed().vip_read()
+    }
+
+    fn wait_healthy(&self, timeout: Duration) -> Result<SocketAddrV4> {
+        self.cluster.wait_healthy(timeout)
+    }
+
+    fn moved_from(&self, old: SocketAddrV4) -> Result<Option<SocketAddrV4>> {
+        Ok(self.cluster.maps()?.master().filter(|m| *m != old))
+    }
+
+    fn write_connections_to(&self, addr: SocketAddrV4) -> Result<u64> {
+        Ok(self
+            .cluster
+            .maps()?
+            .row(addr)
+            .map(|r| r.new_flows)
+            .unwrap_or(0))
+    }
+
+    fn final_master(&self) -> Result<SocketAddrV4> {
+        self.cluster
+            .maps()?
+            .master()
+            .context("no master in the maps")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The seed: a redis-sentinel in every backend's namespace (as the seed runs one on every
+// Redis host) and HAProxy in the LB namespace; no XDP program anywhere.
+
+const SENTINEL_PORT: u16 = 26379;
+
+struct Seed {
+    /// Declared first: the processes go before the namespaces they run in.
+    proxy: HaProxy,
+    _sentinels: Vec<ChildGuard>,
+    tb: Testbed,
+}
+
+/// Debian 12's /etc/redis/sentinel.conf with the seed's three changes (monitor the master
+/// with quorum 2, down-after 1000 ms, protected-mode no, which Debian already has), run in
+/// the foreground with its log on stdout and its state in `dir`.
+fn sentinel_config(dir: &Path, master: Ipv4Addr, down_after_ms: u64) -> String {
+    format!(
+        "protected-mode no
+port {SENTINEL_PORT}
+daemonize no
+logfile \"\"
+dir {dir}
+sentinel monitor {SERVICE_NAME} {master} 6379 2
+sentinel down-after-milliseconds {SERVICE_NAME} {down_after_ms}
+acllog-max-len 128
+sentinel parallel-syncs {SERVICE_NAME} 1
+sentinel failover-timeout {SERVICE_NAME} 180000
+sentinel deny-scripts-reconfig yes
+SENTINEL resolve-hostnames no
+SENTINEL announce-hostnames no
+SENTINEL master-reboot-down-after-period {SERVICE_NAME} 0
+",
+        dir = dir.display()
+    )
+}
+
+fn seed(down_after_ms: u64) -> Result<Box<dyn Stack>> {
+    let tb = Testbed::up(TestbedOptions {
+        tag: unique_tag(),
+        backends: 3,
+        xdp_mode: XdpMode::Native,
+    })?;
+    let dir = tb
+        .config_path()
+        .parent()
+        .context("the testbed's config has no directory")?
+        .to_path_buf();
+    let mut sentinels = Vec::new();
+    for b in tb.backends() {
+        let sdir = dir.join(format!("sentinel{}", b.index()));
+        std::fs::create_dir_all(&sdir)?;
+        let conf = sdir.join("sentinel.conf");
+        // Sentinel rewrites its config (myid, discovered peers): a private writable copy.
+        std::fs::write(&conf, sentinel_config(&sdir, backend_ip(1), down_after_ms))?;
+        let log = std::fs::File::create(sdir.join("sentinel.log"))?;
+        let mut cmd = b.netns().command("redis-sentinel");
+        cmd.arg(&conf)
+            .current_dir(&sdir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        sentinels.push(ChildGuard::spawn(&mut cmd).context("starting redis-sentinel")?);
+    }
+    let servers: Vec<Ipv4Addr> = tb.backends().iter().map(|b| b.ip()).collect();
+    let proxy = HaProxy::start(tb.lb(), &servers, &dir.join("haproxy"))?;
+    let seed = Seed {
+        proxy,
+        _sentinels: sentinels,
+        tb,
+    };
+    // Sentinels find each other through the master's hello channel (every 2 s).
+    seed.wait_healthy(Duration::from_secs(60))?;
+    Ok(Box::new(seed))
+}
+
+impl Seed {
+    /// `redis-cli -p 26379 ARGS` against the sentinel of backend `n`, from its namespace.
+    fn sentinel_cli(&self, n: usize, args: &[&str]) -> Result<String> {
+        let b = self.tb.backend(n);
+        b.netns()
+            .redis_cli(SocketAddrV4::new(b.ip(), SENTINEL_PORT), args)
+    }
+
+    fn sentinel_master(&self, n: usize) -> Result<SocketAddrV4> {
+        let out = self.sentinel_cli(n, &["SENTINEL", "get-master-addr-by-name", SERVICE_NAME])?;
+        let mut lines = out.lines().map(str::trim);
+        let (Some(ip), Some(port)) = (lines.next(), lines.next()) else {
+            bail!("sentinel {n} answered {out:?}");
+        };
+        Ok(SocketAddrV4::new(ip.parse()?, port.parse()?))
+    }
+
+    /// `Ok(Err(what is wrong))` until the seed stack is whole.
+    fn health(&self) -> Result<std::result::Result<SocketAddrV4, String>> {
+        let master = self.sentinel_master(1)?;
+        for n in 1..=self.tb.backends().len() {
+            let m = self.sentinel_master(n)?;
+            if m != master {
+                return Ok(Err(format!("sentinel {n} names {m}, sentinel 1 {master}")));
+            }
+            let info = self.sentinel_cli(n, &["SENTINEL", "master", SERVICE_NAME])?;
+            let field = |key: &str| {
+                let mut lines = info.lines().map(str::trim);
+                lines.find(|l| *l == key)?;
+                lines.next().map(str::to_owned)
+            };
+            if field("num-other-sentinels").as_deref() != Some("2") {
+                return Ok(Err(format!(
+                    "sentinel {n} does not know the two others yet"
+                )));
+            }
+            if field("flags").as_deref() != Some("master") {
+                return Ok(Err(format!(
+                    "sentinel {n} flags the master {:?}",
+                    field("flags")
+                )));
+            }
+        }
+        let Some(master_backend) = self.tb.backend_at(master) else {
+            return Ok(Err(format!("the sentinels name {master}")));
+        };
+        if replication(master_backend)? != Replication::Master {
+            return Ok(Err(format!("{master} is not a master")));
+        }
+        for b in self.tb.backends().iter().filter(|b| b.addr() != master) {
+            match replication(b) {
+                Ok(Replication::Replica {
+                    master: m,
+                    link_up: true,
+                }) if m == *master.ip() => {}
+                other => return Ok(Err(format!("{} is {other:?}", b.addr()))),
+            }
+        }
+        let up = self.proxy.write_servers_up()?;
+        if up != [master] {
+            return Ok(Err(format!("HAProxy's write servers UP: {up:?}")));
+        }
+        let reads_up = self
+            .proxy
+            .stats()?
+            .iter()
+            .filter(|s| s.backend == "redis_read" && s.up)
+            .count();
+        if reads_up != self.tb.backends().len() {
+            return Ok(Err(format!("HAProxy has {reads_up} read servers UP")));
+        }
+        Ok(Ok(master))
+    }
+}
+
+impl Stack for Seed {
+    fn testbed(&self) -> &Testbed {
+        &self.tb
+    }
+
+    fn write_addr(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(haproxy::HAPROXY_VIP, haproxy::WRITE_PORT)
+    }
+
+    fn read_addr(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(haproxy::HAPROXY_VIP, haproxy::READ_PORT)
+    }
+
+    fn wait_healthy(&self, timeout: Duration) -> Result<SocketAddrV4> {
+        wait_until(
+            "Sentinel + HAProxy to be healthy",
+            timeout,
+            Duration::from_millis(200),
+            || Ok(self.health()?.ok()),
+        )
+        .with_context(|| match self.health() {
+            Ok(Err(problem)) => format!("still wrong: {problem}"),
+            Ok(Ok(_)) => "healthy just now".to_owned(),
+            Err(e) => format!("{e:#}"),
+        })
+    }
+
+    fn moved_from(&self, old: SocketAddrV4) -> Result<Option<SocketAddrV4>> {
+        Ok(self
+            .proxy
+            .write_servers_up()?
+            .into_iter()
+            .find(|s| *s != old))
+    }
+
+    fn write_connections_to(&self, addr: SocketAddrV4) -> Result<u64> {
+        Ok(self
+            .proxy
+            .stats()?
+            .iter()
+            .find(|s| s.backend == "redis_write" && s.addr == addr)
+            .map(|s| s.sessions)
+            .unwrap_or(0))
+    }
+
+    fn final_master(&self) -> Result<SocketAddrV4> {
+        self.sentinel_master(1)
+    }
+
+    /// A killed master comes back as the seed's would: as a master. In the seed, Sentinel
+    /// persists every REPLICAOF it sends with CONFIG REWRITE, so the redis.conf of a promoted
+    /// replica no longer says `replicaof`; the testbed's servers have no config file and restart
+    /// with their original `--replicaof 198.18.1.11`, which would leave a chained replica that
+    /// Sentinel only fixes after failover-timeout (3 minutes). `REPLICAOF NO ONE` right after
+    /// the restart restores what the seed's rewritten config would have done.
+    fn after_restart(&self, backend: &Backend) -> Result<()> {
+        if replication(backend)? != Replication::Master {
+            backend.redis_cli(&["REPLICAOF", "NO", "ONE"])?;
+        }
+        Ok(())
+    }
+}
+
+/// Median of `f` over the outcomes of one fault.
+pub fn median_of(outcomes: &[Outcome], fault: Fault, f: fn(&Outcome) -> f64) -> Option<f64> {
+    let v: Vec<f64> = outcomes
+        .iter()
+        .filter(|o| o.fault == fault)
+        .map(f)
+        .collect();
+    super::paths::median(&v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentinel_config_has_the_seed_settings() {
+        let c = sentinel_config(Path::new("/tmp/s"), Ipv4Addr::new(198, 18, 1, 11), 1000);
+        assert!(c.contains("sentinel monitor mymaster 198.18.1.11 6379 2\n"));
+        assert!(c.contains("sentinel down-after-milliseconds mymaster 1000\n"));
+        assert!(c.contains("protected-mode no\n"));
+        assert!(c.contains("daemonize no\n"));
+    }
+}

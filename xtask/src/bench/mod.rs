@@ -1,0 +1,200 @@
+//! `cargo xtask bench [--quick]`: redis-ha against a direct connection and against the seed's
+//! HAProxy + Sentinel stack, in one run on the project's testbed (issue 5).
+//!
+//! Layout:
+//! - [`workload`]: the redis-benchmark workloads and the parser of its output;
+//! - [`haproxy`]: the seed's HAProxy, run in the LB namespace;
+//! - [`xdp`]: loading/unloading redis-ha's data plane, the program's run-time statistics;
+//! - [`paths`]: parts 1–3, throughput, latency and LB CPU per path;
+//! - [`packet`]: part 4, ns/packet through BPF_PROG_TEST_RUN (the packet test's measurement);
+//! - [`failover`]: part 5, the failover trials against both stacks;
+//! - [`report`]: the stdout table, `bench-results/` (JSON, Markdown, SVG).
+//!
+//! Numbers are only compared within one run; the report names the machine they came from.
+
+mod failover;
+mod haproxy;
+mod packet;
+mod paths;
+mod report;
+mod svg;
+mod workload;
+mod xdp;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use redis_ha_tests::{Testbed, TestbedOptions, XdpMode, ctl_binary, is_root, unique_tag};
+
+/// What `cargo xtask bench` was asked to do.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub quick: bool,
+    /// Repeats of every (path, workload); default 3 (--quick) or 5.
+    pub repeats: Option<usize>,
+    /// Failover trials per fault and stack; default 1 (--quick) or 5.
+    pub trials: Option<usize>,
+    pub skip_paths: bool,
+    pub skip_packet: bool,
+    pub skip_failover: bool,
+    /// Where the results go; default `<workspace>/bench-results`.
+    pub out: Option<PathBuf>,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Ctrl-C (or SIGTERM) would end the process without running a destructor, leaving the
+/// testbeds' namespaces and processes behind. Instead the signal is noted, the bench stops at
+/// its next check (every measured run and trial), and the guards clean up as it unwinds.
+fn catch_interrupts() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+/// An error once the bench has been interrupted.
+pub fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Which redis-ha-ctl the bench ran and whether it is fresh.
+pub struct CtlInfo {
+    pub path: PathBuf,
+    pub note: String,
+}
+
+pub fn bench(options: Options) -> Result<()> {
+    if !is_root() {
+        bail!("the bench creates network namespaces and loads XDP programs: run it as root");
+    }
+    let started = Instant::now();
+    catch_interrupts();
+    let ctl = ctl()?;
+    // Everything below that starts redis-ha-ctl (the cluster helper included) finds it here.
+    // SAFETY: no other thread exists yet in this process, so nothing reads the environment
+    // concurrently.
+    unsafe { std::env::set_var("REDIS_HA_CTL", &ctl.path) };
+    let machine = report::Machine::probe();
+    println!("==> bench on {}", machine.one_line());
+
+    let repeats = options.repeats.unwrap_or(if options.quick { 3 } else { 5 });
+    let trials = options.trials.unwrap_or(if options.quick { 1 } else { 5 });
+
+    // First, while BPF run-time statistics are off: they add two clock reads to every run of
+    // every BPF program, which BPF_PROG_TEST_RUN's timing would include.
+    let packet = if options.skip_packet {
+        Err("skipped (--skip-packet)".to_owned())
+    } else {
+        packet::measure().map_err(|e| format!("{e:#}"))
+    };
+    if let Err(e) = &packet {
+        println!("    per-packet: {e}");
+    }
+
+    let paths = if options.skip_paths {
+        Err("skipped (--skip-paths)".to_owned())
+    } else {
+        println!("==> paths: {repeats} repeats, order rotated per workload and repeat");
+        measure_paths(&ctl, options.quick, repeats).map_err(|e| format!("{e:#}"))
+    };
+    if let Err(e) = &paths {
+        println!("    paths: {e}");
+    }
+
+    let failover = if options.skip_failover {
+        Err("skipped (--skip-failover)".to_owned())
+    } else {
+        Ok(failover::measure(trials))
+    };
+
+    check_interrupted()?;
+    let load_after = report::loadavg();
+    let results = report::Results {
+        machine,
+        load_after,
+        command: options.command.clone(),
+        ctl,
+        took: started.elapsed(),
+        repeats,
+        trials,
+        paths,
+        packet,
+        failover,
+    };
+    let out = options
+        .out
+        .clone()
+        .unwrap_or_else(|| redis_ha_tests::workspace_root().join("bench-results"));
+    let summary = report::write(&results, &out)?;
+    println!();
+    println!("{summary}");
+    println!(
+        "==> wrote {} (results.json, summary.md, *.svg) in {:.0} s",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A fresh release build of redis-ha-ctl; if the tree does not build right now (the tree is
+/// shared with engineers mid-change), the newest binary already built, said so in the report.
+fn ctl() -> Result<CtlInfo> {
+    if let Some(path) = std::env::var_os("REDIS_HA_CTL").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        return Ok(CtlInfo {
+            note: format!("REDIS_HA_CTL={}", path.display()),
+            path,
+        });
+    }
+    match crate::build_load::build() {
+        Ok(path) => Ok(CtlInfo {
+            path,
+            note: "built by this run (cargo build --release -p redis-ha-ctl)".to_owned(),
+        }),
+        Err(e) => {
+            let path = ctl_binary().context("and no redis-ha-ctl binary is built")?;
+            let age = path
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .unwrap_or(Duration::ZERO);
+            let note = format!(
+                "STALE: the build failed ({}); used {} built {:.0} min earlier",
+                first_line(&format!("{e:#}")),
+                path.display(),
+                age.as_secs_f64() / 60.0
+            );
+            println!("    warning: {note}");
+            Ok(CtlInfo { path, note })
+        }
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or_default()
+}
+
+fn measure_paths(ctl: &CtlInfo, quick: bool, repeats: usize) -> Result<paths::PathResults> {
+    let tb = Testbed::up(TestbedOptions {
+        tag: unique_tag(),
+        backends: 3,
+        xdp_mode: XdpMode::Native,
+    })?;
+    println!("    testbed {} up", tb.tag());
+    // On for the throughput runs only (the XDP CPU column); off again before the failover part.
+    let _stats = xdp::BpfStats::enable()?;
+    paths::measure(&tb, &ctl.path, quick, repeats)
+}
