@@ -81,6 +81,18 @@ fn describe_target(name: &str, t: &ServiceTarget) -> String {
     )
 }
 
+/// Swaps the running XDP program for the one this binary embeds, atomically on every
+/// interface, keeping the maps (connections, state, counters).
+pub fn upgrade(config: &Path) -> anyhow::Result<String> {
+    let cfg = Config::load(config)?;
+    let dpc = dataplane_of(&cfg, config)?;
+    let (switched, old_id, new_id) = BpfDataplane::upgrade(&dpc)?;
+    Ok(format!(
+        "program {old_id} replaced by {new_id} on [{}] (maps kept: connections, state, counters)\n",
+        switched.join(", ")
+    ))
+}
+
 pub fn unload(config: &Path) -> anyhow::Result<String> {
     let cfg = Config::load(config)?;
     let dpc = dataplane_of(&cfg, config)?;

@@ -34,6 +34,16 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Replace the running XDP program with the one this binary embeds, on every interface at
+    /// once (BPF_LINK_UPDATE), keeping the maps: connections, state and counters carry over.
+    ///
+    /// For an upgrade of redis-ha-ctl whose map layouts are unchanged; one that changes them
+    /// needs unload + load. Example: redis-ha-ctl upgrade --config /etc/redis-ha/redis-ha.toml
+    Upgrade {
+        /// The redis-ha config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Detach the program from every interface and remove its pins (forwarding stops).
     ///
     /// Example: redis-ha-ctl unload --config /etc/redis-ha/redis-ha.toml
@@ -185,6 +195,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Load { config } => commands::load(&config),
         Command::Unload { config } => commands::unload(&config),
+        Command::Upgrade { config } => commands::upgrade(&config),
         Command::SetMaster {
             config,
             service,

@@ -211,3 +211,55 @@ fn traffic_not_for_a_vip_port_passes_and_reloading_keeps_forwarding() -> Result<
     assert!(counters(&tb)?.contains("pass_not_service"));
     Ok(())
 }
+
+/// The id of the program a pinned object (program or link) refers to, from bpftool's JSON.
+fn pinned_prog_id(kind: &str, path: &std::path::Path) -> Result<u64> {
+    let out = std::process::Command::new("bpftool")
+        .args(["--json", kind, "show", "pinned"])
+        .arg(path)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let key = if kind == "link" {
+        "\"prog_id\":"
+    } else {
+        "\"id\":"
+    };
+    let start = text
+        .find(key)
+        .context("no program id in bpftool's output")?
+        + key.len();
+    let digits: String = text[start..]
+        .chars()
+        .skip_while(|c| c.is_whitespace())
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    Ok(digits.parse()?)
+}
+
+#[test]
+fn upgrading_the_program_keeps_connections_and_state() -> Result<()> {
+    let tb = testbed(XdpMode::Native)?;
+    let mut conn = connect(&tb, tb.vip_write())?;
+    let _: () = redis::cmd("SET").arg("e2e:up").arg("1").query(&mut conn)?;
+    let link = tb
+        .pin_dir()
+        .join(format!("link_{}", tb.lb_client_interface()));
+    let before = pinned_prog_id("prog", &tb.pin_dir().join("prog"))?;
+    assert_eq!(pinned_prog_id("link", &link)?, before);
+
+    let out = tb.ctl("upgrade", &[])?;
+    let after = pinned_prog_id("prog", &tb.pin_dir().join("prog"))?;
+    assert_ne!(after, before, "{out}");
+    assert_eq!(
+        pinned_prog_id("link", &link)?,
+        after,
+        "the link runs the new program"
+    );
+
+    // The connection opened before the swap goes on: its flow-table entry was kept.
+    let v: String = redis::cmd("GET").arg("e2e:up").query(&mut conn)?;
+    assert_eq!(v, "1");
+    assert_eq!(served_by(&mut conn)?, "198.18.1.11");
+    assert!(counters(&tb)?.contains("fwd_to_backend"));
+    Ok(())
+}

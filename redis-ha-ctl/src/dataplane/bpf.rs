@@ -12,7 +12,7 @@ use aya::{
     programs::{
         Xdp, XdpMode as AyaXdpMode,
         links::{FdLink, PinnedLink},
-        xdp::XdpLinkId,
+        xdp::{XdpLink, XdpLinkId},
     },
 };
 use redis_ha_common::{
@@ -152,46 +152,11 @@ impl BpfDataplane {
             Xdp::from_pin(&prog_pin, aya_obj::programs::XdpAttachType::Interface)
                 .map_err(|e| BpfError::Load(Box::new(e)))?
         } else {
-            raise_memlock();
-            let mut loader = EbpfLoader::new();
-            let pins: Vec<(&str, PathBuf)> = [
-                map_name::SERVICES,
-                map_name::SERVICE_STATE,
-                map_name::BACKENDS,
-                map_name::READ_RING,
-                map_name::FLOWS,
-                map_name::BACKEND_STATS,
-                map_name::COUNTERS,
-                map_name::BACKEND_ADDRS,
-                map_name::CLIENT_NETS,
-            ]
-            .into_iter()
-            .map(|n| (n, cfg.pin_dir.join(n)))
-            .collect();
-            for (name, path) in &pins {
-                // Reuses maps an older program version pinned, which is how an upgrade keeps
-                // its connection table.
-                loader.map_pin_path(name, path.as_path());
-            }
-            let mut ebpf = loader
-                .load(crate::ebpf_object())
-                .map_err(|e| BpfError::Load(Box::new(e)))?;
-            let prog: &mut Xdp = ebpf
-                .program_mut("redis_ha")
-                .ok_or_else(|| BpfError::Load("program redis_ha missing from the object".into()))?
-                .try_into()
-                .map_err(|e| BpfError::Load(Box::new(e)))?;
-            prog.load().map_err(|e| BpfError::Load(Box::new(e)))?;
+            let (mut ebpf, pins) = load_on_pinned_maps(&cfg.pin_dir)?;
+            let prog = loaded_program(&mut ebpf)?;
             prog.pin(&prog_pin)
                 .map_err(|e| BpfError::Load(Box::new(e)))?;
-            for (name, path) in &pins {
-                if !path.exists() {
-                    let map = ebpf
-                        .map(name)
-                        .ok_or_else(|| BpfError::Load(format!("map {name} missing").into()))?;
-                    map.pin(path).map_err(|e| BpfError::Load(Box::new(e)))?;
-                }
-            }
+            pin_new_maps(&ebpf, &pins)?;
             Xdp::from_pin(&prog_pin, aya_obj::programs::XdpAttachType::Interface)
                 .map_err(|e| BpfError::Load(Box::new(e)))?
         };
@@ -280,6 +245,48 @@ impl BpfDataplane {
         Ok(())
     }
 
+    /// Replaces the running program with the one this binary embeds, without a moment
+    /// unattached: the new program is loaded on the pinned maps (the connection table, state
+    /// and counters carry over) and swapped into every pinned link at once (BPF_LINK_UPDATE).
+    /// Returns the interfaces switched over and the old and new program ids.
+    pub fn upgrade(cfg: &DataplaneConfig) -> Result<(Vec<String>, u32, u32), BpfError> {
+        check_bpffs(&cfg.pin_dir)?;
+        let prog_pin = cfg.pin_dir.join(PROG_PIN);
+        if !prog_pin.exists() {
+            return Err(BpfError::NotLoaded(cfg.pin_dir.clone()));
+        }
+        let load_err = |e: &dyn std::fmt::Display| BpfError::Load(e.to_string().into());
+        let old_id = Xdp::from_pin(&prog_pin, aya_obj::programs::XdpAttachType::Interface)
+            .and_then(|p| p.info())
+            .map(|i| i.id())
+            .map_err(|e| load_err(&e))?;
+        let (mut ebpf, pins) = load_on_pinned_maps(&cfg.pin_dir)?;
+        let prog = loaded_program(&mut ebpf)?;
+        let new_id = prog.info().map(|i| i.id()).map_err(|e| load_err(&e))?;
+        let mut switched = Vec::new();
+        for (iface, path) in pinned_links(&cfg.pin_dir)? {
+            let pinned =
+                PinnedLink::from_pin(&path).map_err(|e| attach_err(&iface, "pinned", e))?;
+            let link = XdpLink::try_from(FdLink::from(pinned))
+                .map_err(|e| attach_err(&iface, "pinned", e))?;
+            // The kernel link, and so its pin and attach mode, stay; only its program changes.
+            let id = prog
+                .attach_to_link(link)
+                .map_err(|e| attach_err(&iface, "pinned", e))?;
+            drop(prog.take_link(id));
+            switched.push(iface);
+        }
+        std::fs::remove_file(&prog_pin).map_err(|source| BpfError::Io {
+            what: "replacing the program pin",
+            path: prog_pin.clone(),
+            source,
+        })?;
+        prog.pin(&prog_pin)
+            .map_err(|e| BpfError::Load(Box::new(e)))?;
+        pin_new_maps(&ebpf, &pins)?;
+        Ok((switched, old_id, new_id))
+    }
+
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
     }
@@ -346,6 +353,65 @@ impl BpfDataplane {
             })
             .collect()
     }
+}
+
+/// Every map of the program, with the path it is (or will be) pinned at.
+type MapPins = Vec<(&'static str, PathBuf)>;
+
+fn map_pins(pin_dir: &Path) -> MapPins {
+    [
+        map_name::SERVICES,
+        map_name::SERVICE_STATE,
+        map_name::BACKENDS,
+        map_name::READ_RING,
+        map_name::FLOWS,
+        map_name::BACKEND_STATS,
+        map_name::COUNTERS,
+        map_name::BACKEND_ADDRS,
+        map_name::CLIENT_NETS,
+    ]
+    .into_iter()
+    .map(|n| (n, pin_dir.join(n)))
+    .collect()
+}
+
+/// Loads the embedded object, reusing every map already pinned (aya's map_pin_path): that is
+/// how a new program version keeps the connection table, state and counters.
+fn load_on_pinned_maps(pin_dir: &Path) -> Result<(aya::Ebpf, MapPins), BpfError> {
+    raise_memlock();
+    let pins = map_pins(pin_dir);
+    let mut loader = EbpfLoader::new();
+    for (name, path) in &pins {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let ebpf = loader
+        .load(crate::ebpf_object())
+        .map_err(|e| BpfError::Load(Box::new(e)))?;
+    Ok((ebpf, pins))
+}
+
+/// The object's XDP program, through the verifier.
+fn loaded_program(ebpf: &mut aya::Ebpf) -> Result<&mut Xdp, BpfError> {
+    let prog: &mut Xdp = ebpf
+        .program_mut("redis_ha")
+        .ok_or_else(|| BpfError::Load("program redis_ha missing from the object".into()))?
+        .try_into()
+        .map_err(|e| BpfError::Load(Box::new(e)))?;
+    prog.load().map_err(|e| BpfError::Load(Box::new(e)))?;
+    Ok(prog)
+}
+
+/// Pins the maps that had no pin yet (a first load, or maps a new version added).
+fn pin_new_maps(ebpf: &aya::Ebpf, pins: &[(&'static str, PathBuf)]) -> Result<(), BpfError> {
+    for (name, path) in pins {
+        if !path.exists() {
+            let map = ebpf
+                .map(name)
+                .ok_or_else(|| BpfError::Load(format!("map {name} missing").into()))?;
+            map.pin(path).map_err(|e| BpfError::Load(Box::new(e)))?;
+        }
+    }
+    Ok(())
 }
 
 fn attach_err(
