@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 
 use crate::netns::{Netns, netns_command};
-use crate::process::{ChildGuard, run_within, wait_until};
+use crate::process::{ChildGuard, ProcessSlot, run_within, wait_until};
 use crate::testbed::{Backend, SERVICE_NAME, Testbed, TestbedOptions, namespace_prefix};
 
 /// UDP port of the peer protocol (Sentinel's port, out of habit).
@@ -234,7 +234,7 @@ impl Cluster {
             config_path,
             log_path: file("log"),
             state_path: file("state"),
-            process: Mutex::new(None),
+            process: ProcessSlot::default(),
             started_at: Mutex::new(None),
         });
         Ok(index)
@@ -579,7 +579,7 @@ pub struct Controller {
     log_path: PathBuf,
     state_path: PathBuf,
     /// `None` while not running; behind a mutex so a test can kill one through `&Cluster`.
-    process: Mutex<Option<ChildGuard>>,
+    process: ProcessSlot,
     started_at: Mutex<Option<Instant>>,
 }
 
@@ -610,7 +610,7 @@ impl Controller {
     }
 
     fn process(&self) -> MutexGuard<'_, Option<ChildGuard>> {
-        self.process.lock().unwrap_or_else(|e| e.into_inner())
+        self.process.lock()
     }
 
     fn started_at(&self) -> Option<Instant> {
@@ -618,19 +618,11 @@ impl Controller {
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.process().as_ref().map(ChildGuard::id)
+        self.process.pid()
     }
 
     pub fn is_running(&self) -> bool {
-        let mut process = self.process();
-        match process.as_mut().map(ChildGuard::try_wait) {
-            Some(Ok(None)) => true,
-            Some(_) => {
-                *process = None;
-                false
-            }
-            None => false,
-        }
+        self.process.is_running()
     }
 
     /// Starts `redis-ha-ctl run` (output appended to its log) and waits until it logs that it

@@ -230,3 +230,33 @@ impl Drop for ChildGuard {
         }
     }
 }
+
+/// A restartable process (a redis-server, a controller): at most one child at a time, shared
+/// between threads; restarting puts a new child in the slot.
+#[derive(Debug, Default)]
+pub struct ProcessSlot(std::sync::Mutex<Option<ChildGuard>>);
+
+impl ProcessSlot {
+    /// The child, if any; a panicked holder does not poison the slot for the cleanup.
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Option<ChildGuard>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.lock().as_ref().map(ChildGuard::id)
+    }
+
+    /// Whether the process exists (a SIGSTOPped one counts as running); forgets one that
+    /// exited.
+    pub fn is_running(&self) -> bool {
+        let mut child = self.lock();
+        match child.as_mut().map(ChildGuard::try_wait) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                *child = None;
+                false
+            }
+            None => false,
+        }
+    }
+}

@@ -18,14 +18,13 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::netns::{Netns, leftovers};
-use crate::process::{ChildGuard, run_within, wait_until};
+use crate::process::{ChildGuard, ProcessSlot, run_within, wait_until};
 
 /// Every namespace and interface the tests create starts with this.
 pub const PREFIX: &str = "rha-";
@@ -209,7 +208,7 @@ pub struct Backend {
     args: Vec<String>,
     /// `None` while killed; behind a mutex so a test can fail a backend through `&Testbed`
     /// while another thread drives the controller.
-    server: Mutex<Option<ChildGuard>>,
+    server: ProcessSlot,
 }
 
 impl Backend {
@@ -246,20 +245,12 @@ impl Backend {
 
     /// The server's pid, while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.server().as_ref().map(ChildGuard::id)
+        self.server.pid()
     }
 
     /// Whether the server process exists (a SIGSTOPped one counts as running).
     pub fn is_running(&self) -> bool {
-        let mut server = self.server();
-        match server.as_mut().map(ChildGuard::try_wait) {
-            Some(Ok(None)) => true,
-            Some(_) => {
-                *server = None;
-                false
-            }
-            None => false,
-        }
+        self.server.is_running()
     }
 
     /// `redis-cli ARGS...` against this backend, from inside its own namespace.
@@ -341,8 +332,7 @@ impl Backend {
     }
 
     fn server(&self) -> std::sync::MutexGuard<'_, Option<ChildGuard>> {
-        // A panic while holding the lock cannot leave the Option half-written.
-        self.server.lock().unwrap_or_else(|e| e.into_inner())
+        self.server.lock()
     }
 
     fn disarm(&mut self) {
@@ -527,7 +517,7 @@ impl Testbed {
                 lb_interface,
                 args: redis_args(ip, &backend_dir, (n > 1).then(|| backend_ip(1))),
                 dir: backend_dir,
-                server: Mutex::new(None),
+                server: ProcessSlot::default(),
             });
         }
 
