@@ -710,11 +710,25 @@ impl ServiceMachine {
             return;
         }
         self.candidacy = None;
+        let epoch = self.stand(out);
+        self.failover_start = Some(now + jitter);
+        out.push(Action::SendToPeers(PeerMsg::VoteRequest {
+            epoch,
+            master: self.master,
+        }));
+        self.failover = Failover::Election {
+            epoch,
+            last_ask: now,
+        };
+    }
+
+    /// Becomes a candidate in a new epoch: `+new-epoch`, `+try-failover`, and our own vote,
+    /// persisted before anything that follows leaves the host. Returns the epoch.
+    fn stand(&mut self, out: &mut Vec<Action>) -> Epoch {
         self.current_epoch += 1;
         let epoch = self.current_epoch;
         self.emit(out, NoticeKind::NewEpoch, epoch.to_string());
         self.emit(out, NoticeKind::TryFailover, self.describe(self.master));
-        self.failover_start = Some(now + jitter);
         self.vote = Some(Vote {
             epoch,
             leader: self.me.clone(),
@@ -725,14 +739,7 @@ impl ServiceMachine {
             format!("{} {epoch}", self.me),
         );
         self.persist(out);
-        out.push(Action::SendToPeers(PeerMsg::VoteRequest {
-            epoch,
-            master: self.master,
-        }));
-        self.failover = Failover::Election {
-            epoch,
-            last_ask: now,
-        };
+        epoch
     }
 
     /// Sentinel's `sentinelFailoverStateMachine`, on a tick.
@@ -1002,21 +1009,8 @@ impl ServiceMachine {
         // sentinelStartFailover, then WAIT_START with SRI_FORCE_FAILOVER: leader without votes.
         // Our vote in the new epoch is recorded (and durable before anything leaves) so that we
         // never vote for someone else in an epoch we lead.
-        self.current_epoch += 1;
-        let epoch = self.current_epoch;
+        let epoch = self.stand(out);
         let master = self.describe(self.master);
-        self.emit(out, NoticeKind::NewEpoch, epoch.to_string());
-        self.emit(out, NoticeKind::TryFailover, master.clone());
-        self.vote = Some(Vote {
-            epoch,
-            leader: self.me.clone(),
-        });
-        self.emit(
-            out,
-            NoticeKind::VoteForLeader,
-            format!("{} {epoch}", self.me),
-        );
-        self.persist(out);
         self.failover_start = Some(now);
         self.emit(out, NoticeKind::ElectedLeader, master.clone());
         self.emit(out, NoticeKind::FailoverStateSelectSlave, master);
