@@ -517,27 +517,9 @@ fn bytes(n: u64) -> String {
     }
 }
 
-/// `YYYY-MM-DD HH:MM:SS UTC` of a Unix time in milliseconds (Howard Hinnant's
-/// days-to-civil algorithm; no date crate for one timestamp).
+/// `YYYY-MM-DD HH:MM:SS UTC` of a Unix time in milliseconds.
 fn utc(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    crate::status::format_utc(unix_ms, false)
 }
 
 #[cfg(test)]

@@ -125,3 +125,30 @@ pub struct EventRecord {
     /// Sentinel's message payload, e.g. `mymaster 198.18.1.11 6379 198.18.1.12 6379`.
     pub payload: String,
 }
+
+/// `2026-11-25 21:04:00 UTC` (with `.123` before ` UTC` when `millis`) of a Unix time in
+/// milliseconds, by Howard Hinnant's days-to-civil algorithm: no date crate for a timestamp.
+pub fn format_utc(unix_ms: u64, millis: bool) -> String {
+    let secs = unix_ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let fraction = if millis {
+        format!(".{:03}", unix_ms % 1000)
+    } else {
+        String::new()
+    };
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}{fraction} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
