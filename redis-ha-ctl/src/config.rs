@@ -26,7 +26,48 @@ pub struct Config {
     pub dataplane: Option<DataplaneConfig>,
     /// Present on nodes that run `redis-ha-ctl run`.
     pub controller: Option<ControllerConfig>,
+    /// Present on data-plane nodes that may hold the floating addresses (the VIP, the
+    /// backends' gateway) when the current holder fails.
+    pub ha: Option<HaConfig>,
     pub services: Vec<ServiceConfig>,
+}
+
+/// Load-balancer high availability: which floating addresses this node takes over, and how
+/// eagerly. The controllers agree by majority which node holds them (see [`crate::ha`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HaConfig {
+    /// Higher is preferred when nobody holds the addresses (keepalived's `priority`).
+    pub priority: u8,
+    /// Take the addresses from a healthy holder of lower priority. Off by default, so a node
+    /// that comes back does not move the VIP a second time (no ping-pong).
+    pub preempt: bool,
+    /// How often this node tells its peers it is alive (and, when it holds them, that it holds
+    /// the addresses).
+    pub heartbeat_ms: u64,
+    /// A holder silent for this long is presumed dead and another node may take over. The
+    /// holder itself lets go after three quarters of it without a majority's acknowledgement,
+    /// so two nodes never hold the addresses at once.
+    pub down_after_ms: u64,
+    pub addresses: Vec<HaAddress>,
+}
+
+/// One floating address, `198.18.0.100/24 dev eth0` as in `ip addr add` (and keepalived's
+/// `virtual_ipaddress`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HaAddress {
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    pub interface: String,
+}
+
+impl fmt::Display for HaAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{} dev {}",
+            self.address, self.prefix_len, self.interface
+        )
+    }
 }
 
 /// The controller daemon: who it is, where it listens, whom it agrees with.
@@ -232,6 +273,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 struct RawConfig {
     dataplane: Option<Spanned<RawDataplane>>,
     controller: Option<Spanned<RawController>>,
+    ha: Option<Spanned<RawHa>>,
     #[serde(default, rename = "service")]
     services: Vec<Spanned<RawService>>,
 }
@@ -264,6 +306,30 @@ struct RawController {
 
 fn default_probe_interval() -> Spanned<u64> {
     Spanned::new(0..0, 100)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHa {
+    #[serde(default = "default_priority")]
+    priority: Spanned<u32>,
+    #[serde(default)]
+    preempt: bool,
+    #[serde(default = "default_ha_heartbeat")]
+    heartbeat_ms: Spanned<u64>,
+    #[serde(default = "default_ha_down_after")]
+    down_after_ms: Spanned<u64>,
+    addresses: Spanned<Vec<Spanned<String>>>,
+}
+
+fn default_priority() -> Spanned<u32> {
+    Spanned::new(0..0, 100)
+}
+fn default_ha_heartbeat() -> Spanned<u64> {
+    Spanned::new(0..0, 100)
+}
+fn default_ha_down_after() -> Spanned<u64> {
+    Spanned::new(0..0, 500)
 }
 
 #[derive(Deserialize)]
@@ -341,6 +407,11 @@ impl RawConfig {
             .controller
             .as_ref()
             .map(validate_controller)
+            .transpose()?;
+        let ha = self
+            .ha
+            .as_ref()
+            .map(|ha| validate_ha(ha, dataplane.as_ref(), controller.as_ref()))
             .transpose()?;
         if self.services.is_empty() {
             return Err(Problem {
@@ -504,6 +575,7 @@ impl RawConfig {
         Ok(Config {
             dataplane,
             controller,
+            ha,
             services,
         })
     }
@@ -607,6 +679,109 @@ fn validate_controller(c: &Spanned<RawController>) -> Result<ControllerConfig, P
             .as_ref()
             .map(|m| addr(m, "controller.metrics_listen".into()))
             .transpose()?,
+    })
+}
+
+fn validate_ha(
+    ha: &Spanned<RawHa>,
+    dataplane: Option<&DataplaneConfig>,
+    controller: Option<&ControllerConfig>,
+) -> Result<HaConfig, Problem> {
+    let raw = ha.get_ref();
+    let whole = |message: &str| Problem {
+        span: ha.span(),
+        key: "ha".into(),
+        message: format!("ha: {message}"),
+    };
+    let Some(dataplane) = dataplane else {
+        return Err(whole(
+            "needs a [dataplane] section: only a data-plane node can hold the floating addresses",
+        ));
+    };
+    if controller.is_none() {
+        return Err(whole(
+            "needs a [controller] section: the controllers agree which node holds the addresses",
+        ));
+    }
+    let priority = *raw.priority.get_ref();
+    if !(1..=255).contains(&priority) {
+        return Err(problem(
+            &raw.priority,
+            "ha.priority",
+            format!("{priority} must be between 1 and 255"),
+        ));
+    }
+    let heartbeat = *raw.heartbeat_ms.get_ref();
+    if !(10..=10_000).contains(&heartbeat) {
+        return Err(problem(
+            &raw.heartbeat_ms,
+            "ha.heartbeat_ms",
+            format!("{heartbeat} must be between 10 and 10000"),
+        ));
+    }
+    let down_after = *raw.down_after_ms.get_ref();
+    if down_after < 3 * heartbeat {
+        return Err(problem(
+            &raw.down_after_ms,
+            "ha.down_after_ms",
+            format!(
+                "{down_after} ms must be at least 3 heartbeats ({} ms): one lost datagram must not move the VIP",
+                3 * heartbeat
+            ),
+        ));
+    }
+    if raw.addresses.get_ref().is_empty() {
+        return Err(problem(
+            &raw.addresses,
+            "ha.addresses",
+            "lists no address: name the VIP (and the backends' gateway) as \"198.18.0.100/24 dev eth0\"",
+        ));
+    }
+    let mut addresses: Vec<HaAddress> = Vec::new();
+    for (i, entry) in raw.addresses.get_ref().iter().enumerate() {
+        let key = format!("ha.addresses[{i}]");
+        let text = entry.get_ref();
+        let bad = || {
+            problem(
+                entry,
+                key.clone(),
+                format!("{text:?} is not like \"198.18.0.100/24 dev eth0\""),
+            )
+        };
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let [net, "dev", interface] = words[..] else {
+            return Err(bad());
+        };
+        let (address, len) = net.split_once('/').ok_or_else(bad)?;
+        let address: Ipv4Addr = address.parse().map_err(|_| bad())?;
+        let prefix_len: u8 = len.parse().map_err(|_| bad())?;
+        if prefix_len > 32 || address.is_unspecified() || address.is_multicast() {
+            return Err(bad());
+        }
+        if !dataplane.interfaces.iter().any(|i| i == interface) {
+            return Err(problem(
+                entry,
+                key,
+                format!(
+                    "{interface:?} is not in dataplane.interfaces: traffic to a floating address must arrive where the XDP program runs"
+                ),
+            ));
+        }
+        if addresses.iter().any(|a| a.address == address) {
+            return Err(problem(entry, key, format!("{address} is listed twice")));
+        }
+        addresses.push(HaAddress {
+            address,
+            prefix_len,
+            interface: interface.to_owned(),
+        });
+    }
+    Ok(HaConfig {
+        priority: priority as u8,
+        preempt: raw.preempt,
+        heartbeat_ms: heartbeat,
+        down_after_ms: down_after,
+        addresses,
     })
 }
 
@@ -787,6 +962,47 @@ backends = ["198.18.1.11:6379", "198.18.1.12:6379", "198.18.1.13:6379"]
         );
         let nets = parse(&ok).unwrap().dataplane.unwrap().client_networks;
         assert_eq!(nets, [(Ipv4Addr::new(198, 18, 0, 0), 24)]);
+    }
+
+    const CONTROLLER: &str = r#"
+[controller]
+id = "lb1"
+listen = "198.18.1.2:26379"
+secret = "0123456789abcdef"
+peers = [{ id = "lb2", addr = "198.18.1.3:26379" }, { id = "c3", addr = "198.18.1.4:26379" }]
+"#;
+
+    #[test]
+    fn ha_section_is_validated() {
+        let ha = "\n[ha]\npriority = 150\nheartbeat_ms = 50\ndown_after_ms = 200\naddresses = [\"198.18.0.100/24 dev eth0\", \"198.18.1.1/24 dev eth1\"]\n";
+        let text = format!("{CONTROLLER}{ha}{GOOD}");
+        let c = parse(&text).unwrap().ha.unwrap();
+        assert_eq!(
+            (c.priority, c.preempt, c.heartbeat_ms, c.down_after_ms),
+            (150, false, 50, 200)
+        );
+        assert_eq!(c.addresses[1].to_string(), "198.18.1.1/24 dev eth1");
+
+        let bad = |from: &str, to: &str| err(&text.replace(from, to));
+        let (line, key, msg) = bad("dev eth1", "dev eth9");
+        assert_eq!((line, key.as_str()), (9, "ha.addresses[1]"));
+        assert!(
+            msg.contains("eth9") && msg.contains("dataplane.interfaces"),
+            "{msg}"
+        );
+        assert_eq!(bad("/24 dev eth0", " dev eth0").1, "ha.addresses[0]");
+        assert_eq!(bad("198.18.1.1/24", "198.18.0.100/24").1, "ha.addresses[1]");
+        assert_eq!(bad("priority = 150", "priority = 0").1, "ha.priority");
+        let (_, key, msg) = bad("down_after_ms = 200", "down_after_ms = 100");
+        assert_eq!(key, "ha.down_after_ms");
+        assert!(msg.contains("3 heartbeats"), "{msg}");
+        // Holding addresses means a data plane and peers to agree with.
+        assert_eq!(err(&format!("{ha}{GOOD}")).1, "ha");
+        let no_dp = format!(
+            "{CONTROLLER}{ha}{}",
+            &GOOD[GOOD.find("[[service]]").unwrap()..]
+        );
+        assert_eq!(err(&no_dp).1, "ha");
     }
 
     #[test]

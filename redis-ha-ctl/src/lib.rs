@@ -5,6 +5,7 @@
 //! - [`maglev`]: the consistent-hash table behind the read port;
 //! - [`dataplane`]: the desired map contents, computed purely, and the aya code that applies them;
 //! - [`failover`]: Sentinel-style decisions (SDOWN, ODOWN, votes, promotion) as a pure state machine;
+//! - [`ha`]: which data-plane node holds the VIP (majority lease) and moving the addresses;
 //! - [`daemon`]: `redis-ha-ctl run`, the executor around the machines (probes, peers, commands,
 //!   map writes), which publishes a [`status::Status`] snapshot and the operator events;
 //! - [`resp`] and [`sentinel_api`]: the Sentinel-compatible RESP API on the controller's port;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod failover;
+pub mod ha;
 pub mod http;
 pub mod maglev;
 pub mod metrics;

@@ -1,0 +1,241 @@
+//! Taking and letting go of the floating addresses: route netlink (what `ip addr add/del`
+//! sends) and gratuitous ARP, so clients and backends move their neighbour entry to this node
+//! at once rather than after their ARP cache expires.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures_util::TryStreamExt as _;
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::{AddressMessageBuilder, Handle};
+
+use crate::config::HaAddress;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("opening a route netlink socket: {0}")]
+    Socket(std::io::Error),
+    #[error("interface {0:?} does not exist")]
+    NoInterface(String),
+    #[error("{what} {address}: {source}")]
+    Netlink {
+        what: &'static str,
+        address: String,
+        source: rtnetlink::Error,
+    },
+    #[error("gratuitous ARP for {address}: {source}")]
+    Arp {
+        address: String,
+        source: std::io::Error,
+    },
+}
+
+/// The floating addresses of this node and the netlink handle that moves them.
+pub struct Addresses {
+    handle: Handle,
+    addresses: Vec<HaAddress>,
+}
+
+/// EADDRNOTAVAIL: deleting an address the interface does not have.
+const NOT_THERE: i32 = -libc::EADDRNOTAVAIL;
+
+impl Addresses {
+    /// Needs a tokio runtime (the netlink connection runs as a task).
+    pub fn new(addresses: Vec<HaAddress>) -> Result<Self, NetError> {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(NetError::Socket)?;
+        tokio::spawn(connection);
+        Ok(Self { handle, addresses })
+    }
+
+    pub fn addresses(&self) -> &[HaAddress] {
+        &self.addresses
+    }
+
+    async fn link(&self, name: &str) -> Result<(u32, [u8; 6]), NetError> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
+        let link = links
+            .try_next()
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| NetError::NoInterface(name.to_owned()))?;
+        let mac = link
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::Address(mac) => <[u8; 6]>::try_from(mac.as_slice()).ok(),
+                _ => None,
+            })
+            .unwrap_or_default();
+        Ok((link.header.index, mac))
+    }
+
+    /// Adds every address (an address already there is kept) and announces each with a
+    /// gratuitous ARP. Goes on past a failing address, and reports the first failure.
+    pub async fn acquire(&self) -> Result<(), NetError> {
+        let mut first_error = None;
+        for a in &self.addresses {
+            let result = async {
+                let (index, mac) = self.link(&a.interface).await?;
+                self.handle
+                    .address()
+                    .add(index, IpAddr::V4(a.address), a.prefix_len)
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(|source| NetError::Netlink {
+                        what: "adding",
+                        address: a.to_string(),
+                        source,
+                    })?;
+                gratuitous_arp(index, mac, a.address).map_err(|source| NetError::Arp {
+                    address: a.to_string(),
+                    source,
+                })
+            }
+            .await;
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Announces the addresses again (clients whose first announcement was lost, switches
+    /// that had not learnt the port yet).
+    pub async fn announce(&self) -> Result<(), NetError> {
+        for a in &self.addresses {
+            let (index, mac) = self.link(&a.interface).await?;
+            gratuitous_arp(index, mac, a.address).map_err(|source| NetError::Arp {
+                address: a.to_string(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Removes every address this node may hold; one it does not have is no error.
+    pub async fn release(&self) -> Result<(), NetError> {
+        let mut first_error = None;
+        for a in &self.addresses {
+            let result = async {
+                let (index, _) = self.link(&a.interface).await?;
+                let message = AddressMessageBuilder::<Ipv4Addr>::new()
+                    .index(index)
+                    .address(a.address, a.prefix_len)
+                    .build();
+                match self.handle.address().del(message).execute().await {
+                    Ok(()) => Ok(()),
+                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == NOT_THERE => Ok(()),
+                    Err(source) => Err(NetError::Netlink {
+                        what: "removing",
+                        address: a.to_string(),
+                        source,
+                    }),
+                }
+            }
+            .await;
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Which of the addresses are configured now (for the status and the tests' checks).
+    pub async fn held(&self) -> Vec<HaAddress> {
+        let mut held = Vec::new();
+        for a in &self.addresses {
+            let Ok((index, _)) = self.link(&a.interface).await else {
+                continue;
+            };
+            let mut found = self
+                .handle
+                .address()
+                .get()
+                .set_link_index_filter(index)
+                .set_address_filter(IpAddr::V4(a.address))
+                .execute();
+            if let Ok(Some(_)) = found.try_next().await {
+                held.push(a.clone());
+            }
+        }
+        held
+    }
+}
+
+/// The ARP request form of a gratuitous ARP (sender = target = the address, from this
+/// interface's MAC, to broadcast), the form Linux neighbours accept to update an entry and
+/// that `arping -U` and keepalived send.
+pub fn garp_frame(mac: [u8; 6], address: Ipv4Addr) -> [u8; 42] {
+    let mut f = [0u8; 42];
+    f[0..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&mac);
+    f[12..14].copy_from_slice(&0x0806u16.to_be_bytes()); // ARP
+    f[14..16].copy_from_slice(&1u16.to_be_bytes()); // Ethernet
+    f[16..18].copy_from_slice(&0x0800u16.to_be_bytes()); // IPv4
+    f[18] = 6;
+    f[19] = 4;
+    f[20..22].copy_from_slice(&1u16.to_be_bytes()); // request
+    f[22..28].copy_from_slice(&mac);
+    f[28..32].copy_from_slice(&address.octets());
+    // Target hardware address stays zero, as in a request.
+    f[38..42].copy_from_slice(&address.octets());
+    f
+}
+
+fn gratuitous_arp(ifindex: u32, mac: [u8; 6], address: Ipv4Addr) -> std::io::Result<()> {
+    let frame = garp_frame(mac, address);
+    let protocol = (libc::ETH_P_ARP as u16).to_be();
+    // SAFETY: plain socket syscalls on a descriptor owned by this function; the address
+    // struct is fully initialised and its size passed along.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol));
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut to: libc::sockaddr_ll = std::mem::zeroed();
+        to.sll_family = libc::AF_PACKET as u16;
+        to.sll_protocol = protocol;
+        to.sll_ifindex = ifindex as i32;
+        to.sll_halen = 6;
+        to.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+        let sent = libc::sendto(
+            fd,
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&raw const to).cast(),
+            size_of::<libc::sockaddr_ll>() as u32,
+        );
+        let error = std::io::Error::last_os_error();
+        libc::close(fd);
+        if sent < 0 {
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garp_announces_the_address_from_our_mac_to_everyone() {
+        let mac = [2, 0, 0, 0, 0, 1];
+        let f = garp_frame(mac, Ipv4Addr::new(198, 18, 0, 100));
+        assert_eq!(&f[0..6], &[0xff; 6]);
+        assert_eq!(&f[6..12], &mac);
+        assert_eq!(&f[12..14], &[0x08, 0x06]);
+        assert_eq!(&f[20..22], &[0, 1], "request form");
+        assert_eq!(&f[22..28], &mac, "sender MAC");
+        assert_eq!(&f[28..32], &[198, 18, 0, 100], "sender IP");
+        assert_eq!(&f[32..38], &[0; 6]);
+        assert_eq!(&f[38..42], &[198, 18, 0, 100], "target IP = sender IP");
+    }
+}
