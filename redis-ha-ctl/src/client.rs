@@ -210,6 +210,28 @@ pub fn render_status(s: &Status) -> String {
     for svc in &s.services {
         render_service(&mut out, s, svc);
     }
+    if let Some(ha) = &s.ha {
+        let _ = writeln!(
+            out,
+            "\nfloating addresses: held by {} (epoch {}); this node: {}{}",
+            ha.owner.as_deref().unwrap_or("nobody"),
+            ha.epoch,
+            ha.role,
+            ha.priority
+                .map(|p| format!(
+                    ", priority {p}{}",
+                    if ha.preempt { ", preempt" } else { "" }
+                ))
+                .unwrap_or_default(),
+        );
+        if !ha.addresses.is_empty() {
+            let since = ha
+                .holding_since_unix_ms
+                .map(|ms| format!(", holding since {}", format_unix_ms(ms)))
+                .unwrap_or_else(|| ", not holding".to_owned());
+            let _ = writeln!(out, "  {}{since}", ha.addresses.join(", "));
+        }
+    }
     match &s.dataplane {
         None => {
             let _ = writeln!(

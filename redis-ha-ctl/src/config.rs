@@ -985,7 +985,7 @@ peers = [{ id = "lb2", addr = "198.18.1.3:26379" }, { id = "c3", addr = "198.18.
 
         let bad = |from: &str, to: &str| err(&text.replace(from, to));
         let (line, key, msg) = bad("dev eth1", "dev eth9");
-        assert_eq!((line, key.as_str()), (9, "ha.addresses[1]"));
+        assert_eq!((line, key.as_str()), (12, "ha.addresses[1]"));
         assert!(
             msg.contains("eth9") && msg.contains("dataplane.interfaces"),
             "{msg}"

@@ -34,14 +34,16 @@ use crate::{
         MachineConfig, Millis, NodeAddr, NodeInfo, NoticeKind, Params, PeerMsg, Persisted,
         ProbeResult, Role, ServiceMachine,
     },
+    ha::{Candidacy, HaAction, HaEvent, HaMachine, HaMsg, HaParams, HaRole, net::Addresses},
     http,
     metrics::Metrics,
-    peer::{MAX_DATAGRAM, PeerCodec, Refused},
+    peer::{MAX_DATAGRAM, Payload, PeerCodec, Refused},
     persist::StateStore,
     probe::{self, Prober},
     sentinel_api::{self, Api, ApiError, ControlRequest, EventHub, SwitchoverReport},
     status::{
-        BackendTraffic, DataplaneStatus, EventRecord, NodeStatus, PeerStatus, ServiceStatus, Status,
+        BackendTraffic, DataplaneStatus, EventRecord, HaStatus, NodeStatus, PeerStatus,
+        ServiceStatus, Status,
     },
 };
 
@@ -73,7 +75,21 @@ enum Input {
         ok: bool,
         at: Instant,
     },
+    /// A peer's message about the floating addresses.
+    Ha { from: ControllerId, msg: HaMsg },
 }
+
+/// The event name under which the floating addresses' events are published (in place of a
+/// service name).
+const HA_EVENTS: &str = "vip";
+
+/// Announcing the addresses again after a takeover, in case the first gratuitous ARP was lost
+/// or a switch had not learnt the new port yet.
+const REANNOUNCE_AFTER: [Duration; 2] = [Duration::from_millis(100), Duration::from_secs(1)];
+
+/// After a start, a voter waits at least this long (or the node's own `ha.down_after_ms`)
+/// before voting: see [`HaParams::quiet_after_start_ms`].
+const HA_QUIET_AFTER_START_MS: Millis = 1000;
 
 /// The machine's timing, derived from the config. Sentinel's periods are tuned for
 /// `down-after` of tens of seconds; ours scale with the probe interval so that a failover at
@@ -196,6 +212,13 @@ struct Executor {
     metrics: Arc<Metrics>,
     /// The data plane's counters, and when they were read.
     dataplane_counters: Option<(Instant, DataplaneCounters)>,
+    /// Who holds the floating addresses: every controller takes part, as a voter at least.
+    ha: HaMachine,
+    /// This node's floating addresses, on a node configured with `[ha]`.
+    ha_addresses: Option<Arc<Addresses>>,
+    /// Since when (Unix ms) this node holds them, and how many times it took them.
+    ha_holding_since: Option<u64>,
+    ha_acquired: u64,
 }
 
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
@@ -279,6 +302,46 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         // The current master and read pool go through the same path as every other action.
         first.push((i, actions));
     }
+
+    let ha_params = HaParams {
+        candidacy: cfg.ha.as_ref().map(|h| Candidacy {
+            priority: h.priority,
+            preempt: h.preempt,
+        }),
+        heartbeat_ms: cfg
+            .ha
+            .as_ref()
+            .map_or(ctl.probe_interval_ms, |h| h.heartbeat_ms),
+        down_after_ms: cfg.ha.as_ref().map_or(0, |h| h.down_after_ms),
+        quiet_after_start_ms: cfg
+            .ha
+            .as_ref()
+            .map_or(0, |h| h.down_after_ms)
+            .max(HA_QUIET_AFTER_START_MS),
+    };
+    let ha_tick = Duration::from_millis((ha_params.heartbeat_ms / 5).clamp(5, 100));
+    let ha = HaMachine::new(
+        ControllerId(ctl.id.clone()),
+        peer_ids.clone(),
+        ha_params,
+        store.ha(),
+        now_ms(start),
+    );
+    let ha_addresses = match &cfg.ha {
+        Some(h) => {
+            let addresses = Addresses::new(h.addresses.clone())
+                .context("managing the floating addresses (route netlink)")?;
+            // Whatever a previous run left behind is not ours until the peers agree again:
+            // answering ARP for it now could make two owners.
+            addresses
+                .release()
+                .await
+                .context("removing the floating addresses at start")?;
+            info!(addresses = ?h.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(), priority = h.priority, "floating addresses released until this node is elected");
+            Some(Arc::new(addresses))
+        }
+        None => None,
+    };
 
     let (tx, mut rx) = mpsc::channel::<Input>(1024);
     let socket = Arc::new(
@@ -388,12 +451,18 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         events,
         metrics,
         dataplane_counters: None,
+        ha,
+        ha_addresses,
+        ha_holding_since: None,
+        ha_acquired: 0,
     };
 
     let mut pending: VecDeque<Input> = VecDeque::new();
     let mut jitter = Jitter(boot | 1);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ha_tick = tokio::time::interval(ha_tick);
+    ha_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     info!(id = %ex.ctl.id, listen = %ex.ctl.listen, services = ex.names.len(), "controller started");
     let shutdown = tokio::signal::ctrl_c();
@@ -430,11 +499,21 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                     }
                     continue;
                 }
+                _ = ha_tick.tick() => {
+                    let actions = ex.ha.step(HaEvent::Tick, now_ms(start));
+                    ex.perform_ha(actions).await;
+                    continue;
+                }
                 _ = &mut shutdown => break,
                 _ = sigterm.recv() => break,
             }
         };
         let now = now_ms(start);
+        if let Input::Ha { from, msg } = input {
+            let actions = ex.ha.step(HaEvent::Peer { from, msg }, now);
+            ex.perform_ha(actions).await;
+            continue;
+        }
         if let Some((service, event)) = ex.accept(input) {
             let actions = ex.machines[service].step(event, now, jitter.next());
             if !actions.is_empty() {
@@ -442,6 +521,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             }
         }
     }
+    let actions = ex.ha.step(HaEvent::Shutdown, now_ms(start));
+    ex.perform_ha(actions).await;
     info!("controller stopping; the data plane keeps forwarding (pinned)");
     Ok(())
 }
@@ -461,7 +542,12 @@ fn spawn_peer_receiver(
                 continue;
             };
             match codec.open(&buf[..n]) {
-                Ok((peer, service, msg)) => {
+                Ok((from, _, Payload::Ha(msg))) => {
+                    if tx.send(Input::Ha { from, msg }).await.is_err() {
+                        return;
+                    }
+                }
+                Ok((peer, service, Payload::Service(msg))) => {
                     if let Some(i) = names.iter().position(|s| *s == service) {
                         let input = Input::Event {
                             service: i,
@@ -610,6 +696,8 @@ impl Executor {
                 }
                 None
             }
+            // Stepped by the main loop before it gets here.
+            Input::Ha { .. } => None,
             Input::Resumed { service, ok, at } => {
                 if let Some(s) = &mut self.views[service].switchover {
                     s.resuming = false;
@@ -623,6 +711,99 @@ impl Executor {
                 None
             }
         }
+    }
+
+    /// Performs the ownership machine's actions in order: the state file first (a vote must not
+    /// leave before it is durable), then the messages, addresses and events.
+    async fn perform_ha(&mut self, actions: Vec<HaAction>) {
+        for action in actions {
+            match action {
+                HaAction::Persist(p) => {
+                    if let Err(e) = self.store.put_ha(&p) {
+                        error!("cannot persist the floating addresses' vote, not sending it: {e}");
+                        return;
+                    }
+                }
+                HaAction::Send { to, msg } => {
+                    let datagram = self.codec.seal_ha(&msg);
+                    for (id, addr) in &self.peers {
+                        if to.as_ref().is_none_or(|t| t == id)
+                            && let Err(e) = self.socket.send_to(&datagram, addr).await
+                        {
+                            warn!(to = %addr, "peer send failed: {e}");
+                        }
+                    }
+                }
+                HaAction::Acquire { epoch } => {
+                    let Some(addresses) = self.ha_addresses.clone() else {
+                        continue;
+                    };
+                    match addresses.acquire().await {
+                        Ok(()) => info!(epoch, "took the floating addresses"),
+                        Err(e) => error!(epoch, "taking the floating addresses: {e}"),
+                    }
+                    self.ha_holding_since = Some(unix_ms());
+                    self.ha_acquired += 1;
+                    tokio::spawn(async move {
+                        let mut waited = Duration::ZERO;
+                        for after in REANNOUNCE_AFTER {
+                            tokio::time::sleep(after - waited).await;
+                            waited = after;
+                            if let Err(e) = addresses.announce().await {
+                                warn!("announcing the floating addresses again: {e}");
+                            }
+                        }
+                    });
+                }
+                HaAction::Release { epoch, reason } => {
+                    if let Some(addresses) = &self.ha_addresses {
+                        match addresses.release().await {
+                            Ok(()) => warn!(epoch, %reason, "let go of the floating addresses"),
+                            Err(e) => error!(epoch, "removing the floating addresses: {e}"),
+                        }
+                    }
+                    self.ha_holding_since = None;
+                }
+                HaAction::Notice { name, payload } => {
+                    info!(event = name, "{payload}");
+                    self.events.publish(EventRecord {
+                        at_unix_ms: unix_ms(),
+                        service: HA_EVENTS.to_owned(),
+                        name: name.to_owned(),
+                        payload,
+                    });
+                }
+            }
+        }
+    }
+
+    fn ha_status(&self) -> Option<HaStatus> {
+        let now = now_ms(self.start);
+        let owner = self.ha.owner(now).map(|(id, _)| id.0.clone());
+        if self.ha_addresses.is_none() && self.ha.epoch() == 0 && owner.is_none() {
+            // Nobody in the cluster uses [ha].
+            return None;
+        }
+        let ha = self.ha_addresses.as_ref();
+        Some(HaStatus {
+            role: match self.ha.role() {
+                HaRole::Owner => "owner",
+                HaRole::Candidate => "candidate",
+                HaRole::Backup => "backup",
+                HaRole::Voter => "voter",
+            }
+            .to_owned(),
+            owner,
+            epoch: self.ha.epoch(),
+            addresses: ha.map_or_else(Vec::new, |a| {
+                a.addresses().iter().map(ToString::to_string).collect()
+            }),
+            priority: self.ha.candidacy().map(|c| c.priority),
+            preempt: self.ha.candidacy().is_some_and(|c| c.preempt),
+            holding: self.ha_holding_since.is_some(),
+            holding_since_unix_ms: self.ha_holding_since,
+            acquired: self.ha_acquired,
+        })
     }
 
     /// Performs one machine's actions in order; returns events to feed back (data-plane acks).
@@ -899,6 +1080,7 @@ impl Executor {
                     &self.targets,
                 )
             }),
+            ha: self.ha_status(),
         };
         self.status.send_replace(status);
     }

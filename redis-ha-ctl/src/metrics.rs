@@ -248,6 +248,9 @@ impl Metrics {
         );
 
         self.register_controller_view(&mut reg, status);
+        if let Some(ha) = &status.ha {
+            register_ha(&mut reg, ha);
+        }
         if let Some(dp) = &status.dataplane {
             register_dataplane(&mut reg, dp);
         }
@@ -582,6 +585,14 @@ pub(crate) mod testdata {
                 ]),
                 flow_entries: 4,
             }),
+            ha: Some(crate::status::HaStatus {
+                role: "owner".into(),
+                owner: Some("ctl-a".into()),
+                epoch: 7,
+                holding: true,
+                acquired: 2,
+                ..Default::default()
+            }),
         }
     }
 }
@@ -705,6 +716,9 @@ mod tests {
             15.0
         );
         assert_eq!(value(&s, "redis_ha_flow_table_entries", &[]), 4.0);
+        assert_eq!(value(&s, "redis_ha_vip_holder", &[]), 1.0);
+        assert_eq!(value(&s, "redis_ha_vip_epoch", &[]), 7.0);
+        assert_eq!(value(&s, "redis_ha_vip_acquired_total", &[]), 2.0);
         assert_eq!(
             value(
                 &s,
@@ -913,4 +927,30 @@ mod tests {
         );
         parse(&text);
     }
+}
+
+/// `redis_ha_vip_holder` (1 on the node holding the floating addresses: a sum over nodes other
+/// than 1 is an alert), the ownership epoch and the takeovers since start.
+fn register_ha(reg: &mut Registry, ha: &crate::status::HaStatus) {
+    let holder = Gauge::<i64>::default();
+    holder.set(i64::from(ha.holding));
+    reg.register(
+        "vip_holder",
+        "1 if this node holds the floating addresses (VIP, backend gateway) now",
+        holder,
+    );
+    let epoch = Gauge::<i64>::default();
+    epoch.set(saturating_i64(ha.epoch));
+    reg.register(
+        "vip_epoch",
+        "Epoch of the floating addresses' ownership, as this controller knows it",
+        epoch,
+    );
+    let acquired = Counter::<u64>::default();
+    acquired.inc_by(ha.acquired);
+    reg.register(
+        "vip_acquired",
+        "Times this node took the floating addresses since it started",
+        acquired,
+    );
 }

@@ -13,6 +13,15 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::failover::{ControllerId, Epoch, Hello, NodeAddr, PeerMsg};
+use crate::ha::HaMsg;
+
+/// What a datagram carries: a service's failover message, or (service name empty) one about
+/// who holds the floating addresses, which concerns the node rather than a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    Service(PeerMsg),
+    Ha(HaMsg),
+}
 
 const MAC_LEN: usize = 32;
 /// Comfortably below the 64 KiB UDP limit; a hello lists at most a service's backends.
@@ -45,6 +54,9 @@ enum WireMsg {
         epoch: Epoch,
         leader: String,
     },
+    Ha {
+        ha: HaMsg,
+    },
 }
 
 impl From<&PeerMsg> for WireMsg {
@@ -68,9 +80,10 @@ impl From<&PeerMsg> for WireMsg {
     }
 }
 
-impl From<WireMsg> for PeerMsg {
+impl From<WireMsg> for Payload {
     fn from(m: WireMsg) -> Self {
-        match m {
+        Payload::Service(match m {
+            WireMsg::Ha { ha } => return Payload::Ha(ha),
             WireMsg::Hello {
                 current_epoch,
                 master,
@@ -87,7 +100,7 @@ impl From<WireMsg> for PeerMsg {
                 epoch,
                 leader: ControllerId(leader),
             },
-        }
+        })
     }
 }
 
@@ -134,13 +147,22 @@ impl PeerCodec {
     }
 
     pub fn seal(&mut self, service: &str, msg: &PeerMsg) -> Vec<u8> {
+        self.seal_wire(service, msg.into())
+    }
+
+    /// A message about the floating addresses (no service).
+    pub fn seal_ha(&mut self, msg: &HaMsg) -> Vec<u8> {
+        self.seal_wire("", WireMsg::Ha { ha: msg.clone() })
+    }
+
+    fn seal_wire(&mut self, service: &str, msg: WireMsg) -> Vec<u8> {
         self.seq += 1;
         let env = Envelope {
             from: self.me.clone(),
             boot: self.boot,
             seq: self.seq,
             service: service.to_owned(),
-            msg: msg.into(),
+            msg,
         };
         let body = serde_json::to_vec(&env).expect("envelope serializes");
         let mut mac = self.mac();
@@ -151,7 +173,7 @@ impl PeerCodec {
     }
 
     /// Verifies and decodes a datagram: (sender, service name, message).
-    pub fn open(&mut self, datagram: &[u8]) -> Result<(ControllerId, String, PeerMsg), Refused> {
+    pub fn open(&mut self, datagram: &[u8]) -> Result<(ControllerId, String, Payload), Refused> {
         if datagram.len() <= MAC_LEN {
             return Err(Refused::Short);
         }
@@ -212,9 +234,24 @@ mod tests {
             let d = a.seal("mymaster", &msg);
             assert_eq!(
                 b.open(&d).unwrap(),
-                (ControllerId("c1".into()), "mymaster".into(), msg)
+                (
+                    ControllerId("c1".into()),
+                    "mymaster".into(),
+                    Payload::Service(msg)
+                )
             );
         }
+        let claim = HaMsg::Claim {
+            epoch: 2,
+            stamp: 1234,
+            priority: 150,
+            down_after_ms: 200,
+        };
+        let d = a.seal_ha(&claim);
+        assert_eq!(
+            b.open(&d).unwrap(),
+            (ControllerId("c1".into()), String::new(), Payload::Ha(claim))
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::failover::{ControllerId, Persisted, Vote};
+use crate::ha::HaPersisted;
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 struct ServiceRecord {
@@ -26,6 +27,9 @@ struct ServiceRecord {
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 struct StateFile {
     services: BTreeMap<String, ServiceRecord>,
+    /// Ownership of the floating addresses (absent in files written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ha: Option<HaPersisted>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +99,19 @@ impl StateStore {
             return Ok(());
         }
         self.state.services.insert(service.to_owned(), record);
+        self.write()
+    }
+
+    /// The floating addresses' epoch and last vote.
+    pub fn ha(&self) -> HaPersisted {
+        self.state.ha.clone().unwrap_or_default()
+    }
+
+    pub fn put_ha(&mut self, p: &HaPersisted) -> Result<(), PersistError> {
+        if self.state.ha.as_ref() == Some(p) {
+            return Ok(());
+        }
+        self.state.ha = Some(p.clone());
         self.write()
     }
 

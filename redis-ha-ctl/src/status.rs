@@ -18,6 +18,29 @@ pub struct Status {
     pub services: Vec<ServiceStatus>,
     /// Present on a node that owns an XDP data plane.
     pub dataplane: Option<DataplaneStatus>,
+    /// Who holds the floating addresses (the VIP), as this controller sees it; present once
+    /// any controller of the cluster is configured with `[ha]`.
+    pub ha: Option<HaStatus>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct HaStatus {
+    /// "owner", "candidate" (standing for election), "backup" or "voter" (no `[ha]` here).
+    pub role: String,
+    /// The controller believed to hold the addresses (None: nobody, for now).
+    pub owner: Option<String>,
+    /// Ownership epoch.
+    pub epoch: u64,
+    /// This node's floating addresses (`198.18.0.100/24 dev eth0`), empty on a voter.
+    pub addresses: Vec<String>,
+    pub priority: Option<u8>,
+    pub preempt: bool,
+    /// Whether this node holds them now, and since when (Unix ms).
+    pub holding: bool,
+    pub holding_since_unix_ms: Option<u64>,
+    /// Times this node took the addresses, since it started.
+    pub acquired: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

@@ -208,6 +208,10 @@ impl HaMachine {
             .map(|l| (&l.id, l.epoch))
     }
 
+    pub fn candidacy(&self) -> Option<Candidacy> {
+        self.params.candidacy
+    }
+
     pub fn epoch(&self) -> Epoch {
         self.persisted.epoch
     }
