@@ -36,7 +36,7 @@ const MAPS_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(100);
 /// How long peers need, once all run, to have exchanged fresh hellos (they send one per probe
 /// interval and forget them after `max(5 intervals, down_after_ms)`).
-const PEER_WARMUP: Duration = Duration::from_secs(1);
+pub(crate) const PEER_WARMUP: Duration = Duration::from_secs(1);
 
 /// The address of controller node `n` on the controllers' network: 198.18.2.1 is the LB (c1),
 /// 198.18.2.N is the namespace `rha-<tag>-kN`.
@@ -473,7 +473,7 @@ impl Drop for Cluster {
     }
 }
 
-fn tail(text: &str, lines: usize) -> String {
+pub(crate) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
@@ -584,6 +584,35 @@ pub struct Controller {
 }
 
 impl Controller {
+    /// A controller not started yet, whose config is already at `config_path`; it runs in the
+    /// namespace `ns_name`. For topologies other than [`Cluster`]'s.
+    pub(crate) fn new(
+        id: &str,
+        ns_name: &str,
+        listen: SocketAddrV4,
+        config_path: PathBuf,
+        log_path: PathBuf,
+        state_path: PathBuf,
+    ) -> Controller {
+        Controller {
+            id: id.to_owned(),
+            ns_name: ns_name.to_owned(),
+            listen,
+            config_path,
+            log_path,
+            state_path,
+            process: ProcessSlot::default(),
+            started_at: Mutex::new(None),
+        }
+    }
+
+    /// Leaves the process running when the controller is dropped (`cargo xtask testbed up`).
+    pub(crate) fn disarm(&self) {
+        if let Some(p) = self.process().as_mut() {
+            p.disarm();
+        }
+    }
+
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -613,7 +642,7 @@ impl Controller {
         self.process.lock()
     }
 
-    fn started_at(&self) -> Option<Instant> {
+    pub(crate) fn started_at(&self) -> Option<Instant> {
         *self.started_at.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -8,6 +8,8 @@
 //!   expects, and the redis-ha-ctl config describing them;
 //! - [`cluster`]: [`Cluster`] — a testbed with three controller processes (`redis-ha-ctl run`),
 //!   their logs, state files and the data plane's view (`maps`);
+//! - [`ha`]: [`HaCluster`] — two data-plane nodes on bridged segments, the floating VIP and
+//!   gateway, three controllers, and the failure knobs of LB high availability;
 //! - [`trial`]: traffic through the VIP and the failover trial ([`run_trial`]): gap, lost
 //!   acknowledged writes, writes reaching the old master;
 //! - this file: finding the redis-ha-ctl binary and checking for root.
@@ -16,6 +18,7 @@
 //! collide and leftovers are easy to find.
 
 pub mod cluster;
+pub mod ha;
 pub mod netns;
 pub mod process;
 pub mod testbed;
@@ -26,6 +29,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 
 pub use cluster::{Cluster, ClusterOptions, Controller, ControllerSpec, METRICS_PORT, MapsView};
+pub use ha::{AddressHolders, ArpCapture, ArpClaim, ArpKind, HaCluster, HaOptions, LbNode};
 pub use netns::{
     Leftovers, Netns, cleanup_prefix, in_netns, leftovers, list_namespaces, netns_command,
 };

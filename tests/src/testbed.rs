@@ -75,7 +75,7 @@ pub fn pin_dir(tag: &str) -> PathBuf {
 }
 
 /// Server data and logs of a testbed: `$TMPDIR/redis-ha-<tag>`.
-fn temp_dir(tag: &str) -> PathBuf {
+pub(crate) fn temp_dir(tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!("redis-ha-{tag}"))
 }
 
@@ -94,7 +94,7 @@ pub(crate) fn tag_of_state_dir(name: &str) -> Option<&str> {
         .filter(|tag| validate_tag(tag).is_ok())
 }
 
-fn validate_tag(tag: &str) -> Result<()> {
+pub(crate) fn validate_tag(tag: &str) -> Result<()> {
     if tag.is_empty()
         || tag.len() > MAX_TAG_LEN
         || !tag
@@ -200,7 +200,8 @@ pub struct Backend {
     ns: Netns,
     /// The backend's end of its veth.
     interface: String,
-    /// The LB's end of the same veth.
+    /// The other end of the same veth: the LB's in [`Testbed`], a bridge port of the switch
+    /// in [`crate::ha::HaCluster`].
     lb_interface: String,
     /// Working directory and log of the server.
     dir: PathBuf,
@@ -212,6 +213,34 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// Backend `n` (at [`backend_ip`]`(n)`) in `ns`, not started: its server keeps its data and
+    /// log in `dir` and, unless it is backend 1, replicates backend 1; `extra_args` go to
+    /// redis-server after the testbed's own. For topologies other than [`Testbed`]'s, which
+    /// wire the namespace themselves.
+    pub(crate) fn new(
+        n: usize,
+        ns: Netns,
+        interface: String,
+        lb_interface: String,
+        dir: PathBuf,
+        extra_args: &[&str],
+    ) -> Result<Backend> {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let ip = backend_ip(n);
+        let mut args = redis_args(ip, &dir, (n > 1).then(|| backend_ip(1)));
+        args.extend(extra_args.iter().map(|a| (*a).to_owned()));
+        Ok(Backend {
+            index: n,
+            ip,
+            ns,
+            interface,
+            lb_interface,
+            args,
+            dir,
+            server: ProcessSlot::default(),
+        })
+    }
+
     /// 1-based: backend 1 lives in `rha-<tag>-r1` at 198.18.1.11.
     pub fn index(&self) -> usize {
         self.index
@@ -335,7 +364,7 @@ impl Backend {
         self.server.lock()
     }
 
-    fn disarm(&mut self) {
+    pub(crate) fn disarm(&mut self) {
         self.ns.disarm();
         if let Some(server) = self.server().as_mut() {
             server.disarm();
@@ -351,9 +380,9 @@ fn log_tail(path: &Path) -> String {
 
 /// A directory removed on drop.
 #[derive(Debug)]
-struct DirGuard {
-    path: PathBuf,
-    armed: bool,
+pub(crate) struct DirGuard {
+    pub(crate) path: PathBuf,
+    pub(crate) armed: bool,
 }
 
 impl Drop for DirGuard {
@@ -547,27 +576,7 @@ impl Testbed {
     /// Waits (bounded) until every replica reports `master_link_status:up` and the master
     /// counts them all.
     pub fn wait_replication(&self) -> Result<()> {
-        for replica in &self.backends[1..] {
-            wait_until(
-                &format!("backend {} to sync with the master", replica.index),
-                REPLICATION_TIMEOUT,
-                POLL_INTERVAL,
-                || {
-                    let info = replica.redis_cli(&["INFO", "replication"])?;
-                    Ok(info.contains("master_link_status:up").then_some(()))
-                },
-            )?;
-        }
-        let expected = format!("connected_slaves:{}", self.backends.len() - 1);
-        wait_until(
-            &format!("the master to report {expected}"),
-            REPLICATION_TIMEOUT,
-            POLL_INTERVAL,
-            || {
-                let info = self.backends[0].redis_cli(&["INFO", "replication"])?;
-                Ok(info.contains(&expected).then_some(()))
-            },
-        )
+        wait_replication(&self.backends)
     }
 
     pub fn tag(&self) -> &str {
@@ -716,6 +725,32 @@ impl Testbed {
     }
 }
 
+/// Waits (bounded) until every backend after the first reports `master_link_status:up` and the
+/// first counts them all.
+pub(crate) fn wait_replication(backends: &[Backend]) -> Result<()> {
+    for replica in &backends[1..] {
+        wait_until(
+            &format!("backend {} to sync with the master", replica.index),
+            REPLICATION_TIMEOUT,
+            POLL_INTERVAL,
+            || {
+                let info = replica.redis_cli(&["INFO", "replication"])?;
+                Ok(info.contains("master_link_status:up").then_some(()))
+            },
+        )?;
+    }
+    let expected = format!("connected_slaves:{}", backends.len() - 1);
+    wait_until(
+        &format!("the master to report {expected}"),
+        REPLICATION_TIMEOUT,
+        POLL_INTERVAL,
+        || {
+            let info = backends[0].redis_cli(&["INFO", "replication"])?;
+            Ok(info.contains(&expected).then_some(()))
+        },
+    )
+}
+
 impl Drop for Testbed {
     fn drop(&mut self) {
         if !self.armed {
@@ -745,7 +780,12 @@ impl Drop for Testbed {
 }
 
 /// Addresses the endpoint of a veth (client or backend) and routes through the LB.
-fn setup_endpoint(ns: &Netns, interface: &str, cidr: &str, gateway: Ipv4Addr) -> Result<()> {
+pub(crate) fn setup_endpoint(
+    ns: &Netns,
+    interface: &str,
+    cidr: &str,
+    gateway: Ipv4Addr,
+) -> Result<()> {
     ns.ip(&["addr", "add", cidr, "dev", interface])?;
     ns.ip(&["link", "set", interface, "up"])?;
     ns.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
@@ -796,6 +836,6 @@ fn redis_args(ip: Ipv4Addr, dir: &Path, replica_of: Option<Ipv4Addr>) -> Vec<Str
 }
 
 /// A TOML basic string. Our values are plain ASCII; escape the two characters that matter.
-fn toml_string(s: &str) -> String {
+pub(crate) fn toml_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }

@@ -13,7 +13,7 @@ mod testbed;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use redis_ha_tests::XdpMode;
 
@@ -37,7 +37,7 @@ enum Task {
         #[arg(long)]
         netns: Option<String>,
     },
-    /// The namespace testbed (client, LB, three redis-servers) for manual work.
+    /// The namespace testbed (client, LB or LBs, three redis-servers) for manual work.
     Testbed {
         #[command(subcommand)]
         action: TestbedAction,
@@ -86,6 +86,14 @@ enum TestbedAction {
         /// XDP attach mode written into the config: auto, native or skb.
         #[arg(long, default_value = "native")]
         xdp_mode: XdpMode,
+        /// 1: one LB with routed veths (the data plane is loaded by hand). 2: two LB nodes on
+        /// bridged segments with three controllers running, the floating VIP held by one LB.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+        lb_nodes: u8,
+        /// With --lb-nodes 2: no `[ha]` section in the controllers' configs; the floating
+        /// addresses are put on lb1 by hand instead.
+        #[arg(long)]
+        no_ha: bool,
     },
     /// Remove the testbed: its namespaces, processes, pins and files.
     Down,
@@ -112,8 +120,22 @@ fn run(task: Task) -> Result<()> {
             build_load::build_and_load(&config, netns.as_deref())
         }
         Task::Testbed {
-            action: TestbedAction::Up { xdp_mode },
+            action:
+                TestbedAction::Up {
+                    xdp_mode,
+                    lb_nodes,
+                    no_ha,
+                },
         } => {
+            if lb_nodes == 2 {
+                let ha = testbed::up_ha(xdp_mode, !no_ha)?;
+                ha.keep();
+                testbed::print_ha_usage(!no_ha);
+                return Ok(());
+            }
+            if no_ha {
+                bail!("--no-ha only applies to --lb-nodes 2");
+            }
             let tb = testbed::up(xdp_mode)?;
             tb.keep();
             testbed::print_usage();

@@ -20,6 +20,10 @@ const DEBIAN_PROGRAMS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
     ("nsenter", "util-linux"),
+    // The LB high-availability testbed (tests/src/ha.rs) announces moved addresses and
+    // captures ARP.
+    ("arping", "iputils-arping"),
+    ("tcpdump", "tcpdump"),
     // `cargo xtask bench` runs the seed stack it compares redis-ha with.
     ("haproxy", "haproxy"),
     ("redis-sentinel", "redis-sentinel"),

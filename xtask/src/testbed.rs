@@ -1,10 +1,15 @@
-//! `cargo xtask testbed up|down`: the testbed with the fixed tag `tb`, for manual work.
+//! `cargo xtask testbed up|down`: the testbed with the fixed tag `tb`, for manual work: the
+//! single-LB [`Testbed`] by default, the two-LB [`HaCluster`] with `--lb-nodes 2`.
 
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
+use redis_ha_tests::ha::{GATEWAY, K3_IP};
 use redis_ha_tests::testbed::{VIP, namespace_prefix};
-use redis_ha_tests::{Testbed, TestbedOptions, XdpMode, cleanup_prefix, is_root, target_dir};
+use redis_ha_tests::{
+    HaCluster, HaOptions, Testbed, TestbedOptions, XdpMode, cleanup_prefix, ctl_binary, is_root,
+    target_dir,
+};
 
 /// The manual testbed's tag: its namespaces are `rha-tb-*`.
 pub const TAG: &str = "tb";
@@ -70,7 +75,132 @@ pub fn print_usage() {
     println!("    tear it down:          cargo xtask testbed down");
 }
 
-/// `cargo xtask testbed down`.
+/// Builds the `tb` HA testbed: two LB nodes, three controllers running. With `ha_section`
+/// the controllers place the floating addresses; without, they go on lb1 by hand. Dropping
+/// the result tears it down; call `keep()` to leave it running.
+pub fn up_ha(xdp_mode: XdpMode, ha_section: bool) -> Result<HaCluster> {
+    // The controllers must match the source; REDIS_HA_CTL names a binary to use instead.
+    if std::env::var_os("REDIS_HA_CTL").is_none_or(|p| p.is_empty()) {
+        crate::build_load::build()?;
+    }
+    println!(
+        "==> building HA testbed {TAG} (namespaces {}*) with {}",
+        namespace_prefix(TAG),
+        ctl_binary()?.display()
+    );
+    let ha = HaCluster::up(HaOptions {
+        tag: TAG.to_owned(),
+        xdp_mode,
+        ha_section,
+        ..HaOptions::default()
+    })?;
+    if !ha_section {
+        ha.assign_addresses(1)?;
+    }
+    let o = ha.options();
+    println!(
+        "    switch  {} (bridges {} 198.18.0.0/24, {} 198.18.1.0/24)",
+        ha.switch().name(),
+        ha.client_bridge(),
+        ha.backend_bridge()
+    );
+    println!(
+        "    client  {} (198.18.0.2/24 on {})",
+        ha.client().name(),
+        ha.client_interface()
+    );
+    for lb in ha.lbs() {
+        let n = lb.index();
+        println!(
+            "    lb{n}     {} ({} {} on {}, {} {} on {}; controller lb{n}{})",
+            lb.netns().name(),
+            lb.client_ip(),
+            lb.client_mac()?,
+            lb.client_interface(),
+            lb.backend_ip(),
+            lb.backend_mac()?,
+            lb.backend_interface(),
+            if ha_section {
+                format!(", priority {}", o.priorities[n - 1])
+            } else {
+                String::new()
+            },
+        );
+    }
+    println!(
+        "    k3      {} ({K3_IP}, controller c3: votes only)",
+        ha.k3().name()
+    );
+    for b in ha.backends() {
+        let role = if b.index() == 1 { "master" } else { "replica" };
+        println!(
+            "    {:<7} {} ({}, {role})",
+            format!("r{}", b.index()),
+            b.netns().name(),
+            b.addr()
+        );
+    }
+    let holders = ha.address_holders()?;
+    println!(
+        "    VIP {VIP} held by {:?}, gateway {GATEWAY} by {:?}{}",
+        holders.vip,
+        holders.gateway,
+        if ha_section {
+            ""
+        } else {
+            " (placed by hand: no [ha] section)"
+        }
+    );
+    for c in ha.controllers() {
+        println!("    config  {}", c.config_path().display());
+    }
+    Ok(ha)
+}
+
+/// How to use the HA testbed left running.
+pub fn print_ha_usage(ha_section: bool) {
+    let prefix = namespace_prefix(TAG);
+    let client = format!("ip netns exec {prefix}client");
+    let ctl = ctl_binary().map_or_else(|_| "redis-ha-ctl".into(), |p| p.display().to_string());
+    let configs = std::env::temp_dir().join(format!("redis-ha-{TAG}/controllers"));
+    println!("==> HA testbed {TAG} is up");
+    println!("    write port (master):   {client} redis-cli -h {VIP} -p 6380");
+    println!("    read port (replicas):  {client} redis-cli -h {VIP} -p 6381");
+    println!(
+        "    controller status:     nsenter --net=/var/run/netns/{prefix}lb1 {ctl} status --config {}/lb1.toml",
+        configs.display()
+    );
+    println!(
+        "                           (lb2: {prefix}lb2 and lb2.toml; c3: {prefix}k3 and c3.toml)"
+    );
+    println!(
+        "    a data plane's maps:   nsenter --net=/var/run/netns/{prefix}lb1 {ctl} maps --config {}/lb1.toml",
+        configs.display()
+    );
+    println!(
+        "    who holds the VIP:     ip -n {prefix}lb1 -br -4 addr; ip -n {prefix}lb2 -br -4 addr; ip -n {prefix}client neigh"
+    );
+    println!("    watch ARP:             ip netns exec {prefix}sw tcpdump -e -n -i {prefix}bc arp");
+    println!(
+        "    crash lb1:             ip -n {prefix}sw link set {prefix}c1 down; ip -n {prefix}sw link set {prefix}b1 down; kill -9 $(ip netns pids {prefix}lb1)"
+    );
+    if !ha_section {
+        println!(
+            "    move the VIP by hand:  ip -n {prefix}lb1 addr del {VIP}/24 dev {prefix}1c; ip -n {prefix}lb1 addr del {GATEWAY}/24 dev {prefix}1b"
+        );
+        println!(
+            "                           ip -n {prefix}lb2 addr add {VIP}/24 dev {prefix}2c; ip -n {prefix}lb2 addr add {GATEWAY}/24 dev {prefix}2b"
+        );
+        println!(
+            "                           ip netns exec {prefix}lb2 arping -U -c 1 -I {prefix}2c {VIP}; ip netns exec {prefix}lb2 arping -U -c 1 -I {prefix}2b {GATEWAY}"
+        );
+    }
+    println!("    controller logs:       {}/*.log", configs.display());
+    println!("    tear it down:          cargo xtask testbed down");
+}
+
+/// `cargo xtask testbed down`: either testbed (both use the `rha-tb-` namespaces and the
+/// `redis-ha-tb` pin and temporary directories).
 pub fn down() -> Result<()> {
     if !is_root() {
         bail!("removing the testbed needs root");
