@@ -219,9 +219,21 @@ pub struct LoopRecord {
     pub failures: Vec<(Instant, String)>,
     pub failure_count: u64,
     pub requests: u64,
+    /// TCP connections opened: 1 for a loop whose connection never broke.
+    pub connects: u64,
 }
 
 impl LoopRecord {
+    /// The longest time without a successful reply between two that straddle `t`, or that
+    /// span any part of [t, last ack]: the interruption a client saw around an event at `t`.
+    pub fn longest_gap_after(&self, t: Instant) -> Option<Duration> {
+        self.acks
+            .windows(2)
+            .filter(|w| w[1].1 > t)
+            .map(|w| w[1].1.duration_since(w[0].1))
+            .max()
+    }
+
     pub fn acks_after(&self, t: Instant) -> usize {
         self.acks.iter().filter(|(_, at)| *at > t).count()
     }
@@ -329,6 +341,7 @@ fn run_loop(options: &LoopOptions, record: &Mutex<LoopRecord>, stop: &AtomicBool
         }
         let outcome = (|| -> std::io::Result<Reply> {
             if conn.is_none() {
+                lock().connects += 1;
                 conn = Some(Resp::connect(options.addr, options.timeout)?);
                 on_conn = 0;
             }

@@ -147,6 +147,7 @@ fn sample_status() -> Status {
             ]),
             flow_entries: 96,
         }),
+        ha: None,
     }
 }
 
