@@ -1,0 +1,266 @@
+//! Issue 6: the VIP moves between LB nodes when its holder dies, and connections survive.
+//!
+//! Two data-plane nodes (lb1 preferred) and a third, voting controller on bridged segments
+//! (see `redis_ha_tests::ha`). A client holds one connection to the write port and one to the
+//! read port, each sending a request every 10 ms with a 5 s timeout, so a connection breaks
+//! only if the path really breaks (reset, or no answer for 5 s). The holder is killed (its
+//! links cut, its controller SIGKILLed), the other node must take the addresses, the same two
+//! connections must go on, and no acknowledged write may be missing from the master. The dead
+//! node then returns and must not take the addresses back.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use redis_ha_tests::ha::{GATEWAY, owner_changes};
+use redis_ha_tests::testbed::{VIP, namespace_prefix};
+use redis_ha_tests::trial::{LoopOptions, Request, missing_keys, summary};
+use redis_ha_tests::{HaCluster, HaOptions, TrafficLoop, leftovers, require_root, wait_until};
+
+/// Failovers per run: lb1 → lb2, back to lb1 (after lb2 dies), and so on.
+const TRIALS: usize = 4;
+const PREFIX: &str = "ha";
+const READ_KEY: &str = "ha:read";
+
+/// The client of the bar: one connection, a request every 10 ms, a generous timeout.
+fn client_loop(addr: std::net::SocketAddrV4, request: Request) -> LoopOptions {
+    LoopOptions {
+        addr,
+        request,
+        pause: Duration::from_millis(10),
+        timeout: Duration::from_secs(5),
+        reconnect_every: None,
+        max_duration: Duration::from_secs(240),
+        max_requests: 30_000,
+    }
+}
+
+struct Trial {
+    from: usize,
+    to: usize,
+    /// From the links being cut to the new holder's controller having the addresses.
+    takeover: Duration,
+    write_gap: Duration,
+    read_gap: Duration,
+}
+
+#[test]
+fn lb_failover_moves_the_vip_and_keeps_connections_and_writes() -> Result<()> {
+    require_root();
+    let ha = HaCluster::up(HaOptions::default())?;
+    let tag = ha.tag().to_owned();
+    let result = run_trials(&ha);
+    if result.is_err() {
+        eprintln!("{}", ha.log_tails(40));
+    }
+    let trials = result?;
+
+    println!("LB failover, ha.heartbeat_ms 50, ha.down_after_ms 200 ({TRIALS} trials):");
+    println!("  from  to  takeover  write gap  read gap");
+    for t in &trials {
+        println!(
+            "  lb{}   lb{} {:>6.0} ms {:>7.0} ms {:>7.0} ms",
+            t.from,
+            t.to,
+            ms(t.takeover),
+            ms(t.write_gap),
+            ms(t.read_gap)
+        );
+    }
+    for (name, values) in [
+        (
+            "takeover",
+            trials.iter().map(|t| t.takeover).collect::<Vec<_>>(),
+        ),
+        ("write gap", trials.iter().map(|t| t.write_gap).collect()),
+        ("read gap", trials.iter().map(|t| t.read_gap).collect()),
+    ] {
+        if let Some((min, median, max)) = summary(&values) {
+            println!(
+                "  {name}: min {:.0} / median {:.0} / max {:.0} ms",
+                ms(min),
+                ms(median),
+                ms(max)
+            );
+        }
+    }
+
+    drop(ha);
+    let left = leftovers(&namespace_prefix(&tag))?;
+    assert!(left.is_empty(), "the HA testbed left {left}");
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn run_trials(ha: &HaCluster) -> Result<Vec<Trial>> {
+    let first = ha.wait_single_holder(Duration::from_secs(20))?;
+    ensure!(
+        first == 1,
+        "lb1 has the higher priority, yet lb{first} holds the VIP"
+    );
+
+    let client = ha.client();
+    ensure!(
+        client
+            .redis_cli(ha.vip_write(), &["SET", READ_KEY, "here"])?
+            .trim()
+            == "OK"
+    );
+    wait_until(
+        "the read key to reach the replicas",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let everywhere = ha.backends()[1..]
+                .iter()
+                .map(|b| b.redis_cli(&["GET", READ_KEY]))
+                .collect::<Result<Vec<_>>>()?
+                .iter()
+                .all(|v| v.trim() == "here");
+            Ok(everywhere.then_some(()))
+        },
+    )?;
+    let writer = TrafficLoop::start(
+        client.path(),
+        client_loop(
+            ha.vip_write(),
+            Request::Set {
+                prefix: PREFIX.into(),
+            },
+        ),
+    )?;
+    let reader = TrafficLoop::start(
+        client.path(),
+        client_loop(
+            ha.vip_read(),
+            Request::Get {
+                key: READ_KEY.into(),
+            },
+        ),
+    )?;
+
+    let mut trials = Vec::new();
+    let mut holder = first;
+    for _ in 0..TRIALS {
+        let other = 3 - holder;
+        let before = Instant::now();
+        writer.wait_acks_after(before, 20, Duration::from_secs(10))?;
+        reader.wait_acks_after(before, 20, Duration::from_secs(10))?;
+        let client_arp = ha.capture_client_arp()?;
+        let backend_arp = ha.capture_backend_arp()?;
+
+        let cut = Instant::now();
+        let cut_unix = SystemTime::now();
+        ha.fail_lb(holder)?;
+        let took = wait_until(
+            &format!("lb{other} to hold the floating addresses"),
+            Duration::from_secs(10),
+            Duration::from_millis(10),
+            || {
+                // The dead node keeps its addresses (its NICs are dead, as on a crashed host).
+                let h = ha.address_holders()?;
+                Ok((h.vip.contains(&other) && h.gateway.contains(&other)).then(Instant::now))
+            },
+        )?;
+        // The holder's own account of when it took them (Unix ms), if earlier than we saw.
+        let takeover = holding_since(ha, other)?
+            .and_then(|t| t.duration_since(cut_unix).ok())
+            .unwrap_or_else(|| took.duration_since(cut));
+
+        writer
+            .wait_acks_after(took, 20, Duration::from_secs(10))
+            .context("writes did not resume through the new holder")?;
+        reader
+            .wait_acks_after(took, 20, Duration::from_secs(10))
+            .context("reads did not resume through the new holder")?;
+
+        // The dead node returns: the addresses stay where they are (no preemption).
+        ha.return_lb(holder)?;
+        let returned = Instant::now();
+        while returned.elapsed() < Duration::from_secs(2) {
+            let h = ha.address_holders()?;
+            ensure!(
+                h.vip == [other] && h.gateway == [other],
+                "after lb{holder} returned, the addresses are held by {h:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        writer.wait_acks_after(Instant::now(), 10, Duration::from_secs(10))?;
+
+        // Nobody else claimed the addresses once the new holder had: the neighbours moved once.
+        let new_client_mac = ha.lb(other).client_mac()?;
+        let new_backend_mac = ha.lb(other).backend_mac()?;
+        for (claims, ip, mac) in [
+            (client_arp.stop()?, VIP, &new_client_mac),
+            (backend_arp.stop()?, GATEWAY, &new_backend_mac),
+        ] {
+            let owners = owner_changes(&claims, ip);
+            let Some(first_new) = owners.iter().position(|c| c.mac == *mac) else {
+                bail!("lb{other} never announced {ip}: {claims:?}");
+            };
+            ensure!(
+                first_new == owners.len() - 1,
+                "{ip} was claimed by another MAC after lb{other} took it: {owners:?}"
+            );
+        }
+        ensure!(
+            ha.client_neighbour(VIP)?.as_deref() == Some(new_client_mac.as_str()),
+            "the client's neighbour entry for the VIP is not lb{other}'s"
+        );
+
+        let (write_gap, read_gap) = (
+            writer.record().longest_gap_after(cut).unwrap_or_default(),
+            reader.record().longest_gap_after(cut).unwrap_or_default(),
+        );
+        trials.push(Trial {
+            from: holder,
+            to: other,
+            takeover,
+            write_gap,
+            read_gap,
+        });
+        holder = other;
+    }
+
+    let writes = writer.finish()?;
+    let reads = reader.finish()?;
+    ensure!(
+        writes.connects == 1 && reads.connects == 1,
+        "connections were re-opened (write port {}, read port {}); failures: {:?} {:?}",
+        writes.connects,
+        reads.connects,
+        writes.failures.first(),
+        reads.failures.first()
+    );
+    ensure!(
+        writes.failure_count == 0 && reads.failure_count == 0,
+        "requests failed: {:?} {:?}",
+        writes.failures.first(),
+        reads.failures.first()
+    );
+    let master = ha.backend(1);
+    let lost = missing_keys(master, writes.set_keys(PREFIX))?;
+    ensure!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes are missing from the master, e.g. {:?}",
+        lost.len(),
+        writes.acks.len(),
+        &lost[..lost.len().min(5)]
+    );
+    println!(
+        "{} writes and {} reads acknowledged on one connection each, 0 lost",
+        writes.acks.len(),
+        reads.acks.len()
+    );
+    Ok(trials)
+}
+
+/// When LB node `n`'s controller says it took the addresses.
+fn holding_since(ha: &HaCluster, n: usize) -> Result<Option<SystemTime>> {
+    let status: serde_json::Value = serde_json::from_str(&ha.status_json(n)?)?;
+    Ok(status["ha"]["holding_since_unix_ms"]
+        .as_u64()
+        .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms)))
+}
