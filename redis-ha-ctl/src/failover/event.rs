@@ -104,13 +104,18 @@ pub struct ReplicaInfo {
 }
 
 impl ReplicaInfo {
-    /// How old its data may be: the master's last contact while the link is up, the time
-    /// since the link went down otherwise.
-    pub fn staleness_ms(&self) -> Millis {
-        if self.link_up {
-            self.lag_ms
-        } else {
+    /// How old its data may be. With the link down: the time since it went down. With the
+    /// link up: none if it has processed everything the master had written when last probed
+    /// (`master_offset`), else the master's last contact. An idle master talks to its replicas
+    /// only every `repl-ping-replica-period` (10 s by default), so the last contact alone would
+    /// call an up-to-date replica of an idle master stale and drop it from the read pool.
+    pub fn staleness_ms(&self, master_offset: Option<u64>) -> Millis {
+        if !self.link_up {
             self.link_down_ms
+        } else if master_offset.is_some_and(|m| self.repl_offset >= m) {
+            0
+        } else {
+            self.lag_ms
         }
     }
 }

@@ -1469,6 +1469,10 @@ impl ServiceMachine {
     /// node claiming to be master is never in it.
     fn compute_read_pool(&self) -> Vec<NodeAddr> {
         let master = self.advertised_master();
+        let master_offset = match self.nodes.get(&master).and_then(|n| n.role()) {
+            Some(Role::Master { repl_offset }) => Some(*repl_offset),
+            _ => None,
+        };
         let mut pool: Vec<NodeAddr> = self
             .nodes
             .iter()
@@ -1476,7 +1480,8 @@ impl ServiceMachine {
                 addr != master
                     && node.liveness.is_up()
                     && matches!(node.role(), Some(Role::Replica(r))
-                        if r.master == master && r.staleness_ms() <= self.params.max_replica_lag_ms)
+                        if r.master == master
+                            && r.staleness_ms(master_offset) <= self.params.max_replica_lag_ms)
             })
             .map(|(&addr, _)| addr)
             .collect();

@@ -915,6 +915,22 @@ fn the_read_pool_follows_lag_links_and_read_from_master() {
         pool_with(ReadFromMaster::Never, &briefly_down),
         vec![R1, R2, R3]
     );
+    // An idle master pings its replicas only every repl-ping-replica-period (10 s by default):
+    // a replica that has everything the master wrote is not stale, however long ago that was.
+    let idle_master = |t: &mut One| {
+        for (r, offset) in [(R1, 1_000), (R2, 999)] {
+            let mut quiet = replica_reply(M, true, offset, 100);
+            if let ProbeResult::Ok(NodeInfo {
+                role: Role::Replica(info),
+                ..
+            }) = &mut quiet
+            {
+                info.lag_ms = 9_000;
+            }
+            t.set(r, Some(quiet));
+        }
+    };
+    assert_eq!(pool_with(ReadFromMaster::Never, &idle_master), vec![R1, R3]);
 
     // Only changes are sent.
     let mut t = One::new("a", &["b", "c"], params());
