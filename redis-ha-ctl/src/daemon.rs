@@ -219,6 +219,9 @@ struct Executor {
     /// Since when (Unix ms) this node holds them, and how many times it took them.
     ha_holding_since: Option<u64>,
     ha_acquired: u64,
+    /// The task announcing the addresses again after a takeover: stopped when they are
+    /// released, or it would claim them for a node that no longer holds them.
+    ha_announcer: Option<tokio::task::JoinHandle<()>>,
 }
 
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
@@ -327,8 +330,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         store.ha(),
         now_ms(start),
     );
-    let ha_addresses = match &cfg.ha {
-        Some(h) => {
+    let ha_addresses = match (&cfg.ha, &cfg.dataplane) {
+        (Some(h), Some(dp)) => {
+            crate::ha::net::accept_local(&dp.interfaces)
+                .context("letting the kernel forward replies from the VIP")?;
             let addresses = Addresses::new(h.addresses.clone())
                 .context("managing the floating addresses (route netlink)")?;
             // Whatever a previous run left behind is not ours until the peers agree again:
@@ -340,7 +345,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             info!(addresses = ?h.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(), priority = h.priority, "floating addresses released until this node is elected");
             Some(Arc::new(addresses))
         }
-        None => None,
+        _ => None,
     };
 
     let (tx, mut rx) = mpsc::channel::<Input>(1024);
@@ -455,6 +460,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         ha_addresses,
         ha_holding_since: None,
         ha_acquired: 0,
+        ha_announcer: None,
     };
 
     let mut pending: VecDeque<Input> = VecDeque::new();
@@ -744,7 +750,10 @@ impl Executor {
                     }
                     self.ha_holding_since = Some(unix_ms());
                     self.ha_acquired += 1;
-                    tokio::spawn(async move {
+                    if let Some(old) = self.ha_announcer.take() {
+                        old.abort();
+                    }
+                    self.ha_announcer = Some(tokio::spawn(async move {
                         let mut waited = Duration::ZERO;
                         for after in REANNOUNCE_AFTER {
                             tokio::time::sleep(after - waited).await;
@@ -753,9 +762,12 @@ impl Executor {
                                 warn!("announcing the floating addresses again: {e}");
                             }
                         }
-                    });
+                    }));
                 }
                 HaAction::Release { epoch, reason } => {
+                    if let Some(announcer) = self.ha_announcer.take() {
+                        announcer.abort();
+                    }
                     if let Some(addresses) = &self.ha_addresses {
                         match addresses.release().await {
                             Ok(()) => warn!(epoch, %reason, "let go of the floating addresses"),

@@ -90,6 +90,92 @@ fn lb_failover_moves_the_vip_and_keeps_connections_and_writes() -> Result<()> {
     Ok(())
 }
 
+/// Fencing: a holder cut off from its peers (its controller still running) must let go of the
+/// addresses by itself before another node takes them, and must not take them back when its
+/// links return.
+#[test]
+fn an_lb_node_cut_off_from_its_peers_lets_go_before_another_takes_over() -> Result<()> {
+    require_root();
+    let ha = HaCluster::up(HaOptions::default())?;
+    let result = (|| -> Result<()> {
+        ensure!(ha.wait_single_holder(Duration::from_secs(20))? == 1);
+        let client_arp = ha.capture_client_arp()?;
+        ha.cut_links(1)?;
+        let cut = Instant::now();
+        // Never both at once, sampled every few ms until lb2 holds them.
+        let mut lb1_let_go = None;
+        loop {
+            ensure!(
+                cut.elapsed() < Duration::from_secs(10),
+                "lb2 never took over"
+            );
+            let h = ha.address_holders()?;
+            ensure!(
+                h.vip.len() <= 1 && h.gateway.len() <= 1,
+                "two holders at once: {h:?}"
+            );
+            if lb1_let_go.is_none() && !h.vip.contains(&1) {
+                lb1_let_go = Some(cut.elapsed());
+            }
+            if h.vip == [2] && h.gateway == [2] {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // The controllers' own clocks agree: lb1's release came before lb2's takeover.
+        let released = event_time(&ha, 1, "-vip-owner")?.context("lb1 reported no release")?;
+        let taken = holding_since(&ha, 2)?.context("lb2 reports no holding time")?;
+        ensure!(
+            released < taken,
+            "lb1 released at {released:?}, lb2 took over at {taken:?}"
+        );
+        println!(
+            "cut off: lb1 let go {:.0} ms after the cut; lb2 took over {:.0} ms after lb1 let go",
+            ms(lb1_let_go.unwrap_or_default()),
+            ms(taken.duration_since(released)?)
+        );
+
+        ha.restore_links(1)?;
+        let back = Instant::now();
+        while back.elapsed() < Duration::from_secs(2) {
+            let h = ha.address_holders()?;
+            ensure!(
+                h.vip == [2] && h.gateway == [2],
+                "after the links returned: {h:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let claims = client_arp.stop()?;
+        let lb2_mac = ha.lb(2).client_mac()?;
+        let owners = owner_changes(&claims, VIP);
+        ensure!(
+            owners.last().map(|c| c.mac.as_str()) == Some(lb2_mac.as_str())
+                && owners.iter().filter(|c| c.mac == lb2_mac).count() == 1,
+            "the VIP changed hands more than once: {owners:?}"
+        );
+        Ok(())
+    })();
+    if result.is_err() {
+        eprintln!("{}", ha.log_tails(40));
+    }
+    result
+}
+
+/// When controller `n` last published the event `name` (its `events --json`).
+fn event_time(ha: &HaCluster, n: usize, name: &str) -> Result<Option<SystemTime>> {
+    let out = ha.ctl(n, "events", &["--json"], Duration::from_secs(10))?;
+    let mut last = None;
+    for line in out.lines().filter(|l| !l.trim().is_empty()) {
+        let e: serde_json::Value = serde_json::from_str(line)?;
+        if e["name"] == name
+            && let Some(ms) = e["at_unix_ms"].as_u64()
+        {
+            last = Some(SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+        }
+    }
+    Ok(last)
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
