@@ -161,6 +161,70 @@ fn an_lb_node_cut_off_from_its_peers_lets_go_before_another_takes_over() -> Resu
     result
 }
 
+/// With `preempt = true` the preferred node takes the addresses back when it returns, and the
+/// hand-back never has two holders: the holder releases first, then lb1 is elected.
+#[test]
+fn with_preempt_the_preferred_node_takes_the_vip_back_without_overlap() -> Result<()> {
+    require_root();
+    let ha = HaCluster::up(HaOptions {
+        preempt: true,
+        ..HaOptions::default()
+    })?;
+    let result = (|| -> Result<()> {
+        ensure!(ha.wait_single_holder(Duration::from_secs(20))? == 1);
+        ha.fail_lb(1)?;
+        wait_until(
+            "lb2 to take over",
+            Duration::from_secs(10),
+            Duration::from_millis(10),
+            || Ok(ha.address_holders()?.vip.contains(&2).then_some(())),
+        )?;
+        let client_arp = ha.capture_client_arp()?;
+        ha.return_lb(1)?;
+        let back = Instant::now();
+        loop {
+            ensure!(
+                back.elapsed() < Duration::from_secs(15),
+                "lb1 never took the VIP back"
+            );
+            let h = ha.address_holders()?;
+            ensure!(
+                h.vip.len() <= 1 && h.gateway.len() <= 1,
+                "two holders at once: {h:?}"
+            );
+            if h.vip == [1] && h.gateway == [1] {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let released = event_time(&ha, 2, "-vip-owner")?.context("lb2 reported no release")?;
+        let taken = holding_since(&ha, 1)?.context("lb1 reports no holding time")?;
+        ensure!(
+            released < taken,
+            "lb2 released at {released:?}, lb1 took over at {taken:?}"
+        );
+        // Settled: lb1 keeps it.
+        std::thread::sleep(Duration::from_secs(1));
+        ensure!(ha.address_holders()?.single() == Some(1));
+        let lb1_mac = ha.lb(1).client_mac()?;
+        let owners = owner_changes(&client_arp.stop()?, VIP);
+        ensure!(
+            owners.last().map(|c| c.mac.as_str()) == Some(lb1_mac.as_str()),
+            "the client segment's last VIP claim is not lb1's: {owners:?}"
+        );
+        let reply = ha
+            .client()
+            .redis_cli(ha.vip_write(), &["SET", "ha:after-preempt", "1"])?;
+        ensure!(reply.trim() == "OK", "a write through lb1 got {reply:?}");
+        ensure!(ha.client_neighbour(VIP)?.as_deref() == Some(lb1_mac.as_str()));
+        Ok(())
+    })();
+    if result.is_err() {
+        eprintln!("{}", ha.log_tails(40));
+    }
+    result
+}
+
 /// When controller `n` last published the event `name` (its `events --json`).
 fn event_time(ha: &HaCluster, n: usize, name: &str) -> Result<Option<SystemTime>> {
     let out = ha.ctl(n, "events", &["--json"], Duration::from_secs(10))?;
