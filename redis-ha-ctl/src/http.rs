@@ -279,6 +279,7 @@ pub fn render_page(status: &Status) -> String {
         let traffic = status.dataplane.as_ref().map(|d| &d.backends[..]);
         render_service(&mut h, status, svc, traffic);
     }
+    render_ha(&mut h, status);
     render_dataplane(&mut h, status);
     h.push_str("</main>\n<footer>redis-ha-ctl status page</footer>\n</body></html>\n");
     h
@@ -450,6 +451,33 @@ fn render_node(
     );
 }
 
+/// Who holds the floating addresses (the VIP), when the cluster uses `[ha]`.
+fn render_ha(h: &mut String, status: &Status) {
+    let Some(ha) = &status.ha else {
+        return;
+    };
+    let mine = if ha.addresses.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " · this node's addresses <b>{}</b> {}",
+            escape(&ha.addresses.join(", ")),
+            match ha.holding_since_unix_ms {
+                Some(ms) => format!("held since {}", utc(ms)),
+                None => "not held".to_owned(),
+            }
+        )
+    };
+    let _ = writeln!(
+        h,
+        "<section class=\"ha\" id=\"ha\"><h2>Floating addresses</h2><p class=\"summary\">held by \
+         <b id=\"vip-holder\">{owner}</b> (epoch {epoch}) · this node: <b>{role}</b>{mine}</p></section>",
+        owner = escape(ha.owner.as_deref().unwrap_or("nobody")),
+        epoch = ha.epoch,
+        role = escape(&ha.role),
+    );
+}
+
 fn render_dataplane(h: &mut String, status: &Status) {
     let Some(dp) = &status.dataplane else {
         h.push_str(
@@ -600,6 +628,19 @@ mod tests {
         assert!(!page.contains("<script"), "{page}");
         assert!(!page.contains("'x'"), "{page}");
         assert!(page.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&quot;&amp;"));
+    }
+
+    #[test]
+    fn the_floating_addresses_holder_is_shown() {
+        // The sample: this controller holds them, in epoch 7.
+        let page = render_page(&sample());
+        assert!(
+            page.contains("<b id=\"vip-holder\">ctl-a</b> (epoch 7)"),
+            "{page}"
+        );
+        let mut s = sample();
+        s.ha = None;
+        assert!(!render_page(&s).contains("Floating addresses"));
     }
 
     #[test]
