@@ -765,7 +765,9 @@ impl HaCluster {
         Ok(())
     }
 
-    /// Which LB nodes have the VIP and the gateway configured right now.
+    /// Which LB nodes have the VIP and the gateway configured right now. A node failed with
+    /// [`Self::fail_lb`] keeps the addresses it had (its links are cut, nobody hears it) until
+    /// [`Self::return_lb`] removes them.
     pub fn address_holders(&self) -> Result<AddressHolders> {
         let mut holders = AddressHolders::default();
         for lb in &self.lbs {
@@ -788,6 +790,23 @@ impl HaCluster {
             timeout,
             Duration::from_millis(20),
             || Ok(self.address_holders()?.single()),
+        )
+        .with_context(|| format!("{:?}", self.address_holders()))
+    }
+
+    /// Waits (bounded) until LB node `n` holds both floating addresses (whatever a failed node
+    /// still has configured); returns how long that took.
+    pub fn wait_holder(&self, n: usize, timeout: Duration) -> Result<Duration> {
+        let lb = self.lb(n);
+        let started = std::time::Instant::now();
+        wait_until(
+            &format!("lb{n} to hold both floating addresses"),
+            timeout,
+            Duration::from_millis(10),
+            || {
+                let held = lb.addresses()?;
+                Ok((held.contains(&VIP) && held.contains(&GATEWAY)).then(|| started.elapsed()))
+            },
         )
         .with_context(|| format!("{:?}", self.address_holders()))
     }
