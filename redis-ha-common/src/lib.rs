@@ -144,6 +144,35 @@ pub struct Flow {
     pub kind: u32,
     /// [`flow_dir`].
     pub dir: u32,
+    /// Where this direction's packets went last, so most packets skip the FIB lookup.
+    pub hop: NextHop,
+}
+
+/// How long the program trusts a cached [`NextHop`] before asking the FIB again. This bounds
+/// how late a changed neighbour (new MAC), route or MTU reaches a connection that already
+/// exists; new connections always ask the FIB. One lookup per 100 ms of a busy connection
+/// costs nothing measurable, and 100 ms is well below a failover's own delay.
+pub const NEXT_HOP_TTL_NS: u64 = 100_000_000;
+
+/// A `bpf_fib_lookup` answer kept in a [`Flow`]: egress device and MACs. The program uses it
+/// only for a packet that arrives on the same device, is no longer than one the FIB already
+/// accepted (its MTU check), and within [`NEXT_HOP_TTL_NS`] of the lookup; anything else asks
+/// the FIB again. All zero: nothing cached yet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    /// `bpf_ktime_get_coarse_ns()` at the lookup.
+    pub resolved_ns: u64,
+    /// Egress device; 0 = nothing cached.
+    pub ifindex: u32,
+    /// Ingress device of the packet that was looked up: the FIB's answer depends on it
+    /// (forwarding enabled, policy rules).
+    pub ingress_ifindex: u32,
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    /// IP total length of that packet: the FIB's MTU check passed for this size.
+    pub max_len: u16,
+    pub _pad: u16,
 }
 
 /// Value of `BACKEND_STATS[slot]` (per CPU; userspace sums the CPUs).
@@ -268,7 +297,8 @@ const _: () = assert!(size_of::<AddrKey>() == 8);
 const _: () = assert!(size_of::<NetKey>() == 8);
 const _: () = assert!(size_of::<Backend>() == 16);
 const _: () = assert!(size_of::<FlowKey>() == 12);
-const _: () = assert!(size_of::<Flow>() == 24);
+const _: () = assert!(size_of::<NextHop>() == 32);
+const _: () = assert!(size_of::<Flow>() == 56);
 const _: () = assert!(size_of::<BackendStats>() == 48);
 
 #[cfg(feature = "user")]
@@ -284,5 +314,6 @@ mod pod {
     unsafe impl aya::Pod for AddrKey {}
     unsafe impl aya::Pod for NetKey {}
     unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for BackendStats {}
 }

@@ -8,6 +8,8 @@
 mod maps;
 mod packet;
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
@@ -15,7 +17,9 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE, bpf_fib_lookup as FibParams,
         xdp_action,
     },
-    helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_tail},
+    helpers::generated::{
+        bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_xdp_adjust_tail,
+    },
     macros::xdp,
     programs::XdpContext,
 };
@@ -26,8 +30,8 @@ use maps::{
 };
 use packet::*;
 use redis_ha_common::{
-    AddrKey, Backend, Flow, FlowKey, RING_SIZE, ServiceKey, ServicePort, backend_flags, counter,
-    flow_dir, flow_hash, port_kind, ring_index,
+    AddrKey, Backend, Flow, FlowKey, NEXT_HOP_TTL_NS, NextHop, RING_SIZE, ServiceKey, ServicePort,
+    backend_flags, counter, flow_dir, flow_hash, port_kind, ring_index,
 };
 
 const AF_INET: u8 = 2;
@@ -108,17 +112,33 @@ fn try_redis_ha(ctx: &XdpContext) -> Result<u32, u32> {
         let _ = FLOWS.remove(&reverse);
         return Err(counter::PASS_NOT_SERVICE);
     }
-    match unsafe { FLOWS.get(&fkey) }.copied() {
+    // SAFETY: as in `to_backend`.
+    match FLOWS.get_ptr_mut(&fkey).map(|f| unsafe { &mut *f }) {
         Some(flow) if flow.dir == flow_dir::TO_CLIENT => {
-            Ok(to_client(ctx, eth, ip, tcp, &flow, counter::FWD_TO_CLIENT))
-        }
-        _ => match reply_without_flow(&fkey) {
-            Some(flow) => Ok(to_client(
+            let reply = Reply {
+                nat_ip: flow.nat_ip,
+                nat_port: flow.nat_port,
+                backend: flow.backend,
+            };
+            let hop = Some(&mut flow.hop);
+            Ok(to_client(
                 ctx,
                 eth,
                 ip,
                 tcp,
-                &flow,
+                reply,
+                hop,
+                counter::FWD_TO_CLIENT,
+            ))
+        }
+        _ => match reply_without_flow(&fkey) {
+            Some(reply) => Ok(to_client(
+                ctx,
+                eth,
+                ip,
+                tcp,
+                reply,
+                None,
                 counter::FWD_TO_CLIENT_NO_FLOW,
             )),
             None => Err(counter::PASS_NOT_SERVICE),
@@ -132,7 +152,7 @@ fn try_redis_ha(ctx: &XdpContext) -> Result<u32, u32> {
 /// write port, a readable replica's from the read port. Only for destinations in a configured
 /// client network, so replication and probes between hosts behind the LB are never touched.
 #[inline(always)]
-fn reply_without_flow(fkey: &FlowKey) -> Option<Flow> {
+fn reply_without_flow(fkey: &FlowKey) -> Option<Reply> {
     let net = aya_ebpf::btf_maps::lpm_trie::Key::new(32, fkey.dst_ip);
     CLIENT_NETS.get(&net)?;
     let addr = AddrKey {
@@ -144,22 +164,25 @@ fn reply_without_flow(fkey: &FlowKey) -> Option<Flow> {
     let slot = unsafe { BACKEND_ADDRS.get(&addr) }.copied()?;
     let be = BACKENDS.get(slot).copied()?;
     let st = SERVICE_STATE.get(be.service_id).copied()?;
-    let (nat_port, kind) = if slot == st.master {
-        (st.write_port, port_kind::WRITE)
+    let nat_port = if slot == st.master {
+        st.write_port
     } else if be.flags & backend_flags::READABLE != 0 {
-        (st.read_port, port_kind::READ)
+        st.read_port
     } else {
         return None;
     };
-    Some(Flow {
+    Some(Reply {
         nat_ip: st.vip,
         nat_port,
-        _pad: 0,
         backend: slot,
-        service_id: be.service_id,
-        kind,
-        dir: flow_dir::TO_CLIENT,
     })
+}
+
+/// What a backend's reply needs: the VIP port it must come from, and whose counters it adds to.
+struct Reply {
+    nat_ip: [u8; 4],
+    nat_port: u16,
+    backend: u32,
 }
 
 /// Client → VIP:port. Picks (or recalls) the backend, rewrites the destination, forwards.
@@ -187,18 +210,21 @@ fn to_backend(
     let known = if new_conn {
         None
     } else {
-        unsafe { FLOWS.get(&fkey) }.copied()
+        // SAFETY: a map value stays valid for the whole run of the program (RCU); another
+        // CPU may write its `hop` concurrently, see `forward`.
+        FLOWS.get_ptr_mut(&fkey).map(|f| unsafe { &mut *f })
     };
+    let is_new = known.is_none();
 
-    let slot = match known {
+    let (slot, hop) = match known {
         Some(flow) => {
-            if !still_valid(&flow, state.master) {
+            if !still_valid(flow, state.master) {
                 backend_stats(flow.backend, |s| s.flows_reset += 1);
                 let _ = FLOWS.remove(&fkey);
                 debug!(ctx, "reset stale flow to backend slot {}", flow.backend);
                 return send_reset(ctx, eth, counter::RESET_STALE_FLOW);
             }
-            flow.backend
+            (flow.backend, Some(&mut flow.hop))
         }
         None => {
             let slot = if svc.kind == port_kind::WRITE {
@@ -213,14 +239,15 @@ fn to_backend(
             if slot == 0 {
                 return send_reset(ctx, eth, counter::RESET_NO_BACKEND);
             }
-            slot
+            // A connection's first packet asks the FIB; the next one caches its answer.
+            (slot, None)
         }
     };
     let Some(be) = BACKENDS.get(slot).copied() else {
         count(counter::DROP_INTERNAL);
         return xdp_action::XDP_DROP;
     };
-    if known.is_none() && !remember(&fkey, &be, slot, &svc) {
+    if is_new && !remember(&fkey, &be, slot, &svc) {
         count(counter::DROP_INTERNAL);
         return xdp_action::XDP_DROP;
     }
@@ -238,11 +265,11 @@ fn to_backend(
     backend_stats(slot, |s| {
         s.packets_in += 1;
         s.bytes_in += len;
-        if known.is_none() {
+        if is_new {
             s.new_flows += 1;
         }
     });
-    forward(ctx, eth, ip, counter::FWD_TO_BACKEND)
+    forward(ctx, eth, ip, hop, counter::FWD_TO_BACKEND)
 }
 
 /// Is the backend a connection was given still the right one? A write connection must still
@@ -261,55 +288,57 @@ fn still_valid(flow: &Flow, master: u32) -> bool {
 /// Records both directions of a new connection.
 #[inline(always)]
 fn remember(fkey: &FlowKey, be: &Backend, slot: u32, svc: &ServicePort) -> bool {
-    let forward = Flow {
-        nat_ip: be.ip,
-        nat_port: be.port,
-        _pad: 0,
-        backend: slot,
-        service_id: svc.service_id,
-        kind: svc.kind,
-        dir: flow_dir::TO_BACKEND,
-    };
+    let mut value = MaybeUninit::uninit();
+    // SAFETY: all-zero is a valid Flow; its NextHop then says "nothing cached".
+    let flow: &mut Flow = unsafe { zero_in_place(&mut value) };
+    flow.nat_ip = be.ip;
+    flow.nat_port = be.port;
+    flow.backend = slot;
+    flow.service_id = svc.service_id;
+    flow.kind = svc.kind;
+    flow.dir = flow_dir::TO_BACKEND;
+    if FLOWS.insert(fkey, &*flow, 0).is_err() {
+        return false;
+    }
     let reply_key = FlowKey {
         src_ip: be.ip,
         dst_ip: fkey.src_ip,
         src_port: be.port,
         dst_port: fkey.src_port,
     };
-    let reply = Flow {
-        nat_ip: fkey.dst_ip,
-        nat_port: fkey.dst_port,
-        dir: flow_dir::TO_CLIENT,
-        ..forward
-    };
-    FLOWS.insert(fkey, forward, 0).is_ok() && FLOWS.insert(&reply_key, reply, 0).is_ok()
+    flow.nat_ip = fkey.dst_ip;
+    flow.nat_port = fkey.dst_port;
+    flow.dir = flow_dir::TO_CLIENT;
+    FLOWS.insert(&reply_key, &*flow, 0).is_ok()
 }
 
-/// Backend → client reply of a known connection: the source becomes VIP:port again.
+/// Backend → client reply: the source becomes VIP:port again. `hop`: the connection's cached
+/// next hop, if it has an entry.
 #[inline(always)]
 fn to_client(
     ctx: &XdpContext,
     eth: *mut EthHdr,
     ip: &mut Ipv4Hdr,
     tcp: &mut TcpHdr,
-    flow: &Flow,
+    reply: Reply,
+    hop: Option<&mut NextHop>,
     fast: u32,
 ) -> u32 {
     rewrite(
         &mut ip.src,
         &mut tcp.sport,
-        flow.nat_ip,
-        flow.nat_port,
+        reply.nat_ip,
+        reply.nat_port,
         &mut ip.check,
         &mut tcp.check,
     );
 
     let len = u16::from_be_bytes(ip.tot_len) as u64;
-    backend_stats(flow.backend, |s| {
+    backend_stats(reply.backend, |s| {
         s.packets_out += 1;
         s.bytes_out += len;
     });
-    forward(ctx, eth, ip, fast)
+    forward(ctx, eth, ip, hop, fast)
 }
 
 /// Replaces one endpoint (address + port) of the segment, keeping both checksums valid.
@@ -334,48 +363,122 @@ fn rewrite(
 /// When the fast path cannot finish the job (no neighbour entry yet, a local destination, an
 /// MTU to enforce) the rewritten packet goes to the kernel, which forwards it correctly and
 /// resolves the neighbour for the packets that follow.
+///
+/// `hop` is the connection's cached FIB answer: the lookup (about 45 ns measured with
+/// BPF_PROG_TEST_RUN) was the largest part of an established packet's cost, and its answer for
+/// one direction of a connection rarely changes. A cached answer is used only under the
+/// conditions of [`NextHop`]; a successful lookup refreshes it, and a failed one clears it, so
+/// the next packet asks again.
+///
+/// Two CPUs may refresh the same entry at once, unsynchronised. Both write the FIB's answer of
+/// that moment, so a packet could only see a mix of two answers while a neighbour changes,
+/// misdirecting that one packet, which TCP retransmits.
 #[inline(always)]
-fn forward(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, fast: u32) -> u32 {
+fn forward(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    hop: Option<&mut NextHop>,
+    fast: u32,
+) -> u32 {
+    let len = u16::from_be_bytes(ip.tot_len);
+    let ingress = ctx.ingress_ifindex() as u32;
+    // A connection's first packet has nothing cached and nowhere to cache; it skips the clock.
+    // SAFETY: a helper without arguments.
+    let now = if hop.is_some() {
+        unsafe { bpf_ktime_get_coarse_ns() }
+    } else {
+        0
+    };
+    let route = match hop {
+        Some(h)
+            if h.ifindex != 0
+                && h.ingress_ifindex == ingress
+                && len <= h.max_len
+                && now.wrapping_sub(h.resolved_ns) < NEXT_HOP_TTL_NS =>
+        {
+            Route {
+                ifindex: h.ifindex,
+                dst_mac: h.dst_mac,
+                src_mac: h.src_mac,
+            }
+        }
+        hop => match fib_lookup(ctx, ip, ingress) {
+            Ok(route) => {
+                if let Some(h) = hop {
+                    h.resolved_ns = now;
+                    h.ifindex = route.ifindex;
+                    h.ingress_ifindex = ingress;
+                    h.dst_mac = route.dst_mac;
+                    h.src_mac = route.src_mac;
+                    h.max_len = len;
+                }
+                route
+            }
+            Err(action) => {
+                if let Some(h) = hop {
+                    h.ifindex = 0;
+                }
+                return action;
+            }
+        },
+    };
+    if ip.ttl <= 1 {
+        // Let the kernel send the ICMP time-exceeded, as a router would.
+        count(counter::PASS_REWRITTEN);
+        return xdp_action::XDP_PASS;
+    }
+    let old = [ip.ttl, ip.proto];
+    ip.ttl -= 1;
+    csum_replace2(&mut ip.check, old, [ip.ttl, ip.proto]);
+    // SAFETY: eth was bounds-checked by the caller and the packet was not resized.
+    unsafe {
+        (*eth).dst = route.dst_mac;
+        (*eth).src = route.src_mac;
+    }
+    count(fast);
+    unsafe { bpf_redirect(route.ifindex, 0) as u32 }
+}
+
+/// Where a packet leaves: what the fast path needs from a FIB answer.
+struct Route {
+    ifindex: u32,
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+}
+
+/// Asks the kernel's FIB where the (rewritten) packet goes. `Err` is the action to take when
+/// the fast path cannot forward it, already counted.
+#[inline(always)]
+fn fib_lookup(ctx: &XdpContext, ip: &Ipv4Hdr, ingress: u32) -> Result<Route, u32> {
+    let mut params = MaybeUninit::uninit();
     // SAFETY: all-zero is a valid bpf_fib_lookup (plain integers and unions of integers).
-    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    let p: &mut FibParams = unsafe { zero_in_place(&mut params) };
     p.family = AF_INET;
     p.l4_protocol = IPPROTO_TCP;
     p.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.tot_len);
     p.__bindgen_anon_2.tos = ip.tos;
     p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src);
     p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst);
-    p.ifindex = ctx.ingress_ifindex() as u32;
+    p.ifindex = ingress;
     // SAFETY: p is a valid, correctly sized parameter block on the stack.
-    let rc =
-        unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut p, size_of::<FibParams>() as i32, 0) } as u32;
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), p, size_of::<FibParams>() as i32, 0) } as u32;
     match rc {
-        BPF_FIB_LKUP_RET_SUCCESS => {
-            if ip.ttl <= 1 {
-                // Let the kernel send the ICMP time-exceeded, as a router would.
-                count(counter::PASS_REWRITTEN);
-                return xdp_action::XDP_PASS;
-            }
-            let old = [ip.ttl, ip.proto];
-            ip.ttl -= 1;
-            csum_replace2(&mut ip.check, old, [ip.ttl, ip.proto]);
-            // SAFETY: eth was bounds-checked by the caller and the packet was not resized.
-            unsafe {
-                (*eth).dst = p.dmac;
-                (*eth).src = p.smac;
-            }
-            count(fast);
-            unsafe { bpf_redirect(p.ifindex, 0) as u32 }
-        }
+        BPF_FIB_LKUP_RET_SUCCESS => Ok(Route {
+            ifindex: p.ifindex,
+            dst_mac: p.dmac,
+            src_mac: p.smac,
+        }),
         BPF_FIB_LKUP_RET_BLACKHOLE
         | BPF_FIB_LKUP_RET_UNREACHABLE
         | BPF_FIB_LKUP_RET_PROHIBIT
         | BPF_FIB_LKUP_RET_FWD_DISABLED => {
             count(counter::DROP_NO_ROUTE);
-            xdp_action::XDP_DROP
+            Err(xdp_action::XDP_DROP)
         }
         _ => {
             count(counter::PASS_REWRITTEN);
-            xdp_action::XDP_PASS
+            Err(xdp_action::XDP_PASS)
         }
     }
 }
@@ -449,6 +552,26 @@ fn send_reset(ctx: &XdpContext, eth: *mut EthHdr, reason: u32) -> u32 {
     // reached the client only with its retransmission, 200 ms late); a redirect is flushed
     // at the end of the poll.
     unsafe { bpf_redirect(ctx.ingress_ifindex() as u32, 0) as u32 }
+}
+
+/// Zeroes `v` in place, one 4-byte word at a time, and returns it. `core::mem::zeroed()`, or
+/// a struct literal with many zero fields, compiles for this target into a call to a `memset`
+/// that stores one byte per loop iteration (for the 64-byte FIB request, 20–30 ns measured
+/// with BPF_PROG_TEST_RUN); returning the value by move brings the call back too.
+///
+/// # Safety
+/// All-zero must be a valid `T`.
+#[inline(always)]
+unsafe fn zero_in_place<T>(v: &mut core::mem::MaybeUninit<T>) -> &mut T {
+    const { assert!(size_of::<T>() % 4 == 0 && align_of::<T>() >= 4) };
+    let words = v.as_mut_ptr() as *mut u32;
+    for i in 0..size_of::<T>() / 4 {
+        // Volatile, or LLVM merges the stores back into the memset call.
+        // SAFETY: inside `v`, and aligned (checked above).
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+    // SAFETY: every byte was written, and all-zero is a valid `T` (the caller's promise).
+    unsafe { v.assume_init_mut() }
 }
 
 #[cfg(not(test))]

@@ -5,7 +5,8 @@
 //! - [`frame`]: frame builders, a parser and an independent checksum implementation;
 //! - [`netns`]: the namespace guard and the addresses/MACs the FIB will answer with;
 //! - [`dataplane`]: a loaded program, its maps, and the table runner ([`dataplane::Case`]);
-//! - the test groups: [`forward`], [`passthrough`], [`reset`], [`fib`], [`measure`].
+//! - the test groups: [`forward`], [`passthrough`], [`reset`], [`fib`], [`next_hop`],
+//!   [`measure`].
 //!
 //! Every test loads its own copy of the program, so flows and counters never leak between
 //! tests.
@@ -16,6 +17,7 @@ mod forward;
 mod frame;
 mod measure;
 mod netns;
+mod next_hop;
 mod passthrough;
 mod reset;
 mod stateless;

@@ -129,7 +129,8 @@ impl Testbed {
         tb
     }
 
-    fn ip(&self, args: &str) {
+    /// Runs `ip ARGS` in the namespace (tests change routes, neighbours and MTUs with it).
+    pub fn ip(&self, args: &str) {
         let mut full = vec!["-n", &self.name];
         full.extend(args.split_whitespace());
         run("ip", &full).unwrap_or_else(|e| panic!("setting up {}: {e}", self.name));
