@@ -34,7 +34,10 @@ use crate::{
         MachineConfig, Millis, NodeAddr, NodeInfo, NoticeKind, Params, PeerMsg, Persisted,
         ProbeResult, Role, ServiceMachine,
     },
-    ha::{Candidacy, HaAction, HaEvent, HaMachine, HaMsg, HaParams, HaRole, net::Addresses},
+    ha::{
+        Candidacy, HaAction, HaEvent, HaMachine, HaMsg, HaParams, HaRole,
+        net::{AddressWorker, Addresses},
+    },
     http,
     metrics::Metrics,
     peer::{MAX_DATAGRAM, Payload, PeerCodec, Refused},
@@ -82,10 +85,6 @@ enum Input {
 /// The event name under which the floating addresses' events are published (in place of a
 /// service name).
 const HA_EVENTS: &str = "vip";
-
-/// Announcing the addresses again after a takeover, in case the first gratuitous ARP was lost
-/// or a switch had not learnt the new port yet.
-const REANNOUNCE_AFTER: [Duration; 2] = [Duration::from_millis(100), Duration::from_secs(1)];
 
 /// After a start, a voter waits at least this long (or the node's own `ha.down_after_ms`)
 /// before voting: see [`HaParams::quiet_after_start_ms`].
@@ -215,13 +214,10 @@ struct Executor {
     /// Who holds the floating addresses: every controller takes part, as a voter at least.
     ha: HaMachine,
     /// This node's floating addresses, on a node configured with `[ha]`.
-    ha_addresses: Option<Arc<Addresses>>,
+    ha_addresses: Option<AddressWorker>,
     /// Since when (Unix ms) this node holds them, and how many times it took them.
     ha_holding_since: Option<u64>,
     ha_acquired: u64,
-    /// The task announcing the addresses again after a takeover: stopped when they are
-    /// released, or it would claim them for a node that no longer holds them.
-    ha_announcer: Option<tokio::task::JoinHandle<()>>,
 }
 
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
@@ -343,7 +339,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 .await
                 .context("removing the floating addresses at start")?;
             info!(addresses = ?h.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(), priority = h.priority, "floating addresses released until this node is elected");
-            Some(Arc::new(addresses))
+            Some(AddressWorker::spawn(addresses))
         }
         _ => None,
     };
@@ -460,7 +456,6 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         ha_addresses,
         ha_holding_since: None,
         ha_acquired: 0,
-        ha_announcer: None,
     };
 
     let mut pending: VecDeque<Input> = VecDeque::new();
@@ -529,6 +524,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     let actions = ex.ha.step(HaEvent::Shutdown, now_ms(start));
     ex.perform_ha(actions).await;
+    if let Some(worker) = &ex.ha_addresses {
+        // The release must be done before the process is, or the addresses would outlive it.
+        worker.flush(Duration::from_secs(2)).await;
+    }
     info!("controller stopping; the data plane keeps forwarding (pinned)");
     Ok(())
 }
@@ -741,38 +740,15 @@ impl Executor {
                     }
                 }
                 HaAction::Acquire { epoch } => {
-                    let Some(addresses) = self.ha_addresses.clone() else {
-                        continue;
-                    };
-                    match addresses.acquire().await {
-                        Ok(()) => info!(epoch, "took the floating addresses"),
-                        Err(e) => error!(epoch, "taking the floating addresses: {e}"),
+                    if let Some(worker) = &self.ha_addresses {
+                        worker.acquire(epoch);
+                        self.ha_holding_since = Some(unix_ms());
+                        self.ha_acquired += 1;
                     }
-                    self.ha_holding_since = Some(unix_ms());
-                    self.ha_acquired += 1;
-                    if let Some(old) = self.ha_announcer.take() {
-                        old.abort();
-                    }
-                    self.ha_announcer = Some(tokio::spawn(async move {
-                        let mut waited = Duration::ZERO;
-                        for after in REANNOUNCE_AFTER {
-                            tokio::time::sleep(after - waited).await;
-                            waited = after;
-                            if let Err(e) = addresses.announce().await {
-                                warn!("announcing the floating addresses again: {e}");
-                            }
-                        }
-                    }));
                 }
                 HaAction::Release { epoch, reason } => {
-                    if let Some(announcer) = self.ha_announcer.take() {
-                        announcer.abort();
-                    }
-                    if let Some(addresses) = &self.ha_addresses {
-                        match addresses.release().await {
-                            Ok(()) => warn!(epoch, %reason, "let go of the floating addresses"),
-                            Err(e) => error!(epoch, "removing the floating addresses: {e}"),
-                        }
+                    if let Some(worker) = &self.ha_addresses {
+                        worker.release(epoch, reason);
                     }
                     self.ha_holding_since = None;
                 }

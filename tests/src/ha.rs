@@ -409,7 +409,7 @@ impl HaCluster {
                 &node.switch_ports[1],
                 &backend_bridge,
             )?;
-            setup_lb(&node)?;
+            setup_lb(&node, options.ha_section)?;
             // The switch ports receive what the LB's XDP program redirects (TOOLCHAIN.md).
             for port in &node.switch_ports {
                 sw.run("ethtool", &["-K", port, "gro", "on"])?;
@@ -435,12 +435,9 @@ impl HaCluster {
                 interface,
                 port,
                 dir.path.join(format!("r{n}")),
-                // An idle master pings its replicas only every 10 s by default, and the
-                // controllers read a replica's lag from `master_last_io_seconds_ago`: idle
-                // replicas would leave and rejoin the read pool every few seconds, at moments
-                // that differ between the two data planes, and a read connection moved to the
-                // other LB at such a moment would land on another backend.
-                &["--repl-ping-replica-period", "1"],
+                // Redis defaults (repl-ping-replica-period 10 s included): the read pool
+                // must not flap with an idle master, and both data planes must agree on it.
+                &[],
             )?);
         }
 
@@ -1017,7 +1014,7 @@ fn setup_on_link_endpoint(ns: &Netns, interface: &str, ip: Ipv4Addr) -> Result<(
 }
 
 /// Addresses, forwarding and reverse-path filtering of an LB node.
-fn setup_lb(lb: &LbNode) -> Result<()> {
+fn setup_lb(lb: &LbNode, ha_section: bool) -> Result<()> {
     let ns = &lb.ns;
     ns.set_sysctl("net.ipv4.ip_forward", "1")?;
     // rp_filter off because XDP-rewritten replies arrive from addresses the reverse path check
@@ -1033,8 +1030,11 @@ fn setup_lb(lb: &LbNode) -> Result<()> {
     // A node that just took the VIP has no neighbour entry for the clients yet, so the program
     // passes their rewritten replies (source: the VIP) to the kernel to resolve and forward;
     // without accept_local the kernel drops them as martians for having a local source, and
-    // moved connections stall until the client re-ARPs (seconds).
-    ns.set_sysctl("net.ipv4.conf.all.accept_local", "1")?;
+    // moved connections stall until the client re-ARPs (seconds). With [ha] the controller
+    // sets it (what the tests check); addresses moved by hand need it set here.
+    if !ha_section {
+        ns.set_sysctl("net.ipv4.conf.all.accept_local", "1")?;
+    }
     for (dev, ip) in [
         (&lb.client_interface, lb.client_ip()),
         (&lb.backend_interface, lb.backend_ip()),

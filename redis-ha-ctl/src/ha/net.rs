@@ -3,6 +3,7 @@
 //! at once rather than after their ARP cache expires.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt as _;
 use rtnetlink::packet_route::link::LinkAttribute;
@@ -170,6 +171,102 @@ impl Addresses {
             }
         }
         held
+    }
+}
+
+/// Announcing the addresses again after a takeover, in case the first gratuitous ARP was lost
+/// or a switch had not learnt the new port yet.
+const REANNOUNCE_AFTER: [Duration; 2] = [Duration::from_millis(100), Duration::from_secs(1)];
+
+enum Op {
+    Acquire { epoch: u64 },
+    Release { epoch: u64, reason: String },
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Performs address changes in order on a task of its own, so the ownership machine's timing
+/// (claims, acknowledgements, the lease) never waits on netlink, which can take hundreds of
+/// milliseconds on a busy host.
+pub struct AddressWorker {
+    tx: tokio::sync::mpsc::UnboundedSender<Op>,
+    addresses: Vec<HaAddress>,
+}
+
+impl AddressWorker {
+    pub fn spawn(addresses: Addresses) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let list = addresses.addresses().to_vec();
+        tokio::spawn(run_worker(addresses, rx));
+        Self {
+            tx,
+            addresses: list,
+        }
+    }
+
+    pub fn addresses(&self) -> &[HaAddress] {
+        &self.addresses
+    }
+
+    /// Adds and announces the addresses (then again after 100 ms and 1 s).
+    pub fn acquire(&self, epoch: u64) {
+        let _ = self.tx.send(Op::Acquire { epoch });
+    }
+
+    /// Removes them; re-announcements still pending are dropped.
+    pub fn release(&self, epoch: u64, reason: String) {
+        let _ = self.tx.send(Op::Release { epoch, reason });
+    }
+
+    /// Waits (at most `limit`) until every change asked for so far is done: before exiting.
+    pub async fn flush(&self, limit: Duration) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.tx.send(Op::Flush(done)).is_ok() {
+            let _ = tokio::time::timeout(limit, wait).await;
+        }
+    }
+}
+
+async fn run_worker(addresses: Addresses, mut rx: tokio::sync::mpsc::UnboundedReceiver<Op>) {
+    let mut announce_at: Vec<Instant> = Vec::new();
+    loop {
+        let next = announce_at.first().copied();
+        let op = tokio::select! {
+            op = rx.recv() => match op {
+                Some(op) => op,
+                None => return,
+            },
+            _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now).into()), if next.is_some() => {
+                announce_at.remove(0);
+                if let Err(e) = addresses.announce().await {
+                    tracing::warn!("announcing the floating addresses again: {e}");
+                }
+                continue;
+            }
+        };
+        match op {
+            Op::Acquire { epoch } => {
+                let started = Instant::now();
+                match addresses.acquire().await {
+                    Ok(()) => tracing::info!(
+                        epoch,
+                        ms = started.elapsed().as_secs_f64() * 1000.0,
+                        "took the floating addresses"
+                    ),
+                    Err(e) => tracing::error!(epoch, "taking the floating addresses: {e}"),
+                }
+                announce_at = REANNOUNCE_AFTER.iter().map(|d| started + *d).collect();
+            }
+            Op::Release { epoch, reason } => {
+                announce_at.clear();
+                match addresses.release().await {
+                    Ok(()) => tracing::warn!(epoch, %reason, "let go of the floating addresses"),
+                    Err(e) => tracing::error!(epoch, "removing the floating addresses: {e}"),
+                }
+            }
+            Op::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
     }
 }
 
