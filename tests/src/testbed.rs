@@ -11,7 +11,12 @@
 //! ```
 //! One routed veth per backend rather than a bridge: a Linux bridge cannot transmit frames
 //! that native XDP redirected into it. proxy_arp lets backends, which think they share a /24,
-//! reach each other (replication) through the LB's kernel.
+//! reach each other (replication) through the LB's kernel, unless
+//! [`Testbed::separate_replication_network`] gives replication a bridge of its own.
+
+mod replication_net;
+
+pub use replication_net::{ReplicationNetwork, replication_ip};
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
