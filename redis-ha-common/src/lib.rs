@@ -102,6 +102,20 @@ pub struct AddrKey {
     pub _pad: u16,
 }
 
+/// Value of `FLOATING` (keyed by a floating IPv4 address): until when this node may answer ARP
+/// for it, in `bpf_ktime_get_ns` time (`CLOCK_MONOTONIC`). The controller keeps it a lease
+/// ahead while its peers agree it holds the address, and sets 0 when it lets go; if the
+/// controller dies, the lease runs out by itself.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloatingLease {
+    pub until_ns: u64,
+}
+const _: () = assert!(size_of::<FloatingLease>() == 8);
+
+/// Floating addresses one node may hold (`FLOATING` entries).
+pub const MAX_FLOATING: u32 = 16;
+
 /// Key of `CLIENT_NETS` (an LPM trie key: prefix length in bits, then the address).
 #[repr(C, packed)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -231,8 +245,12 @@ pub mod counter {
     /// rewritten from the live state (write port if it is the master, else read port) and
     /// redirected. This is what keeps connections alive when they move to another LB node.
     pub const FWD_TO_CLIENT_NO_FLOW: u32 = 14;
+    /// An ARP request for a floating address (the VIP, the backends' gateway) while this node's
+    /// lease on it has expired: dropped, so the kernel does not answer for an address another
+    /// LB node may hold now (a controller that died leaves the addresses configured).
+    pub const DROP_ARP_NOT_HOLDER: u32 = 15;
     /// Number of counters (size of the `COUNTERS` array).
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 16;
 
     /// Names for display, indexed like the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -251,6 +269,7 @@ pub mod counter {
         "drop_internal",
         "drop_rst_no_backend",
         "fwd_to_client_no_flow",
+        "drop_arp_not_holder",
     ];
 }
 
@@ -265,6 +284,7 @@ pub mod map_name {
     pub const COUNTERS: &str = "COUNTERS";
     pub const BACKEND_ADDRS: &str = "BACKEND_ADDRS";
     pub const CLIENT_NETS: &str = "CLIENT_NETS";
+    pub const FLOATING: &str = "FLOATING";
 }
 
 /// Hash of a client → VIP connection that picks its Maglev table entry.
@@ -316,4 +336,5 @@ mod pod {
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for BackendStats {}
+    unsafe impl aya::Pod for FloatingLease {}
 }

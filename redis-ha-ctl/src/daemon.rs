@@ -121,6 +121,18 @@ fn now_ms(start: Instant) -> Millis {
     start.elapsed().as_millis() as Millis
 }
 
+/// `CLOCK_MONOTONIC` in ns: the clock of `bpf_ktime_get_ns`, which the data plane compares
+/// the floating addresses' lease with.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a properly sized out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -218,6 +230,9 @@ struct Executor {
     /// Since when (Unix ms) this node holds them, and how many times it took them.
     ha_holding_since: Option<u64>,
     ha_acquired: u64,
+    /// The floating addresses' ARP lease last written to the data plane (`CLOCK_MONOTONIC` ns,
+    /// 0: none).
+    ha_lease_written: u64,
 }
 
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
@@ -326,6 +341,18 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         store.ha(),
         now_ms(start),
     );
+    let mut dataplane = dataplane;
+    if let Some(dp) = dataplane.as_mut() {
+        // Until elected, the program drops ARP requests for the floating addresses; without
+        // [ha], no entry: ARP is left alone.
+        let floating: Vec<std::net::Ipv4Addr> = cfg
+            .ha
+            .iter()
+            .flat_map(|h| h.addresses.iter().map(|a| a.address))
+            .collect();
+        dp.set_floating_leases(&floating, 0)
+            .context("clearing the floating addresses' ARP lease")?;
+    }
     let ha_addresses = match (&cfg.ha, &cfg.dataplane) {
         (Some(h), Some(dp)) => {
             crate::ha::net::accept_local(&dp.interfaces)
@@ -456,6 +483,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         ha_addresses,
         ha_holding_since: None,
         ha_acquired: 0,
+        ha_lease_written: 0,
     };
 
     let mut pending: VecDeque<Input> = VecDeque::new();
@@ -503,6 +531,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 _ = ha_tick.tick() => {
                     let actions = ex.ha.step(HaEvent::Tick, now_ms(start));
                     ex.perform_ha(actions).await;
+                    ex.refresh_ha_lease();
                     continue;
                 }
                 _ = &mut shutdown => break,
@@ -513,6 +542,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         if let Input::Ha { from, msg } = input {
             let actions = ex.ha.step(HaEvent::Peer { from, msg }, now);
             ex.perform_ha(actions).await;
+            ex.refresh_ha_lease();
             continue;
         }
         if let Some((service, event)) = ex.accept(input) {
@@ -524,6 +554,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     let actions = ex.ha.step(HaEvent::Shutdown, now_ms(start));
     ex.perform_ha(actions).await;
+    ex.refresh_ha_lease();
     if let Some(worker) = &ex.ha_addresses {
         // The release must be done before the process is, or the addresses would outlive it.
         worker.flush(Duration::from_secs(2)).await;
@@ -762,6 +793,41 @@ impl Executor {
                     });
                 }
             }
+        }
+    }
+
+    /// Hands the lease to the data plane, which answers ARP for the floating addresses only
+    /// until it runs out: if this process dies while holding them, they fall silent within
+    /// the lease even though they stay configured.
+    fn refresh_ha_lease(&mut self) {
+        let Some(worker) = &self.ha_addresses else {
+            return;
+        };
+        let Some(dp) = self.dataplane.as_mut() else {
+            return;
+        };
+        let now = now_ms(self.start);
+        let until_ns = match self.ha.lease_until(now) {
+            Some(until) if until > now => {
+                monotonic_ns().saturating_add((until - now).saturating_mul(1_000_000))
+            }
+            _ => 0,
+        };
+        // Each acknowledgement moves the lease on by a heartbeat or so; smaller moves are
+        // clock noise between the two readings.
+        let moved = if until_ns == 0 {
+            self.ha_lease_written != 0
+        } else {
+            until_ns > self.ha_lease_written + 2_000_000
+        };
+        if !moved {
+            return;
+        }
+        let addresses: Vec<std::net::Ipv4Addr> =
+            worker.addresses().iter().map(|a| a.address).collect();
+        match dp.set_floating_leases(&addresses, until_ns) {
+            Ok(()) => self.ha_lease_written = until_ns,
+            Err(e) => error!("writing the floating addresses' ARP lease: {e}"),
         }
     }
 

@@ -18,15 +18,16 @@ use aya_ebpf::{
         xdp_action,
     },
     helpers::generated::{
-        bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_xdp_adjust_tail,
+        bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_redirect,
+        bpf_xdp_adjust_tail,
     },
     macros::xdp,
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
 use maps::{
-    BACKEND_ADDRS, BACKENDS, CLIENT_NETS, FLOWS, READ_RING, SERVICE_STATE, SERVICES, backend_stats,
-    count,
+    BACKEND_ADDRS, BACKENDS, CLIENT_NETS, FLOATING, FLOWS, READ_RING, SERVICE_STATE, SERVICES,
+    backend_stats, count,
 };
 use packet::*;
 use redis_ha_common::{
@@ -50,12 +51,39 @@ pub fn redis_ha(ctx: XdpContext) -> u32 {
     }
 }
 
+/// Drops an ARP request for a floating address this node's lease no longer covers: the
+/// addresses stay configured when a controller dies, and the kernel would go on answering for
+/// them while another LB node holds them. Every other ARP frame passes.
+#[inline(always)]
+fn arp_guard(ctx: &XdpContext) -> Result<u32, u32> {
+    let arp: *const ArpHdr = ptr_at(ctx, IP_OFF).ok_or(counter::PASS_MALFORMED)?;
+    // SAFETY: ptr_at checked that the ARP message lies inside the packet.
+    let (oper, target) = unsafe { ((*arp).oper, (*arp).tpa) };
+    if oper != ARP_REQUEST {
+        return Err(counter::PASS_NOT_IPV4);
+    }
+    // SAFETY: the value is copied out at once.
+    let Some(lease) = (unsafe { FLOATING.get(&target) }).copied() else {
+        return Err(counter::PASS_NOT_IPV4);
+    };
+    // SAFETY: a helper without arguments.
+    if unsafe { bpf_ktime_get_ns() } < lease.until_ns {
+        return Err(counter::PASS_NOT_IPV4);
+    }
+    count(counter::DROP_ARP_NOT_HOLDER);
+    Ok(xdp_action::XDP_DROP)
+}
+
 /// `Err(counter)` means "pass untouched, counted under `counter`".
 #[inline(always)]
 fn try_redis_ha(ctx: &XdpContext) -> Result<u32, u32> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(counter::PASS_MALFORMED)?;
     // SAFETY: ptr_at checked that the header lies inside the packet.
-    if unsafe { (*eth).ether_type } != ETH_P_IPV4 {
+    let ether_type = unsafe { (*eth).ether_type };
+    if ether_type == ETH_P_ARP {
+        return arp_guard(ctx);
+    }
+    if ether_type != ETH_P_IPV4 {
         return Err(counter::PASS_NOT_IPV4);
     }
     let ip: *mut Ipv4Hdr = ptr_at(ctx, IP_OFF).ok_or(counter::PASS_MALFORMED)?;

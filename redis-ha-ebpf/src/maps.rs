@@ -7,8 +7,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use redis_ha_common::{
-    AddrKey, Backend, BackendStats, FLOW_TABLE_SIZE, Flow, FlowKey, MAX_BACKENDS, MAX_CLIENT_NETS,
-    MAX_SERVICES, RING_ENTRIES, ServiceKey, ServicePort, ServiceState, counter,
+    AddrKey, Backend, BackendStats, FLOW_TABLE_SIZE, FloatingLease, Flow, FlowKey, MAX_BACKENDS,
+    MAX_CLIENT_NETS, MAX_FLOATING, MAX_SERVICES, RING_ENTRIES, ServiceKey, ServicePort,
+    ServiceState, counter,
 };
 
 /// VIP + port → (service, write or read). Written by the controller when services change;
@@ -48,6 +49,12 @@ pub static BACKEND_ADDRS: HashMap<AddrKey, u32, { MAX_BACKENDS as usize }> = Has
 /// when its destination is in one (empty: never, the default).
 #[btf_map]
 pub static CLIENT_NETS: LpmTrie<[u8; 4], u32, { MAX_CLIENT_NETS as usize }> = LpmTrie::new();
+
+/// Floating address (the VIP, the backends' gateway) → until when this node may answer ARP for
+/// it. Written by the controller of an `[ha]` node (kept a lease ahead while it holds the
+/// address, 0 once it let go); read for every ARP frame. Empty (no `[ha]`): ARP untouched.
+#[btf_map]
+pub static FLOATING: HashMap<[u8; 4], FloatingLease, { MAX_FLOATING as usize }> = HashMap::new();
 
 /// backend slot → traffic counters, per CPU. Written by the program; summed by the controller.
 #[btf_map]

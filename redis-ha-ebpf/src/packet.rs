@@ -12,6 +12,22 @@ impl EthHdr {
     pub const LEN: usize = size_of::<Self>();
 }
 pub const ETH_P_IPV4: [u8; 2] = [0x08, 0x00];
+pub const ETH_P_ARP: [u8; 2] = [0x08, 0x06];
+
+/// An Ethernet/IPv4 ARP message (RFC 826).
+#[repr(C)]
+pub struct ArpHdr {
+    pub htype: [u8; 2],
+    pub ptype: [u8; 2],
+    pub hlen: u8,
+    pub plen: u8,
+    pub oper: [u8; 2],
+    pub sha: [u8; 6],
+    pub spa: [u8; 4],
+    pub tha: [u8; 6],
+    pub tpa: [u8; 4],
+}
+pub const ARP_REQUEST: [u8; 2] = [0, 1];
 
 #[repr(C)]
 pub struct Ipv4Hdr {

@@ -14,7 +14,9 @@ use anyhow::{Context as _, Result, bail, ensure};
 use redis_ha_tests::ha::{GATEWAY, owner_changes};
 use redis_ha_tests::testbed::{VIP, namespace_prefix};
 use redis_ha_tests::trial::{LoopOptions, Request, missing_keys, summary};
-use redis_ha_tests::{HaCluster, HaOptions, TrafficLoop, leftovers, require_root, wait_until};
+use redis_ha_tests::{
+    ArpKind, HaCluster, HaOptions, TrafficLoop, leftovers, require_root, wait_until,
+};
 
 /// Failovers per run: lb1 → lb2, back to lb1 (after lb2 dies), and so on.
 const TRIALS: usize = 4;
@@ -217,6 +219,69 @@ fn with_preempt_the_preferred_node_takes_the_vip_back_without_overlap() -> Resul
             .redis_cli(ha.vip_write(), &["SET", "ha:after-preempt", "1"])?;
         ensure!(reply.trim() == "OK", "a write through lb1 got {reply:?}");
         ensure!(ha.client_neighbour(VIP)?.as_deref() == Some(lb1_mac.as_str()));
+        Ok(())
+    })();
+    if result.is_err() {
+        eprintln!("{}", ha.log_tails(40));
+    }
+    result
+}
+
+/// A holder whose controller dies while its host and links stay up keeps the addresses
+/// configured (nobody removes them); its data plane must stop answering ARP for them once the
+/// lease runs out, so clients only ever hear the new holder.
+#[test]
+fn a_holder_whose_controller_died_stops_answering_arp_for_the_vip() -> Result<()> {
+    require_root();
+    let ha = HaCluster::up(HaOptions::default())?;
+    let result = (|| -> Result<()> {
+        ensure!(ha.wait_single_holder(Duration::from_secs(20))? == 1);
+        ha.controller(1).kill()?;
+        wait_until(
+            "lb2 to take over",
+            Duration::from_secs(10),
+            Duration::from_millis(10),
+            || Ok(ha.address_holders()?.vip.contains(&2).then_some(())),
+        )?;
+        let h = ha.address_holders()?;
+        ensure!(
+            h.vip == [1, 2],
+            "lb1 should still have the VIP configured: {h:?}"
+        );
+
+        let arp = ha.capture_client_arp()?;
+        for round in 0..3 {
+            // Forget the VIP's MAC, so the client asks everyone again.
+            ha.client()
+                .ip(&["neigh", "flush", "dev", ha.client_interface()])?;
+            let key = format!("ha:arp:{round}");
+            let reply = ha.client().redis_cli(ha.vip_write(), &["SET", &key, "1"])?;
+            ensure!(
+                reply.trim() == "OK",
+                "a write through the VIP got {reply:?}"
+            );
+        }
+        let claims = arp.stop()?;
+        let (lb1_mac, lb2_mac) = (ha.lb(1).client_mac()?, ha.lb(2).client_mac()?);
+        let about_vip: Vec<_> = claims.iter().filter(|c| c.ip == VIP).collect();
+        ensure!(
+            about_vip
+                .iter()
+                .any(|c| c.kind == ArpKind::Reply && c.mac == lb2_mac),
+            "lb2 never answered for the VIP: {claims:?}"
+        );
+        ensure!(
+            !about_vip.iter().any(|c| c.mac == lb1_mac),
+            "lb1 (controller dead, addresses still configured) claimed the VIP: {claims:?}"
+        );
+        let maps = ha.maps(1)?;
+        ensure!(
+            maps.raw.lines().any(|l| l.contains("drop_arp_not_holder")
+                && l.split_whitespace()
+                    .any(|w| w.parse::<u64>().is_ok_and(|n| n > 0))),
+            "lb1's data plane counted no refused ARP request:\n{}",
+            maps.raw
+        );
         Ok(())
     })();
     if result.is_err() {

@@ -16,8 +16,8 @@ use aya::{
     },
 };
 use redis_ha_common::{
-    AddrKey, Backend, BackendStats, Flow, FlowKey, MAX_BACKENDS, MAX_SERVICES, RING_SIZE,
-    ServiceKey, ServicePort, ServiceState, counter, map_name, ring_index,
+    AddrKey, Backend, BackendStats, FloatingLease, Flow, FlowKey, MAX_BACKENDS, MAX_SERVICES,
+    RING_SIZE, ServiceKey, ServicePort, ServiceState, counter, map_name, ring_index,
 };
 
 use super::{Dataplane, MapOp, Snapshot};
@@ -82,6 +82,7 @@ pub struct BpfDataplane {
     counters: PerCpuArray<MapData, u64>,
     backend_addrs: HashMap<MapData, AddrKey, u32>,
     client_nets: LpmTrie<MapData, [u8; 4], u32>,
+    floating: HashMap<MapData, [u8; 4], FloatingLease>,
 }
 
 fn check_bpffs(pin_dir: &Path) -> Result<(), BpfError> {
@@ -132,6 +133,8 @@ impl BpfDataplane {
                 .map_err(map_err(map_name::BACKEND_ADDRS))?,
             client_nets: LpmTrie::try_from(open(map_name::CLIENT_NETS)?)
                 .map_err(map_err(map_name::CLIENT_NETS))?,
+            floating: HashMap::try_from(open(map_name::FLOATING)?)
+                .map_err(map_err(map_name::FLOATING))?,
         })
     }
 
@@ -240,6 +243,29 @@ impl BpfDataplane {
                 self.client_nets
                     .remove(&key)
                     .map_err(map_err(map_name::CLIENT_NETS))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `FLOATING` hold exactly these addresses, each answering ARP until `until_ns`
+    /// (`CLOCK_MONOTONIC`; 0: not at all). Stale entries are removed after the new ones are in.
+    pub fn set_floating_leases(
+        &mut self,
+        addresses: &[std::net::Ipv4Addr],
+        until_ns: u64,
+    ) -> Result<(), BpfError> {
+        for a in addresses {
+            self.floating
+                .insert(a.octets(), FloatingLease { until_ns }, 0)
+                .map_err(map_err(map_name::FLOATING))?;
+        }
+        let present: Vec<[u8; 4]> = self.floating.keys().filter_map(Result::ok).collect();
+        for key in present {
+            if !addresses.iter().any(|a| a.octets() == key) {
+                self.floating
+                    .remove(&key)
+                    .map_err(map_err(map_name::FLOATING))?;
             }
         }
         Ok(())
@@ -369,6 +395,7 @@ fn map_pins(pin_dir: &Path) -> MapPins {
         map_name::COUNTERS,
         map_name::BACKEND_ADDRS,
         map_name::CLIENT_NETS,
+        map_name::FLOATING,
     ]
     .into_iter()
     .map(|n| (n, pin_dir.join(n)))

@@ -216,6 +216,24 @@ impl HaMachine {
         self.persisted.epoch
     }
 
+    /// Until when this node's lease runs (its clock) if it holds the addresses: the stamp a
+    /// majority (itself included) acknowledged, plus the lease. The executor hands it to the
+    /// data plane, which stops answering ARP for the addresses by itself once it has passed.
+    pub fn lease_until(&self, now: Millis) -> Option<Millis> {
+        let Role::Owner { acks, .. } = &self.role else {
+            return None;
+        };
+        let mut stamps: Vec<Millis> = acks.values().copied().collect();
+        stamps.sort_unstable_by(|a, b| b.cmp(a));
+        let needed = self.majority() - 1;
+        let stamp = if needed == 0 {
+            now
+        } else {
+            *stamps.get(needed - 1)?
+        };
+        Some(stamp + self.lease_ms())
+    }
+
     /// When this node took the addresses, if it holds them.
     pub fn owning_since(&self) -> Option<Millis> {
         match self.role {
@@ -985,6 +1003,20 @@ mod tests {
             "not before the quiet period"
         );
         assert_eq!(votes(m.step(request(epoch + 1), 10 * DOWN_AFTER)), 1);
+    }
+
+    #[test]
+    fn the_lease_runs_from_the_majority_acknowledgement() {
+        let mut sim = Sim::new(false);
+        sim.run(1000);
+        let now = sim.now;
+        let until = sim.nodes[0].machine.lease_until(now).expect("lb1 holds");
+        // Acknowledged within the last heartbeat, good for 3/4 of down_after from then.
+        assert!(
+            until > now && until <= now + DOWN_AFTER * 3 / 4,
+            "{until} at {now}"
+        );
+        assert_eq!(sim.nodes[1].machine.lease_until(now), None);
     }
 
     #[test]

@@ -9,8 +9,8 @@ use aya::{
     programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode},
 };
 use redis_ha_common::{
-    AddrKey, Backend, BackendStats, Flow, FlowKey, RING_SIZE, ServiceKey, ServicePort,
-    ServiceState, backend_flags, counter, map_name, ring_index,
+    AddrKey, Backend, BackendStats, FloatingLease, Flow, FlowKey, RING_SIZE, ServiceKey,
+    ServicePort, ServiceState, backend_flags, counter, map_name, ring_index,
 };
 
 use crate::{
@@ -189,6 +189,15 @@ impl Dataplane {
             _pad: 0,
         };
         map.insert(key, slot, 0).expect("insert BACKEND_ADDRS");
+    }
+
+    /// The ARP lease of a floating address (`CLOCK_MONOTONIC` ns; 0: expired).
+    pub fn set_floating(&mut self, addr: std::net::Ipv4Addr, until_ns: u64) {
+        let mut map: HashMap<&mut MapData, [u8; 4], FloatingLease> =
+            HashMap::try_from(self.bpf.map_mut(map_name::FLOATING).expect("FLOATING"))
+                .expect("FLOATING type");
+        map.insert(addr.octets(), FloatingLease { until_ns }, 0)
+            .expect("insert FLOATING");
     }
 
     /// `[dataplane] client_networks`.

@@ -6,11 +6,12 @@
 //! - [`netns`]: the namespace guard and the addresses/MACs the FIB will answer with;
 //! - [`dataplane`]: a loaded program, its maps, and the table runner ([`dataplane::Case`]);
 //! - the test groups: [`forward`], [`passthrough`], [`reset`], [`fib`], [`next_hop`],
-//!   [`measure`].
+//!   [`arp_guard`], [`measure`].
 //!
 //! Every test loads its own copy of the program, so flows and counters never leak between
 //! tests.
 
+mod arp_guard;
 mod dataplane;
 mod fib;
 mod forward;
