@@ -109,6 +109,9 @@ pub struct Run {
     pub lb_cpu_ns: Option<u64>,
     /// XDP program runs (packets) over the run.
     pub xdp_runs: Option<u64>,
+    /// What the run-time statistics count per run of an empty program, measured right after
+    /// the run ([`super::xdp::stats_floor_ns_per_run`]).
+    pub xdp_floor_ns: Option<f64>,
     pub wall: Duration,
 }
 
@@ -212,6 +215,7 @@ fn run_one(
     let wall = t0.elapsed();
     let mut lb_cpu_ns = None;
     let mut xdp_runs = None;
+    let mut xdp_floor_ns = None;
     if let Some(before) = before_xdp {
         let d = dp.stats()?.since(before);
         if d.run_cnt == 0 {
@@ -223,6 +227,7 @@ fn run_one(
         }
         lb_cpu_ns = Some(d.run_time_ns);
         xdp_runs = Some(d.run_cnt);
+        xdp_floor_ns = Some(super::xdp::stats_floor_ns_per_run()?);
     }
     if let Some(before) = before_proxy {
         let d = process_cpu_ticks(proxy.pid())?.saturating_sub(before);
@@ -236,6 +241,7 @@ fn run_one(
         tests,
         lb_cpu_ns,
         xdp_runs,
+        xdp_floor_ns,
         wall,
     })
 }
@@ -425,6 +431,26 @@ impl PathResults {
             .filter_map(|r| r.xdp_runs.map(|n| n as f64 / r.requests as f64))
             .collect();
         Some((median(&ns)?, median(&pkts)))
+    }
+
+    /// Median XDP CPU nanoseconds per 100k requests for (workload, path) net of the
+    /// statistics' floor (run_time_ns − runs × floor of the same run), with that floor's median
+    /// in ns per run. None for paths without an XDP program.
+    pub fn xdp_net_per_100k(&self, workload: &str, path: PathKind) -> Option<(f64, f64)> {
+        let runs: Vec<&Run> = self
+            .runs
+            .iter()
+            .filter(|r| r.workload == workload && r.path == path)
+            .collect();
+        let net: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| {
+                let ns = r.lb_cpu_ns? as f64 - r.xdp_runs? as f64 * r.xdp_floor_ns?;
+                Some(ns.max(0.0) / r.requests as f64 * 1e5)
+            })
+            .collect();
+        let floors: Vec<f64> = runs.iter().filter_map(|r| r.xdp_floor_ns).collect();
+        Some((median(&net)?, median(&floors)?))
     }
 }
 

@@ -129,6 +129,7 @@ fn to_json(r: &Results) -> Value {
                     "path": run.path.id(), "workload": run.workload, "repeat": run.repeat,
                     "requests": run.requests, "wall_s": run.wall.as_secs_f64(),
                     "lb_cpu_ns": run.lb_cpu_ns, "xdp_runs": run.xdp_runs,
+                    "xdp_stats_floor_ns_per_run": run.xdp_floor_ns,
                     "tests": run.tests.iter().map(|t| json!({
                         "test": t.test, "rps": t.rps, "p50_ms": t.p50_ms, "p99_ms": t.p99_ms,
                         "p99_9_ms": t.p999_ms, "distribution_pct_ms": t.distribution,
@@ -146,6 +147,9 @@ fn to_json(r: &Results) -> Value {
                     "xdp_write": p.cpu_per_100k(w.id, PathKind::VipWrite).map(|c| c.0 / 1e6),
                     "xdp_read": p.cpu_per_100k(w.id, PathKind::VipRead).map(|c| c.0 / 1e6),
                     "xdp_packets_per_request_write": p.cpu_per_100k(w.id, PathKind::VipWrite).and_then(|c| c.1),
+                    "xdp_write_net_of_stats_floor": p.xdp_net_per_100k(w.id, PathKind::VipWrite).map(|c| c.0 / 1e6),
+                    "xdp_read_net_of_stats_floor": p.xdp_net_per_100k(w.id, PathKind::VipRead).map(|c| c.0 / 1e6),
+                    "xdp_stats_floor_ns_per_run": p.xdp_net_per_100k(w.id, PathKind::VipWrite).map(|c| c.1),
                     "haproxy": p.cpu_per_100k(w.id, PathKind::Haproxy).map(|c| c.0 / 1e6),
                 })).collect::<Vec<_>>(),
                 "clock_ticks_per_s": p.clock_ticks_per_s,
@@ -253,7 +257,7 @@ fn plots(r: &Results) -> Vec<(String, String)> {
                 ),
             ));
         }
-        let cpu_series: Vec<(String, Vec<Option<f64>>)> =
+        let mut cpu_series: Vec<(String, Vec<Option<f64>>)> =
             [PathKind::VipWrite, PathKind::VipRead, PathKind::Haproxy]
                 .iter()
                 .map(|k| {
@@ -269,6 +273,22 @@ fn plots(r: &Results) -> Vec<(String, String)> {
                     )
                 })
                 .collect();
+        cpu_series.insert(
+            1,
+            (
+                format!(
+                    "{} XDP, net of the statistics' floor",
+                    path_title(PathKind::VipWrite)
+                ),
+                p.workloads
+                    .iter()
+                    .map(|w| {
+                        p.xdp_net_per_100k(w.id, PathKind::VipWrite)
+                            .map(|c| c.0 / 1e6)
+                    })
+                    .collect(),
+            ),
+        );
         out.push((
             "lb-cpu.svg".to_owned(),
             svg::bars(
@@ -350,7 +370,9 @@ fn markdown(r: &Results) -> String {
     let _ = writeln!(
         md,
         "- Testbed: client, LB and three redis-server 7.0 namespaces joined by veths (native XDP); \
-         one run, so only the ratios compare. Shared 2-core machines vary ±10–15 % run to run.\n"
+         for the paths, replicas replicate over a bridge of their own (198.19.0.0/24), not \
+         through the LB. One run, so only the ratios compare. Shared 2-core machines vary \
+         ±10–15 % run to run.\n"
     );
 
     let mut gaps: Vec<String> = Vec::new();
@@ -447,44 +469,62 @@ fn paths_markdown(md: &mut String, p: &PathResults, repeats: usize) {
     let _ = writeln!(md, "\n## Load-balancer CPU per 100k requests\n");
     let _ = writeln!(
         md,
-        "| workload | redis-ha write port (XDP) | redis-ha read port (XDP) | HAProxy | XDP write ÷ HAProxy |"
+        "| workload | redis-ha write port (XDP): raw | net | redis-ha read port (XDP): raw | net | HAProxy | XDP write ÷ HAProxy: raw | net |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mut floors = Vec::new();
     for w in &p.workloads {
         let xw = p.cpu_per_100k(w.id, PathKind::VipWrite);
         let xr = p.cpu_per_100k(w.id, PathKind::VipRead);
         let hp = p.cpu_per_100k(w.id, PathKind::Haproxy);
+        let nw = p.xdp_net_per_100k(w.id, PathKind::VipWrite);
+        let nr = p.xdp_net_per_100k(w.id, PathKind::VipRead);
+        floors.extend(nw.iter().chain(nr.iter()).map(|n| n.1));
         let fmt = |c: Option<(f64, Option<f64>)>| match c {
             Some((ns, Some(pkts))) => format!("{:.2} ms ({pkts:.1} pkts/req)", ns / 1e6),
             Some((ns, None)) => format!("{:.2} ms", ns / 1e6),
             None => "–".to_owned(),
         };
-        let ratio = match (xw, hp) {
-            (Some((x, _)), Some((h, _))) if h > 0.0 => format!("{:.1} %", 100.0 * x / h),
+        let net = |c: Option<(f64, f64)>| {
+            c.map_or("–".to_owned(), |(ns, _)| format!("{:.2} ms", ns / 1e6))
+        };
+        let ratio = |x: Option<f64>| match (x, hp) {
+            (Some(x), Some((h, _))) if h > 0.0 => format!("{:.1} %", 100.0 * x / h),
             _ => "–".to_owned(),
         };
         let _ = writeln!(
             md,
-            "| `{}` | {} | {} | {} | {ratio} |",
+            "| `{}` | {} | {} | {} | {} | {} | {} | {} |",
             w.label,
             fmt(xw),
+            net(nw),
             fmt(xr),
-            fmt(hp)
+            net(nr),
+            fmt(hp),
+            ratio(xw.map(|c| c.0)),
+            ratio(nw.map(|c| c.0)),
         );
     }
+    let floor = super::paths::median(&floors).map_or("–".to_owned(), |f| format!("{f:.1} ns"));
     let _ = writeln!(
         md,
-        "\nXDP: the program's `run_time_ns` delta (`bpftool prog show id N --json`, BPF run-time \
-         statistics on) over the run, per 100k requests. It counts the program only — not the \
-         veth driver, the redirect and the softirq around it, which the kernel would spend \
-         routing the packet anyway (the direct path pays those too). It includes every packet \
-         the program saw in the window (both directions, handshakes, replication passing \
-         through). HAProxy: utime+stime of its process (/proc/PID/stat, all threads, \
-         {} ticks/s) over the run, health checks included; its socket and softirq work in the \
-         kernel on behalf of other tasks is not counted either. The statistics themselves \
-         cost every BPF program two clock reads per run, which run_time_ns partly includes: \
-         on a VM with a slow clock source this inflates the XDP column (compare its ns per \
-         packet with the BPF_PROG_TEST_RUN table, measured with statistics off).\n",
+        "\nXDP raw: the program's `run_time_ns` delta (`bpftool prog show id N --json`, BPF \
+         run-time statistics on) over the run, per 100k requests. It counts the program only — \
+         not the veth driver, the redirect and the softirq around it, which the kernel would \
+         spend routing the packet anyway (the direct path pays those too). It includes every \
+         packet the program saw in the window (both directions, handshakes). With statistics \
+         on, the kernel reads the clock before and after every run and adds the difference, \
+         which includes part of the clock reads and the call into the program: for a program \
+         that only returns XDP_PASS it counted {floor} per run here (median; measured after \
+         every XDP run with a million BPF_PROG_TEST_RUN runs of such a program). XDP net: raw \
+         minus runs × that floor of the same run. The net figure leaves out the call into the \
+         program (a real, if small, cost) along with the clock reads; the raw figure \
+         overstates the program by the clock reads, so the truth lies between the two. HAProxy: utime+stime of its process \
+         (/proc/PID/stat, all threads, {} ticks/s) over the run, health checks included; its \
+         socket and softirq work in the kernel on behalf of other tasks is not counted either. \
+         Softirq time per CPU is not used for either: every namespace shares the machine's \
+         CPUs, and the softirq that runs the LB's receive path also runs the client's and the \
+         backends' stacks, so it cannot be told apart.\n",
         p.clock_ticks_per_s
     );
     let _ = writeln!(
@@ -612,25 +652,28 @@ fn bars_markdown(md: &mut String, r: &Results) {
                 );
             }
         }
-        let ratios: Vec<(f64, &str)> = p
+        let ratios: Vec<(f64, f64, &str)> = p
             .workloads
             .iter()
             .filter_map(|w| {
                 let x = p.cpu_per_100k(w.id, PathKind::VipWrite)?.0;
+                let n = p.xdp_net_per_100k(w.id, PathKind::VipWrite)?.0;
                 let h = p.cpu_per_100k(w.id, PathKind::Haproxy)?.0;
-                (h > 0.0).then_some((x / h, w.label))
+                (h > 0.0).then_some((n / h, x / h, w.label))
             })
             .collect();
-        if let Some((v, at)) = ratios
+        if let Some((net, raw, at)) = ratios
             .iter()
             .copied()
             .reduce(|a, b| if b.0 > a.0 { b } else { a })
         {
             let _ = writeln!(
                 md,
-                "- LB CPU per request ≤ 5 % of HAProxy's: {} — highest {:.1} % (`{at}`; XDP program time only, see above)",
-                if v <= 0.05 { "met" } else { "missed" },
-                v * 100.0
+                "- LB CPU per request ≤ 5 % of HAProxy's: {} — highest {:.1} % net of the \
+                 statistics' floor (`{at}`; {:.1} % raw; XDP program time only, see above)",
+                if net <= 0.05 { "met" } else { "missed" },
+                net * 100.0,
+                raw * 100.0
             );
         }
     }
