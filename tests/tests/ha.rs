@@ -425,6 +425,20 @@ fn run_trials(ha: &HaCluster) -> Result<Vec<Trial>> {
             "the client's neighbour entry for the VIP is not lb{other}'s"
         );
 
+        // Operators see the same thing: the voter's status names the new holder, and the new
+        // holder's metrics say it holds the addresses.
+        let voter: serde_json::Value = serde_json::from_str(&ha.status_json(3)?)?;
+        ensure!(
+            voter["ha"]["owner"] == format!("lb{other}").as_str(),
+            "c3's status: {}",
+            voter["ha"]
+        );
+        let status_text = ha.ctl(other, "status", &[], Duration::from_secs(10))?;
+        ensure!(
+            status_text.contains(&format!("floating addresses: held by lb{other}")),
+            "lb{other}'s status:\n{status_text}"
+        );
+
         let (write_gap, read_gap) = (
             writer.record().longest_gap_after(cut).unwrap_or_default(),
             reader.record().longest_gap_after(cut).unwrap_or_default(),
