@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 
 use crate::netns::{Netns, netns_command};
-use crate::process::{ChildGuard, ProcessSlot, run_within, wait_until};
+use crate::process::{ChildGuard, GiveUp, ProcessSlot, run_within, wait_until};
 use crate::testbed::{Backend, SERVICE_NAME, Testbed, TestbedOptions, namespace_prefix};
 
 /// UDP port of the peer protocol (Sentinel's port, out of habit).
@@ -687,11 +687,12 @@ impl Controller {
             Duration::from_millis(50),
             || {
                 if !self.is_running() {
-                    bail!(
+                    return Err(GiveUp(format!(
                         "controller {} exited; its log ends with:\n{}",
                         self.id,
                         tail(&self.log_since(mark), 20)
-                    );
+                    ))
+                    .into());
                 }
                 Ok(self
                     .log_since(mark)

@@ -33,7 +33,9 @@ pub use ha::{AddressHolders, ArpCapture, ArpClaim, ArpKind, HaCluster, HaOptions
 pub use netns::{
     Leftovers, Netns, cleanup_prefix, in_netns, leftovers, list_namespaces, netns_command,
 };
-pub use process::{ChildGuard, ProcessSlot, describe, output_within, run, run_within, wait_until};
+pub use process::{
+    ChildGuard, GiveUp, ProcessSlot, describe, output_within, run, run_within, wait_until,
+};
 pub use testbed::{Backend, Testbed, TestbedOptions, XdpMode, unique_tag};
 pub use trial::{Fault, TrafficLoop, TrialOptions, TrialOutcome, run_trial};
 

@@ -122,6 +122,19 @@ pub fn run(cmd: &mut Command) -> Result<String> {
 /// Polls `probe` every `interval` until it returns `Ok(Some(_))`, at most `timeout` long (and so
 /// at most `timeout / interval + 1` times). `Ok(None)` and `Err` both mean "not yet"; the last
 /// error is quoted if time runs out.
+/// An error a [`wait_until`] probe returns to stop waiting at once (the process it waits for
+/// exited, say) rather than retrying until the timeout.
+#[derive(Debug)]
+pub struct GiveUp(pub String);
+
+impl std::fmt::Display for GiveUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for GiveUp {}
+
 pub fn wait_until<T>(
     what: &str,
     timeout: Duration,
@@ -135,6 +148,9 @@ pub fn wait_until<T>(
         match probe() {
             Ok(Some(value)) => return Ok(value),
             Ok(None) => last_error = None,
+            Err(e) if e.is::<GiveUp>() => {
+                return Err(e.context(format!("stopped waiting for {what}")));
+            }
             Err(e) => last_error = Some(e),
         }
         if started.elapsed() >= timeout || attempt + 1 == attempts {
@@ -258,5 +274,43 @@ impl ProcessSlot {
             }
             None => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_until_stops_at_once_on_give_up_and_retries_other_errors() {
+        let mut calls = 0;
+        let started = Instant::now();
+        let r: Result<()> = wait_until(
+            "x",
+            Duration::from_secs(5),
+            Duration::from_millis(1),
+            || {
+                calls += 1;
+                Err(GiveUp("it exited".into()).into())
+            },
+        );
+        assert_eq!(calls, 1);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(format!("{:#}", r.unwrap_err()).contains("it exited"));
+
+        let mut calls = 0;
+        let r = wait_until(
+            "y",
+            Duration::from_secs(5),
+            Duration::from_millis(1),
+            || {
+                calls += 1;
+                if calls < 3 {
+                    anyhow::bail!("not yet")
+                }
+                Ok(Some(calls))
+            },
+        );
+        assert_eq!(r.unwrap(), 3);
     }
 }

@@ -29,7 +29,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 
 use crate::netns::{Netns, leftovers};
-use crate::process::{ChildGuard, ProcessSlot, run_within, wait_until};
+use crate::process::{ChildGuard, GiveUp, ProcessSlot, run_within, wait_until};
 
 /// Every namespace and interface the tests create starts with this.
 pub const PREFIX: &str = "rha-";
@@ -353,11 +353,12 @@ impl Backend {
             POLL_INTERVAL,
             || {
                 if !self.is_running() {
-                    bail!(
+                    return Err(GiveUp(format!(
                         "redis-server exited; its log ({}) ends with:\n{}",
                         self.log_path().display(),
                         log_tail(&self.log_path())
-                    );
+                    ))
+                    .into());
                 }
                 let reply = self.redis_cli(&["PING"])?;
                 Ok((reply.trim() == "PONG").then_some(()))
