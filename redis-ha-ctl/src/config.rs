@@ -698,9 +698,15 @@ fn validate_ha(
             "needs a [dataplane] section: only a data-plane node can hold the floating addresses",
         ));
     };
-    if controller.is_none() {
+    let Some(controller) = controller else {
         return Err(whole(
             "needs a [controller] section: the controllers agree which node holds the addresses",
+        ));
+    };
+    if controller.peers.len() == 1 {
+        return Err(whole(
+            "two controllers cannot take over from each other (the holder needs a majority of \
+             all controllers): add a third, vote-only controller to controller.peers",
         ));
     }
     let priority = *raw.priority.get_ref();
@@ -1003,6 +1009,10 @@ peers = [{ id = "lb2", addr = "198.18.1.3:26379" }, { id = "c3", addr = "198.18.
             &GOOD[GOOD.find("[[service]]").unwrap()..]
         );
         assert_eq!(err(&no_dp).1, "ha");
+        let pair = text.replace(", { id = \"c3\", addr = \"198.18.1.4:26379\" }", "");
+        let (_, key, msg) = err(&pair);
+        assert_eq!(key, "ha");
+        assert!(msg.contains("third"), "{msg}");
     }
 
     #[test]
