@@ -263,3 +263,52 @@ fn upgrading_the_program_keeps_connections_and_state() -> Result<()> {
     assert!(counters(&tb)?.contains("fwd_to_backend"));
     Ok(())
 }
+
+/// A data plane pinned by a version with other maps (here: COUNTERS with one entry fewer and
+/// FLOATING missing, as before the ARP guard) is refused with what to do, rather than a new
+/// program running on maps it would misread.
+#[test]
+fn maps_pinned_by_another_layout_are_refused_with_a_remedy() -> Result<()> {
+    let tb = testbed(XdpMode::Native)?;
+    let pins = tb.pin_dir();
+    std::fs::remove_file(pins.join("FLOATING"))?;
+    let err = tb.ctl("maps", &[]).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("no FLOATING") && msg.contains("unload"),
+        "{msg}"
+    );
+
+    std::fs::remove_file(pins.join("COUNTERS"))?;
+    let old_counters = pins.join("COUNTERS");
+    let count = (redis_ha_common::counter::COUNT - 1).to_string();
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&old_counters)
+        .args([
+            "type",
+            "percpu_array",
+            "key",
+            "4",
+            "value",
+            "8",
+            "entries",
+            &count,
+        ])
+        .args(["name", "COUNTERS"])
+        .output()?;
+    assert!(out.status.success(), "bpftool: {out:?}");
+    let err = tb.ctl("upgrade", &[]).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains(&format!("COUNTERS: key/value/entries 4/8/{count} pinned")),
+        "{msg}"
+    );
+    // The running program was left alone: traffic still flows.
+    let mut conn = connect(&tb, tb.vip_write())?;
+    let _: () = redis::cmd("SET")
+        .arg("e2e:layout")
+        .arg("1")
+        .query(&mut conn)?;
+    Ok(())
+}

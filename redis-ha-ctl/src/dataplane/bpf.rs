@@ -8,7 +8,7 @@ use std::{
 
 use aya::{
     EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, MapInfo, PerCpuArray, lpm_trie::Key},
     programs::{
         Xdp, XdpMode as AyaXdpMode,
         links::{FdLink, PinnedLink},
@@ -54,6 +54,12 @@ pub enum BpfError {
         name: &'static str,
         source: MapError,
     },
+    #[error(
+        "the data plane pinned at {pin_dir} was loaded by a version with other maps ({problem}): \
+         run `redis-ha-ctl unload --config FILE` then start or `load` again \
+         (forwarding stops in between; `upgrade` cannot keep maps whose layout changed)"
+    )]
+    Incompatible { pin_dir: PathBuf, problem: String },
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> BpfError {
@@ -104,12 +110,51 @@ fn check_bpffs(pin_dir: &Path) -> Result<(), BpfError> {
     Ok(())
 }
 
+/// Refuses pinned maps this binary's program would misread: one whose key, value or number of
+/// entries differs from the program's definition, or (unless `missing_ok`, when the program is
+/// about to be loaded and will create it) a map not pinned at all. aya reuses a pinned map by
+/// name without comparing, so without this a new program would run on an old layout.
+fn check_pinned_layout(pin_dir: &Path, missing_ok: bool) -> Result<(), BpfError> {
+    if !pin_dir.join(map_name::SERVICES).exists() {
+        // Nothing pinned yet: everything will be created.
+        return Ok(());
+    }
+    let obj =
+        aya_obj::Object::parse(crate::ebpf_object()).map_err(|e| BpfError::Load(Box::new(e)))?;
+    let incompatible = |problem: String| BpfError::Incompatible {
+        pin_dir: pin_dir.to_owned(),
+        problem,
+    };
+    for (name, path) in map_pins(pin_dir) {
+        let Some(def) = obj.maps.get(name) else {
+            continue;
+        };
+        if !path.exists() {
+            if missing_ok {
+                continue;
+            }
+            return Err(incompatible(format!("no {name}")));
+        }
+        let info = MapInfo::from_pin(&path).map_err(map_err(name))?;
+        let want = (def.key_size(), def.value_size(), def.max_entries());
+        let got = (info.key_size(), info.value_size(), info.max_entries());
+        if want != got {
+            return Err(incompatible(format!(
+                "{name}: key/value/entries {}/{}/{} pinned, {}/{}/{} expected",
+                got.0, got.1, got.2, want.0, want.1, want.2
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl BpfDataplane {
     /// Opens the maps a previous `load` pinned.
     pub fn open(pin_dir: &Path) -> Result<Self, BpfError> {
         if !pin_dir.join(map_name::SERVICES).exists() {
             return Err(BpfError::NotLoaded(pin_dir.to_owned()));
         }
+        check_pinned_layout(pin_dir, false)?;
         let open = |name: &'static str| -> Result<Map, BpfError> {
             let data = MapData::from_pin(pin_dir.join(name)).map_err(map_err(name))?;
             Map::from_map_data(data).map_err(map_err(name))
@@ -150,6 +195,9 @@ impl BpfDataplane {
         std::fs::create_dir_all(&cfg.pin_dir)
             .map_err(io_err("creating pin directory", &cfg.pin_dir))?;
         let prog_pin = cfg.pin_dir.join(PROG_PIN);
+        // A pinned program is reused as it is, so its maps must be complete; otherwise the
+        // program about to be loaded creates what is missing.
+        check_pinned_layout(&cfg.pin_dir, !prog_pin.exists())?;
 
         let mut prog = if prog_pin.exists() {
             Xdp::from_pin(&prog_pin, aya_obj::programs::XdpAttachType::Interface)
@@ -281,6 +329,7 @@ impl BpfDataplane {
         if !prog_pin.exists() {
             return Err(BpfError::NotLoaded(cfg.pin_dir.clone()));
         }
+        check_pinned_layout(&cfg.pin_dir, true)?;
         let load_err = |e: &dyn std::fmt::Display| BpfError::Load(e.to_string().into());
         let old_id = Xdp::from_pin(&prog_pin, aya_obj::programs::XdpAttachType::Interface)
             .and_then(|p| p.info())
