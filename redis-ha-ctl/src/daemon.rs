@@ -36,7 +36,7 @@ use crate::{
     },
     ha::{
         Candidacy, HaAction, HaEvent, HaMachine, HaMsg, HaParams, HaRole,
-        net::{AddressWorker, Addresses},
+        net::{AddressWorker, Addresses, monotonic_ns},
     },
     http,
     metrics::Metrics,
@@ -119,18 +119,6 @@ pub fn params(svc: &ServiceConfig, ctl: &ControllerConfig) -> Params {
 
 fn now_ms(start: Instant) -> Millis {
     start.elapsed().as_millis() as Millis
-}
-
-/// `CLOCK_MONOTONIC` in ns: the clock of `bpf_ktime_get_ns`, which the data plane compares
-/// the floating addresses' lease with.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid clock id and a properly sized out-parameter.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn unix_ms() -> u64 {

@@ -50,11 +50,7 @@ fn lb_failover_moves_the_vip_and_keeps_connections_and_writes() -> Result<()> {
     require_root();
     let ha = HaCluster::up(HaOptions::default())?;
     let tag = ha.tag().to_owned();
-    let result = run_trials(&ha);
-    if result.is_err() {
-        eprintln!("{}", ha.log_tails(40));
-    }
-    let trials = result?;
+    let trials = with_logs(&ha, run_trials)?;
 
     println!("LB failover, ha.heartbeat_ms 50, ha.down_after_ms 200 ({TRIALS} trials):");
     println!("  from  to  takeover  write gap  read gap");
@@ -99,7 +95,7 @@ fn lb_failover_moves_the_vip_and_keeps_connections_and_writes() -> Result<()> {
 fn an_lb_node_cut_off_from_its_peers_lets_go_before_another_takes_over() -> Result<()> {
     require_root();
     let ha = HaCluster::up(HaOptions::default())?;
-    let result = (|| -> Result<()> {
+    with_logs(&ha, |ha| {
         ensure!(ha.wait_single_holder(Duration::from_secs(20))? == 1);
         let client_arp = ha.capture_client_arp()?;
         ha.cut_links(1)?;
@@ -125,8 +121,8 @@ fn an_lb_node_cut_off_from_its_peers_lets_go_before_another_takes_over() -> Resu
             std::thread::sleep(Duration::from_millis(2));
         }
         // The controllers' own clocks agree: lb1's release came before lb2's takeover.
-        let released = event_time(&ha, 1, "-vip-owner")?.context("lb1 reported no release")?;
-        let taken = holding_since(&ha, 2)?.context("lb2 reports no holding time")?;
+        let released = event_time(ha, 1, "-vip-owner")?.context("lb1 reported no release")?;
+        let taken = holding_since(ha, 2)?.context("lb2 reports no holding time")?;
         ensure!(
             released < taken,
             "lb1 released at {released:?}, lb2 took over at {taken:?}"
@@ -156,11 +152,7 @@ fn an_lb_node_cut_off_from_its_peers_lets_go_before_another_takes_over() -> Resu
             "the VIP changed hands more than once: {owners:?}"
         );
         Ok(())
-    })();
-    if result.is_err() {
-        eprintln!("{}", ha.log_tails(40));
-    }
-    result
+    })
 }
 
 /// With `preempt = true` the preferred node takes the addresses back when it returns, and the
@@ -172,7 +164,7 @@ fn with_preempt_the_preferred_node_takes_the_vip_back_without_overlap() -> Resul
         preempt: true,
         ..HaOptions::default()
     })?;
-    let result = (|| -> Result<()> {
+    with_logs(&ha, |ha| {
         ensure!(ha.wait_single_holder(Duration::from_secs(20))? == 1);
         ha.fail_lb(1)?;
         wait_until(
@@ -199,8 +191,8 @@ fn with_preempt_the_preferred_node_takes_the_vip_back_without_overlap() -> Resul
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        let released = event_time(&ha, 2, "-vip-owner")?.context("lb2 reported no release")?;
-        let taken = holding_since(&ha, 1)?.context("lb1 reports no holding time")?;
+        let released = event_time(ha, 2, "-vip-owner")?.context("lb2 reported no release")?;
+        let taken = holding_since(ha, 1)?.context("lb1 reports no holding time")?;
         ensure!(
             released < taken,
             "lb2 released at {released:?}, lb1 took over at {taken:?}"
@@ -220,11 +212,7 @@ fn with_preempt_the_preferred_node_takes_the_vip_back_without_overlap() -> Resul
         ensure!(reply.trim() == "OK", "a write through lb1 got {reply:?}");
         ensure!(ha.client_neighbour(VIP)?.as_deref() == Some(lb1_mac.as_str()));
         Ok(())
-    })();
-    if result.is_err() {
-        eprintln!("{}", ha.log_tails(40));
-    }
-    result
+    })
 }
 
 /// A holder whose controller dies while its host and links stay up keeps the addresses
@@ -234,7 +222,7 @@ fn with_preempt_the_preferred_node_takes_the_vip_back_without_overlap() -> Resul
 fn a_holder_whose_controller_died_stops_answering_arp_for_the_vip() -> Result<()> {
     require_root();
     let ha = HaCluster::up(HaOptions::default())?;
-    let result = (|| -> Result<()> {
+    with_logs(&ha, |ha| {
         ensure!(ha.wait_single_holder(Duration::from_secs(20))? == 1);
         ha.controller(1).kill()?;
         wait_until(
@@ -283,11 +271,7 @@ fn a_holder_whose_controller_died_stops_answering_arp_for_the_vip() -> Result<()
             maps.raw
         );
         Ok(())
-    })();
-    if result.is_err() {
-        eprintln!("{}", ha.log_tails(40));
-    }
-    result
+    })
 }
 
 /// When controller `n` last published the event `name` (its `events --json`).
@@ -303,6 +287,15 @@ fn event_time(ha: &HaCluster, n: usize, name: &str) -> Result<Option<SystemTime>
         }
     }
     Ok(last)
+}
+
+/// Runs `body`; if it fails, prints the end of every controller's log first.
+fn with_logs<T>(ha: &HaCluster, body: impl FnOnce(&HaCluster) -> Result<T>) -> Result<T> {
+    let result = body(ha);
+    if result.is_err() {
+        eprintln!("{}", ha.log_tails(40));
+    }
+    result
 }
 
 fn ms(d: Duration) -> f64 {

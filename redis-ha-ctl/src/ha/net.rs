@@ -80,98 +80,79 @@ impl Addresses {
         Ok((link.header.index, mac))
     }
 
-    /// Adds every address (an address already there is kept) and announces each with a
-    /// gratuitous ARP. Goes on past a failing address, and reports the first failure.
-    pub async fn acquire(&self) -> Result<(), NetError> {
+    /// Makes `change` to every address, going on past a failing one; reports the first failure.
+    async fn each(&self, change: Change) -> Result<(), NetError> {
         let mut first_error = None;
         for a in &self.addresses {
-            let result = async {
-                let (index, mac) = self.link(&a.interface).await?;
+            if let Err(e) = self.change(a, change).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn change(&self, a: &HaAddress, change: Change) -> Result<(), NetError> {
+        let netlink = |what| {
+            move |source| NetError::Netlink {
+                what,
+                address: a.to_string(),
+                source,
+            }
+        };
+        let (index, mac) = self.link(&a.interface).await?;
+        match change {
+            Change::Add => {
                 self.handle
                     .address()
                     .add(index, IpAddr::V4(a.address), a.prefix_len)
                     .replace()
                     .execute()
                     .await
-                    .map_err(|source| NetError::Netlink {
-                        what: "adding",
-                        address: a.to_string(),
-                        source,
-                    })?;
-                gratuitous_arp(index, mac, a.address).map_err(|source| NetError::Arp {
-                    address: a.to_string(),
-                    source,
-                })
+                    .map_err(netlink("adding"))?;
             }
-            .await;
-            if let Err(e) = result {
-                first_error.get_or_insert(e);
+            Change::Announce => {}
+            Change::Remove => {
+                let message = AddressMessageBuilder::<Ipv4Addr>::new()
+                    .index(index)
+                    .address(a.address, a.prefix_len)
+                    .build();
+                return match self.handle.address().del(message).execute().await {
+                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == NOT_THERE => Ok(()),
+                    other => other.map_err(netlink("removing")),
+                };
             }
         }
-        first_error.map_or(Ok(()), Err)
+        gratuitous_arp(index, mac, a.address).map_err(|source| NetError::Arp {
+            address: a.to_string(),
+            source,
+        })
+    }
+
+    /// Adds every address (an address already there is kept) and announces each with a
+    /// gratuitous ARP.
+    pub async fn acquire(&self) -> Result<(), NetError> {
+        self.each(Change::Add).await
     }
 
     /// Announces the addresses again (clients whose first announcement was lost, switches
     /// that had not learnt the port yet).
     pub async fn announce(&self) -> Result<(), NetError> {
-        for a in &self.addresses {
-            let (index, mac) = self.link(&a.interface).await?;
-            gratuitous_arp(index, mac, a.address).map_err(|source| NetError::Arp {
-                address: a.to_string(),
-                source,
-            })?;
-        }
-        Ok(())
+        self.each(Change::Announce).await
     }
 
     /// Removes every address this node may hold; one it does not have is no error.
     pub async fn release(&self) -> Result<(), NetError> {
-        let mut first_error = None;
-        for a in &self.addresses {
-            let result = async {
-                let (index, _) = self.link(&a.interface).await?;
-                let message = AddressMessageBuilder::<Ipv4Addr>::new()
-                    .index(index)
-                    .address(a.address, a.prefix_len)
-                    .build();
-                match self.handle.address().del(message).execute().await {
-                    Ok(()) => Ok(()),
-                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == NOT_THERE => Ok(()),
-                    Err(source) => Err(NetError::Netlink {
-                        what: "removing",
-                        address: a.to_string(),
-                        source,
-                    }),
-                }
-            }
-            .await;
-            if let Err(e) = result {
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        self.each(Change::Remove).await
     }
+}
 
-    /// Which of the addresses are configured now (for the status and the tests' checks).
-    pub async fn held(&self) -> Vec<HaAddress> {
-        let mut held = Vec::new();
-        for a in &self.addresses {
-            let Ok((index, _)) = self.link(&a.interface).await else {
-                continue;
-            };
-            let mut found = self
-                .handle
-                .address()
-                .get()
-                .set_link_index_filter(index)
-                .set_address_filter(IpAddr::V4(a.address))
-                .execute();
-            if let Ok(Some(_)) = found.try_next().await {
-                held.push(a.clone());
-            }
-        }
-        held
-    }
+/// What [`Addresses::each`] does to one address; adding and announcing end with a gratuitous
+/// ARP.
+#[derive(Clone, Copy)]
+enum Change {
+    Add,
+    Announce,
+    Remove,
 }
 
 /// Announcing the addresses again after a takeover, in case the first gratuitous ARP was lost
@@ -268,6 +249,18 @@ async fn run_worker(addresses: Addresses, mut rx: tokio::sync::mpsc::UnboundedRe
             }
         }
     }
+}
+
+/// `CLOCK_MONOTONIC` in ns: the clock of `bpf_ktime_get_ns`, which the data plane compares the
+/// floating addresses' lease with.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a properly sized out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Sets `net.ipv4.conf.<interface>.accept_local = 1` on the data-plane interfaces.

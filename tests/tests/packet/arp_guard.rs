@@ -3,6 +3,7 @@
 //! the VIP by itself. Everything else about ARP passes untouched.
 
 use redis_ha_common::counter;
+use redis_ha_ctl::ha::net::monotonic_ns;
 
 use crate::{
     dataplane::{Case, Expect, XDP_DROP, XDP_PASS},
@@ -10,16 +11,6 @@ use crate::{
     netns::{CLIENT, CLIENT_MAC, Testbed, VIP},
     standard,
 };
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid clock id and a properly sized out-parameter.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 fn who_has(target: std::net::Ipv4Addr) -> Vec<u8> {
     arp_request(CLIENT_MAC, CLIENT, target)
