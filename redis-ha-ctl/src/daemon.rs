@@ -321,7 +321,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             .map_or(0, |h| h.down_after_ms)
             .max(HA_QUIET_AFTER_START_MS),
     };
-    let ha_tick = Duration::from_millis((ha_params.heartbeat_ms / 5).clamp(5, 100));
+    // A candidate's timers (claims, the lease, vacancy) need a fine tick; a voter only answers.
+    let ha_tick = Duration::from_millis(if ha_params.candidacy.is_some() {
+        (ha_params.heartbeat_ms / 5).clamp(5, 100)
+    } else {
+        100
+    });
     let ha = HaMachine::new(
         ControllerId(ctl.id.clone()),
         peer_ids.clone(),
@@ -487,6 +492,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
 
+    // A tick of the ownership machine that did nothing changes nothing to show.
+    let mut changed = true;
     loop {
         for (i, actions) in first.drain(..) {
             let fed = ex.perform(i, actions).await;
@@ -496,7 +503,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             p
         } else {
             // Everything decided so far is performed: show it before waiting.
-            ex.publish_status();
+            if changed {
+                ex.publish_status();
+            }
+            changed = true;
             tokio::select! {
                 Some(input) = rx.recv() => input,
                 _ = tick.tick() => {
@@ -518,6 +528,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 }
                 _ = ha_tick.tick() => {
                     let actions = ex.ha.step(HaEvent::Tick, now_ms(start));
+                    changed = actions.iter().any(|a| !matches!(a, HaAction::Send { .. }));
                     ex.perform_ha(actions).await;
                     ex.refresh_ha_lease();
                     continue;
