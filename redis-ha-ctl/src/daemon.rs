@@ -35,7 +35,7 @@ use crate::{
         ProbeResult, Role, ServiceMachine,
     },
     ha::{
-        Candidacy, HaAction, HaEvent, HaMachine, HaMsg, HaParams, HaRole,
+        Candidacy, HaAction, HaEvent, HaMachine, HaMsg, HaParams,
         net::{AddressWorker, Addresses, monotonic_ns},
     },
     http,
@@ -215,8 +215,7 @@ struct Executor {
     ha: HaMachine,
     /// This node's floating addresses, on a node configured with `[ha]`.
     ha_addresses: Option<AddressWorker>,
-    /// Since when (Unix ms) this node holds them, and how many times it took them.
-    ha_holding_since: Option<u64>,
+    /// How many times this node took them since it started.
     ha_acquired: u64,
     /// The floating addresses' ARP lease last written to the data plane (`CLOCK_MONOTONIC` ns,
     /// 0: none).
@@ -474,7 +473,6 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         dataplane_counters: None,
         ha,
         ha_addresses,
-        ha_holding_since: None,
         ha_acquired: 0,
         ha_lease_written: 0,
     };
@@ -530,7 +528,6 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                     let actions = ex.ha.step(HaEvent::Tick, now_ms(start));
                     changed = actions.iter().any(|a| !matches!(a, HaAction::Send { .. }));
                     ex.perform_ha(actions).await;
-                    ex.refresh_ha_lease();
                     continue;
                 }
                 _ = &mut shutdown => break,
@@ -541,7 +538,6 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         if let Input::Ha { from, msg } = input {
             let actions = ex.ha.step(HaEvent::Peer { from, msg }, now);
             ex.perform_ha(actions).await;
-            ex.refresh_ha_lease();
             continue;
         }
         if let Some((service, event)) = ex.accept(input) {
@@ -553,7 +549,6 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     let actions = ex.ha.step(HaEvent::Shutdown, now_ms(start));
     ex.perform_ha(actions).await;
-    ex.refresh_ha_lease();
     if let Some(worker) = &ex.ha_addresses {
         // The release must be done before the process is, or the addresses would outlive it.
         worker.flush(Duration::from_secs(2)).await;
@@ -749,8 +744,14 @@ impl Executor {
     }
 
     /// Performs the ownership machine's actions in order: the state file first (a vote must not
-    /// leave before it is durable), then the messages, addresses and events.
+    /// leave before it is durable), then the messages, addresses and events; then hands the
+    /// (possibly moved) lease to the data plane.
     async fn perform_ha(&mut self, actions: Vec<HaAction>) {
+        self.perform_ha_actions(actions).await;
+        self.refresh_ha_lease();
+    }
+
+    async fn perform_ha_actions(&mut self, actions: Vec<HaAction>) {
         for action in actions {
             match action {
                 HaAction::Persist(p) => {
@@ -772,7 +773,6 @@ impl Executor {
                 HaAction::Acquire { epoch } => {
                     if let Some(worker) = &self.ha_addresses {
                         worker.acquire(epoch);
-                        self.ha_holding_since = Some(unix_ms());
                         self.ha_acquired += 1;
                     }
                 }
@@ -780,7 +780,6 @@ impl Executor {
                     if let Some(worker) = &self.ha_addresses {
                         worker.release(epoch, reason);
                     }
-                    self.ha_holding_since = None;
                 }
                 HaAction::Notice { name, payload } => {
                     info!(event = name, "{payload}");
@@ -838,14 +837,12 @@ impl Executor {
             return None;
         }
         let ha = self.ha_addresses.as_ref();
+        let holding_since_unix_ms = self
+            .ha
+            .owning_since()
+            .map(|since| unix_ms().saturating_sub(now.saturating_sub(since)));
         Some(HaStatus {
-            role: match self.ha.role() {
-                HaRole::Owner => "owner",
-                HaRole::Candidate => "candidate",
-                HaRole::Backup => "backup",
-                HaRole::Voter => "voter",
-            }
-            .to_owned(),
+            role: self.ha.role().as_str().to_owned(),
             owner,
             epoch: self.ha.epoch(),
             addresses: ha.map_or_else(Vec::new, |a| {
@@ -853,8 +850,8 @@ impl Executor {
             }),
             priority: self.ha.candidacy().map(|c| c.priority),
             preempt: self.ha.candidacy().is_some_and(|c| c.preempt),
-            holding: self.ha_holding_since.is_some(),
-            holding_since_unix_ms: self.ha_holding_since,
+            holding: holding_since_unix_ms.is_some(),
+            holding_since_unix_ms,
             acquired: self.ha_acquired,
         })
     }

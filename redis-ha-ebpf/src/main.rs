@@ -80,10 +80,10 @@ fn try_redis_ha(ctx: &XdpContext) -> Result<u32, u32> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(counter::PASS_MALFORMED)?;
     // SAFETY: ptr_at checked that the header lies inside the packet.
     let ether_type = unsafe { (*eth).ether_type };
-    if ether_type == ETH_P_ARP {
-        return arp_guard(ctx);
-    }
     if ether_type != ETH_P_IPV4 {
+        if ether_type == ETH_P_ARP {
+            return arp_guard(ctx);
+        }
         return Err(counter::PASS_NOT_IPV4);
     }
     let ip: *mut Ipv4Hdr = ptr_at(ctx, IP_OFF).ok_or(counter::PASS_MALFORMED)?;

@@ -25,7 +25,9 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::netns::{Netns, netns_command};
 use crate::process::{ChildGuard, GiveUp, ProcessSlot, run_within, wait_until};
-use crate::testbed::{Backend, SERVICE_NAME, Testbed, TestbedOptions, namespace_prefix};
+use crate::testbed::{
+    Backend, SERVICE_NAME, Testbed, TestbedOptions, namespace_prefix, toml_string,
+};
 
 /// UDP port of the peer protocol (Sentinel's port, out of habit).
 pub const PEER_PORT: u16 = 26379;
@@ -46,6 +48,55 @@ pub const METRICS_PORT: u16 = 9121;
 pub fn node_ip(n: u8) -> Ipv4Addr {
     assert!((1..=9).contains(&n), "controller node {n} out of 1..=9");
     Ipv4Addr::new(198, 18, 2, n)
+}
+
+/// The end of every generated controller config: the failover keys of the `[[service]]`
+/// section it follows, then `[controller]`.
+pub(crate) struct ControllerToml<'a> {
+    pub quorum: usize,
+    pub down_after_ms: u64,
+    pub failover_timeout_ms: u64,
+    pub id: &'a str,
+    pub listen: SocketAddrV4,
+    pub secret: &'a str,
+    pub state_file: &'a Path,
+    pub probe_interval_ms: u64,
+    pub metrics_listen: SocketAddrV4,
+    pub peers: &'a [(String, SocketAddrV4)],
+}
+
+impl ControllerToml<'_> {
+    pub fn render(&self) -> String {
+        let peers: Vec<String> = self
+            .peers
+            .iter()
+            .map(|(id, addr)| format!("{{ id = {}, addr = \"{addr}\" }}", toml_string(id)))
+            .collect();
+        format!(
+            "quorum = {quorum}\n\
+             down_after_ms = {down_after}\n\
+             failover_timeout_ms = {failover_timeout}\n\
+             \n\
+             [controller]\n\
+             id = {id}\n\
+             listen = \"{listen}\"\n\
+             secret = {secret}\n\
+             state_file = {state}\n\
+             probe_interval_ms = {interval}\n\
+             metrics_listen = \"{metrics}\"\n\
+             peers = [{peers}]\n",
+            quorum = self.quorum,
+            down_after = self.down_after_ms,
+            failover_timeout = self.failover_timeout_ms,
+            id = toml_string(self.id),
+            listen = self.listen,
+            secret = toml_string(self.secret),
+            state = toml_string(&self.state_file.display().to_string()),
+            interval = self.probe_interval_ms,
+            metrics = self.metrics_listen,
+            peers = peers.join(", "),
+        )
+    }
 }
 
 /// What [`Cluster::up`] builds.
@@ -245,38 +296,21 @@ impl Cluster {
         // The testbed's config is `[dataplane]` then `[[service]]`; only c1 keeps the former.
         let service_at = base.find("[[service]]").unwrap_or(0);
         let (dataplane, service) = base.split_at(service_at);
-        let peers: Vec<String> = spec
-            .peers
-            .iter()
-            .map(|(id, addr)| format!("{{ id = \"{id}\", addr = \"{addr}\" }}"))
-            .collect();
         let o = &self.options;
-        format!(
-            "{dataplane}{service}\
-             quorum = {quorum}\n\
-             down_after_ms = {down_after}\n\
-             failover_timeout_ms = {failover_timeout}\n\
-             \n\
-             [controller]\n\
-             id = \"{id}\"\n\
-             listen = \"{listen}\"\n\
-             secret = \"{secret}\"\n\
-             state_file = \"{state}\"\n\
-             probe_interval_ms = {interval}\n\
-             metrics_listen = \"{metrics}\"\n\
-             peers = [{peers}]\n",
-            dataplane = if spec.dataplane { dataplane } else { "" },
-            quorum = spec.quorum,
-            down_after = o.down_after_ms,
-            failover_timeout = o.failover_timeout_ms,
-            id = spec.id,
-            listen = spec.listen(),
-            secret = spec.secret,
-            state = state_file.display(),
-            interval = o.probe_interval_ms,
-            metrics = spec.metrics_listen(),
-            peers = peers.join(", "),
-        )
+        let dataplane = if spec.dataplane { dataplane } else { "" };
+        let tail = ControllerToml {
+            quorum: spec.quorum,
+            down_after_ms: o.down_after_ms,
+            failover_timeout_ms: o.failover_timeout_ms,
+            id: &spec.id,
+            listen: spec.listen(),
+            secret: &spec.secret,
+            state_file,
+            probe_interval_ms: o.probe_interval_ms,
+            metrics_listen: spec.metrics_listen(),
+            peers: &spec.peers,
+        };
+        format!("{dataplane}{service}{}", tail.render())
     }
 
     /// `redis-ha-ctl maps --config <c1's config> --flows 0`, parsed.

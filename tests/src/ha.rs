@@ -27,7 +27,9 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::cluster::{Controller, METRICS_PORT, MapsView, PEER_PORT, PEER_WARMUP, tail};
+use crate::cluster::{
+    Controller, ControllerToml, METRICS_PORT, MapsView, PEER_PORT, PEER_WARMUP, tail,
+};
 use crate::netns::{Netns, leftovers};
 use crate::process::{ChildGuard, run_within, wait_until};
 use crate::testbed::{
@@ -559,15 +561,9 @@ impl HaCluster {
             }
         }
         let backends: Vec<String> = self.backends.iter().map(|b| b.addr().to_string()).collect();
-        let peers: Vec<String> = (1..=3)
+        let peers: Vec<(String, SocketAddrV4)> = (1..=3)
             .filter(|&p| p != ctl)
-            .map(|p| {
-                format!(
-                    "{{ id = \"{}\", addr = \"{}\" }}",
-                    controller_id(p),
-                    controller_listen(p)
-                )
-            })
+            .map(|p| (controller_id(p), controller_listen(p)))
             .collect();
         toml += &format!(
             "[[service]]\n\
@@ -575,33 +571,24 @@ impl HaCluster {
              vip = {vip}\n\
              write_port = {WRITE_PORT}\n\
              read_port = {READ_PORT}\n\
-             backends = [{backends}]\n\
-             quorum = {quorum}\n\
-             down_after_ms = {down_after}\n\
-             failover_timeout_ms = {failover_timeout}\n\
-             \n\
-             [controller]\n\
-             id = \"{id}\"\n\
-             listen = \"{listen}\"\n\
-             secret = {secret}\n\
-             state_file = {state}\n\
-             probe_interval_ms = {interval}\n\
-             metrics_listen = \"{metrics}\"\n\
-             peers = [{peers}]\n",
+             backends = [{backends}]\n",
             name = toml_string(SERVICE_NAME),
             vip = toml_string(&VIP.to_string()),
             backends = list(&backends),
-            quorum = o.quorum,
-            down_after = o.down_after_ms,
-            failover_timeout = o.failover_timeout_ms,
-            id = controller_id(ctl),
-            listen = controller_listen(ctl),
-            secret = toml_string(&o.secret),
-            state = toml_string(&state_file.display().to_string()),
-            interval = o.probe_interval_ms,
-            metrics = SocketAddrV4::new(*controller_listen(ctl).ip(), METRICS_PORT),
-            peers = peers.join(", "),
         );
+        toml += &ControllerToml {
+            quorum: o.quorum,
+            down_after_ms: o.down_after_ms,
+            failover_timeout_ms: o.failover_timeout_ms,
+            id: &controller_id(ctl),
+            listen: controller_listen(ctl),
+            secret: &o.secret,
+            state_file,
+            probe_interval_ms: o.probe_interval_ms,
+            metrics_listen: SocketAddrV4::new(*controller_listen(ctl).ip(), METRICS_PORT),
+            peers: &peers,
+        }
+        .render();
         toml
     }
 

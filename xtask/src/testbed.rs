@@ -39,15 +39,7 @@ pub fn up(xdp_mode: XdpMode) -> Result<Testbed> {
         tb.lb().name(),
         tb.lb_interfaces().join(" ")
     );
-    for b in tb.backends() {
-        let role = if b.index() == 1 { "master" } else { "replica" };
-        println!(
-            "    {:<7} {} ({}, {role})",
-            format!("r{}", b.index()),
-            b.netns().name(),
-            b.addr()
-        );
-    }
+    print_backends(tb.backends());
     println!(
         "    config  {} (xdp_mode = \"{xdp_mode}\")",
         config.display()
@@ -131,15 +123,7 @@ pub fn up_ha(xdp_mode: XdpMode, ha_section: bool) -> Result<HaCluster> {
         "    k3      {} ({K3_IP}, controller c3: votes only)",
         ha.k3().name()
     );
-    for b in ha.backends() {
-        let role = if b.index() == 1 { "master" } else { "replica" };
-        println!(
-            "    {:<7} {} ({}, {role})",
-            format!("r{}", b.index()),
-            b.netns().name(),
-            b.addr()
-        );
-    }
+    print_backends(ha.backends());
     let holders = ha.address_holders()?;
     println!(
         "    VIP {VIP} held by {:?}, gateway {GATEWAY} by {:?}{}",
@@ -216,4 +200,17 @@ pub fn down() -> Result<()> {
         println!("==> removed {removed}");
     }
     Ok(())
+}
+
+/// One line per backend namespace: its name, address and starting role.
+fn print_backends(backends: &[redis_ha_tests::Backend]) {
+    for b in backends {
+        let role = if b.index() == 1 { "master" } else { "replica" };
+        println!(
+            "    {:<7} {} ({}, {role})",
+            format!("r{}", b.index()),
+            b.netns().name(),
+            b.addr()
+        );
+    }
 }

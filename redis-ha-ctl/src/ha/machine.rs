@@ -118,13 +118,24 @@ pub enum HaEvent {
 }
 
 /// Where this controller stands, for the status.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HaRole {
     Owner,
     Candidate,
     Backup,
     Voter,
+}
+
+impl HaRole {
+    /// As the status shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HaRole::Owner => "owner",
+            HaRole::Candidate => "candidate",
+            HaRole::Backup => "backup",
+            HaRole::Voter => "voter",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
