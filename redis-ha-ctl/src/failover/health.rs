@@ -96,6 +96,17 @@ impl Liveness {
         }
     }
 
+    /// SDOWN at once if the last `fall` probes failed, without waiting out `down_after_ms`: for
+    /// a node a quorum already declared down, our own failing probes are corroboration enough.
+    pub(crate) fn confirm_down(&mut self, now: Millis, params: &Params) -> Option<Flip> {
+        if self.state == State::Up && self.fail_streak >= params.fall {
+            self.state = State::Down { since: now };
+            self.last_flip = now;
+            return Some(Flip::Down);
+        }
+        None
+    }
+
     pub(crate) fn is_up(&self) -> bool {
         self.state == State::Up
     }

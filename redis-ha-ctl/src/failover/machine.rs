@@ -1353,6 +1353,16 @@ impl ServiceMachine {
         let node = self.nodes.entry(new).or_insert_with(|| Node::new(now));
         node.liveness = Liveness::new(now);
         node.role_since = now;
+        // The old master is now listed as a replica. A quorum found it down; if our own
+        // probes are failing too, say so now rather than after the rest of down-after, or
+        // Sentinel clients (redis-py's `discover_slaves`) would send reads to a dead node.
+        if let Some(Flip::Down) = self
+            .nodes
+            .get_mut(&old)
+            .and_then(|n| n.liveness.confirm_down(now, &self.params))
+        {
+            self.emit(out, NoticeKind::Sdown, self.describe(old));
+        }
         self.persist(out);
         self.set_master(self.config_epoch, new, out);
         self.publish_read_pool(out);

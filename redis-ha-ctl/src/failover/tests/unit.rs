@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use super::sim::Sim;
 use super::{
-    M, R1, R2, R3, config, count_notices, first_notice, kinds, master_reply, params, replica_reply,
+    M, R1, R2, R3, SERVICE, config, count_notices, first_notice, kinds, master_reply, params,
+    replica_reply,
 };
 use crate::failover::{
     Action, Command, ControllerId, Event, FailoverPhase, Hello, Millis, NodeAddr, NodeInfo, Notice,
@@ -844,6 +845,60 @@ fn a_switch_forgets_the_old_masters_down_state_and_peer_reports() {
     assert!(t.m.is_sdown(R2));
     assert!(!t.m.is_odown());
     assert_eq!(t.m.current_epoch(), epoch);
+}
+
+#[test]
+fn a_switch_away_from_a_master_our_probes_fail_marks_it_down_at_once() {
+    // Our probes of M fail, but down-after has not passed yet when the leader's new
+    // configuration arrives: the old master, now listed as a replica, is SDOWN right away.
+    let mut t = One::new("a", &["b", "c"], params());
+    t.run(1_000);
+    t.set(M, None);
+    t.run(300);
+    assert!(!t.m.is_sdown(M));
+    let out = t.from(
+        "c",
+        PeerMsg::Hello(Hello {
+            current_epoch: 1,
+            master: R2,
+            config_epoch: 1,
+            sdown: vec![M],
+        }),
+    );
+    assert_eq!(t.m.master(), R2);
+    assert!(t.m.is_sdown(M));
+    let sdown: Vec<String> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Emit(n) if n.kind == NoticeKind::Sdown => Some(n.payload.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        sdown,
+        vec![format!(
+            "slave {M} {} {} @ {SERVICE} {} {}",
+            M.ip(),
+            M.port(),
+            R2.ip(),
+            R2.port()
+        )]
+    );
+
+    // A planned switch away from a master that answers leaves it up.
+    let mut t = One::new("a", &["b", "c"], params());
+    t.run(1_000);
+    t.from(
+        "c",
+        PeerMsg::Hello(Hello {
+            current_epoch: 1,
+            master: R2,
+            config_epoch: 1,
+            sdown: vec![],
+        }),
+    );
+    assert_eq!(t.m.master(), R2);
+    assert!(!t.m.is_sdown(M));
 }
 
 #[test]
