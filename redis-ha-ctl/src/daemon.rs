@@ -138,8 +138,8 @@ impl Jitter {
     }
 }
 
-/// The probe timeout of a service: a probe must fail well within down-after.
-fn probe_timeout(svc: &ServiceConfig) -> Duration {
+/// How long a planned switchover's commands (pause, offsets, promotion) may take.
+fn switchover_timeout(svc: &ServiceConfig) -> Duration {
     Duration::from_millis((svc.failover.down_after_ms / 2).clamp(50, 1000))
 }
 
@@ -611,8 +611,9 @@ fn spawn_probes(
 ) -> anyhow::Result<()> {
     for (i, svc) in services.iter().enumerate() {
         let interval = Duration::from_millis(ctl.probe_interval_ms);
+        let timeout = Duration::from_millis(params(svc, ctl).probe_timeout_ms());
         for node in &svc.backends {
-            let mut prober = Prober::new(*node, svc.failover.auth.as_ref(), probe_timeout(svc))
+            let mut prober = Prober::new(*node, svc.failover.auth.as_ref(), timeout)
                 .with_context(|| format!("probe client for {node}"))?;
             let tx = tx.clone();
             let metrics = metrics.clone();
@@ -1301,7 +1302,7 @@ impl SwitchoverIo {
     fn new(svc: &ServiceConfig) -> Self {
         Self {
             auth: svc.failover.auth.clone(),
-            timeout: probe_timeout(svc),
+            timeout: switchover_timeout(svc),
         }
     }
 

@@ -99,10 +99,50 @@ impl Params {
         self.probe_interval_ms.saturating_mul(5)
     }
 
+    /// How long one probe may take before it counts as failed. A frozen node (SIGSTOP, a hung
+    /// host) answers nothing, so each probe of it takes this long, and it is SDOWN only after
+    /// `fall` of them failed in a row. The first of them starts up to one interval after the
+    /// last reply, so `fall` timeouts must fit in down-after minus one interval for a frozen
+    /// node to be SDOWN as early as a dead one (half of down-after, the former timeout, left a
+    /// frozen master SDOWN one more probe later). A slow reply is no worse off than before: a
+    /// node is SDOWN only when no probe at all succeeded for down-after.
+    pub fn probe_timeout_ms(&self) -> Millis {
+        let budget = self.down_after_ms.saturating_sub(self.probe_interval_ms);
+        (budget / Millis::from(self.fall.max(1))).clamp(50, 1000)
+    }
+
     /// How long a master may report itself a replica before it is SDOWN (Sentinel adds two INFO
     /// periods to down-after; our INFO period is the probe interval).
     pub(crate) fn wrong_role_grace(&self) -> Millis {
         self.down_after_ms
             .saturating_add(self.probe_interval_ms.saturating_mul(2))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frozen_node_fails_fall_probes_within_down_after() {
+        for (down_after, interval) in [(1_000, 100), (250, 100), (30_000, 1_000), (5_000, 100)] {
+            let p = Params {
+                down_after_ms: down_after,
+                probe_interval_ms: interval,
+                ..Params::default()
+            };
+            let t = p.probe_timeout_ms();
+            assert!(
+                interval + Millis::from(p.fall) * t <= down_after.max(interval + 100),
+                "{down_after}/{interval}: {t}"
+            );
+            assert!((50..=1_000).contains(&t), "{t}");
+        }
+        let p = Params {
+            down_after_ms: 1_000,
+            probe_interval_ms: 100,
+            ..Params::default()
+        };
+        assert_eq!(p.probe_timeout_ms(), 450);
     }
 }
