@@ -73,6 +73,11 @@ enum Task {
         /// Leave out the failover trials.
         #[arg(long)]
         skip_failover: bool,
+        /// XDP attach mode of the redis-ha paths: native (what a NIC driver runs) or skb.
+        /// On veth, native mode copies every frame the local stacks send into a page for the
+        /// program; generic (skb) mode runs on the skb and can be the cheaper of the two here.
+        #[arg(long, default_value = "native")]
+        xdp_mode: XdpMode,
         /// Output directory (default <workspace>/bench-results).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -153,8 +158,10 @@ fn run(task: Task) -> Result<()> {
             skip_paths,
             skip_packet,
             skip_failover,
+            xdp_mode,
             out,
         } => bench::bench(bench::Options {
+            xdp_mode,
             quick,
             repeats,
             trials,

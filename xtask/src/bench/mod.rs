@@ -40,6 +40,8 @@ pub struct Options {
     pub skip_paths: bool,
     pub skip_packet: bool,
     pub skip_failover: bool,
+    /// Attach mode of the redis-ha paths.
+    pub xdp_mode: XdpMode,
     /// Where the results go; default `<workspace>/bench-results`.
     pub out: Option<PathBuf>,
     /// The command line, for the report.
@@ -108,7 +110,7 @@ pub fn bench(options: Options) -> Result<()> {
         Err("skipped (--skip-paths)".to_owned())
     } else {
         println!("==> paths: {repeats} repeats, order rotated per workload and repeat");
-        measure_paths(&ctl, options.quick, repeats).map_err(|e| format!("{e:#}"))
+        measure_paths(&ctl, options.quick, repeats, options.xdp_mode).map_err(|e| format!("{e:#}"))
     };
     if let Err(e) = &paths {
         println!("    paths: {e}");
@@ -188,11 +190,16 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or_default()
 }
 
-fn measure_paths(ctl: &CtlInfo, quick: bool, repeats: usize) -> Result<paths::PathResults> {
+fn measure_paths(
+    ctl: &CtlInfo,
+    quick: bool,
+    repeats: usize,
+    xdp_mode: XdpMode,
+) -> Result<paths::PathResults> {
     let mut tb = Testbed::up(TestbedOptions {
         tag: unique_tag(),
         backends: 3,
-        xdp_mode: XdpMode::Native,
+        xdp_mode,
     })?;
     // Replication off the LB's veths, as replicas share a segment with their master on real
     // hosts. Through the LB, the master's replication streams (twice the bytes of every

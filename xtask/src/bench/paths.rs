@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use redis_ha_tests::testbed::{READ_PORT, REDIS_PORT, VIP, WRITE_PORT, backend_ip};
-use redis_ha_tests::{Testbed, wait_until};
+use redis_ha_tests::{Testbed, XdpMode, wait_until};
 
 use super::haproxy::{self, HaProxy};
 use super::workload::{self, TestResult, Workload};
@@ -59,8 +59,8 @@ impl PathKind {
             PathKind::Direct => {
                 "direct to the master 198.18.1.11:6379, kernel routing, XDP detached"
             }
-            PathKind::VipWrite => "redis-ha write port 198.18.0.100:6380 (XDP, native)",
-            PathKind::VipRead => "redis-ha read port 198.18.0.100:6381 (XDP, native; GET only)",
+            PathKind::VipWrite => "redis-ha write port 198.18.0.100:6380 (XDP)",
+            PathKind::VipRead => "redis-ha read port 198.18.0.100:6381 (XDP; GET only)",
             PathKind::Haproxy => "seed HAProxy 2.6 write frontend 198.18.0.101:6380, XDP detached",
         }
     }
@@ -115,8 +115,82 @@ pub struct Run {
     pub wall: Duration,
 }
 
+/// Where the measured runs ran: redis-benchmark on one CPU, every redis-server on another.
+/// The read port spreads connections over two replicas; unpinned on a 2-CPU machine, that
+/// made three busy processes (the client and two servers) where the other paths have two,
+/// and the read port measured the scheduler rather than the balancer (0.82x direct on
+/// pipelined GET). Pinned, the servers of every path share exactly one CPU.
+#[derive(Clone, Copy, Debug)]
+pub struct Pinning {
+    pub client_cpu: usize,
+    pub server_cpu: usize,
+}
+
+impl Pinning {
+    /// CPU 0 for the client, CPU 1 for the servers; `None` on a single CPU.
+    fn pin(tb: &Testbed) -> Result<Option<Self>> {
+        if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+            return Ok(None);
+        }
+        let p = Pinning {
+            client_cpu: 0,
+            server_cpu: 1,
+        };
+        for b in tb.backends() {
+            let pid = b
+                .pid()
+                .with_context(|| format!("backend {} has no process", b.index()))?;
+            set_affinity(pid, Some(p.server_cpu))?;
+        }
+        Ok(Some(p))
+    }
+
+    /// Back to every CPU (the failover part runs unpinned).
+    fn unpin(tb: &Testbed) -> Result<()> {
+        for pid in tb.backends().iter().filter_map(|b| b.pid()) {
+            set_affinity(pid, None)?;
+        }
+        Ok(())
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "redis-benchmark pinned to CPU {}, every redis-server to CPU {}",
+            self.client_cpu, self.server_cpu
+        )
+    }
+}
+
+/// Restricts `pid` to `cpu` (every thread would need it too, but redis-server's I/O threads
+/// are off by default and its background threads do no request work), or frees it.
+fn set_affinity(pid: u32, cpu: Option<usize>) -> Result<()> {
+    // SAFETY: cpu_set_t is plain bits; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for c in 0..cpus {
+        if cpu.is_none_or(|only| only == c) {
+            // SAFETY: c < CPU_SETSIZE for any machine this runs on; the set is ours.
+            unsafe { libc::CPU_SET(c, &mut set) };
+        }
+    }
+    // SAFETY: a valid set of the size passed.
+    let rc =
+        unsafe { libc::sched_setaffinity(pid as libc::pid_t, size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        bail!(
+            "sched_setaffinity({pid}, {cpu:?}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
 /// Everything part 1–3 measured.
 pub struct PathResults {
+    /// CPU placement of the runs, if any.
+    pub pinning: Option<Pinning>,
+    /// How the redis-ha paths' program was attached.
+    pub xdp_mode: XdpMode,
     pub workloads: Vec<Workload>,
     pub runs: Vec<Run>,
     pub repeats: usize,
@@ -153,6 +227,11 @@ pub fn measure(tb: &Testbed, ctl: &Path, quick: bool, repeats: usize) -> Result<
         check_path(tb, path)?;
     }
 
+    let pinning = Pinning::pin(tb)?;
+    if let Some(p) = &pinning {
+        println!("    {}", p.describe());
+    }
+    let client_cpu = pinning.map(|p| p.client_cpu);
     let workloads = workload::workloads(quick);
     let mut runs = Vec::new();
     let started = Instant::now();
@@ -163,7 +242,14 @@ pub fn measure(tb: &Testbed, ctl: &Path, quick: bool, repeats: usize) -> Result<
                 super::check_interrupted()?;
                 let path = PATHS[(repeat + w + k) % PATHS.len()];
                 dp.ensure(path.xdp_loaded())?;
-                let run = run_one(tb, &dp, &proxy, path, wl, repeat, ticks)
+                let bench = Bench {
+                    tb,
+                    dp: &dp,
+                    proxy: &proxy,
+                    ticks,
+                    client_cpu,
+                };
+                let run = run_one(&bench, path, wl, repeat)
                     .with_context(|| format!("{} through {}", wl.label, path.id()))?;
                 let rps: Vec<String> = run
                     .tests
@@ -184,7 +270,10 @@ pub fn measure(tb: &Testbed, ctl: &Path, quick: bool, repeats: usize) -> Result<
     }
     dp.ensure(false)?;
     drop(proxy);
+    Pinning::unpin(tb)?;
     Ok(PathResults {
+        pinning,
+        xdp_mode: tb.xdp_mode(),
         workloads,
         runs,
         repeats,
@@ -192,15 +281,23 @@ pub fn measure(tb: &Testbed, ctl: &Path, quick: bool, repeats: usize) -> Result<
     })
 }
 
-fn run_one(
-    tb: &Testbed,
-    dp: &DataPlane,
-    proxy: &HaProxy,
-    path: PathKind,
-    wl: &Workload,
-    repeat: usize,
+/// What every measured run shares.
+struct Bench<'a> {
+    tb: &'a Testbed,
+    dp: &'a DataPlane<'a>,
+    proxy: &'a HaProxy,
     ticks: u64,
-) -> Result<Run> {
+    client_cpu: Option<usize>,
+}
+
+fn run_one(b: &Bench, path: PathKind, wl: &Workload, repeat: usize) -> Result<Run> {
+    let Bench {
+        tb,
+        dp,
+        proxy,
+        ticks,
+        client_cpu,
+    } = *b;
     workload::warm_up(tb.client(), path.addr())?;
     let before_xdp = if path.xdp_loaded() {
         Some(dp.stats()?)
@@ -211,7 +308,7 @@ fn run_one(
         .then(|| process_cpu_ticks(proxy.pid()))
         .transpose()?;
     let t0 = Instant::now();
-    let tests = workload::run(tb.client(), path.addr(), wl, path.tests())?;
+    let tests = workload::run(tb.client(), path.addr(), wl, path.tests(), client_cpu)?;
     let wall = t0.elapsed();
     let mut lb_cpu_ns = None;
     let mut xdp_runs = None;

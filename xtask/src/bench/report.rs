@@ -153,6 +153,8 @@ fn to_json(r: &Results) -> Value {
                     "haproxy": p.cpu_per_100k(w.id, PathKind::Haproxy).map(|c| c.0 / 1e6),
                 })).collect::<Vec<_>>(),
                 "clock_ticks_per_s": p.clock_ticks_per_s,
+                "pinning": p.pinning.map(|p| p.describe()),
+                "xdp_mode": p.xdp_mode.as_str(),
             })
         }
         Err(e) => json!({ "error": e }),
@@ -369,10 +371,16 @@ fn markdown(r: &Results) -> String {
     let _ = writeln!(md, "- redis-ha-ctl: {}", r.ctl.note);
     let _ = writeln!(
         md,
-        "- Testbed: client, LB and three redis-server 7.0 namespaces joined by veths (native XDP); \
+        "- Testbed: client, LB and three redis-server 7.0 namespaces joined by veths; \
          for the paths, replicas replicate over a bridge of their own (198.19.0.0/24), not \
          through the LB. One run, so only the ratios compare. Shared 2-core machines vary \
-         ±10–15 % run to run.\n"
+         ±10–15 % run to run.{}\n",
+        match &r.paths {
+            Ok(PathResults {
+                pinning: Some(p), ..
+            }) => format!(" Paths: {}.", p.describe()),
+            _ => String::new(),
+        }
     );
 
     let mut gaps: Vec<String> = Vec::new();
@@ -529,10 +537,11 @@ fn paths_markdown(md: &mut String, p: &PathResults, repeats: usize) {
     );
     let _ = writeln!(
         md,
-        "Paths: direct = {}; redis-ha = XDP native, loaded by `redis-ha-ctl load` (fresh flow \
+        "Paths: direct = {}; redis-ha = XDP {} mode, loaded by `redis-ha-ctl load` (fresh flow \
          table every time it is reloaded); HAProxy = {}. Workloads: `redis-benchmark -t set,get` \
          from the client namespace ({}).\n",
         PathKind::Direct.describe(),
+        p.xdp_mode.as_str(),
         PathKind::Haproxy.describe(),
         p.workloads
             .iter()

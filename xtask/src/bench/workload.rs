@@ -104,8 +104,16 @@ pub fn run(
     addr: SocketAddrV4,
     workload: &Workload,
     tests: &str,
+    cpu: Option<usize>,
 ) -> Result<Vec<TestResult>> {
-    let mut cmd = client.command("redis-benchmark");
+    let mut cmd = match cpu {
+        Some(cpu) => {
+            let mut cmd = client.command("taskset");
+            cmd.args(["-c", &cpu.to_string(), "redis-benchmark"]);
+            cmd
+        }
+        None => client.command("redis-benchmark"),
+    };
     cmd.args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
         .args(["-t", tests])
         .args(workload.args());
