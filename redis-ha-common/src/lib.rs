@@ -184,7 +184,9 @@ pub struct NextHop {
     pub ingress_ifindex: u32,
     pub dst_mac: [u8; 6],
     pub src_mac: [u8; 6],
-    /// IP total length of that packet: the FIB's MTU check passed for this size.
+    /// IP total length the FIB's MTU check passed: the packet's own, or a full 1500-byte
+    /// frame's when the packet was smaller and the egress MTU allows it, so later full-size
+    /// segments of the connection need no lookup of their own.
     pub max_len: u16,
     pub _pad: u16,
 }

@@ -13,9 +13,9 @@ use core::mem::MaybeUninit;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_PROHIBIT,
-        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE, bpf_fib_lookup as FibParams,
-        xdp_action,
+        BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED,
+        BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE,
+        bpf_fib_lookup as FibParams, xdp_action,
     },
     helpers::generated::{
         bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_redirect,
@@ -295,10 +295,6 @@ fn new_flow(
         count(counter::DROP_INTERNAL);
         return xdp_action::XDP_DROP;
     };
-    if !remember(fkey, &be, slot, &svc) {
-        count(counter::DROP_INTERNAL);
-        return xdp_action::XDP_DROP;
-    }
     rewrite(
         &mut ip.dst,
         &mut tcp.dport,
@@ -307,14 +303,27 @@ fn new_flow(
         &mut ip.check,
         &mut tcp.check,
     );
+    // The connection's entry starts with this packet's next hop, so its next packets skip
+    // the FIB. A failed lookup leaves it empty (the kernel resolves the neighbour, and the
+    // next packet asks again); the connection is remembered either way.
+    let mut hop = MaybeUninit::uninit();
+    // SAFETY: all-zero is a valid NextHop ("nothing cached").
+    let hop: &mut NextHop = unsafe { zero_in_place(&mut hop) };
+    let route = next_hop(ctx, ip, Some(hop));
+    if !remember(fkey, &be, slot, &svc, hop) {
+        count(counter::DROP_INTERNAL);
+        return xdp_action::XDP_DROP;
+    }
     let len = u16::from_be_bytes(ip.tot_len) as u64;
     backend_stats(slot, |s| {
         s.packets_in += 1;
         s.bytes_in += len;
         s.new_flows += 1;
     });
-    // A connection's first packet asks the FIB; the next one caches its answer.
-    forward(ctx, eth, ip, None, counter::FWD_TO_BACKEND)
+    match route {
+        Ok(route) => send(eth, ip, &route, counter::FWD_TO_BACKEND),
+        Err(action) => action,
+    }
 }
 
 /// Is the backend a connection was given still the right one? A write connection must still
@@ -332,7 +341,7 @@ fn still_valid(flow: &Flow, master: u32) -> bool {
 
 /// Records both directions of a new connection.
 #[inline(always)]
-fn remember(fkey: &FlowKey, be: &Backend, slot: u32, svc: &ServicePort) -> bool {
+fn remember(fkey: &FlowKey, be: &Backend, slot: u32, svc: &ServicePort, hop: &NextHop) -> bool {
     let mut value = MaybeUninit::uninit();
     // SAFETY: all-zero is a valid Flow; its NextHop then says "nothing cached".
     let flow: &mut Flow = unsafe { zero_in_place(&mut value) };
@@ -342,9 +351,11 @@ fn remember(fkey: &FlowKey, be: &Backend, slot: u32, svc: &ServicePort) -> bool 
     flow.service_id = svc.service_id;
     flow.kind = svc.kind;
     flow.dir = flow_dir::TO_BACKEND;
+    flow.hop = *hop;
     if FLOWS.insert(fkey, &*flow, 0).is_err() {
         return false;
     }
+    flow.hop = NextHop::default();
     let reply_key = FlowKey {
         src_ip: be.ip,
         dst_ip: fkey.src_ip,
@@ -408,16 +419,6 @@ fn rewrite(
 /// When the fast path cannot finish the job (no neighbour entry yet, a local destination, an
 /// MTU to enforce) the rewritten packet goes to the kernel, which forwards it correctly and
 /// resolves the neighbour for the packets that follow.
-///
-/// `hop` is the connection's cached FIB answer: the lookup (about 45 ns measured with
-/// BPF_PROG_TEST_RUN) was the largest part of an established packet's cost, and its answer for
-/// one direction of a connection rarely changes. A cached answer is used only under the
-/// conditions of [`NextHop`]; a successful lookup refreshes it, and a failed one clears it, so
-/// the next packet asks again.
-///
-/// Two CPUs may refresh the same entry at once, unsynchronised. Both write the FIB's answer of
-/// that moment, so a packet could only see a mix of two answers while a neighbour changes,
-/// misdirecting that one packet, which TCP retransmits.
 #[inline(always)]
 fn forward(
     ctx: &XdpContext,
@@ -426,48 +427,73 @@ fn forward(
     hop: Option<&mut NextHop>,
     fast: u32,
 ) -> u32 {
+    match next_hop(ctx, ip, hop) {
+        Ok(route) => send(eth, ip, &route, fast),
+        Err(action) => action,
+    }
+}
+
+/// Where the rewritten packet goes: `hop`, the connection's cached FIB answer, when it
+/// covers this packet, else the FIB (whose answer then refreshes `hop`). `Err` is the action
+/// to take when the fast path cannot forward the packet, already counted.
+///
+/// The lookup (about 45 ns measured with BPF_PROG_TEST_RUN) was the largest part of an
+/// established packet's cost, and its answer for one direction of a connection rarely
+/// changes. A cached answer is used only under the conditions of [`NextHop`]; a successful
+/// lookup refreshes it, and a failed one clears it, so the next packet asks again.
+///
+/// Two CPUs may refresh the same entry at once, unsynchronised. Both write the FIB's answer of
+/// that moment, so a packet could only see a mix of two answers while a neighbour changes,
+/// misdirecting that one packet, which TCP retransmits.
+#[inline(always)]
+fn next_hop(ctx: &XdpContext, ip: &Ipv4Hdr, hop: Option<&mut NextHop>) -> Result<Route, u32> {
     let len = u16::from_be_bytes(ip.tot_len);
     let ingress = ctx.ingress_ifindex() as u32;
-    // A connection's first packet has nothing cached and nowhere to cache; it skips the clock.
+    // A packet with nowhere to cache skips the clock.
     // SAFETY: a helper without arguments.
     let now = if hop.is_some() {
         unsafe { bpf_ktime_get_coarse_ns() }
     } else {
         0
     };
-    let route = match hop {
+    match hop {
         Some(h)
             if h.ifindex != 0
                 && h.ingress_ifindex == ingress
                 && len <= h.max_len
                 && now.wrapping_sub(h.resolved_ns) < NEXT_HOP_TTL_NS =>
         {
-            Route {
+            Ok(Route {
                 ifindex: h.ifindex,
                 dst_mac: h.dst_mac,
                 src_mac: h.src_mac,
-            }
+            })
         }
         hop => match fib_lookup(ctx, ip, ingress) {
-            Ok(route) => {
+            Ok((route, max_len)) => {
                 if let Some(h) = hop {
                     h.resolved_ns = now;
                     h.ifindex = route.ifindex;
                     h.ingress_ifindex = ingress;
                     h.dst_mac = route.dst_mac;
                     h.src_mac = route.src_mac;
-                    h.max_len = len;
+                    h.max_len = max_len;
                 }
-                route
+                Ok(route)
             }
             Err(action) => {
                 if let Some(h) = hop {
                     h.ifindex = 0;
                 }
-                return action;
+                Err(action)
             }
         },
-    };
+    }
+}
+
+/// Decrements the TTL, sets the MACs of `route` and redirects the packet.
+#[inline(always)]
+fn send(eth: *mut EthHdr, ip: &mut Ipv4Hdr, route: &Route, fast: u32) -> u32 {
     if ip.ttl <= 1 {
         // Let the kernel send the ICMP time-exceeded, as a router would.
         count(counter::PASS_REWRITTEN);
@@ -492,39 +518,65 @@ struct Route {
     src_mac: [u8; 6],
 }
 
-/// Asks the kernel's FIB where the (rewritten) packet goes. `Err` is the action to take when
-/// the fast path cannot forward it, already counted.
+/// A packet smaller than this asks the FIB about a frame of this size instead, so that the
+/// answer, cached, also covers the connection's later full-size segments on a standard MTU
+/// (one lookup per connection and direction instead of one more at its first large segment).
+/// An egress MTU below it makes the FIB refuse; the packet then asks about its own size.
+const FIB_ASK_LEN: u16 = 1500;
+
+/// Asks the kernel's FIB where the (rewritten) packet goes; on success also the largest IP
+/// length the answer was checked for. `Err` is the action to take when the fast path cannot
+/// forward it, already counted.
 #[inline(always)]
-fn fib_lookup(ctx: &XdpContext, ip: &Ipv4Hdr, ingress: u32) -> Result<Route, u32> {
+fn fib_lookup(ctx: &XdpContext, ip: &Ipv4Hdr, ingress: u32) -> Result<(Route, u16), u32> {
+    let len = u16::from_be_bytes(ip.tot_len);
+    let mut asked = if len < FIB_ASK_LEN { FIB_ASK_LEN } else { len };
+    let mut answer = fib_ask(ctx, ip, ingress, asked);
+    if matches!(answer, Err(BPF_FIB_LKUP_RET_FRAG_NEEDED)) && asked != len {
+        asked = len;
+        answer = fib_ask(ctx, ip, ingress, len);
+    }
+    match answer {
+        Ok(route) => Ok((route, asked)),
+        Err(
+            BPF_FIB_LKUP_RET_BLACKHOLE
+            | BPF_FIB_LKUP_RET_UNREACHABLE
+            | BPF_FIB_LKUP_RET_PROHIBIT
+            | BPF_FIB_LKUP_RET_FWD_DISABLED,
+        ) => {
+            count(counter::DROP_NO_ROUTE);
+            Err(xdp_action::XDP_DROP)
+        }
+        Err(_) => {
+            count(counter::PASS_REWRITTEN);
+            Err(xdp_action::XDP_PASS)
+        }
+    }
+}
+
+/// One `bpf_fib_lookup` for a packet of IP length `tot_len`; `Err` is the helper's code.
+#[inline(always)]
+fn fib_ask(ctx: &XdpContext, ip: &Ipv4Hdr, ingress: u32, tot_len: u16) -> Result<Route, u32> {
     let mut params = MaybeUninit::uninit();
     // SAFETY: all-zero is a valid bpf_fib_lookup (plain integers and unions of integers).
     let p: &mut FibParams = unsafe { zero_in_place(&mut params) };
     p.family = AF_INET;
     p.l4_protocol = IPPROTO_TCP;
-    p.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.tot_len);
+    p.__bindgen_anon_1.tot_len = tot_len;
     p.__bindgen_anon_2.tos = ip.tos;
     p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src);
     p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst);
     p.ifindex = ingress;
     // SAFETY: p is a valid, correctly sized parameter block on the stack.
     let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), p, size_of::<FibParams>() as i32, 0) } as u32;
-    match rc {
-        BPF_FIB_LKUP_RET_SUCCESS => Ok(Route {
+    if rc == BPF_FIB_LKUP_RET_SUCCESS {
+        Ok(Route {
             ifindex: p.ifindex,
             dst_mac: p.dmac,
             src_mac: p.smac,
-        }),
-        BPF_FIB_LKUP_RET_BLACKHOLE
-        | BPF_FIB_LKUP_RET_UNREACHABLE
-        | BPF_FIB_LKUP_RET_PROHIBIT
-        | BPF_FIB_LKUP_RET_FWD_DISABLED => {
-            count(counter::DROP_NO_ROUTE);
-            Err(xdp_action::XDP_DROP)
-        }
-        _ => {
-            count(counter::PASS_REWRITTEN);
-            Err(xdp_action::XDP_PASS)
-        }
+        })
+    } else {
+        Err(rc)
     }
 }
 

@@ -118,8 +118,9 @@ fn a_lost_route_stops_established_connections_within_the_ttl() {
     ));
 }
 
-/// A packet up to the largest one the FIB passed rides on the cached answer (a lowered MTU
-/// reaches those sizes within the TTL, like any other change); a larger one asks at once.
+/// The FIB is asked about a full 1500-byte frame, so the cached answer covers every segment
+/// of a standard MTU, and a lowered MTU reaches them within the TTL, like any other change.
+/// Where the MTU is below 1500, a packet larger than the ones the FIB passed asks at once.
 #[test]
 fn a_packet_larger_than_the_cached_ones_is_checked_against_the_mtu() {
     let tb = Testbed::new();
@@ -135,20 +136,39 @@ fn a_packet_larger_than_the_cached_ones_is_checked_against_the_mtu() {
         expect: Expect::ToBackend(BE_11),
         counter: counter::FWD_TO_BACKEND,
     };
-    dp.step(forwarded("small segment, next hop cached", &small));
-    dp.step(forwarded(
-        "940-byte segment, within the MTU of 1500",
-        &medium,
-    ));
-    tb.ip(&format!("link set dev {SRV_DEV} mtu 1000"));
-    dp.step(Case {
-        name: "MTU now 1000: a 1240-byte segment goes to the kernel at once",
-        frame: big,
+    let refused = |name, frame: &Vec<u8>| Case {
+        name,
+        frame: frame.clone(),
         action: XDP_PASS,
         expect: Expect::RewrittenOnly(BE_11),
         counter: counter::PASS_REWRITTEN,
-    });
-    dp.step(forwarded("small segments still take the fast path", &small));
+    };
+    let cached_at = Instant::now();
+    dp.step(forwarded("small segment, next hop cached", &small));
+    tb.ip(&format!("link set dev {SRV_DEV} mtu 1000"));
+    if cached_at.elapsed() < TTL / 2 {
+        dp.step(forwarded(
+            "MTU now 1000: a 1240-byte segment still rides on the answer for 1500 bytes",
+            &big,
+        ));
+    }
+    sleep(PAST_TTL);
+    dp.step(refused(
+        "past the TTL: the 1240-byte segment goes to the kernel (ICMP fragmentation needed)",
+        &big,
+    ));
+    dp.step(forwarded(
+        "small segments still take the fast path (the FIB passes their own size)",
+        &small,
+    ));
+    dp.step(forwarded(
+        "a 940-byte segment asks at once, and fits",
+        &medium,
+    ));
+    dp.step(refused(
+        "and a 1240-byte one asks at once, and does not",
+        &big,
+    ));
 }
 
 #[test]
