@@ -115,11 +115,10 @@ pub struct Run {
     pub wall: Duration,
 }
 
-/// Where the measured runs ran: redis-benchmark on one CPU, every redis-server on another.
-/// The read port spreads connections over two replicas; unpinned on a 2-CPU machine, that
-/// made three busy processes (the client and two servers) where the other paths have two,
-/// and the read port measured the scheduler rather than the balancer (0.82x direct on
-/// pipelined GET). Pinned, the servers of every path share exactly one CPU.
+/// Where the measured runs ran: redis-benchmark on one CPU, every redis-server on another,
+/// so the client and the server of a path never take each other's CPU, whichever the
+/// scheduler would have picked (the ratios' spread over repeats narrowed from up to 0.27 to
+/// 0.02-0.08 in quick runs).
 #[derive(Clone, Copy, Debug)]
 pub struct Pinning {
     pub client_cpu: usize,

@@ -371,9 +371,9 @@ fn markdown(r: &Results) -> String {
     let _ = writeln!(md, "- redis-ha-ctl: {}", r.ctl.note);
     let _ = writeln!(
         md,
-        "- Testbed: client, LB and three redis-server 7.0 namespaces joined by veths; \
-         for the paths, replicas replicate over a bridge of their own (198.19.0.0/24), not \
-         through the LB. One run, so only the ratios compare. Shared 2-core machines vary \
+        "- Testbed: client, LB and redis-server 7.0 namespaces joined by veths. Paths: a \
+         master and one replica, which replicates over a bridge of its own (198.19.0.0/24), \
+         not through the LB; failovers: a master and two replicas. One run, so only the ratios compare. Shared 2-core machines vary \
          ±10–15 % run to run.{}\n",
         match &r.paths {
             Ok(PathResults {
