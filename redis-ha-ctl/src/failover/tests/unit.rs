@@ -119,6 +119,15 @@ fn hello(master: NodeAddr, sdown: &[NodeAddr]) -> Hello {
     }
 }
 
+/// The hello of a leader that promoted `master` in epoch 1.
+fn promoted(master: NodeAddr, sdown: &[NodeAddr]) -> PeerMsg {
+    PeerMsg::Hello(Hello {
+        current_epoch: 1,
+        config_epoch: 1,
+        ..hello(master, sdown)
+    })
+}
+
 fn position(actions: &[Action], pred: impl Fn(&Action) -> bool) -> usize {
     actions.iter().position(pred).expect("action present")
 }
@@ -823,15 +832,7 @@ fn a_switch_forgets_the_old_masters_down_state_and_peer_reports() {
 
     // c announces the new master (it must be from the leader's failover in epoch 1).
     t.standing_hellos.clear();
-    t.from(
-        "c",
-        PeerMsg::Hello(Hello {
-            current_epoch: 1,
-            master: R2,
-            config_epoch: 1,
-            sdown: vec![M],
-        }),
-    );
+    t.from("c", promoted(R2, &[M]));
     assert_eq!(t.m.master(), R2);
     assert!(!t.m.is_odown());
     assert!(!t.m.is_sdown(R2));
@@ -856,15 +857,7 @@ fn a_switch_away_from_a_master_our_probes_fail_marks_it_down_at_once() {
     t.set(M, None);
     t.run(300);
     assert!(!t.m.is_sdown(M));
-    let out = t.from(
-        "c",
-        PeerMsg::Hello(Hello {
-            current_epoch: 1,
-            master: R2,
-            config_epoch: 1,
-            sdown: vec![M],
-        }),
-    );
+    let out = t.from("c", promoted(R2, &[M]));
     assert_eq!(t.m.master(), R2);
     assert!(t.m.is_sdown(M));
     let sdown: Vec<String> = out
@@ -888,15 +881,7 @@ fn a_switch_away_from_a_master_our_probes_fail_marks_it_down_at_once() {
     // A planned switch away from a master that answers leaves it up.
     let mut t = One::new("a", &["b", "c"], params());
     t.run(1_000);
-    t.from(
-        "c",
-        PeerMsg::Hello(Hello {
-            current_epoch: 1,
-            master: R2,
-            config_epoch: 1,
-            sdown: vec![],
-        }),
-    );
+    t.from("c", promoted(R2, &[]));
     assert_eq!(t.m.master(), R2);
     assert!(!t.m.is_sdown(M));
 }
