@@ -32,13 +32,18 @@ use super::xdp::DataPlane;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum PathKind {
     Direct,
+    /// Reference only (no bar): the direct path with the program attached, which passes
+    /// this traffic. The gap between it and `Direct` is what native XDP on veth costs before
+    /// the program does anything (the driver copies every frame a local stack sent).
+    DirectXdp,
     VipWrite,
     VipRead,
     Haproxy,
 }
 
-pub const PATHS: [PathKind; 4] = [
+pub const PATHS: [PathKind; 5] = [
     PathKind::Direct,
+    PathKind::DirectXdp,
     PathKind::VipWrite,
     PathKind::VipRead,
     PathKind::Haproxy,
@@ -48,6 +53,7 @@ impl PathKind {
     pub fn id(self) -> &'static str {
         match self {
             PathKind::Direct => "direct",
+            PathKind::DirectXdp => "direct-xdp",
             PathKind::VipWrite => "vip-write",
             PathKind::VipRead => "vip-read",
             PathKind::Haproxy => "haproxy",
@@ -59,6 +65,10 @@ impl PathKind {
             PathKind::Direct => {
                 "direct to the master 198.18.1.11:6379, kernel routing, XDP detached"
             }
+            PathKind::DirectXdp => {
+                "direct to the master 198.18.1.11:6379, kernel routing, redis-ha's program \
+                 attached (it passes this traffic); a reference for the veth driver's XDP cost"
+            }
             PathKind::VipWrite => "redis-ha write port 198.18.0.100:6380 (XDP)",
             PathKind::VipRead => "redis-ha read port 198.18.0.100:6381 (XDP; GET only)",
             PathKind::Haproxy => "seed HAProxy 2.6 write frontend 198.18.0.101:6380, XDP detached",
@@ -67,7 +77,7 @@ impl PathKind {
 
     pub fn addr(self) -> SocketAddrV4 {
         match self {
-            PathKind::Direct => SocketAddrV4::new(backend_ip(1), REDIS_PORT),
+            PathKind::Direct | PathKind::DirectXdp => SocketAddrV4::new(backend_ip(1), REDIS_PORT),
             PathKind::VipWrite => SocketAddrV4::new(VIP, WRITE_PORT),
             PathKind::VipRead => SocketAddrV4::new(VIP, READ_PORT),
             PathKind::Haproxy => SocketAddrV4::new(haproxy::HAPROXY_VIP, haproxy::WRITE_PORT),
@@ -75,7 +85,10 @@ impl PathKind {
     }
 
     fn xdp_loaded(self) -> bool {
-        matches!(self, PathKind::VipWrite | PathKind::VipRead)
+        matches!(
+            self,
+            PathKind::DirectXdp | PathKind::VipWrite | PathKind::VipRead
+        )
     }
 
     /// The read port reaches replicas, which refuse SET (READONLY).

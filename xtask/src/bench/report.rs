@@ -78,6 +78,7 @@ pub struct Results {
 fn path_title(p: PathKind) -> &'static str {
     match p {
         PathKind::Direct => "direct",
+        PathKind::DirectXdp => "direct, XDP attached (reference)",
         PathKind::VipWrite => "redis-ha write port",
         PathKind::VipRead => "redis-ha read port",
         PathKind::Haproxy => "HAProxy (seed)",
@@ -537,10 +538,11 @@ fn paths_markdown(md: &mut String, p: &PathResults, repeats: usize) {
     );
     let _ = writeln!(
         md,
-        "Paths: direct = {}; redis-ha = XDP {} mode, loaded by `redis-ha-ctl load` (fresh flow \
-         table every time it is reloaded); HAProxy = {}. Workloads: `redis-benchmark -t set,get` \
-         from the client namespace ({}).\n",
+        "Paths: direct = {}; direct, XDP attached = {}; redis-ha = XDP {} mode, loaded by \
+         `redis-ha-ctl load` (fresh flow table every time it is reloaded); HAProxy = {}. \
+         Workloads: `redis-benchmark -t set,get` from the client namespace ({}).\n",
         PathKind::Direct.describe(),
+        PathKind::DirectXdp.describe(),
         p.xdp_mode.as_str(),
         PathKind::Haproxy.describe(),
         p.workloads
