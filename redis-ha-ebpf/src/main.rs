@@ -125,7 +125,7 @@ fn try_redis_ha(ctx: &XdpContext) -> Result<u32, u32> {
     // SERVICES first).
     if !bare_syn {
         // SAFETY: a map value stays valid for the whole run of the program (RCU); another
-        // CPU may write its `hop` concurrently, see `forward`.
+        // CPU may write its `hop` concurrently, see `next_hop`.
         if let Some(flow) = FLOWS.get_ptr_mut(&fkey).map(|f| unsafe { &mut *f }) {
             return Ok(match flow.dir {
                 flow_dir::TO_CLIENT => {
@@ -248,20 +248,35 @@ fn along_flow(
         return send_reset(ctx, eth, counter::RESET_STALE_FLOW);
     }
     // The entry carries the backend's address: no BACKENDS lookup on this path.
+    to_backend_addr(ip, tcp, flow.nat_ip, flow.nat_port);
+    count_to_backend(ip, flow.backend, false);
+    forward(ctx, eth, ip, Some(&mut flow.hop), counter::FWD_TO_BACKEND)
+}
+
+/// Client → backend: the destination becomes the backend's address.
+#[inline(always)]
+fn to_backend_addr(ip: &mut Ipv4Hdr, tcp: &mut TcpHdr, addr: [u8; 4], port: u16) {
     rewrite(
         &mut ip.dst,
         &mut tcp.dport,
-        flow.nat_ip,
-        flow.nat_port,
+        addr,
+        port,
         &mut ip.check,
         &mut tcp.check,
     );
+}
+
+/// Counts a packet forwarded to backend `slot` (and, for a connection's first, the flow).
+#[inline(always)]
+fn count_to_backend(ip: &Ipv4Hdr, slot: u32, new_flow: bool) {
     let len = u16::from_be_bytes(ip.tot_len) as u64;
-    backend_stats(flow.backend, |s| {
+    backend_stats(slot, |s| {
         s.packets_in += 1;
         s.bytes_in += len;
+        if new_flow {
+            s.new_flows += 1;
+        }
     });
-    forward(ctx, eth, ip, Some(&mut flow.hop), counter::FWD_TO_BACKEND)
 }
 
 /// Client → VIP:port with no connection entry (its SYN, or a packet whose entry was evicted
@@ -295,31 +310,17 @@ fn new_flow(
         count(counter::DROP_INTERNAL);
         return xdp_action::XDP_DROP;
     };
-    rewrite(
-        &mut ip.dst,
-        &mut tcp.dport,
-        be.ip,
-        be.port,
-        &mut ip.check,
-        &mut tcp.check,
-    );
+    to_backend_addr(ip, tcp, be.ip, be.port);
     // The connection's entry starts with this packet's next hop, so its next packets skip
     // the FIB. A failed lookup leaves it empty (the kernel resolves the neighbour, and the
     // next packet asks again); the connection is remembered either way.
-    let mut hop = MaybeUninit::uninit();
-    // SAFETY: all-zero is a valid NextHop ("nothing cached").
-    let hop: &mut NextHop = unsafe { zero_in_place(&mut hop) };
-    let route = next_hop(ctx, ip, Some(hop));
-    if !remember(fkey, &be, slot, &svc, hop) {
+    let mut hop = NextHop::default();
+    let route = next_hop(ctx, ip, Some(&mut hop));
+    if !remember(fkey, &be, slot, &svc, &hop) {
         count(counter::DROP_INTERNAL);
         return xdp_action::XDP_DROP;
     }
-    let len = u16::from_be_bytes(ip.tot_len) as u64;
-    backend_stats(slot, |s| {
-        s.packets_in += 1;
-        s.bytes_in += len;
-        s.new_flows += 1;
-    });
+    count_to_backend(ip, slot, true);
     match route {
         Ok(route) => send(eth, ip, &route, counter::FWD_TO_BACKEND),
         Err(action) => action,

@@ -82,11 +82,7 @@ impl Liveness {
         let silent = silent_for > params.down_after_ms
             && (self.fail_streak >= params.fall || unobserved_for > params.down_after_ms);
         match self.state {
-            State::Up if silent || wrong_role => {
-                self.state = State::Down { since: now };
-                self.last_flip = now;
-                Some(Flip::Down)
-            }
+            State::Up if silent || wrong_role => Some(self.go_down(now)),
             State::Down { .. } if !silent && !wrong_role && self.ok_streak >= params.rise => {
                 self.state = State::Up;
                 self.last_flip = now;
@@ -99,12 +95,13 @@ impl Liveness {
     /// SDOWN at once if the last `fall` probes failed, without waiting out `down_after_ms`: for
     /// a node a quorum already declared down, our own failing probes are corroboration enough.
     pub(crate) fn confirm_down(&mut self, now: Millis, params: &Params) -> Option<Flip> {
-        if self.state == State::Up && self.fail_streak >= params.fall {
-            self.state = State::Down { since: now };
-            self.last_flip = now;
-            return Some(Flip::Down);
-        }
-        None
+        (self.state == State::Up && self.fail_streak >= params.fall).then(|| self.go_down(now))
+    }
+
+    fn go_down(&mut self, now: Millis) -> Flip {
+        self.state = State::Down { since: now };
+        self.last_flip = now;
+        Flip::Down
     }
 
     pub(crate) fn is_up(&self) -> bool {

@@ -19,11 +19,12 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use redis_ha_tests::testbed::{READ_PORT, REDIS_PORT, VIP, WRITE_PORT, backend_ip};
-use redis_ha_tests::{Testbed, XdpMode, wait_until};
+use redis_ha_tests::{Testbed, XdpMode, run_within, wait_until};
 
 use super::haproxy::{self, HaProxy};
 use super::workload::{self, TestResult, Workload};
@@ -141,7 +142,7 @@ pub struct Pinning {
 impl Pinning {
     /// CPU 0 for the client, CPU 1 for the servers; `None` on a single CPU.
     fn pin(tb: &Testbed) -> Result<Option<Self>> {
-        if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        if cpu_count() < 2 {
             return Ok(None);
         }
         let p = Pinning {
@@ -152,15 +153,16 @@ impl Pinning {
             let pid = b
                 .pid()
                 .with_context(|| format!("backend {} has no process", b.index()))?;
-            set_affinity(pid, Some(p.server_cpu))?;
+            set_affinity(pid, &p.server_cpu.to_string())?;
         }
         Ok(Some(p))
     }
 
     /// Back to every CPU (the failover part runs unpinned).
     fn unpin(tb: &Testbed) -> Result<()> {
+        let all = format!("0-{}", cpu_count() - 1);
         for pid in tb.backends().iter().filter_map(|b| b.pid()) {
-            set_affinity(pid, None)?;
+            set_affinity(pid, &all)?;
         }
         Ok(())
     }
@@ -173,27 +175,17 @@ impl Pinning {
     }
 }
 
-/// Restricts `pid` to `cpu` (every thread would need it too, but redis-server's I/O threads
-/// are off by default and its background threads do no request work), or frees it.
-fn set_affinity(pid: u32, cpu: Option<usize>) -> Result<()> {
-    // SAFETY: cpu_set_t is plain bits; all-zero is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    for c in 0..cpus {
-        if cpu.is_none_or(|only| only == c) {
-            // SAFETY: c < CPU_SETSIZE for any machine this runs on; the set is ours.
-            unsafe { libc::CPU_SET(c, &mut set) };
-        }
-    }
-    // SAFETY: a valid set of the size passed.
-    let rc =
-        unsafe { libc::sched_setaffinity(pid as libc::pid_t, size_of::<libc::cpu_set_t>(), &set) };
-    if rc != 0 {
-        bail!(
-            "sched_setaffinity({pid}, {cpu:?}): {}",
-            std::io::Error::last_os_error()
-        );
-    }
+fn cpu_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `taskset -a -p -c CPUS PID`: every thread of the process, as redis-benchmark is pinned
+/// with `taskset` too.
+fn set_affinity(pid: u32, cpus: &str) -> Result<()> {
+    run_within(
+        Command::new("taskset").args(["-a", "-p", "-c", cpus, &pid.to_string()]),
+        Duration::from_secs(10),
+    )?;
     Ok(())
 }
 
@@ -243,7 +235,12 @@ pub fn measure(tb: &Testbed, ctl: &Path, quick: bool, repeats: usize) -> Result<
     if let Some(p) = &pinning {
         println!("    {}", p.describe());
     }
-    let client_cpu = pinning.map(|p| p.client_cpu);
+    let bench = Bench {
+        tb,
+        proxy: &proxy,
+        ticks,
+        client_cpu: pinning.map(|p| p.client_cpu),
+    };
     let workloads = workload::workloads(quick);
     let mut runs = Vec::new();
     let started = Instant::now();
@@ -254,14 +251,7 @@ pub fn measure(tb: &Testbed, ctl: &Path, quick: bool, repeats: usize) -> Result<
                 super::check_interrupted()?;
                 let path = PATHS[(repeat + w + k) % PATHS.len()];
                 dp.ensure(path.xdp_loaded())?;
-                let bench = Bench {
-                    tb,
-                    dp: &dp,
-                    proxy: &proxy,
-                    ticks,
-                    client_cpu,
-                };
-                let run = run_one(&bench, path, wl, repeat)
+                let run = run_one(&bench, &dp, path, wl, repeat)
                     .with_context(|| format!("{} through {}", wl.label, path.id()))?;
                 let rps: Vec<String> = run
                     .tests
@@ -296,16 +286,14 @@ pub fn measure(tb: &Testbed, ctl: &Path, quick: bool, repeats: usize) -> Result<
 /// What every measured run shares.
 struct Bench<'a> {
     tb: &'a Testbed,
-    dp: &'a DataPlane<'a>,
     proxy: &'a HaProxy,
     ticks: u64,
     client_cpu: Option<usize>,
 }
 
-fn run_one(b: &Bench, path: PathKind, wl: &Workload, repeat: usize) -> Result<Run> {
+fn run_one(b: &Bench, dp: &DataPlane, path: PathKind, wl: &Workload, repeat: usize) -> Result<Run> {
     let Bench {
         tb,
-        dp,
         proxy,
         ticks,
         client_cpu,

@@ -374,8 +374,8 @@ fn markdown(r: &Results) -> String {
         md,
         "- Testbed: client, LB and redis-server 7.0 namespaces joined by veths. Paths: a \
          master and one replica, which replicates over a bridge of its own (198.19.0.0/24), \
-         not through the LB; failovers: a master and two replicas. One run, so only the ratios compare. Shared 2-core machines vary \
-         ±10–15 % run to run.{}\n",
+         not through the LB; failovers: a master and two replicas. One run, so only the \
+         ratios compare. Shared 2-core machines vary ±10–15 % run to run.{}\n",
         match &r.paths {
             Ok(PathResults {
                 pinning: Some(p), ..

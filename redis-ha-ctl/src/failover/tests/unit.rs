@@ -857,25 +857,19 @@ fn a_switch_away_from_a_master_our_probes_fail_marks_it_down_at_once() {
     t.set(M, None);
     t.run(300);
     assert!(!t.m.is_sdown(M));
-    let out = t.from("c", promoted(R2, &[M]));
+    t.from("c", promoted(R2, &[M]));
     assert_eq!(t.m.master(), R2);
     assert!(t.m.is_sdown(M));
-    let sdown: Vec<String> = out
-        .iter()
-        .filter_map(|a| match a {
-            Action::Emit(n) if n.kind == NoticeKind::Sdown => Some(n.payload.clone()),
-            _ => None,
-        })
-        .collect();
+    assert_eq!(count_notices(&t.log, NoticeKind::Sdown), 1);
     assert_eq!(
-        sdown,
-        vec![format!(
-            "slave {M} {} {} @ {SERVICE} {} {}",
+        first_notice(&t.log, NoticeKind::Sdown).map(|(_, text)| text),
+        Some(format!(
+            "+sdown slave {M} {} {} @ {SERVICE} {} {}",
             M.ip(),
             M.port(),
             R2.ip(),
             R2.port()
-        )]
+        ))
     );
 
     // A planned switch away from a master that answers leaves it up.
