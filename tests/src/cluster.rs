@@ -464,16 +464,7 @@ impl Cluster {
     /// The last `lines` lines of every controller's log, for a failing test to print (the
     /// files go with the testbed's directory).
     pub fn log_tails(&self, lines: usize) -> String {
-        self.controllers
-            .iter()
-            .map(|c| {
-                format!(
-                    "---- end of {c}, {} ----\n{}\n",
-                    c.log_path.display(),
-                    tail(&c.log(), lines)
-                )
-            })
-            .collect()
+        log_tails(&self.controllers, lines)
     }
 }
 
@@ -481,17 +472,7 @@ impl Cluster {
     /// Copies every controller's log to `<target>/e2e-logs/<tag>/` (which outlives the
     /// testbed, unlike the logs themselves) and returns that directory.
     pub fn save_logs(&self) -> Result<PathBuf> {
-        let dir = crate::target_dir()
-            .join("e2e-logs")
-            .join(self.testbed.tag());
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        for c in &self.controllers {
-            if let Some(name) = c.log_path.file_name() {
-                std::fs::write(dir.join(name), c.log())
-                    .with_context(|| format!("saving {}", c.log_path.display()))?;
-            }
-        }
-        Ok(dir)
+        save_logs(&self.controllers, self.testbed.tag())
     }
 }
 
@@ -505,6 +486,33 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// Copies each controller's log to `<target>/e2e-logs/<tag>/`; returns that directory.
+pub(crate) fn save_logs(controllers: &[Controller], tag: &str) -> Result<PathBuf> {
+    let dir = crate::target_dir().join("e2e-logs").join(tag);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for c in controllers {
+        if let Some(name) = c.log_path.file_name() {
+            std::fs::write(dir.join(name), c.log())
+                .with_context(|| format!("saving {}", c.log_path.display()))?;
+        }
+    }
+    Ok(dir)
+}
+
+/// The last `lines` lines of each controller's log, each under a header naming it.
+pub(crate) fn log_tails(controllers: &[Controller], lines: usize) -> String {
+    controllers
+        .iter()
+        .map(|c| {
+            format!(
+                "---- end of {c}, {} ----\n{}\n",
+                c.log_path.display(),
+                tail(&c.log(), lines)
+            )
+        })
+        .collect()
 }
 
 pub(crate) fn tail(text: &str, lines: usize) -> String {

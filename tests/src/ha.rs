@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context as _, Result, bail};
 
 use crate::cluster::{
-    Controller, ControllerToml, METRICS_PORT, MapsView, PEER_PORT, PEER_WARMUP, tail,
+    self, Controller, ControllerToml, METRICS_PORT, MapsView, PEER_PORT, PEER_WARMUP,
 };
 use crate::netns::{Netns, leftovers};
 use crate::process::{ChildGuard, run_within, wait_until};
@@ -870,30 +870,13 @@ impl HaCluster {
 
     /// The last `lines` lines of every controller's log.
     pub fn log_tails(&self, lines: usize) -> String {
-        self.controllers
-            .iter()
-            .map(|c| {
-                format!(
-                    "---- end of {c}, {} ----\n{}\n",
-                    c.log_path().display(),
-                    tail(&c.log(), lines)
-                )
-            })
-            .collect()
+        cluster::log_tails(&self.controllers, lines)
     }
 
     /// Copies every controller's log to `<target>/e2e-logs/<tag>/` (which outlives the
     /// testbed) and returns that directory.
     pub fn save_logs(&self) -> Result<PathBuf> {
-        let dir = crate::target_dir().join("e2e-logs").join(self.tag());
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        for c in &self.controllers {
-            if let Some(name) = c.log_path().file_name() {
-                std::fs::write(dir.join(name), c.log())
-                    .with_context(|| format!("saving {}", c.log_path().display()))?;
-            }
-        }
-        Ok(dir)
+        cluster::save_logs(&self.controllers, self.tag())
     }
 
     /// Leaves everything running after this process exits (`cargo xtask testbed up
