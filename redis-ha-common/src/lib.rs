@@ -21,8 +21,13 @@ pub const RING_SIZE: u32 = 4093;
 pub const RING_ENTRIES: u32 = MAX_SERVICES * 2 * RING_SIZE;
 /// Client networks whose replies may be rewritten without a connection-table entry.
 pub const MAX_CLIENT_NETS: u32 = 256;
-/// Connection-table capacity (each connection takes two entries: one per direction).
-pub const FLOW_TABLE_SIZE: u32 = 262_144;
+/// Default connection-table capacity (each connection takes two entries: one per direction),
+/// which `[dataplane] flow_table_size` overrides at load time. 65,536 entries hold the
+/// default `maxclients` (10,000) of a master and two replicas at once, in about 7 MiB. A
+/// larger table is not free: every lookup lands at a random place in it, and on the 2-vCPU
+/// VM of `cargo xtask bench` the program's time per packet with a new connection for every
+/// request grew by about half at 262,144 entries (cache and TLB misses).
+pub const FLOW_TABLE_SIZE: u32 = 65_536;
 
 /// Pin directory under bpffs for the program's link and every map.
 pub const PIN_DIR: &str = "/sys/fs/bpf/redis-ha";
@@ -149,7 +154,9 @@ pub struct Flow {
     /// The address that replaces the destination (TO_BACKEND) or the source (TO_CLIENT).
     pub nat_ip: [u8; 4],
     pub nat_port: u16,
-    pub _pad: u16,
+    /// 1 once this direction sent a FIN. When both directions have, the next bare ACK (the
+    /// last segment of an orderly close) removes both entries.
+    pub fin: u16,
     /// Backend slot the connection was given; checked against the live state on every packet
     /// so a switched master or a removed replica resets the connection instead of hanging it.
     pub backend: u32,
@@ -205,6 +212,9 @@ pub struct BackendStats {
     pub new_flows: u64,
     /// Connections reset because this backend stopped being the master / left the read pool.
     pub flows_reset: u64,
+    /// Connections that closed in order (FIN both ways, then the last ACK): their entries were
+    /// removed from the connection table.
+    pub flows_closed: u64,
 }
 
 /// Indexes of `COUNTERS` (per CPU, one `u64` packet count each): what the program did with
@@ -321,7 +331,7 @@ const _: () = assert!(size_of::<Backend>() == 16);
 const _: () = assert!(size_of::<FlowKey>() == 12);
 const _: () = assert!(size_of::<NextHop>() == 32);
 const _: () = assert!(size_of::<Flow>() == 56);
-const _: () = assert!(size_of::<BackendStats>() == 48);
+const _: () = assert!(size_of::<BackendStats>() == 56);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -253,7 +253,7 @@ pub fn render_status(s: &Status) -> String {
             let _ = writeln!(out, "  attached: {}", ifaces.join(", "));
             let _ = writeln!(
                 out,
-                "  {:<10} {:<21} {:>4}  {:<7} {:<5} {:>9} {:>11} {:>9} {:>11} {:>9} {:>6}",
+                "  {:<10} {:<21} {:>4}  {:<7} {:<5} {:>9} {:>11} {:>9} {:>11} {:>9} {:>9} {:>6}",
                 "SERVICE",
                 "BACKEND",
                 "SLOT",
@@ -264,12 +264,13 @@ pub fn render_status(s: &Status) -> String {
                 "PKTS-OUT",
                 "BYTES-OUT",
                 "NEW-FLOWS",
+                "CLOSED",
                 "RESETS"
             );
             for b in &dp.backends {
                 let _ = writeln!(
                     out,
-                    "  {:<10} {:<21} {:>4}  {:<7} {:<5} {:>9} {:>11} {:>9} {:>11} {:>9} {:>6}",
+                    "  {:<10} {:<21} {:>4}  {:<7} {:<5} {:>9} {:>11} {:>9} {:>11} {:>9} {:>9} {:>6}",
                     b.service,
                     b.addr,
                     b.slot,
@@ -280,6 +281,7 @@ pub fn render_status(s: &Status) -> String {
                     b.packets_out,
                     b.bytes_out,
                     b.new_flows,
+                    b.flows_closed,
                     b.flows_reset
                 );
             }

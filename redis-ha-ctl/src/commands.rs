@@ -195,7 +195,7 @@ pub fn maps(config: &Path, flow_limit: usize) -> anyhow::Result<String> {
         )?;
         writeln!(
             out,
-            "  {:>4}  {:<21} {:<8} {:<8} {:>10} {:>12} {:>10} {:>12} {:>9} {:>7}",
+            "  {:>4}  {:<21} {:<8} {:<8} {:>10} {:>12} {:>10} {:>12} {:>9} {:>9} {:>7}",
             "slot",
             "backend",
             "role",
@@ -205,6 +205,7 @@ pub fn maps(config: &Path, flow_limit: usize) -> anyhow::Result<String> {
             "pkts_out",
             "bytes_out",
             "new_flows",
+            "closed",
             "resets"
         )?;
         for (slot, b) in snap.backends.iter().filter(|(_, b)| b.service_id == *id) {
@@ -217,7 +218,7 @@ pub fn maps(config: &Path, flow_limit: usize) -> anyhow::Result<String> {
             };
             writeln!(
                 out,
-                "  {:>4}  {:<21} {:<8} {:<8} {:>10} {:>12} {:>10} {:>12} {:>9} {:>7}",
+                "  {:>4}  {:<21} {:<8} {:<8} {:>10} {:>12} {:>10} {:>12} {:>9} {:>9} {:>7}",
                 slot,
                 SocketAddrV4::new(b.ip.into(), b.port).to_string(),
                 role,
@@ -227,6 +228,7 @@ pub fn maps(config: &Path, flow_limit: usize) -> anyhow::Result<String> {
                 s.packets_out,
                 s.bytes_out,
                 s.new_flows,
+                s.flows_closed,
                 s.flows_reset
             )?;
         }

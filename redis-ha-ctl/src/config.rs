@@ -157,7 +157,15 @@ pub struct DataplaneConfig {
     /// connection survive moving to another LB node. Empty (the default): never. Clients in
     /// these networks must then reach the backends only through the VIP.
     pub client_networks: Vec<(Ipv4Addr, u8)>,
+    /// Entries of the connection table (two per connection). Full, it evicts the least
+    /// recently used; orderly closes remove their entries at once.
+    pub flow_table_size: u32,
 }
+
+/// Allowed `flow_table_size`: below 1024 entries the kernel's LRU, which hands out free
+/// entries to each CPU in batches of 128, evicts live connections early; above 16 Mi the
+/// table (about 112 bytes an entry) outgrows any sensible memory budget.
+pub const FLOW_TABLE_RANGE: std::ops::RangeInclusive<u32> = 1024..=16 * 1024 * 1024;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -287,6 +295,7 @@ struct RawDataplane {
     pin_dir: Option<Spanned<String>>,
     #[serde(default)]
     client_networks: Vec<Spanned<String>>,
+    flow_table_size: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -856,8 +865,27 @@ fn validate_dataplane(dp: &Spanned<RawDataplane>) -> Result<DataplaneConfig, Pro
         }
         client_networks.push((addr, len));
     }
+    let flow_table_size = match &raw.flow_table_size {
+        None => redis_ha_common::FLOW_TABLE_SIZE,
+        Some(n) => u32::try_from(*n.get_ref())
+            .ok()
+            .filter(|v| FLOW_TABLE_RANGE.contains(v))
+            .ok_or_else(|| {
+                problem(
+                    n,
+                    "dataplane.flow_table_size",
+                    format!(
+                        "{} entries is out of range: {}..={} (two entries per connection)",
+                        n.get_ref(),
+                        FLOW_TABLE_RANGE.start(),
+                        FLOW_TABLE_RANGE.end()
+                    ),
+                )
+            })?,
+    };
     Ok(DataplaneConfig {
         client_networks,
+        flow_table_size,
         interfaces: raw
             .interfaces
             .get_ref()
@@ -968,6 +996,21 @@ backends = ["198.18.1.11:6379", "198.18.1.12:6379", "198.18.1.13:6379"]
         );
         let nets = parse(&ok).unwrap().dataplane.unwrap().client_networks;
         assert_eq!(nets, [(Ipv4Addr::new(198, 18, 0, 0), 24)]);
+    }
+
+    #[test]
+    fn flow_table_size_defaults_and_is_bounded() {
+        let dp = parse(GOOD).unwrap().dataplane.unwrap();
+        assert_eq!(dp.flow_table_size, redis_ha_common::FLOW_TABLE_SIZE);
+        let set =
+            |v: &str| GOOD.replace("xdp_mode = \"native\"", &format!("flow_table_size = {v}"));
+        let dp = parse(&set("200000")).unwrap().dataplane.unwrap();
+        assert_eq!(dp.flow_table_size, 200_000);
+        for bad in ["1023", "-1", "16777217", "5000000000"] {
+            let (_, key, msg) = err(&set(bad));
+            assert_eq!(key, "dataplane.flow_table_size", "{bad}");
+            assert!(msg.contains("out of range") && msg.contains(bad), "{msg}");
+        }
     }
 
     const CONTROLLER: &str = r#"

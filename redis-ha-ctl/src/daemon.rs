@@ -1279,6 +1279,7 @@ fn dataplane_status(
                 bytes_out: s.bytes_out,
                 new_flows: s.new_flows,
                 flows_reset: s.flows_reset,
+                flows_closed: s.flows_closed,
             });
         }
     }

@@ -395,6 +395,7 @@ fn register_dataplane(reg: &mut Registry, dp: &crate::status::DataplaneStatus) {
     let bytes = Family::<TrafficLabels, Counter>::default();
     let new_flows = Family::<RoleLabels, Counter>::default();
     let resets = Family::<RoleLabels, Counter>::default();
+    let closed = Family::<RoleLabels, Counter>::default();
     for b in &dp.backends {
         let role = if b.is_master { "master" } else { "replica" };
         let traffic = |direction: &str| TrafficLabels {
@@ -414,6 +415,7 @@ fn register_dataplane(reg: &mut Registry, dp: &crate::status::DataplaneStatus) {
         };
         new_flows.get_or_create(&labels).inc_by(b.new_flows);
         resets.get_or_create(&labels).inc_by(b.flows_reset);
+        closed.get_or_create(&labels).inc_by(b.flows_closed);
     }
     let reasons = Family::<ReasonLabels, Counter>::default();
     for (reason, value) in &dp.counters {
@@ -456,6 +458,11 @@ fn register_dataplane(reg: &mut Registry, dp: &crate::status::DataplaneStatus) {
         "backend_flows_reset",
         "Connections reset because their backend stopped being the master or left the read pool",
         resets,
+    );
+    reg.register(
+        "backend_flows_closed",
+        "Connections that closed in order (FIN both ways, then the last ACK), whose entries the data plane removed from its connection table",
+        closed,
     );
     reg.register_with_unit(
         "dataplane",
@@ -569,6 +576,7 @@ pub(crate) mod testdata {
                         bytes_out: 900,
                         new_flows: 2,
                         flows_reset: 1,
+                        flows_closed: 1,
                     },
                     BackendTraffic {
                         service: "mymaster".into(),
@@ -700,6 +708,7 @@ mod tests {
         );
         assert_eq!(value(&s, "redis_ha_backend_new_flows_total", &m), 2.0);
         assert_eq!(value(&s, "redis_ha_backend_flows_reset_total", &m), 1.0);
+        assert_eq!(value(&s, "redis_ha_backend_flows_closed_total", &m), 1.0);
         let replica = [
             ("service", "mymaster"),
             ("backend", "198.18.1.12:6379"),

@@ -136,6 +136,9 @@ pub struct BackendTraffic {
     pub bytes_out: u64,
     pub new_flows: u64,
     pub flows_reset: u64,
+    /// Connections that closed in order and left the connection table.
+    #[serde(default)]
+    pub flows_closed: u64,
 }
 
 /// One operator event, as Sentinel publishes it on its pub/sub channel named after the event.

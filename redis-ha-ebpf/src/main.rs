@@ -127,7 +127,9 @@ fn try_redis_ha(ctx: &XdpContext) -> Result<u32, u32> {
         // SAFETY: a map value stays valid for the whole run of the program (RCU); another
         // CPU may write its `hop` concurrently, see `next_hop`.
         if let Some(flow) = FLOWS.get_ptr_mut(&fkey).map(|f| unsafe { &mut *f }) {
-            return Ok(match flow.dir {
+            let closed = closing(ip, tcp, &fkey, flow);
+            let slot = flow.backend;
+            let action = match flow.dir {
                 flow_dir::TO_CLIENT => {
                     let reply = Reply {
                         nat_ip: flow.nat_ip,
@@ -145,7 +147,17 @@ fn try_redis_ha(ctx: &XdpContext) -> Result<u32, u32> {
                     )
                 }
                 _ => along_flow(ctx, eth, ip, tcp, &fkey, flow),
-            });
+            };
+            if let Some(other) = closed {
+                // Last: `flow` points into the entry, which may be reused once removed. The
+                // packet itself no longer needs it (a redirect is carried out after return).
+                // A stale connection's entry is gone already: that one counts as a reset.
+                let _ = FLOWS.remove(&other);
+                if FLOWS.remove(&fkey).is_ok() {
+                    backend_stats(slot, |s| s.flows_closed += 1);
+                }
+            }
+            return Ok(action);
         }
     }
 
@@ -216,6 +228,54 @@ fn reply_without_flow(fkey: &FlowKey) -> Option<Reply> {
         nat_port,
         backend: slot,
     })
+}
+
+/// Follows a connection's close on its entries: notes this direction's FIN, and returns the
+/// key of the other direction's entry when this packet is the bare ACK that completes an
+/// orderly close (both directions sent a FIN), so that both entries go once the packet is on
+/// its way. Without this the table keeps every closed connection until the LRU evicts it,
+/// and a burst of short connections then evicts the entries of long-lived idle ones (their
+/// next packet has to be re-admitted, and a reply that comes first has no entry at all); a
+/// removed entry is also the next one a new connection reuses while it is still in cache.
+///
+/// An RST removes nothing: one that the receiver rejects (out of window) would otherwise cut
+/// a live connection's reply path. Its entries age out of the LRU as before; so do those of a
+/// connection whose last ACK is lost (the FIN retransmitted after it finds no entry and goes
+/// to the kernel unrewritten, and the client's reset of it closes the backend's socket).
+#[inline(always)]
+fn closing(ip: &Ipv4Hdr, tcp: &TcpHdr, fkey: &FlowKey, flow: &mut Flow) -> Option<FlowKey> {
+    let flags = tcp.flags;
+    if flags & TCP_FIN != 0 {
+        if flow.fin == 0 {
+            flow.fin = 1;
+        }
+        return None;
+    }
+    if flow.fin == 0 || flags & (TCP_SYN | TCP_RST | TCP_ACK) != TCP_ACK {
+        return None;
+    }
+    let hdrs = Ipv4Hdr::LEN as u16 + ((tcp.doff_res >> 4) as u16) * 4;
+    if u16::from_be_bytes(ip.tot_len) != hdrs {
+        return None;
+    }
+    let other = if flow.dir == flow_dir::TO_CLIENT {
+        FlowKey {
+            src_ip: fkey.dst_ip,
+            dst_ip: flow.nat_ip,
+            src_port: fkey.dst_port,
+            dst_port: flow.nat_port,
+        }
+    } else {
+        FlowKey {
+            src_ip: flow.nat_ip,
+            dst_ip: fkey.src_ip,
+            src_port: flow.nat_port,
+            dst_port: fkey.src_port,
+        }
+    };
+    // SAFETY: only a field is read, at once.
+    let other_fin = unsafe { FLOWS.get(&other) }.map(|o| o.fin)?;
+    (other_fin != 0).then_some(other)
 }
 
 /// What a backend's reply needs: the VIP port it must come from, and whose counters it adds to.

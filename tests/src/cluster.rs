@@ -938,6 +938,7 @@ pub struct BackendRow {
     pub pkts_out: u64,
     pub bytes_out: u64,
     pub new_flows: u64,
+    pub closed: u64,
     pub resets: u64,
 }
 
@@ -984,32 +985,46 @@ impl FromStr for MapsView {
         let epoch = after("epoch ")?;
         let master_slot = u32::try_from(after("master slot ")?)?;
         let mut backends = Vec::new();
+        // Columns are found by their header names, so a column added to `maps` cannot shift
+        // the others unnoticed.
+        let mut names: Vec<&str> = Vec::new();
         for line in raw.lines().skip_while(|l| *l != header).skip(1) {
             let cols: Vec<&str> = line.split_whitespace().collect();
             if line.trim().is_empty() || cols.first().is_some_and(|c| c.ends_with(':')) {
                 break;
             }
-            // slot backend role readable pkts_in bytes_in pkts_out bytes_out new_flows resets
-            if cols.len() != 10 || cols[0] == "slot" {
+            if cols.first() == Some(&"slot") {
+                names = cols;
                 continue;
             }
-            let n = |i: usize| -> Result<u64> {
-                cols[i]
+            if cols.len() != names.len() {
+                bail!("`maps` row {line:?} does not match its header {names:?}");
+            }
+            let col = |name: &str| -> Result<&str> {
+                let i = names
+                    .iter()
+                    .position(|n| *n == name)
+                    .with_context(|| format!("no column {name:?} in `maps` header {names:?}"))?;
+                Ok(cols[i])
+            };
+            let n = |name: &str| -> Result<u64> {
+                col(name)?
                     .parse()
-                    .with_context(|| format!("column {i} of {line:?}"))
+                    .with_context(|| format!("column {name} of {line:?}"))
             };
             backends.push(BackendRow {
-                slot: u32::try_from(n(0)?)?,
-                addr: cols[1]
+                slot: u32::try_from(n("slot")?)?,
+                addr: col("backend")?
                     .parse()
                     .with_context(|| format!("address in {line:?}"))?,
-                readable: cols[3] == "yes",
-                pkts_in: n(4)?,
-                bytes_in: n(5)?,
-                pkts_out: n(6)?,
-                bytes_out: n(7)?,
-                new_flows: n(8)?,
-                resets: n(9)?,
+                readable: col("readable")? == "yes",
+                pkts_in: n("pkts_in")?,
+                bytes_in: n("bytes_in")?,
+                pkts_out: n("pkts_out")?,
+                bytes_out: n("bytes_out")?,
+                new_flows: n("new_flows")?,
+                closed: n("closed")?,
+                resets: n("resets")?,
             });
         }
         if backends.is_empty() {
@@ -1033,10 +1048,10 @@ mod tests {
         let raw = "data plane pinned at /sys/fs/bpf/redis-ha-x\n\
             \n\
             service 0 mymaster: write 198.18.0.100:6380, read 198.18.0.100:6381; epoch 3; master slot 2; live table 1\n\
-            \x20 slot  backend               role     readable    pkts_in     bytes_in   pkts_out    bytes_out new_flows  resets\n\
-            \x20    1  198.18.1.11:6379      -        yes              10         1000          9          900         2       0\n\
-            \x20    2  198.18.1.12:6379      master   no               20         2000         19         1900         3       1\n\
-            \x20    3  198.18.1.13:6379      -        yes               0            0          0            0         0       0\n\
+            \x20 slot  backend               role     readable    pkts_in     bytes_in   pkts_out    bytes_out new_flows    closed  resets\n\
+            \x20    1  198.18.1.11:6379      -        yes              10         1000          9          900         2         2       0\n\
+            \x20    2  198.18.1.12:6379      master   no               20         2000         19         1900         3         1       1\n\
+            \x20    3  198.18.1.13:6379      -        yes               0            0          0            0         0         0       0\n\
             \n\
             counters (packets):\n  fwd_to_backend 30\n";
         let m: MapsView = raw.parse().unwrap();
@@ -1048,7 +1063,7 @@ mod tests {
             ["198.18.1.11:6379", "198.18.1.13:6379"].map(|a| a.parse().unwrap())
         );
         let r = m.row("198.18.1.12:6379".parse().unwrap()).unwrap();
-        assert_eq!((r.pkts_in, r.new_flows, r.resets), (20, 3, 1));
+        assert_eq!((r.pkts_in, r.new_flows, r.closed, r.resets), (20, 3, 1, 1));
     }
 
     #[test]

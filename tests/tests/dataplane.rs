@@ -107,7 +107,28 @@ fn reads_spread_over_every_replica_and_never_reach_the_master() -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Every read connection closed in order and left the connection table; the open write
+    // connection keeps its two entries until it closes too.
+    wait_for_flow_entries(&tb, 2)?;
+    drop(w);
+    wait_for_flow_entries(&tb, 0)?;
     Ok(())
+}
+
+/// Waits (bounded) until the connection table holds `n` entries.
+fn wait_for_flow_entries(tb: &Testbed, n: usize) -> Result<()> {
+    let want = format!("flows: {n} entries");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let maps = counters(tb)?;
+        if maps.contains(&want) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("expected {want} once connections closed, got:\n{maps}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -308,6 +329,46 @@ fn maps_pinned_by_another_layout_are_refused_with_a_remedy() -> Result<()> {
     let mut conn = connect(&tb, tb.vip_write())?;
     let _: () = redis::cmd("SET")
         .arg("e2e:layout")
+        .arg("1")
+        .query(&mut conn)?;
+    Ok(())
+}
+
+fn flow_table_entries(tb: &Testbed) -> Result<u64> {
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "show", "pinned"])
+        .arg(tb.pin_dir().join("FLOWS"))
+        .arg("--json")
+        .output()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("bpftool map show: {out:?}"))?;
+    v["max_entries"].as_u64().context("no max_entries")
+}
+
+/// `flow_table_size` sizes the connection table of a new load; a pinned table keeps its size
+/// (resizing would drop every connection's entry) until an unload.
+#[test]
+fn the_flow_table_takes_its_size_from_the_config_at_load() -> Result<()> {
+    let tb = testbed(XdpMode::Native)?;
+    assert_eq!(
+        flow_table_entries(&tb)?,
+        u64::from(redis_ha_common::FLOW_TABLE_SIZE)
+    );
+    let sized = tb
+        .config_toml()
+        .replace("[dataplane]\n", "[dataplane]\nflow_table_size = 4096\n");
+    std::fs::write(tb.config_path(), sized)?;
+    tb.ctl("load", &[])?;
+    assert_eq!(
+        flow_table_entries(&tb)?,
+        u64::from(redis_ha_common::FLOW_TABLE_SIZE)
+    );
+    tb.ctl("unload", &[])?;
+    tb.ctl("load", &[])?;
+    assert_eq!(flow_table_entries(&tb)?, 4096);
+    let mut conn = connect(&tb, tb.vip_write())?;
+    let _: () = redis::cmd("SET")
+        .arg("e2e:size")
         .arg("1")
         .query(&mut conn)?;
     Ok(())

@@ -52,6 +52,7 @@ fn sample_status() -> Status {
         bytes_out: 9_874_310 * scale,
         new_flows: 212 * scale,
         flows_reset: if is_master { 0 } else { 3 },
+        flows_closed: 200 * scale,
     };
     Status {
         controller: "c1".into(),

@@ -111,7 +111,8 @@ fn check_bpffs(pin_dir: &Path) -> Result<(), BpfError> {
 }
 
 /// Refuses pinned maps this binary's program would misread: one whose key, value or number of
-/// entries differs from the program's definition, or (unless `missing_ok`, when the program is
+/// entries (but for `FLOWS`, sized by the configuration) differs from the program's
+/// definition, or (unless `missing_ok`, when the program is
 /// about to be loaded and will create it) a map not pinned at all. aya reuses a pinned map by
 /// name without comparing, so without this a new program would run on an old layout.
 fn check_pinned_layout(pin_dir: &Path, missing_ok: bool) -> Result<(), BpfError> {
@@ -136,8 +137,12 @@ fn check_pinned_layout(pin_dir: &Path, missing_ok: bool) -> Result<(), BpfError>
             return Err(incompatible(format!("no {name}")));
         }
         let info = MapInfo::from_pin(&path).map_err(map_err(name))?;
-        let want = (def.key_size(), def.value_size(), def.max_entries());
+        let mut want = (def.key_size(), def.value_size(), def.max_entries());
         let got = (info.key_size(), info.value_size(), info.max_entries());
+        if name == map_name::FLOWS {
+            // Sized at load time from `flow_table_size`; any size reads the same.
+            want.2 = got.2;
+        }
         if want != got {
             return Err(incompatible(format!(
                 "{name}: key/value/entries {}/{}/{} pinned, {}/{}/{} expected",
@@ -198,12 +203,13 @@ impl BpfDataplane {
         // A pinned program is reused as it is, so its maps must be complete; otherwise the
         // program about to be loaded creates what is missing.
         check_pinned_layout(&cfg.pin_dir, !prog_pin.exists())?;
+        warn_if_flows_resized(cfg);
 
         let mut prog = if prog_pin.exists() {
             Xdp::from_pin(&prog_pin, aya_obj::programs::XdpAttachType::Interface)
                 .map_err(|e| BpfError::Load(Box::new(e)))?
         } else {
-            let (mut ebpf, pins) = load_on_pinned_maps(&cfg.pin_dir)?;
+            let (mut ebpf, pins) = load_on_pinned_maps(cfg)?;
             let prog = loaded_program(&mut ebpf)?;
             prog.pin(&prog_pin)
                 .map_err(|e| BpfError::Load(Box::new(e)))?;
@@ -330,12 +336,13 @@ impl BpfDataplane {
             return Err(BpfError::NotLoaded(cfg.pin_dir.clone()));
         }
         check_pinned_layout(&cfg.pin_dir, true)?;
+        warn_if_flows_resized(cfg);
         let load_err = |e: &dyn std::fmt::Display| BpfError::Load(e.to_string().into());
         let old_id = Xdp::from_pin(&prog_pin, aya_obj::programs::XdpAttachType::Interface)
             .and_then(|p| p.info())
             .map(|i| i.id())
             .map_err(|e| load_err(&e))?;
-        let (mut ebpf, pins) = load_on_pinned_maps(&cfg.pin_dir)?;
+        let (mut ebpf, pins) = load_on_pinned_maps(cfg)?;
         let prog = loaded_program(&mut ebpf)?;
         let new_id = prog.info().map(|i| i.id()).map_err(|e| load_err(&e))?;
         let mut switched = Vec::new();
@@ -382,6 +389,7 @@ impl BpfDataplane {
                 sum.bytes_out += s.bytes_out;
                 sum.new_flows += s.new_flows;
                 sum.flows_reset += s.flows_reset;
+                sum.flows_closed += s.flows_closed;
             }
             if sum != BackendStats::default() {
                 out.push((slot, sum));
@@ -453,10 +461,12 @@ fn map_pins(pin_dir: &Path) -> MapPins {
 
 /// Loads the embedded object, reusing every map already pinned (aya's map_pin_path): that is
 /// how a new program version keeps the connection table, state and counters.
-fn load_on_pinned_maps(pin_dir: &Path) -> Result<(aya::Ebpf, MapPins), BpfError> {
+fn load_on_pinned_maps(cfg: &DataplaneConfig) -> Result<(aya::Ebpf, MapPins), BpfError> {
     raise_memlock();
-    let pins = map_pins(pin_dir);
+    let pins = map_pins(&cfg.pin_dir);
     let mut loader = EbpfLoader::new();
+    // Only a map created now takes this size: a pinned one is reused as it is.
+    loader.map_max_entries(map_name::FLOWS, cfg.flow_table_size);
     for (name, path) in &pins {
         loader.map_pin_path(name, path.as_path());
     }
@@ -464,6 +474,23 @@ fn load_on_pinned_maps(pin_dir: &Path) -> Result<(aya::Ebpf, MapPins), BpfError>
         .load(crate::ebpf_object())
         .map_err(|e| BpfError::Load(Box::new(e)))?;
     Ok((ebpf, pins))
+}
+
+/// A pinned connection table keeps its size: resizing it would drop every connection's
+/// entry, which only an explicit unload + load may do.
+fn warn_if_flows_resized(cfg: &DataplaneConfig) {
+    let path = cfg.pin_dir.join(map_name::FLOWS);
+    let Ok(info) = MapInfo::from_pin(&path) else {
+        return;
+    };
+    if info.max_entries() != cfg.flow_table_size {
+        tracing::warn!(
+            "{} keeps its {} entries: flow_table_size = {} takes effect after              `redis-ha-ctl unload` and a new load (forwarding stops in between)",
+            path.display(),
+            info.max_entries(),
+            cfg.flow_table_size
+        );
+    }
 }
 
 /// The object's XDP program, through the verifier.

@@ -264,6 +264,7 @@ impl Dataplane {
                 bytes_out: a.bytes_out + s.bytes_out,
                 new_flows: a.new_flows + s.new_flows,
                 flows_reset: a.flows_reset + s.flows_reset,
+                flows_closed: a.flows_closed + s.flows_closed,
             })
     }
 

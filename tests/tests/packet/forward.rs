@@ -238,6 +238,7 @@ fn backend_stats_count_packets_bytes_and_flows() {
             bytes_out: ip_len(&reply),
             new_flows: 1,
             flows_reset: 0,
+            flows_closed: 0,
         },
         "after SYN, data, reply, data"
     );

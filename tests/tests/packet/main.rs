@@ -6,12 +6,13 @@
 //! - [`netns`]: the namespace guard and the addresses/MACs the FIB will answer with;
 //! - [`dataplane`]: a loaded program, its maps, and the table runner ([`dataplane::Case`]);
 //! - the test groups: [`forward`], [`passthrough`], [`reset`], [`fib`], [`next_hop`],
-//!   [`arp_guard`], [`measure`].
+//!   [`arp_guard`], [`close`], [`measure`].
 //!
 //! Every test loads its own copy of the program, so flows and counters never leak between
 //! tests.
 
 mod arp_guard;
+mod close;
 mod dataplane;
 mod fib;
 mod forward;

@@ -67,6 +67,7 @@ fn stats_delta(a: &BackendStats, b: &BackendStats) -> BackendStats {
         bytes_out: b.bytes_out - a.bytes_out,
         new_flows: b.new_flows - a.new_flows,
         flows_reset: b.flows_reset - a.flows_reset,
+        flows_closed: b.flows_closed - a.flows_closed,
     }
 }
 
