@@ -1477,6 +1477,14 @@ impl ServiceMachine {
     /// replicas keep serving (slightly stale) reads until one of them is promoted, instead of
     /// the read port failing with the write port. The master as [`ReadFromMaster`] says. A
     /// node claiming to be master is never in it.
+    ///
+    /// A replica that still follows a master we replaced, and that is down, serves too (within
+    /// the same lag) until it is repointed: its data is the dead master's, as before the
+    /// switch. Without this the pool is empty from the promotion until the replicas report
+    /// their new master, and new read connections are refused in between (seen in
+    /// `cargo xtask bench`: 14 refused reads over 41 ms of a SIGSTOP failover). Once the old
+    /// master answers again, its remaining replicas leave: it may have taken writes the new
+    /// master never saw.
     fn compute_read_pool(&self) -> Vec<NodeAddr> {
         let master = self.advertised_master();
         let master_offset = match self.nodes.get(&master).and_then(|n| n.role()) {
@@ -1490,7 +1498,7 @@ impl ServiceMachine {
                 addr != master
                     && node.liveness.is_up()
                     && matches!(node.role(), Some(Role::Replica(r))
-                        if r.master == master
+                        if (r.master == master || self.is_replaced_and_down(r.master))
                             && r.staleness_ms(master_offset) <= self.params.max_replica_lag_ms)
             })
             .map(|(&addr, _)| addr)
@@ -1509,6 +1517,13 @@ impl ServiceMachine {
         }
         pool.sort();
         pool
+    }
+
+    /// A node of this service, other than the master we advertise, that our probes find down:
+    /// the master a failover replaced (a replica only follows a node that was master).
+    fn is_replaced_and_down(&self, node: NodeAddr) -> bool {
+        node != self.advertised_master()
+            && self.nodes.get(&node).is_some_and(|n| !n.liveness.is_up())
     }
 
     fn send_hello(&mut self, now: Millis, out: &mut Vec<Action>) {
