@@ -225,6 +225,9 @@ pub struct ServiceMachine {
     dataplane: Dataplane,
     /// The last [`Action::SetReadPool`] (`None` before the first), so only changes are sent.
     read_pool: Option<Vec<NodeAddr>>,
+    /// The master the last `+switch-master` replaced, and when: its replicas may serve reads
+    /// for a while (see [`Self::compute_read_pool`]).
+    replaced: Option<(NodeAddr, Millis)>,
     /// When we last broadcast our view, to pace the periodic hello.
     last_hello: Option<Millis>,
 }
@@ -264,11 +267,12 @@ impl ServiceMachine {
             candidacy: None,
             dataplane: Dataplane::default(),
             read_pool: None,
+            replaced: None,
             last_hello: None,
         };
         let mut out = Vec::new();
         machine.set_master(config_epoch, master, &mut out);
-        machine.publish_read_pool(&mut out);
+        machine.publish_read_pool(now, &mut out);
         Ok((machine, out))
     }
 
@@ -391,7 +395,7 @@ impl ServiceMachine {
         }
         // Once per tick rather than after each probe: the probes of one round arrive one by one,
         // and the data plane should see the round's outcome, not every intermediate pool.
-        self.publish_read_pool(out);
+        self.publish_read_pool(now, out);
     }
 
     /// Sentinel's ping and INFO reply callbacks (`sentinelRefreshInstanceInfo`).
@@ -1215,7 +1219,7 @@ impl ServiceMachine {
                 demote_to: Some(promoted),
             });
         }
-        self.publish_read_pool(out);
+        self.publish_read_pool(now, out);
         if paused.is_none() {
             // Sentinel's sentinelForceHelloUpdateForMaster: the others switch on this.
             self.send_hello(now, out);
@@ -1345,6 +1349,7 @@ impl ServiceMachine {
             new.port()
         );
         self.emit(out, NoticeKind::SwitchMaster, payload);
+        self.replaced = Some((old, now));
         self.master = new;
         self.failover = Failover::Idle;
         self.failover_start = None;
@@ -1365,7 +1370,7 @@ impl ServiceMachine {
         }
         self.persist(out);
         self.set_master(self.config_epoch, new, out);
-        self.publish_read_pool(out);
+        self.publish_read_pool(now, out);
         self.send_hello(now, out);
     }
 
@@ -1463,8 +1468,8 @@ impl ServiceMachine {
         out.push(Action::SetMaster { epoch, node });
     }
 
-    fn publish_read_pool(&mut self, out: &mut Vec<Action>) {
-        let pool = self.compute_read_pool();
+    fn publish_read_pool(&mut self, now: Millis, out: &mut Vec<Action>) {
+        let pool = self.compute_read_pool(now);
         if self.read_pool.as_ref() != Some(&pool) {
             self.read_pool = Some(pool.clone());
             out.push(Action::SetReadPool(pool));
@@ -1478,14 +1483,16 @@ impl ServiceMachine {
     /// the read port failing with the write port. The master as [`ReadFromMaster`] says. A
     /// node claiming to be master is never in it.
     ///
-    /// A replica that still follows a master we replaced, and that is down, serves too (within
-    /// the same lag) until it is repointed: its data is the dead master's, as before the
-    /// switch. Without this the pool is empty from the promotion until the replicas report
-    /// their new master, and new read connections are refused in between (seen in
-    /// `cargo xtask bench`: 14 refused reads over 41 ms of a SIGSTOP failover). Once the old
-    /// master answers again, its remaining replicas leave: it may have taken writes the new
-    /// master never saw.
-    fn compute_read_pool(&self) -> Vec<NodeAddr> {
+    /// A replica that still follows the master a failover replaced serves too, until it is
+    /// repointed, while the time since the switch plus its own lag stays within
+    /// `max_replica_lag_ms`: its data is the old master's, at most that much behind the new
+    /// one. Without this the pool is empty from the promotion until the replicas report their
+    /// new master, and new read connections are refused in between (seen in
+    /// `cargo xtask bench`: 13–14 refused reads over about 40 ms of a SIGSTOP failover, where
+    /// the old master is not even down yet by every controller's probes). Once the old master
+    /// answers again as a master after the switch, its remaining replicas leave at once: it
+    /// may be taking writes the new master never sees.
+    fn compute_read_pool(&self, now: Millis) -> Vec<NodeAddr> {
         let master = self.advertised_master();
         let master_offset = match self.nodes.get(&master).and_then(|n| n.role()) {
             Some(Role::Master { repl_offset }) => Some(*repl_offset),
@@ -1498,8 +1505,9 @@ impl ServiceMachine {
                 addr != master
                     && node.liveness.is_up()
                     && matches!(node.role(), Some(Role::Replica(r))
-                        if (r.master == master || self.is_replaced_and_down(r.master))
+                        if (r.master == master
                             && r.staleness_ms(master_offset) <= self.params.max_replica_lag_ms)
+                            || self.serves_for_replaced(r, now))
             })
             .map(|(&addr, _)| addr)
             .collect();
@@ -1519,11 +1527,25 @@ impl ServiceMachine {
         pool
     }
 
-    /// A node of this service, other than the master we advertise, that our probes find down:
-    /// the master a failover replaced (a replica only follows a node that was master).
-    fn is_replaced_and_down(&self, node: NodeAddr) -> bool {
-        node != self.advertised_master()
-            && self.nodes.get(&node).is_some_and(|n| !n.liveness.is_up())
+    /// Whether replica `r` of the master the last failover replaced may still serve reads:
+    /// see [`Self::compute_read_pool`]. During our own failover's reconfiguration the
+    /// replaced master is still `self.master`, and the switch is the promotion.
+    fn serves_for_replaced(&self, r: &ReplicaInfo, now: Millis) -> bool {
+        let replaced = match &self.failover {
+            Failover::Reconfiguration(rc) => Some((self.master, rc.since)),
+            _ => self.replaced,
+        };
+        let Some((old, at)) = replaced else {
+            return false;
+        };
+        let back_as_master = self
+            .nodes
+            .get(&old)
+            .is_some_and(|n| n.reports_master() && n.liveness.last_ok() > at);
+        r.master == old
+            && old != self.advertised_master()
+            && !back_as_master
+            && now.saturating_sub(at) + r.staleness_ms(None) <= self.params.max_replica_lag_ms
     }
 
     fn send_hello(&mut self, now: Millis, out: &mut Vec<Action>) {
