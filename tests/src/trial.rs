@@ -234,6 +234,20 @@ impl LoopRecord {
             .max()
     }
 
+    /// The longest time without a successful reply between two consecutive ones, among those
+    /// that end after `from` and start no later than `until`: what a client saw between a
+    /// fault at `from` and a recovery observed at `until`, as (last reply before, first
+    /// after). Not simply the first reply after `from`: one already in flight when the fault
+    /// struck (a SIGSTOP takes effect asynchronously; a proxy still relays) can land just
+    /// after it and would hide the outage that follows.
+    pub fn longest_gap_between(&self, from: Instant, until: Instant) -> Option<(Instant, Instant)> {
+        self.acks
+            .windows(2)
+            .filter(|w| w[1].1 > from && w[0].1 <= until)
+            .map(|w| (w[0].1, w[1].1))
+            .max_by_key(|(a, b)| b.duration_since(*a))
+    }
+
     pub fn acks_after(&self, t: Instant) -> usize {
         self.acks.iter().filter(|(_, at)| *at > t).count()
     }
@@ -697,19 +711,9 @@ pub fn run_trial(cluster: &Cluster, options: &TrialOptions) -> Result<TrialOutco
         .context("the final master is not a backend")?;
     let lost = missing_keys(final_master, acked_keys.clone())?;
 
-    let last_before = record
-        .acks
-        .iter()
-        .map(|(_, at)| *at)
-        .filter(|at| *at <= fault_at)
-        .max()
-        .context("no write was acknowledged before the fault")?;
-    let first_after = record
-        .acks
-        .iter()
-        .map(|(_, at)| *at)
-        .find(|at| *at > fault_at)
-        .context("no write was acknowledged after the fault")?;
+    let (last_before, first_after) = record
+        .longest_gap_between(fault_at, switch_seen_at)
+        .context("no write was acknowledged around the fault")?;
     let old_after = after
         .row(old_addr)
         .context("the old master lost its slot")?;
@@ -751,4 +755,37 @@ pub fn run_trial(cluster: &Cluster, options: &TrialOptions) -> Result<TrialOutco
         switch_lines,
         restored,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_write_gap_is_not_ended_by_a_reply_in_flight_at_the_fault() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Every 3 ms until 30; the fault at 30; one reply still lands at 31; then nothing
+        // until the new master answers at 2000, and every 3 ms after; a later hiccup at 5000.
+        let mut times: Vec<u64> = (0..=30).step_by(3).collect();
+        times.push(31);
+        times.extend((2000..2030).step_by(3));
+        times.extend([4000, 5000]);
+        let record = LoopRecord {
+            acks: times
+                .iter()
+                .enumerate()
+                .map(|(i, &ms)| (i as u64, at(ms)))
+                .collect(),
+            failures: Vec::new(),
+            failure_count: 0,
+            requests: times.len() as u64,
+            connects: 1,
+        };
+        assert_eq!(
+            record.longest_gap_between(at(30), at(2010)),
+            Some((at(31), at(2000)))
+        );
+        assert_eq!(record.longest_gap_between(at(5000), at(6000)), None);
+    }
 }

@@ -6,7 +6,8 @@
 //! timeouts, one connection kept until it fails), plus a reader on the read port opening a new
 //! connection per GET (so every read is balanced afresh and a dead backend in the read pool
 //! shows). The definitions follow `run_trial` in tests/src/trial.rs:
-//! - write gap: last acknowledged write before the fault → first acknowledged after it;
+//! - write gap: the longest time between two consecutive acknowledged writes that ends after
+//!   the fault and starts no later than the switch was seen (`LoopRecord::longest_gap_between`);
 //! - switch seen: fault → the balancer's write target observed on another backend (polled
 //!   every 50 ms: redis-ha's maps, HAProxy's `show stat`);
 //! - read errors: failed reads between the fault and the restore, and their window (first →
@@ -78,7 +79,7 @@ pub struct Outcome {
     pub old_master: SocketAddrV4,
     pub new_master: SocketAddrV4,
     pub gap_ms: f64,
-    /// Last ack before the fault and first ack after it, relative to the fault.
+    /// The two acks around the write gap, relative to the fault.
     pub gap_from_ms: f64,
     pub gap_to_ms: f64,
     pub switch_seen_ms: f64,
@@ -249,19 +250,9 @@ fn run_trial(
     let acked = wrec.set_keys(label);
     let lost = missing_keys(final_backend, acked.clone())?.len();
 
-    let last_before = wrec
-        .acks
-        .iter()
-        .map(|(_, at)| *at)
-        .filter(|at| *at <= fault_at)
-        .max()
-        .context("no write acknowledged before the fault")?;
-    let first_after = wrec
-        .acks
-        .iter()
-        .map(|(_, at)| *at)
-        .find(|at| *at > fault_at)
-        .context("no write acknowledged after the fault")?;
+    let (last_before, first_after) = wrec
+        .longest_gap_between(fault_at, switch_at)
+        .context("no write acknowledged around the fault")?;
     let read_failures: Vec<Instant> = rrec
         .failures
         .iter()

@@ -561,8 +561,10 @@ fn failover_markdown(md: &mut String, series: &[Series], trials: usize, gaps: &m
     let _ = writeln!(md, "## Failover\n");
     let _ = writeln!(
         md,
-        "{trials} trial(s) per fault; medians (min–max). Write gap: last acknowledged write \
-         before the fault to the first after it (a SET every ~3 ms, 100 ms timeouts). Read \
+        "{trials} trial(s) per fault; medians (min–max). Write gap: the longest time between \
+         two acknowledged writes that ends after the fault and starts before the switch was \
+         seen (a SET every ~3 ms, 100 ms timeouts; a reply in flight at the fault does not \
+         end it). Read \
          errors: failed GETs on the read port (new connection per GET) between the fault and \
          the restore, and first-to-last window. Lost: acknowledged writes missing on the final \
          master. Old master: new write-side connections the balancer sent to the old master \
