@@ -258,7 +258,17 @@ fn closing(ip: &Ipv4Hdr, tcp: &TcpHdr, fkey: &FlowKey, flow: &mut Flow) -> Optio
     if u16::from_be_bytes(ip.tot_len) != hdrs {
         return None;
     }
-    let other = if flow.dir == flow_dir::TO_CLIENT {
+    let other = partner_key(fkey, flow);
+    // SAFETY: only a field is read, at once.
+    let other_fin = unsafe { FLOWS.get(&other) }.map(|o| o.fin)?;
+    (other_fin != 0).then_some(other)
+}
+
+/// The key of the other direction's entry of the connection whose entry `flow` is at `fkey`.
+#[inline(always)]
+fn partner_key(fkey: &FlowKey, flow: &Flow) -> FlowKey {
+    if flow.dir == flow_dir::TO_CLIENT {
+        // backend → client; the partner is client → VIP.
         FlowKey {
             src_ip: fkey.dst_ip,
             dst_ip: flow.nat_ip,
@@ -266,16 +276,14 @@ fn closing(ip: &Ipv4Hdr, tcp: &TcpHdr, fkey: &FlowKey, flow: &mut Flow) -> Optio
             dst_port: flow.nat_port,
         }
     } else {
+        // client → VIP; the partner is backend → client.
         FlowKey {
             src_ip: flow.nat_ip,
             dst_ip: fkey.src_ip,
             src_port: flow.nat_port,
             dst_port: fkey.src_port,
         }
-    };
-    // SAFETY: only a field is read, at once.
-    let other_fin = unsafe { FLOWS.get(&other) }.map(|o| o.fin)?;
-    (other_fin != 0).then_some(other)
+    }
 }
 
 /// What a backend's reply needs: the VIP port it must come from, and whose counters it adds to.
@@ -417,12 +425,7 @@ fn remember(fkey: &FlowKey, be: &Backend, slot: u32, svc: &ServicePort, hop: &Ne
         return false;
     }
     flow.hop = NextHop::default();
-    let reply_key = FlowKey {
-        src_ip: be.ip,
-        dst_ip: fkey.src_ip,
-        src_port: be.port,
-        dst_port: fkey.src_port,
-    };
+    let reply_key = partner_key(fkey, flow);
     flow.nat_ip = fkey.dst_ip;
     flow.nat_port = fkey.dst_port;
     flow.dir = flow_dir::TO_CLIENT;

@@ -227,11 +227,9 @@ impl LoopRecord {
     /// The longest time without a successful reply between two that straddle `t`, or that
     /// span any part of [t, last ack]: the interruption a client saw around an event at `t`.
     pub fn longest_gap_after(&self, t: Instant) -> Option<Duration> {
-        self.acks
-            .windows(2)
-            .filter(|w| w[1].1 > t)
-            .map(|w| w[1].1.duration_since(w[0].1))
-            .max()
+        let (_, last) = *self.acks.last()?;
+        self.longest_gap_between(t, last)
+            .map(|(a, b)| b.duration_since(a))
     }
 
     /// The longest time without a successful reply between two consecutive ones, among those

@@ -8,8 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
-use redis_ha_tests::{Testbed, TestbedOptions, XdpMode, in_netns, require_root, unique_tag};
+use anyhow::{Context as _, Result, bail, ensure};
+use redis_ha_tests::{
+    Testbed, TestbedOptions, XdpMode, in_netns, require_root, unique_tag, wait_until,
+};
 
 fn testbed(mode: XdpMode) -> Result<Testbed> {
     require_root();
@@ -118,17 +120,16 @@ fn reads_spread_over_every_replica_and_never_reach_the_master() -> Result<()> {
 /// Waits (bounded) until the connection table holds `n` entries.
 fn wait_for_flow_entries(tb: &Testbed, n: usize) -> Result<()> {
     let want = format!("flows: {n} entries");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let maps = counters(tb)?;
-        if maps.contains(&want) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("expected {want} once connections closed, got:\n{maps}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        &want,
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || {
+            let maps = counters(tb)?;
+            ensure!(maps.contains(&want), "last `maps`:\n{maps}");
+            Ok(Some(()))
+        },
+    )
 }
 
 #[test]

@@ -112,8 +112,8 @@ fn check_bpffs(pin_dir: &Path) -> Result<(), BpfError> {
 
 /// Refuses pinned maps this binary's program would misread: one whose key, value or number of
 /// entries (but for `FLOWS`, sized by the configuration) differs from the program's
-/// definition, or (unless `missing_ok`, when the program is
-/// about to be loaded and will create it) a map not pinned at all. aya reuses a pinned map by
+/// definition, or (unless `missing_ok`, when the program is about to be loaded and will
+/// create it) a map not pinned at all. aya reuses a pinned map by
 /// name without comparing, so without this a new program would run on an old layout.
 fn check_pinned_layout(pin_dir: &Path, missing_ok: bool) -> Result<(), BpfError> {
     if !pin_dir.join(map_name::SERVICES).exists() {
@@ -485,7 +485,8 @@ fn warn_if_flows_resized(cfg: &DataplaneConfig) {
     };
     if info.max_entries() != cfg.flow_table_size {
         tracing::warn!(
-            "{} keeps its {} entries: flow_table_size = {} takes effect after              `redis-ha-ctl unload` and a new load (forwarding stops in between)",
+            "{} keeps its {} entries: flow_table_size = {} takes effect after \
+             `redis-ha-ctl unload` and a new load (forwarding stops in between)",
             path.display(),
             info.max_entries(),
             cfg.flow_table_size
