@@ -147,6 +147,15 @@ pub mod flow_dir {
     pub const TO_CLIENT: u32 = 2;
 }
 
+/// Bits of [`Flow::end`].
+pub mod flow_end {
+    /// This direction sent a FIN.
+    pub const FIN: u16 = 1;
+    /// This direction sent an RST. The entries stay (the reset may be out of window), but a
+    /// new connection that needs the same backend-side addresses may take them over.
+    pub const RST: u16 = 2;
+}
+
 /// Value of `FLOWS`: what to rewrite for this direction of the connection.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -154,9 +163,9 @@ pub struct Flow {
     /// The address that replaces the destination (TO_BACKEND) or the source (TO_CLIENT).
     pub nat_ip: [u8; 4],
     pub nat_port: u16,
-    /// 1 once this direction sent a FIN. When both directions have, the next bare ACK (the
-    /// last segment of an orderly close) removes both entries.
-    pub fin: u16,
+    /// [`flow_end`] bits: how this direction has ended so far. When both directions sent a
+    /// FIN, the next bare ACK (the last segment of an orderly close) removes both entries.
+    pub end: u16,
     /// Backend slot the connection was given; checked against the live state on every packet
     /// so a switched master or a removed replica resets the connection instead of hanging it.
     pub backend: u32,
@@ -261,8 +270,14 @@ pub mod counter {
     /// lease on it has expired: dropped, so the kernel does not answer for an address another
     /// LB node may hold now (a controller that died leaves the addresses configured).
     pub const DROP_ARP_NOT_HOLDER: u32 = 15;
+    /// A new connection would have reached its backend from the same client address and port
+    /// as a live connection through the other VIP port (the master serves both ports, and the
+    /// client reused its source port for a different destination port): both would have the
+    /// same addresses on the backend's side, which TCP cannot tell apart. The new one got a
+    /// TCP RST; the client's next attempt comes from another port.
+    pub const RESET_PORT_IN_USE: u32 = 16;
     /// Number of counters (size of the `COUNTERS` array).
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 17;
 
     /// Names for display, indexed like the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -282,6 +297,7 @@ pub mod counter {
         "drop_rst_no_backend",
         "fwd_to_client_no_flow",
         "drop_arp_not_holder",
+        "reset_port_in_use",
     ];
 }
 

@@ -15,7 +15,7 @@ use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED,
         BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE,
-        bpf_fib_lookup as FibParams, xdp_action,
+        BPF_NOEXIST, bpf_fib_lookup as FibParams, xdp_action,
     },
     helpers::generated::{
         bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_redirect,
@@ -32,10 +32,12 @@ use maps::{
 use packet::*;
 use redis_ha_common::{
     AddrKey, Backend, Flow, FlowKey, NEXT_HOP_TTL_NS, NextHop, RING_SIZE, ServiceKey, ServicePort,
-    backend_flags, counter, flow_dir, flow_hash, port_kind, ring_index,
+    backend_flags, counter, flow_dir, flow_end, flow_hash, port_kind, ring_index,
 };
 
 const AF_INET: u8 = 2;
+/// What a map update returns when `BPF_NOEXIST` finds the key taken.
+const EEXIST: i32 = 17;
 
 /// Entry point. Anything the fast path does not own goes to the kernel (`XDP_PASS`): the
 /// program sits on interfaces that also carry the host's own traffic (SSH, replication
@@ -239,19 +241,29 @@ fn reply_without_flow(fkey: &FlowKey) -> Option<Reply> {
 /// removed entry is also the next one a new connection reuses while it is still in cache.
 ///
 /// An RST removes nothing: one that the receiver rejects (out of window) would otherwise cut
-/// a live connection's reply path. Its entries age out of the LRU as before; so do those of a
-/// connection whose last ACK is lost (the FIN retransmitted after it finds no entry and goes
-/// to the kernel unrewritten, and the client's reset of it closes the backend's socket).
+/// a live connection's reply path. It is noted, so that a new connection needing the same
+/// backend-side addresses may take the entries over (see [`claim_reply`]); otherwise they age
+/// out of the LRU as before, like those of a connection whose last ACK is lost (the FIN
+/// retransmitted after it finds no entry and goes to the kernel unrewritten, and the client's
+/// reset of it closes the backend's socket).
 #[inline(always)]
 fn closing(ip: &Ipv4Hdr, tcp: &TcpHdr, fkey: &FlowKey, flow: &mut Flow) -> Option<FlowKey> {
     let flags = tcp.flags;
-    if flags & TCP_FIN != 0 {
-        if flow.fin == 0 {
-            flow.fin = 1;
+    let ended = if flags & TCP_RST != 0 {
+        flow_end::RST
+    } else if flags & TCP_FIN != 0 {
+        flow_end::FIN
+    } else {
+        0
+    };
+    if ended != 0 {
+        // Written once: the entry's cache line is shared with the other CPU's packets.
+        if flow.end & ended == 0 {
+            flow.end |= ended;
         }
         return None;
     }
-    if flow.fin == 0 || flags & (TCP_SYN | TCP_RST | TCP_ACK) != TCP_ACK {
+    if flow.end & flow_end::FIN == 0 || flags & (TCP_SYN | TCP_ACK) != TCP_ACK {
         return None;
     }
     let hdrs = Ipv4Hdr::LEN as u16 + ((tcp.doff_res >> 4) as u16) * 4;
@@ -260,8 +272,8 @@ fn closing(ip: &Ipv4Hdr, tcp: &TcpHdr, fkey: &FlowKey, flow: &mut Flow) -> Optio
     }
     let other = partner_key(fkey, flow);
     // SAFETY: only a field is read, at once.
-    let other_fin = unsafe { FLOWS.get(&other) }.map(|o| o.fin)?;
-    (other_fin != 0).then_some(other)
+    let other_end = unsafe { FLOWS.get(&other) }.map(|o| o.end)?;
+    (other_end & flow_end::FIN != 0).then_some(other)
 }
 
 /// The key of the other direction's entry of the connection whose entry `flow` is at `fkey`.
@@ -310,8 +322,12 @@ fn along_flow(
     if !still_valid(flow, state.master) {
         // Read before the remove: the entry's memory may be reused once it is gone.
         let slot = flow.backend;
+        let reply_key = partner_key(fkey, flow);
         backend_stats(slot, |s| s.flows_reset += 1);
+        // Both entries: the client is told the connection is gone, and a left-over reply
+        // entry would keep its backend-side addresses from a new connection (`claim_reply`).
         let _ = FLOWS.remove(fkey);
+        let _ = FLOWS.remove(&reply_key);
         debug!(ctx, "reset stale flow to backend slot {}", slot);
         return send_reset(ctx, eth, counter::RESET_STALE_FLOW);
     }
@@ -378,13 +394,31 @@ fn new_flow(
         count(counter::DROP_INTERNAL);
         return xdp_action::XDP_DROP;
     };
+    let mut value = MaybeUninit::uninit();
+    // SAFETY: all-zero is a valid Flow; its NextHop then says "nothing cached".
+    let flow: &mut Flow = unsafe { zero_in_place(&mut value) };
+    flow.backend = slot;
+    flow.service_id = svc.service_id;
+    flow.kind = svc.kind;
+    // The reply entry first: the backend-side addresses may belong to another connection,
+    // and then this one is refused before anything is rewritten or recorded.
+    match claim_reply(fkey, &be, flow) {
+        Claim::Done => {}
+        Claim::InUse => return send_reset(ctx, eth, counter::RESET_PORT_IN_USE),
+        Claim::Failed => {
+            count(counter::DROP_INTERNAL);
+            return xdp_action::XDP_DROP;
+        }
+    }
     to_backend_addr(ip, tcp, be.ip, be.port);
     // The connection's entry starts with this packet's next hop, so its next packets skip
     // the FIB. A failed lookup leaves it empty (the kernel resolves the neighbour, and the
     // next packet asks again); the connection is remembered either way.
-    let mut hop = NextHop::default();
-    let route = next_hop(ctx, ip, Some(&mut hop));
-    if !remember(fkey, &be, slot, &svc, &hop) {
+    let route = next_hop(ctx, ip, Some(&mut flow.hop));
+    flow.nat_ip = be.ip;
+    flow.nat_port = be.port;
+    flow.dir = flow_dir::TO_BACKEND;
+    if FLOWS.insert(fkey, &*flow, 0).is_err() {
         count(counter::DROP_INTERNAL);
         return xdp_action::XDP_DROP;
     }
@@ -408,28 +442,62 @@ fn still_valid(flow: &Flow, master: u32) -> bool {
     }
 }
 
-/// Records both directions of a new connection.
+enum Claim {
+    Done,
+    /// A live connection through another VIP port holds the backend-side addresses.
+    InUse,
+    Failed,
+}
+
+/// Records the reply entry (backend → client) of a new connection, whose `flow` has its
+/// backend, service and kind set. The key is the backend's address and the client's: a
+/// client that reuses its source port towards the other VIP port (Linux does so freely for
+/// another destination) reaches the master, which serves both ports, with the same addresses
+/// as its first connection. TCP cannot tell the two apart, and overwriting the entry would
+/// turn the first connection's replies into the second's port, so the first one breaks too.
+/// An entry from the same VIP port is this connection's own (a retransmitted SYN, a reused
+/// port, an evicted client-side entry) and is replaced; so is one whose connection is over
+/// (reset, or its other entry gone).
 #[inline(always)]
-fn remember(fkey: &FlowKey, be: &Backend, slot: u32, svc: &ServicePort, hop: &NextHop) -> bool {
-    let mut value = MaybeUninit::uninit();
-    // SAFETY: all-zero is a valid Flow; its NextHop then says "nothing cached".
-    let flow: &mut Flow = unsafe { zero_in_place(&mut value) };
-    flow.nat_ip = be.ip;
-    flow.nat_port = be.port;
-    flow.backend = slot;
-    flow.service_id = svc.service_id;
-    flow.kind = svc.kind;
-    flow.dir = flow_dir::TO_BACKEND;
-    flow.hop = *hop;
-    if FLOWS.insert(fkey, &*flow, 0).is_err() {
-        return false;
-    }
-    flow.hop = NextHop::default();
-    let reply_key = partner_key(fkey, flow);
+fn claim_reply(fkey: &FlowKey, be: &Backend, flow: &mut Flow) -> Claim {
+    let reply_key = FlowKey {
+        src_ip: be.ip,
+        dst_ip: fkey.src_ip,
+        src_port: be.port,
+        dst_port: fkey.src_port,
+    };
     flow.nat_ip = fkey.dst_ip;
     flow.nat_port = fkey.dst_port;
     flow.dir = flow_dir::TO_CLIENT;
-    FLOWS.insert(&reply_key, &*flow, 0).is_ok()
+    // One update on the common path: the check happens only when the key is taken.
+    match FLOWS.insert(&reply_key, &*flow, BPF_NOEXIST as u64) {
+        Ok(()) => return Claim::Done,
+        Err(e) if e != -EEXIST => return Claim::Failed,
+        Err(_) => {}
+    }
+    // SAFETY: fields are copied out at once.
+    let Some(old) = (unsafe { FLOWS.get(&reply_key) }).copied() else {
+        // Gone since the insert failed (evicted or closed on another CPU): the key is free.
+        return insert_or_fail(&reply_key, flow);
+    };
+    let same_port = old.nat_ip == fkey.dst_ip && old.nat_port == fkey.dst_port;
+    if !same_port && old.end & flow_end::RST == 0 {
+        let client_side = partner_key(&reply_key, &old);
+        // SAFETY: a field is copied out at once.
+        let live = unsafe { FLOWS.get(&client_side) }.is_some_and(|c| c.end & flow_end::RST == 0);
+        if live {
+            return Claim::InUse;
+        }
+    }
+    insert_or_fail(&reply_key, flow)
+}
+
+#[inline(always)]
+fn insert_or_fail(key: &FlowKey, flow: &Flow) -> Claim {
+    match FLOWS.insert(key, flow, 0) {
+        Ok(()) => Claim::Done,
+        Err(_) => Claim::Failed,
+    }
 }
 
 /// Backend → client reply: the source becomes VIP:port again. `hop`: the connection's cached

@@ -374,3 +374,89 @@ fn the_flow_table_takes_its_size_from_the_config_at_load() -> Result<()> {
         .query(&mut conn)?;
     Ok(())
 }
+
+/// A TCP connection from the client namespace out of `port` of the client's address, bound
+/// with SO_REUSEADDR so that two connections to different destinations may share it, as
+/// Linux's own port choice lets them.
+fn connect_from_port(
+    tb: &Testbed,
+    port: u16,
+    to: SocketAddrV4,
+) -> Result<std::io::Result<std::net::TcpStream>> {
+    use std::os::fd::FromRawFd as _;
+    fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+        libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: a.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(a.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        }
+    }
+    let from = SocketAddrV4::new("198.18.0.2".parse()?, port);
+    in_netns(&tb.client().path(), move || {
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: plain socket calls on a descriptor owned here, which the TcpStream takes
+        // over (or which is closed on error); the addresses outlive the calls.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let stream = std::net::TcpStream::from_raw_fd(fd);
+            let one: libc::c_int = 1;
+            let (src, dst) = (sockaddr(from), sockaddr(to));
+            if libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) != 0
+                || libc::bind(fd, (&src as *const libc::sockaddr_in).cast(), len) != 0
+                || libc::connect(fd, (&dst as *const libc::sockaddr_in).cast(), len) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            Ok(stream)
+        }
+    })
+}
+
+fn ping(stream: &mut std::net::TcpStream) -> std::io::Result<String> {
+    use std::io::{Read as _, Write as _};
+    stream.write_all(b"PING\r\n")?;
+    let mut buf = [0u8; 64];
+    let n = stream.read(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+#[test]
+fn a_client_port_reused_for_the_other_vip_port_never_breaks_the_live_connection() -> Result<()> {
+    let tb = testbed(XdpMode::Native)?;
+    // The master serves reads too (what `read_from_master` does when no replica can).
+    tb.ctl("set-read-pool", &["mymaster", "198.18.1.11:6379"])?;
+    let port = 45123;
+    let mut write = connect_from_port(&tb, port, tb.vip_write())??;
+    assert_eq!(ping(&mut write)?, "+PONG\r\n");
+    let second = connect_from_port(&tb, port, tb.vip_read())?;
+    match &second {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+        other => bail!(
+            "the second connection should be refused at once, got {other:?}\n{}",
+            tb.ctl("maps", &["--flows", "10"])?
+        ),
+    }
+    assert_eq!(
+        ping(&mut write)?,
+        "+PONG\r\n",
+        "the live connection must keep working"
+    );
+    assert!(counters(&tb)?.contains("reset_port_in_use"));
+    // Another port is fine.
+    let mut read = connect_from_port(&tb, port + 1, tb.vip_read())??;
+    assert_eq!(ping(&mut read)?, "+PONG\r\n");
+    Ok(())
+}

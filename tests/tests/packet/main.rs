@@ -6,7 +6,7 @@
 //! - [`netns`]: the namespace guard and the addresses/MACs the FIB will answer with;
 //! - [`dataplane`]: a loaded program, its maps, and the table runner ([`dataplane::Case`]);
 //! - the test groups: [`forward`], [`passthrough`], [`reset`], [`fib`], [`next_hop`],
-//!   [`arp_guard`], [`close`], [`measure`].
+//!   [`arp_guard`], [`close`], [`port_reuse`], [`measure`].
 //!
 //! Every test loads its own copy of the program, so flows and counters never leak between
 //! tests.
@@ -21,6 +21,7 @@ mod measure;
 mod netns;
 mod next_hop;
 mod passthrough;
+mod port_reuse;
 mod reset;
 mod stateless;
 

@@ -409,7 +409,11 @@ fn markdown(r: &Results) -> String {
                 "\nFrom `{}` (tests/tests/packet/measure.rs): 1,000,000 packets per path, the \
                  kernel's average per repeat; forwarding paths in runs of 250 repeats on a \
                  service mapped onto itself so every repeat takes the full path, proven by the \
-                 program's counters. It includes the ~27 ns test-run harness.\n",
+                 program's counters. It includes the ~27 ns test-run harness. A repeated SYN \
+                 finds the entries its previous repeat made, so the SYN rows price the \
+                 re-admission of a known connection (the reply entry's insert-if-absent fails, \
+                 is looked up and overwritten): a bound on a new connection's SYN, which \
+                 inserts each entry once.\n",
                 p.command
             );
         }

@@ -1,0 +1,150 @@
+//! A client may reuse its source port for a connection to the other VIP port (Linux does so
+//! freely for a different destination). When both connections land on the master, which
+//! serves the write port and, as a fallback, the read port, they would have the same
+//! addresses on the backend's side: the new one must be refused, and the live one must keep
+//! its replies.
+
+use std::net::SocketAddrV4;
+
+use redis_ha_common::{FlowKey, counter};
+
+use crate::{
+    BE_11, READ, SID, SLOT_11, SLOT_12, WRITE, client,
+    dataplane::{Case, Dataplane, Expect, RESET_ACTION, XDP_REDIRECT},
+    frame::tcp_flags::{ACK, RST, SYN},
+    netns::Testbed,
+    standard, tcp,
+};
+
+fn key(src: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {
+    FlowKey {
+        src_ip: src.ip().octets(),
+        dst_ip: dst.ip().octets(),
+        src_port: src.port(),
+        dst_port: dst.port(),
+    }
+}
+
+/// The standard service with every read connection going to the master, .11.
+fn reads_on_the_master(tb: &Testbed) -> Dataplane {
+    let mut dp = standard(tb);
+    dp.fill_ring(SID, 1, &[SLOT_11]);
+    dp
+}
+
+/// Client `c` → `vip`, handshake and one request/reply through the master.
+fn open(dp: &Dataplane, c: SocketAddrV4, vip: SocketAddrV4) {
+    let to_backend = |name, frame| Case {
+        name,
+        frame,
+        action: XDP_REDIRECT,
+        expect: Expect::ToBackend(BE_11),
+        counter: counter::FWD_TO_BACKEND,
+    };
+    let to_client = |name, frame| Case {
+        name,
+        frame,
+        action: XDP_REDIRECT,
+        expect: Expect::ToClient(vip),
+        counter: counter::FWD_TO_CLIENT,
+    };
+    dp.table(&[
+        to_backend("SYN", tcp(c, vip).syn().build()),
+        to_client("SYN-ACK", tcp(BE_11, c).flags(SYN | ACK).build()),
+        to_backend("request", tcp(c, vip).data(b"*1\r\n$4\r\nPING\r\n").build()),
+        to_client("reply", tcp(BE_11, c).data(b"+PONG\r\n").build()),
+    ]);
+}
+
+fn refused(dp: &Dataplane, name: &'static str, c: SocketAddrV4, vip: SocketAddrV4) {
+    dp.step(Case {
+        name,
+        frame: tcp(c, vip).syn().build(),
+        action: RESET_ACTION,
+        expect: Expect::Reset,
+        counter: counter::RESET_PORT_IN_USE,
+    });
+    assert_eq!(
+        dp.flow(&key(c, vip)),
+        None,
+        "{name}: refused, not remembered"
+    );
+}
+
+#[test]
+fn a_second_connection_from_the_same_port_through_the_other_vip_port_is_refused() {
+    let tb = Testbed::new();
+    let dp = reads_on_the_master(&tb);
+    for (i, (first, second)) in [(WRITE, READ), (READ, WRITE)].into_iter().enumerate() {
+        let c = client(44000 + i as u16);
+        open(&dp, c, first);
+        refused(
+            &dp,
+            "same client port, other VIP port, same backend",
+            c,
+            second,
+        );
+        // The live connection is untouched: its replies still come from its own port.
+        dp.step(Case {
+            name: "the first connection's reply",
+            frame: tcp(BE_11, c).data(b"+OK\r\n").build(),
+            action: XDP_REDIRECT,
+            expect: Expect::ToClient(first),
+            counter: counter::FWD_TO_CLIENT,
+        });
+        dp.step(Case {
+            name: "the first connection's request",
+            frame: tcp(c, first).data(b"*1\r\n$4\r\nPING\r\n").build(),
+            action: XDP_REDIRECT,
+            expect: Expect::ToBackend(BE_11),
+            counter: counter::FWD_TO_BACKEND,
+        });
+    }
+    assert_eq!(dp.counters()[counter::RESET_PORT_IN_USE as usize], 2);
+}
+
+#[test]
+fn the_port_is_free_again_once_the_first_connection_is_reset_or_replaced() {
+    let tb = Testbed::new();
+    let mut dp = reads_on_the_master(&tb);
+
+    // The client resets its write connection: the read connection may take the port.
+    let c = client(44100);
+    open(&dp, c, WRITE);
+    dp.step(Case {
+        name: "client RST",
+        frame: tcp(c, WRITE).flags(RST | ACK).build(),
+        action: XDP_REDIRECT,
+        expect: Expect::ToBackend(BE_11),
+        counter: counter::FWD_TO_BACKEND,
+    });
+    open(&dp, c, READ);
+
+    // The backend resets: the same.
+    let c = client(44101);
+    open(&dp, c, WRITE);
+    dp.step(Case {
+        name: "backend RST",
+        frame: tcp(BE_11, c).flags(RST | ACK).build(),
+        action: XDP_REDIRECT,
+        expect: Expect::ToClient(WRITE),
+        counter: counter::FWD_TO_CLIENT,
+    });
+    open(&dp, c, READ);
+
+    // A master switch resets the write connection on its next packet, which takes both of
+    // its entries along; when the old master serves reads, the port is free for them.
+    let c = client(44102);
+    open(&dp, c, WRITE);
+    dp.set_state(SID, SLOT_12, 1);
+    dp.step(Case {
+        name: "the old master's connection, after the switch",
+        frame: tcp(c, WRITE).data(b"*1\r\n$4\r\nPING\r\n").build(),
+        action: RESET_ACTION,
+        expect: Expect::Reset,
+        counter: counter::RESET_STALE_FLOW,
+    });
+    assert_eq!(dp.flow(&key(BE_11, c)), None, "the reply entry went too");
+    open(&dp, c, READ);
+    assert_eq!(dp.counters()[counter::RESET_PORT_IN_USE as usize], 0);
+}
