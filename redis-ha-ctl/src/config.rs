@@ -175,6 +175,10 @@ pub enum XdpMode {
     Auto,
     Native,
     Skb,
+    /// The same program at the TC ingress hook (TCX, kernel 6.6+). It works on the socket
+    /// buffer the kernel already has, where XDP on a veth or in generic mode first copies
+    /// every packet: the better choice there, and on drivers without native XDP.
+    Tc,
 }
 
 impl fmt::Display for XdpMode {
@@ -183,6 +187,7 @@ impl fmt::Display for XdpMode {
             Self::Auto => "auto",
             Self::Native => "native",
             Self::Skb => "skb",
+            Self::Tc => "tc",
         })
     }
 }
@@ -996,6 +1001,13 @@ backends = ["198.18.1.11:6379", "198.18.1.12:6379", "198.18.1.13:6379"]
         );
         let nets = parse(&ok).unwrap().dataplane.unwrap().client_networks;
         assert_eq!(nets, [(Ipv4Addr::new(198, 18, 0, 0), 24)]);
+        let tc = GOOD.replace("xdp_mode = \"native\"", "xdp_mode = \"tc\"");
+        assert_eq!(parse(&tc).unwrap().dataplane.unwrap().xdp_mode, XdpMode::Tc);
+        let bad = GOOD.replace("xdp_mode = \"native\"", "xdp_mode = \"tcx\"");
+        let line = GOOD.lines().position(|l| l.contains("xdp_mode")).unwrap() + 1;
+        let (at, _, msg) = err(&bad);
+        assert_eq!(at, line);
+        assert!(msg.contains("`tcx`") && msg.contains("`tc`"), "{msg}");
     }
 
     #[test]

@@ -5,26 +5,24 @@
 #![no_std]
 #![no_main]
 
+mod frame;
 mod maps;
 mod packet;
 
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{
-    EbpfContext as _,
     bindings::{
         BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED,
         BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE,
-        BPF_NOEXIST, bpf_fib_lookup as FibParams, xdp_action,
+        BPF_NOEXIST, bpf_fib_lookup as FibParams,
     },
-    helpers::generated::{
-        bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_redirect,
-        bpf_xdp_adjust_tail,
-    },
-    macros::xdp,
-    programs::XdpContext,
+    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_redirect},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
+use frame::Frame;
 use maps::{
     BACKEND_ADDRS, BACKENDS, CLIENT_NETS, FLOATING, FLOWS, READ_RING, SERVICE_STATE, SERVICES,
     backend_stats, count,
@@ -44,11 +42,24 @@ const EEXIST: i32 = 17;
 /// between backends, ARP), and the kernel handled all of that before we were attached.
 #[xdp]
 pub fn redis_ha(ctx: XdpContext) -> u32 {
-    match try_redis_ha(&ctx) {
+    run(&ctx)
+}
+
+/// The same program at the TC ingress hook (`xdp_mode = "tc"`), for devices where XDP has to
+/// copy every packet first (veth, drivers without native XDP).
+#[classifier]
+pub fn redis_ha_tc(ctx: TcContext) -> i32 {
+    frame::pull_headers(&ctx, RST_FRAME_LEN as u32);
+    run(&ctx) as i32
+}
+
+#[inline(always)]
+fn run<C: Frame>(ctx: &C) -> u32 {
+    match try_redis_ha(ctx) {
         Ok(action) => action,
         Err(reason) => {
             count(reason);
-            xdp_action::XDP_PASS
+            C::PASS
         }
     }
 }
@@ -57,7 +68,7 @@ pub fn redis_ha(ctx: XdpContext) -> u32 {
 /// addresses stay configured when a controller dies, and the kernel would go on answering for
 /// them while another LB node holds them. Every other ARP frame passes.
 #[inline(always)]
-fn arp_guard(ctx: &XdpContext) -> Result<u32, u32> {
+fn arp_guard<C: Frame>(ctx: &C) -> Result<u32, u32> {
     let arp: *const ArpHdr = ptr_at(ctx, IP_OFF).ok_or(counter::PASS_MALFORMED)?;
     // SAFETY: ptr_at checked that the ARP message lies inside the packet.
     let (oper, target) = unsafe { ((*arp).oper, (*arp).tpa) };
@@ -73,12 +84,12 @@ fn arp_guard(ctx: &XdpContext) -> Result<u32, u32> {
         return Err(counter::PASS_NOT_IPV4);
     }
     count(counter::DROP_ARP_NOT_HOLDER);
-    Ok(xdp_action::XDP_DROP)
+    Ok(C::DROP)
 }
 
 /// `Err(counter)` means "pass untouched, counted under `counter`".
 #[inline(always)]
-fn try_redis_ha(ctx: &XdpContext) -> Result<u32, u32> {
+fn try_redis_ha<C: Frame>(ctx: &C) -> Result<u32, u32> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(counter::PASS_MALFORMED)?;
     // SAFETY: ptr_at checked that the header lies inside the packet.
     let ether_type = unsafe { (*eth).ether_type };
@@ -307,8 +318,8 @@ struct Reply {
 
 /// Client → VIP:port on a known connection: its backend, if still the right one.
 #[inline(always)]
-fn along_flow(
-    ctx: &XdpContext,
+fn along_flow<C: Frame>(
+    ctx: &C,
     eth: *mut EthHdr,
     ip: &mut Ipv4Hdr,
     tcp: &mut TcpHdr,
@@ -317,7 +328,7 @@ fn along_flow(
 ) -> u32 {
     let Some(state) = SERVICE_STATE.get(flow.service_id).copied() else {
         count(counter::DROP_INTERNAL);
-        return xdp_action::XDP_DROP;
+        return C::DROP;
     };
     if !still_valid(flow, state.master) {
         // Read before the remove: the entry's memory may be reused once it is gone.
@@ -366,8 +377,8 @@ fn count_to_backend(ip: &Ipv4Hdr, slot: u32, new_flow: bool) {
 /// Client → VIP:port with no connection entry (its SYN, or a packet whose entry was evicted
 /// or made on another LB node): picks the backend, records the connection, forwards.
 #[inline(always)]
-fn new_flow(
-    ctx: &XdpContext,
+fn new_flow<C: Frame>(
+    ctx: &C,
     eth: *mut EthHdr,
     ip: &mut Ipv4Hdr,
     tcp: &mut TcpHdr,
@@ -376,7 +387,7 @@ fn new_flow(
 ) -> u32 {
     let Some(state) = SERVICE_STATE.get(svc.service_id).copied() else {
         count(counter::DROP_INTERNAL);
-        return xdp_action::XDP_DROP;
+        return C::DROP;
     };
     let slot = if svc.kind == port_kind::WRITE {
         state.master
@@ -392,7 +403,7 @@ fn new_flow(
     }
     let Some(be) = BACKENDS.get(slot).copied() else {
         count(counter::DROP_INTERNAL);
-        return xdp_action::XDP_DROP;
+        return C::DROP;
     };
     let mut value = MaybeUninit::uninit();
     // SAFETY: all-zero is a valid Flow; its NextHop then says "nothing cached".
@@ -407,7 +418,7 @@ fn new_flow(
         Claim::InUse => return send_reset(ctx, eth, counter::RESET_PORT_IN_USE),
         Claim::Failed => {
             count(counter::DROP_INTERNAL);
-            return xdp_action::XDP_DROP;
+            return C::DROP;
         }
     }
     to_backend_addr(ip, tcp, be.ip, be.port);
@@ -420,11 +431,11 @@ fn new_flow(
     flow.dir = flow_dir::TO_BACKEND;
     if FLOWS.insert(fkey, &*flow, 0).is_err() {
         count(counter::DROP_INTERNAL);
-        return xdp_action::XDP_DROP;
+        return C::DROP;
     }
     count_to_backend(ip, slot, true);
     match route {
-        Ok(route) => send(eth, ip, &route, counter::FWD_TO_BACKEND),
+        Ok(route) => send::<C>(eth, ip, &route, counter::FWD_TO_BACKEND),
         Err(action) => action,
     }
 }
@@ -503,8 +514,8 @@ fn insert_or_fail(key: &FlowKey, flow: &Flow) -> Claim {
 /// Backend → client reply: the source becomes VIP:port again. `hop`: the connection's cached
 /// next hop, if it has an entry.
 #[inline(always)]
-fn to_client(
-    ctx: &XdpContext,
+fn to_client<C: Frame>(
+    ctx: &C,
     eth: *mut EthHdr,
     ip: &mut Ipv4Hdr,
     tcp: &mut TcpHdr,
@@ -552,15 +563,15 @@ fn rewrite(
 /// MTU to enforce) the rewritten packet goes to the kernel, which forwards it correctly and
 /// resolves the neighbour for the packets that follow.
 #[inline(always)]
-fn forward(
-    ctx: &XdpContext,
+fn forward<C: Frame>(
+    ctx: &C,
     eth: *mut EthHdr,
     ip: &mut Ipv4Hdr,
     hop: Option<&mut NextHop>,
     fast: u32,
 ) -> u32 {
     match next_hop(ctx, ip, hop) {
-        Ok(route) => send(eth, ip, &route, fast),
+        Ok(route) => send::<C>(eth, ip, &route, fast),
         Err(action) => action,
     }
 }
@@ -578,9 +589,9 @@ fn forward(
 /// that moment, so a packet could only see a mix of two answers while a neighbour changes,
 /// misdirecting that one packet, which TCP retransmits.
 #[inline(always)]
-fn next_hop(ctx: &XdpContext, ip: &Ipv4Hdr, hop: Option<&mut NextHop>) -> Result<Route, u32> {
+fn next_hop<C: Frame>(ctx: &C, ip: &Ipv4Hdr, hop: Option<&mut NextHop>) -> Result<Route, u32> {
     let len = u16::from_be_bytes(ip.tot_len);
-    let ingress = ctx.ingress_ifindex() as u32;
+    let ingress = ctx.ingress_ifindex();
     // A packet with nowhere to cache skips the clock.
     // SAFETY: a helper without arguments.
     let now = if hop.is_some() {
@@ -625,11 +636,11 @@ fn next_hop(ctx: &XdpContext, ip: &Ipv4Hdr, hop: Option<&mut NextHop>) -> Result
 
 /// Decrements the TTL, sets the MACs of `route` and redirects the packet.
 #[inline(always)]
-fn send(eth: *mut EthHdr, ip: &mut Ipv4Hdr, route: &Route, fast: u32) -> u32 {
+fn send<C: Frame>(eth: *mut EthHdr, ip: &mut Ipv4Hdr, route: &Route, fast: u32) -> u32 {
     if ip.ttl <= 1 {
         // Let the kernel send the ICMP time-exceeded, as a router would.
         count(counter::PASS_REWRITTEN);
-        return xdp_action::XDP_PASS;
+        return C::PASS;
     }
     let old = [ip.ttl, ip.proto];
     ip.ttl -= 1;
@@ -660,7 +671,7 @@ const FIB_ASK_LEN: u16 = 1500;
 /// length the answer was checked for. `Err` is the action to take when the fast path cannot
 /// forward it, already counted.
 #[inline(always)]
-fn fib_lookup(ctx: &XdpContext, ip: &Ipv4Hdr, ingress: u32) -> Result<(Route, u16), u32> {
+fn fib_lookup<C: Frame>(ctx: &C, ip: &Ipv4Hdr, ingress: u32) -> Result<(Route, u16), u32> {
     let len = u16::from_be_bytes(ip.tot_len);
     let mut asked = if len < FIB_ASK_LEN { FIB_ASK_LEN } else { len };
     let mut answer = fib_ask(ctx, ip, ingress, asked);
@@ -677,18 +688,18 @@ fn fib_lookup(ctx: &XdpContext, ip: &Ipv4Hdr, ingress: u32) -> Result<(Route, u1
             | BPF_FIB_LKUP_RET_FWD_DISABLED,
         ) => {
             count(counter::DROP_NO_ROUTE);
-            Err(xdp_action::XDP_DROP)
+            Err(C::DROP)
         }
         Err(_) => {
             count(counter::PASS_REWRITTEN);
-            Err(xdp_action::XDP_PASS)
+            Err(C::PASS)
         }
     }
 }
 
 /// One `bpf_fib_lookup` for a packet of IP length `tot_len`; `Err` is the helper's code.
 #[inline(always)]
-fn fib_ask(ctx: &XdpContext, ip: &Ipv4Hdr, ingress: u32, tot_len: u16) -> Result<Route, u32> {
+fn fib_ask<C: Frame>(ctx: &C, ip: &Ipv4Hdr, ingress: u32, tot_len: u16) -> Result<Route, u32> {
     let mut params = MaybeUninit::uninit();
     // SAFETY: all-zero is a valid bpf_fib_lookup (plain integers and unions of integers).
     let p: &mut FibParams = unsafe { zero_in_place(&mut params) };
@@ -716,20 +727,20 @@ fn fib_ask(ctx: &XdpContext, ip: &Ipv4Hdr, ingress: u32, tot_len: u16) -> Result
 /// it out of the interface it came in on, so the client fails fast instead of waiting on a
 /// backend that is gone or no longer the right one.
 #[inline(always)]
-fn send_reset(ctx: &XdpContext, eth: *mut EthHdr, reason: u32) -> u32 {
+fn send_reset<C: Frame>(ctx: &C, eth: *mut EthHdr, reason: u32) -> u32 {
     let (Some(ip), Some(tcp)) = (
-        ptr_at::<Ipv4Hdr>(ctx, IP_OFF),
-        ptr_at::<TcpHdr>(ctx, TCP_OFF),
+        ptr_at::<Ipv4Hdr, _>(ctx, IP_OFF),
+        ptr_at::<TcpHdr, _>(ctx, TCP_OFF),
     ) else {
         count(counter::DROP_INTERNAL);
-        return xdp_action::XDP_DROP;
+        return C::DROP;
     };
     // SAFETY: both headers were bounds-checked just above.
     let (ip, tcp, eth) = unsafe { (&mut *ip, &mut *tcp, &mut *eth) };
     if tcp.flags & TCP_RST != 0 {
         // The client is closing anyway; a reset is never answered with a reset.
         count(counter::DROP_RST_NO_BACKEND);
-        return xdp_action::XDP_DROP;
+        return C::DROP;
     }
 
     // RFC 793 reset generation: acknowledge everything the segment carried, and take our
@@ -770,17 +781,16 @@ fn send_reset(ctx: &XdpContext, eth: *mut EthHdr, reason: u32) -> u32 {
     tcp.check = tcp_bare_csum(ip, tcp);
 
     // Drop the options and payload the client sent; only the bare segment goes back.
-    let excess = (ctx.data_end() - ctx.data()) as i32 - RST_FRAME_LEN as i32;
-    if excess > 0 && unsafe { bpf_xdp_adjust_tail(ctx.as_ptr() as *mut _, -excess) } != 0 {
+    if !ctx.truncate(RST_FRAME_LEN as u32) {
         count(counter::DROP_INTERNAL);
-        return xdp_action::XDP_DROP;
+        return C::DROP;
     }
     count(reason);
     // Redirect to the ingress device rather than XDP_TX: on veth (native mode) an XDP_TX
     // frame can sit in the peer's queue until the next packet arrives (seen here: the reset
     // reached the client only with its retransmission, 200 ms late); a redirect is flushed
     // at the end of the poll.
-    unsafe { bpf_redirect(ctx.ingress_ifindex() as u32, 0) as u32 }
+    unsafe { bpf_redirect(ctx.ingress_ifindex(), 0) as u32 }
 }
 
 /// Zeroes `v` in place, one 4-byte word at a time, and returns it. `core::mem::zeroed()`, or

@@ -1,6 +1,6 @@
 //! Header layouts, the one bounds-checked accessor, and checksum arithmetic.
 
-use aya_ebpf::programs::XdpContext;
+use crate::frame::Frame;
 
 #[repr(C)]
 pub struct EthHdr {
@@ -79,7 +79,7 @@ pub const RST_FRAME_LEN: usize = TCP_OFF + TcpHdr::LEN;
 
 /// The only way this program reaches into a packet: `None` unless all of `T` lies inside it.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+pub fn ptr_at<T, C: Frame>(ctx: &C, offset: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + size_of::<T>() > end {

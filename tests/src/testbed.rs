@@ -143,6 +143,8 @@ pub enum XdpMode {
     Native,
     /// Generic XDP on the skb path (`xdpgeneric`).
     Skb,
+    /// The same program at the TC ingress hook (TCX).
+    Tc,
 }
 
 impl XdpMode {
@@ -151,6 +153,7 @@ impl XdpMode {
             XdpMode::Auto => "auto",
             XdpMode::Native => "native",
             XdpMode::Skb => "skb",
+            XdpMode::Tc => "tc",
         }
     }
 }
@@ -169,7 +172,8 @@ impl FromStr for XdpMode {
             "auto" => Ok(XdpMode::Auto),
             "native" => Ok(XdpMode::Native),
             "skb" => Ok(XdpMode::Skb),
-            _ => bail!("unknown XDP mode {s:?}: expected auto, native or skb"),
+            "tc" => Ok(XdpMode::Tc),
+            _ => bail!("unknown XDP mode {s:?}: expected auto, native, skb or tc"),
         }
     }
 }

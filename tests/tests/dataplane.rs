@@ -133,8 +133,8 @@ fn wait_for_flow_entries(tb: &Testbed, n: usize) -> Result<()> {
 }
 
 #[test]
-fn a_one_megabyte_value_round_trips_in_native_and_generic_mode() -> Result<()> {
-    for mode in [XdpMode::Native, XdpMode::Skb] {
+fn a_one_megabyte_value_round_trips_at_every_hook() -> Result<()> {
+    for mode in [XdpMode::Native, XdpMode::Skb, XdpMode::Tc] {
         let tb = testbed(mode)?;
         let value: Vec<u8> = (0..1_048_576u32).map(|i| (i * 7 % 251) as u8).collect();
         let mut conn = connect(&tb, tb.vip_write())?;
@@ -172,7 +172,14 @@ fn is_reset(e: &redis::RedisError) -> bool {
 
 #[test]
 fn switching_the_master_moves_new_writes_and_resets_old_connections() -> Result<()> {
-    let tb = testbed(XdpMode::Native)?;
+    for mode in [XdpMode::Native, XdpMode::Tc] {
+        switch_master(mode).with_context(|| format!("{mode}"))?;
+    }
+    Ok(())
+}
+
+fn switch_master(mode: XdpMode) -> Result<()> {
+    let tb = testbed(mode)?;
     tb.wait_replication()?;
     let mut old = connect(&tb, tb.vip_write())?;
     assert_eq!(served_by(&mut old)?, "198.18.1.11");
@@ -260,17 +267,24 @@ fn pinned_prog_id(kind: &str, path: &std::path::Path) -> Result<u64> {
 
 #[test]
 fn upgrading_the_program_keeps_connections_and_state() -> Result<()> {
-    let tb = testbed(XdpMode::Native)?;
+    for (mode, pin) in [(XdpMode::Native, "prog"), (XdpMode::Tc, "prog_tc")] {
+        upgrade(mode, pin).with_context(|| format!("{mode}"))?;
+    }
+    Ok(())
+}
+
+fn upgrade(mode: XdpMode, prog_pin: &str) -> Result<()> {
+    let tb = testbed(mode)?;
     let mut conn = connect(&tb, tb.vip_write())?;
     let _: () = redis::cmd("SET").arg("e2e:up").arg("1").query(&mut conn)?;
     let link = tb
         .pin_dir()
         .join(format!("link_{}", tb.lb_client_interface()));
-    let before = pinned_prog_id("prog", &tb.pin_dir().join("prog"))?;
+    let before = pinned_prog_id("prog", &tb.pin_dir().join(prog_pin))?;
     assert_eq!(pinned_prog_id("link", &link)?, before);
 
     let out = tb.ctl("upgrade", &[])?;
-    let after = pinned_prog_id("prog", &tb.pin_dir().join("prog"))?;
+    let after = pinned_prog_id("prog", &tb.pin_dir().join(prog_pin))?;
     assert_ne!(after, before, "{out}");
     assert_eq!(
         pinned_prog_id("link", &link)?,
@@ -458,5 +472,31 @@ fn a_client_port_reused_for_the_other_vip_port_never_breaks_the_live_connection(
     // Another port is fine.
     let mut read = connect_from_port(&tb, port + 1, tb.vip_read())??;
     assert_eq!(ping(&mut read)?, "+PONG\r\n");
+    Ok(())
+}
+
+/// A data plane attached at one hook is not silently doubled by a config that names the
+/// other: `load` says what to do instead.
+#[test]
+fn loading_at_another_hook_than_the_pinned_one_is_refused_with_a_remedy() -> Result<()> {
+    let tb = testbed(XdpMode::Tc)?;
+    let config = std::fs::read_to_string(tb.config_path())?;
+    assert!(config.contains("xdp_mode = \"tc\""), "{config}");
+    let native = tb.config_path().with_file_name("native.toml");
+    std::fs::write(
+        &native,
+        config.replace("xdp_mode = \"tc\"", "xdp_mode = \"native\""),
+    )?;
+    let mut cmd = tb.ctl_command()?;
+    cmd.arg("load").arg("--config").arg(&native);
+    let err = redis_ha_tests::run_within(&mut cmd, Duration::from_secs(60)).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("TC ingress") && msg.contains("unload"),
+        "{msg}"
+    );
+    // Still forwarding at the TC hook.
+    let mut conn = connect(&tb, tb.vip_write())?;
+    assert_eq!(served_by(&mut conn)?, "198.18.1.11");
     Ok(())
 }

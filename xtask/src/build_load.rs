@@ -129,7 +129,16 @@ pub fn load(ctl: &Path, config: &Path, netns: Option<&str>) -> Result<()> {
     // Program ids are machine-wide: `prog show name redis_ha` would also list the data planes
     // of other namespaces (other testbeds), so show the ones attached here.
     let ids = attached_prog_ids(&net);
-    if ids.is_empty() {
+    let tc_pin = Path::new(&pin_dir).join("prog_tc");
+    if tc_pin.exists() {
+        // xdp_mode = "tc": TCX links, which this bpftool may leave out of `net show`.
+        run_shown(
+            Command::new("bpftool")
+                .args(["prog", "show", "pinned"])
+                .arg(&tc_pin),
+            Duration::from_secs(30),
+        )?;
+    } else if ids.is_empty() {
         run_shown(
             Command::new("bpftool").args(["prog", "show", "name", "redis_ha"]),
             Duration::from_secs(30),

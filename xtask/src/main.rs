@@ -47,7 +47,7 @@ enum Task {
         /// Leave the testbed and the data plane running afterwards.
         #[arg(long)]
         keep: bool,
-        /// XDP attach mode written into the config: auto, native or skb.
+        /// Data-plane hook written into the config: auto, native or skb (XDP), or tc.
         #[arg(long, default_value = "native")]
         xdp_mode: XdpMode,
     },
@@ -73,9 +73,10 @@ enum Task {
         /// Leave out the failover trials.
         #[arg(long)]
         skip_failover: bool,
-        /// XDP attach mode of the redis-ha paths: native (what a NIC driver runs) or skb.
-        /// On veth, native mode copies every frame the local stacks send into a page for the
-        /// program; generic (skb) mode runs on the skb and can be the cheaper of the two here.
+        /// Hook of the redis-ha paths: native or skb (XDP), or tc. On veth both XDP modes
+        /// copy every packet the local stacks send before the program sees it (native: into a
+        /// page; skb: out of a shared or fragmented skb); at the TC hook the program works on
+        /// the skb as it is, as the kernel's own forwarding does.
         #[arg(long, default_value = "native")]
         xdp_mode: XdpMode,
         /// Output directory (default <workspace>/bench-results).
@@ -88,7 +89,7 @@ enum Task {
 enum TestbedAction {
     /// Build the testbed (tag `tb`) and leave it running.
     Up {
-        /// XDP attach mode written into the config: auto, native or skb.
+        /// Data-plane hook written into the config: auto, native or skb (XDP), or tc.
         #[arg(long, default_value = "native")]
         xdp_mode: XdpMode,
         /// 1: one LB with routed veths (the data plane is loaded by hand). 2: two LB nodes on

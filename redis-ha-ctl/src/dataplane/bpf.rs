@@ -10,9 +10,10 @@ use aya::{
     EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, MapInfo, PerCpuArray, lpm_trie::Key},
     programs::{
-        Xdp, XdpMode as AyaXdpMode,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode,
         links::{FdLink, PinnedLink},
-        xdp::{XdpLink, XdpLinkId},
+        tc::{SchedClassifierLink, TcAttachOptions},
+        xdp::XdpLink,
     },
 };
 use redis_ha_common::{
@@ -24,6 +25,9 @@ use super::{Dataplane, MapOp, Snapshot};
 use crate::config::{DataplaneConfig, XdpMode};
 
 const PROG_PIN: &str = "prog";
+/// The same program built for the TC ingress hook (`xdp_mode = "tc"`); one of the two is
+/// pinned, never both.
+const PROG_TC_PIN: &str = "prog_tc";
 const LINK_PREFIX: &str = "link_";
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +53,16 @@ pub enum BpfError {
         mode: &'static str,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error(
+        "the data plane pinned at {pin_dir} runs at the {pinned} hook, the configuration asks \
+         for {wanted}: run `redis-ha-ctl unload --config FILE` then `load` again (forwarding \
+         stops in between)"
+    )]
+    HookChanged {
+        pin_dir: PathBuf,
+        pinned: &'static str,
+        wanted: &'static str,
+    },
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -70,8 +84,8 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> BpfError {
 #[derive(Clone, Debug)]
 pub struct Attachment {
     pub interface: String,
-    /// "native" or "skb"; "pinned" when an earlier run attached it (the mode is then shown
-    /// by `bpftool net show`).
+    /// "native", "skb" or "tc"; "pinned" when an earlier run attached it (the mode is then
+    /// shown by `bpftool net show`).
     pub mode: &'static str,
     pub newly_attached: bool,
 }
@@ -199,24 +213,31 @@ impl BpfDataplane {
         };
         std::fs::create_dir_all(&cfg.pin_dir)
             .map_err(io_err("creating pin directory", &cfg.pin_dir))?;
-        let prog_pin = cfg.pin_dir.join(PROG_PIN);
+        let hook = Hook::of(cfg.xdp_mode);
+        let other = hook.other();
+        if cfg.pin_dir.join(other.pin()).exists() {
+            return Err(BpfError::HookChanged {
+                pin_dir: cfg.pin_dir.clone(),
+                pinned: other.name(),
+                wanted: hook.name(),
+            });
+        }
+        let prog_pin = cfg.pin_dir.join(hook.pin());
         // A pinned program is reused as it is, so its maps must be complete; otherwise the
         // program about to be loaded creates what is missing.
         check_pinned_layout(&cfg.pin_dir, !prog_pin.exists())?;
         warn_if_flows_resized(cfg);
 
-        let mut prog = if prog_pin.exists() {
-            Xdp::from_pin(&prog_pin, aya_obj::programs::XdpAttachType::Interface)
-                .map_err(|e| BpfError::Load(Box::new(e)))?
-        } else {
+        if !prog_pin.exists() {
             let (mut ebpf, pins) = load_on_pinned_maps(cfg)?;
-            let prog = loaded_program(&mut ebpf)?;
-            prog.pin(&prog_pin)
-                .map_err(|e| BpfError::Load(Box::new(e)))?;
+            match hook {
+                Hook::Xdp => loaded_program(&mut ebpf)?.pin(&prog_pin),
+                Hook::Tc => loaded_tc_program(&mut ebpf)?.pin(&prog_pin),
+            }
+            .map_err(|e| BpfError::Load(Box::new(e)))?;
             pin_new_maps(&ebpf, &pins)?;
-            Xdp::from_pin(&prog_pin, aya_obj::programs::XdpAttachType::Interface)
-                .map_err(|e| BpfError::Load(Box::new(e)))?
-        };
+        }
+        let mut prog = Pinned::open(hook, &prog_pin)?;
 
         let mut attachments = Vec::new();
         for iface in &cfg.interfaces {
@@ -229,9 +250,7 @@ impl BpfDataplane {
                 });
                 continue;
             }
-            let (id, mode) = attach(&mut prog, iface, cfg.xdp_mode)?;
-            let link = prog.take_link(id).map_err(|e| attach_err(iface, mode, e))?;
-            let fd_link: FdLink = link.try_into().map_err(|e| attach_err(iface, mode, e))?;
+            let (fd_link, mode) = prog.attach(iface, cfg.xdp_mode)?;
             fd_link
                 .pin(&link_pin)
                 .map_err(|e| attach_err(iface, mode, e))?;
@@ -331,31 +350,31 @@ impl BpfDataplane {
     /// Returns the interfaces switched over and the old and new program ids.
     pub fn upgrade(cfg: &DataplaneConfig) -> Result<(Vec<String>, u32, u32), BpfError> {
         check_bpffs(&cfg.pin_dir)?;
-        let prog_pin = cfg.pin_dir.join(PROG_PIN);
-        if !prog_pin.exists() {
-            return Err(BpfError::NotLoaded(cfg.pin_dir.clone()));
-        }
+        // The hook the data plane runs at now, whatever the configuration says: an upgrade
+        // keeps every link as it is.
+        let hook = [Hook::Xdp, Hook::Tc]
+            .into_iter()
+            .find(|h| cfg.pin_dir.join(h.pin()).exists())
+            .ok_or_else(|| BpfError::NotLoaded(cfg.pin_dir.clone()))?;
+        let prog_pin = cfg.pin_dir.join(hook.pin());
         check_pinned_layout(&cfg.pin_dir, true)?;
         warn_if_flows_resized(cfg);
         let load_err = |e: &dyn std::fmt::Display| BpfError::Load(e.to_string().into());
-        let old_id = Xdp::from_pin(&prog_pin, aya_obj::programs::XdpAttachType::Interface)
-            .and_then(|p| p.info())
-            .map(|i| i.id())
+        let old_id = Pinned::open(hook, &prog_pin)?
+            .id()
             .map_err(|e| load_err(&e))?;
         let (mut ebpf, pins) = load_on_pinned_maps(cfg)?;
-        let prog = loaded_program(&mut ebpf)?;
-        let new_id = prog.info().map(|i| i.id()).map_err(|e| load_err(&e))?;
+        let mut prog = match hook {
+            Hook::Xdp => Loaded::Xdp(loaded_program(&mut ebpf)?),
+            Hook::Tc => Loaded::Tc(loaded_tc_program(&mut ebpf)?),
+        };
+        let new_id = prog.id().map_err(|e| load_err(&e))?;
         let mut switched = Vec::new();
         for (iface, path) in pinned_links(&cfg.pin_dir)? {
             let pinned =
                 PinnedLink::from_pin(&path).map_err(|e| attach_err(&iface, "pinned", e))?;
-            let link = XdpLink::try_from(FdLink::from(pinned))
-                .map_err(|e| attach_err(&iface, "pinned", e))?;
             // The kernel link, and so its pin and attach mode, stay; only its program changes.
-            let id = prog
-                .attach_to_link(link)
-                .map_err(|e| attach_err(&iface, "pinned", e))?;
-            drop(prog.take_link(id));
+            prog.replace_in(&iface, FdLink::from(pinned))?;
             switched.push(iface);
         }
         std::fs::remove_file(&prog_pin).map_err(|source| BpfError::Io {
@@ -505,6 +524,17 @@ fn loaded_program(ebpf: &mut aya::Ebpf) -> Result<&mut Xdp, BpfError> {
     Ok(prog)
 }
 
+/// The object's TC ingress program, through the verifier.
+fn loaded_tc_program(ebpf: &mut aya::Ebpf) -> Result<&mut SchedClassifier, BpfError> {
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut("redis_ha_tc")
+        .ok_or_else(|| BpfError::Load("program redis_ha_tc missing from the object".into()))?
+        .try_into()
+        .map_err(|e| BpfError::Load(Box::new(e)))?;
+    prog.load().map_err(|e| BpfError::Load(Box::new(e)))?;
+    Ok(prog)
+}
+
 /// Pins the maps that had no pin yet (a first load, or maps a new version added).
 fn pin_new_maps(ebpf: &aya::Ebpf, pins: &[(&'static str, PathBuf)]) -> Result<(), BpfError> {
     for (name, path) in pins {
@@ -530,11 +560,145 @@ fn attach_err(
     }
 }
 
-fn attach(
+/// The kernel hook the program runs at.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hook {
+    Xdp,
+    Tc,
+}
+
+impl Hook {
+    fn of(mode: XdpMode) -> Self {
+        if mode == XdpMode::Tc {
+            Self::Tc
+        } else {
+            Self::Xdp
+        }
+    }
+
+    fn other(self) -> Self {
+        match self {
+            Self::Xdp => Self::Tc,
+            Self::Tc => Self::Xdp,
+        }
+    }
+
+    fn pin(self) -> &'static str {
+        match self {
+            Self::Xdp => PROG_PIN,
+            Self::Tc => PROG_TC_PIN,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Xdp => "XDP",
+            Self::Tc => "TC ingress",
+        }
+    }
+}
+
+/// The pinned program, ready to attach.
+enum Pinned {
+    Xdp(Xdp),
+    Tc(SchedClassifier),
+}
+
+impl Pinned {
+    fn open(hook: Hook, path: &Path) -> Result<Self, BpfError> {
+        let load_err = |e| BpfError::Load(Box::new(e));
+        Ok(match hook {
+            Hook::Xdp => Self::Xdp(
+                Xdp::from_pin(path, aya_obj::programs::XdpAttachType::Interface)
+                    .map_err(load_err)?,
+            ),
+            Hook::Tc => Self::Tc(SchedClassifier::from_pin(path).map_err(load_err)?),
+        })
+    }
+
+    fn id(&self) -> Result<u32, aya::programs::ProgramError> {
+        match self {
+            Self::Xdp(p) => p.info().map(|i| i.id()),
+            Self::Tc(p) => p.info().map(|i| i.id()),
+        }
+    }
+
+    /// Attaches to `iface` and returns the link, to be pinned, and the mode it got.
+    fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(FdLink, &'static str), BpfError> {
+        match self {
+            Self::Xdp(prog) => {
+                let (id, mode) = attach_xdp(prog, iface, mode)?;
+                let link = prog.take_link(id).map_err(|e| attach_err(iface, mode, e))?;
+                let link = FdLink::try_from(link).map_err(|e| attach_err(iface, mode, e))?;
+                Ok((link, mode))
+            }
+            Self::Tc(prog) => {
+                // TCX (kernel 6.6+): a link like XDP's, so it pins and upgrades the same way,
+                // and no qdisc is needed.
+                let id = prog
+                    .attach_with_options(
+                        iface,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .map_err(|e| attach_err(iface, "tc", e))?;
+                let link = prog.take_link(id).map_err(|e| attach_err(iface, "tc", e))?;
+                let link = FdLink::try_from(link).map_err(|e| attach_err(iface, "tc", e))?;
+                Ok((link, "tc"))
+            }
+        }
+    }
+}
+
+/// A program just loaded from the embedded object (not pinned yet).
+enum Loaded<'a> {
+    Xdp(&'a mut Xdp),
+    Tc(&'a mut SchedClassifier),
+}
+
+impl Loaded<'_> {
+    fn id(&self) -> Result<u32, aya::programs::ProgramError> {
+        match self {
+            Self::Xdp(p) => p.info().map(|i| i.id()),
+            Self::Tc(p) => p.info().map(|i| i.id()),
+        }
+    }
+
+    fn pin(&mut self, path: &Path) -> Result<(), aya::pin::PinError> {
+        match self {
+            Self::Xdp(p) => p.pin(path),
+            Self::Tc(p) => p.pin(path),
+        }
+    }
+
+    /// Swaps this program into the pinned link of `iface` (BPF_LINK_UPDATE).
+    fn replace_in(&mut self, iface: &str, link: FdLink) -> Result<(), BpfError> {
+        match self {
+            Self::Xdp(prog) => {
+                let link = XdpLink::try_from(link).map_err(|e| attach_err(iface, "pinned", e))?;
+                let id = prog
+                    .attach_to_link(link)
+                    .map_err(|e| attach_err(iface, "pinned", e))?;
+                drop(prog.take_link(id));
+            }
+            Self::Tc(prog) => {
+                let link = SchedClassifierLink::try_from(link)
+                    .map_err(|e| attach_err(iface, "pinned", e))?;
+                let id = prog
+                    .attach_to_link(link)
+                    .map_err(|e| attach_err(iface, "pinned", e))?;
+                drop(prog.take_link(id));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn attach_xdp(
     prog: &mut Xdp,
     iface: &str,
     mode: XdpMode,
-) -> Result<(XdpLinkId, &'static str), BpfError> {
+) -> Result<(aya::programs::xdp::XdpLinkId, &'static str), BpfError> {
     match mode {
         XdpMode::Native => prog
             .attach(iface, AyaXdpMode::Driver)
@@ -551,6 +715,7 @@ fn attach(
                 .map(|id| (id, "skb"))
                 .map_err(|e| attach_err(iface, "skb", e)),
         },
+        XdpMode::Tc => unreachable!("the TC hook attaches through Pinned::Tc"),
     }
 }
 

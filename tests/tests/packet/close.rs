@@ -6,10 +6,9 @@ use std::net::SocketAddrV4;
 use redis_ha_common::{FlowKey, counter};
 
 use crate::{
-    BE_11, SLOT_11, WRITE, client,
+    BE_11, SLOT_11, WRITE, at_every_hook, client,
     dataplane::{Case, Dataplane, Expect, XDP_REDIRECT},
     frame::tcp_flags::{ACK, FIN, RST, SYN},
-    netns::Testbed,
     standard, tcp,
 };
 
@@ -69,85 +68,87 @@ fn forwarded(dp: &Dataplane, name: &'static str, from_client: bool, frame: Vec<u
 
 #[test]
 fn an_orderly_close_removes_both_entries_after_forwarding_the_last_ack() {
-    let tb = Testbed::new();
-    let dp = standard(&tb);
-    for (i, client_first) in [true, false].into_iter().enumerate() {
-        let c = client(41000 + i as u16);
-        let (fwd, rev) = open(&dp, c);
-        let from_client = tcp(c, WRITE);
-        let from_backend = tcp(BE_11, c);
-        let (first, second) = if client_first {
-            (from_client.clone(), from_backend.clone())
-        } else {
-            (from_backend.clone(), from_client.clone())
-        };
-        forwarded(
-            &dp,
-            "first FIN",
-            client_first,
-            first.clone().flags(FIN | ACK).build(),
-        );
-        forwarded(&dp, "its ACK", !client_first, second.clone().build());
-        assert!(
-            dp.flow(&fwd).is_some() && dp.flow(&rev).is_some(),
-            "half closed (client first: {client_first}): both entries stay"
-        );
-        forwarded(
-            &dp,
-            "second FIN",
-            !client_first,
-            second.flags(FIN | ACK).build(),
-        );
-        // The last ACK is padded to 60 bytes on the wire; the padding is not payload.
-        let last = first.flags(ACK).padded().build();
-        forwarded(&dp, "last ACK, still forwarded", client_first, last);
-        assert_eq!(
-            (dp.flow(&fwd), dp.flow(&rev)),
-            (None, None),
-            "client closed first: {client_first}"
-        );
-        assert_eq!(dp.stats(SLOT_11).flows_closed, i as u64 + 1);
-    }
+    at_every_hook(|tb, hook| {
+        let dp = standard(tb, hook);
+        for (i, client_first) in [true, false].into_iter().enumerate() {
+            let c = client(41000 + i as u16);
+            let (fwd, rev) = open(&dp, c);
+            let from_client = tcp(c, WRITE);
+            let from_backend = tcp(BE_11, c);
+            let (first, second) = if client_first {
+                (from_client.clone(), from_backend.clone())
+            } else {
+                (from_backend.clone(), from_client.clone())
+            };
+            forwarded(
+                &dp,
+                "first FIN",
+                client_first,
+                first.clone().flags(FIN | ACK).build(),
+            );
+            forwarded(&dp, "its ACK", !client_first, second.clone().build());
+            assert!(
+                dp.flow(&fwd).is_some() && dp.flow(&rev).is_some(),
+                "half closed (client first: {client_first}): both entries stay"
+            );
+            forwarded(
+                &dp,
+                "second FIN",
+                !client_first,
+                second.flags(FIN | ACK).build(),
+            );
+            // The last ACK is padded to 60 bytes on the wire; the padding is not payload.
+            let last = first.flags(ACK).padded().build();
+            forwarded(&dp, "last ACK, still forwarded", client_first, last);
+            assert_eq!(
+                (dp.flow(&fwd), dp.flow(&rev)),
+                (None, None),
+                "client closed first: {client_first}"
+            );
+            assert_eq!(dp.stats(SLOT_11).flows_closed, i as u64 + 1);
+        }
+    });
 }
 
 #[test]
 fn a_half_closed_connection_and_a_reset_keep_their_entries() {
-    let tb = Testbed::new();
-    let dp = standard(&tb);
-    let c = client(41100);
-    let (fwd, rev) = open(&dp, c);
-    forwarded(
-        &dp,
-        "client FIN",
-        true,
-        tcp(c, WRITE).flags(FIN | ACK).build(),
-    );
-    // The backend may go on sending after the client's FIN; the client acknowledges it.
-    forwarded(
-        &dp,
-        "more reply",
-        false,
-        tcp(BE_11, c).data(b"+OK\r\n").build(),
-    );
-    forwarded(&dp, "client's bare ACK", true, tcp(c, WRITE).build());
-    assert!(dp.flow(&fwd).is_some() && dp.flow(&rev).is_some());
+    at_every_hook(|tb, hook| {
+        let dp = standard(tb, hook);
+        let c = client(41100);
+        let (fwd, rev) = open(&dp, c);
+        forwarded(
+            &dp,
+            "client FIN",
+            true,
+            tcp(c, WRITE).flags(FIN | ACK).build(),
+        );
+        // The backend may go on sending after the client's FIN; the client acknowledges it.
+        forwarded(
+            &dp,
+            "more reply",
+            false,
+            tcp(BE_11, c).data(b"+OK\r\n").build(),
+        );
+        forwarded(&dp, "client's bare ACK", true, tcp(c, WRITE).build());
+        assert!(dp.flow(&fwd).is_some() && dp.flow(&rev).is_some());
 
-    // A reset may be one the receiver rejects (out of window): the entries stay, and age out
-    // of the LRU if the connection is really gone.
-    let c = client(41101);
-    let (fwd, rev) = open(&dp, c);
-    forwarded(
-        &dp,
-        "backend FIN",
-        false,
-        tcp(BE_11, c).flags(FIN | ACK).build(),
-    );
-    forwarded(
-        &dp,
-        "client RST",
-        true,
-        tcp(c, WRITE).flags(RST | ACK).build(),
-    );
-    assert!(dp.flow(&fwd).is_some() && dp.flow(&rev).is_some());
-    assert_eq!(dp.stats(SLOT_11).flows_closed, 0);
+        // A reset may be one the receiver rejects (out of window): the entries stay, and age out
+        // of the LRU if the connection is really gone.
+        let c = client(41101);
+        let (fwd, rev) = open(&dp, c);
+        forwarded(
+            &dp,
+            "backend FIN",
+            false,
+            tcp(BE_11, c).flags(FIN | ACK).build(),
+        );
+        forwarded(
+            &dp,
+            "client RST",
+            true,
+            tcp(c, WRITE).flags(RST | ACK).build(),
+        );
+        assert!(dp.flow(&fwd).is_some() && dp.flow(&rev).is_some());
+        assert_eq!(dp.stats(SLOT_11).flows_closed, 0);
+    });
 }

@@ -1,12 +1,16 @@
-//! One loaded copy of the XDP program with typed handles on its maps, test runs through
-//! BPF_PROG_TEST_RUN, and the table runner that checks a [`Case`].
+//! One loaded copy of the program, at the XDP or the TC hook, with typed handles on its maps,
+//! test runs through BPF_PROG_TEST_RUN, and the table runner that checks a [`Case`].
+//!
+//! Cases are written with XDP's actions; at the TC hook the program's TC action is read back
+//! as the XDP action it stands for (TC_ACT_OK = pass, TC_ACT_SHOT = drop, TC_ACT_REDIRECT =
+//! redirect), so every table holds for both hooks.
 
 use std::{net::SocketAddrV4, time::Duration};
 
 use aya::{
     Ebpf,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
-    programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode},
+    programs::{ProgramError, SchedClassifier, TestRun as _, TestRunOptions, Xdp, XdpMode},
 };
 use redis_ha_common::{
     AddrKey, Backend, BackendStats, FloatingLease, Flow, FlowKey, RING_SIZE, ServiceKey,
@@ -37,6 +41,38 @@ pub fn action_name(a: u32) -> String {
         XDP_REDIRECT => "XDP_REDIRECT".into(),
         other => format!("action {other}"),
     }
+}
+
+/// Where the program runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Xdp,
+    Tc,
+}
+
+pub const HOOKS: [Hook; 2] = [Hook::Xdp, Hook::Tc];
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+/// The XDP action a TC action stands for; anything else is kept out of XDP's range.
+fn tc_as_xdp(action: u32) -> u32 {
+    match action {
+        TC_ACT_OK => XDP_PASS,
+        TC_ACT_SHOT => XDP_DROP,
+        TC_ACT_REDIRECT => XDP_REDIRECT,
+        other => 1000 + other,
+    }
+}
+
+/// `struct __sk_buff` as BPF_PROG_TEST_RUN takes it in `ctx_in`: all zero but the devices
+/// (`ingress_ifindex` at byte 36, `ifindex` at 40, which also picks the skb's device).
+fn sk_buff_ctx(ifindex: u32) -> [u8; 192] {
+    let mut b = [0; 192];
+    b[36..40].copy_from_slice(&ifindex.to_ne_bytes());
+    b[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    b
 }
 
 /// `struct xdp_md` as BPF_PROG_TEST_RUN takes it in `ctx_in`.
@@ -92,6 +128,7 @@ pub enum Ingress {
 
 pub struct Dataplane {
     bpf: Ebpf,
+    hook: Hook,
     services: HashMap<MapData, ServiceKey, ServicePort>,
     state: Array<MapData, ServiceState>,
     backends: Array<MapData, Backend>,
@@ -105,14 +142,26 @@ pub struct Dataplane {
 
 impl Dataplane {
     /// A fresh copy of the program and its maps: no flows, no services.
-    pub fn load(tb: &Testbed) -> Dataplane {
+    pub fn load(tb: &Testbed, hook: Hook) -> Dataplane {
         let mut bpf = Ebpf::load(redis_ha_ctl::ebpf_object()).expect("load the redis-ha object");
-        let prog: &mut Xdp = bpf
-            .program_mut("redis_ha")
-            .expect("program redis_ha in the object")
-            .try_into()
-            .expect("redis_ha is an XDP program");
-        prog.load().expect("verifier accepts redis_ha");
+        match hook {
+            Hook::Xdp => {
+                let prog: &mut Xdp = bpf
+                    .program_mut("redis_ha")
+                    .expect("program redis_ha in the object")
+                    .try_into()
+                    .expect("redis_ha is an XDP program");
+                prog.load().expect("verifier accepts redis_ha");
+            }
+            Hook::Tc => {
+                let prog: &mut SchedClassifier = bpf
+                    .program_mut("redis_ha_tc")
+                    .expect("program redis_ha_tc in the object")
+                    .try_into()
+                    .expect("redis_ha_tc is a TC classifier");
+                prog.load().expect("verifier accepts redis_ha_tc");
+            }
+        }
         let mut take = |name: &str| {
             bpf.take_map(name)
                 .unwrap_or_else(|| panic!("map {name} in the object"))
@@ -127,6 +176,7 @@ impl Dataplane {
         let counters = PerCpuArray::try_from(take(map_name::COUNTERS)).expect("COUNTERS type");
         Dataplane {
             bpf,
+            hook,
             services,
             state,
             backends,
@@ -292,6 +342,9 @@ impl Dataplane {
     }
 
     fn try_run(&self, frame: &[u8], ingress: Ingress, repeat: u32) -> Result<Run, ProgramError> {
+        if self.hook == Hook::Tc {
+            return self.try_run_tc(frame, ingress, repeat);
+        }
         let prog: &Xdp = self
             .bpf
             .program("redis_ha")
@@ -321,6 +374,39 @@ impl Dataplane {
         })
     }
 
+    fn try_run_tc(&self, frame: &[u8], ingress: Ingress, repeat: u32) -> Result<Run, ProgramError> {
+        let prog: &SchedClassifier = self
+            .bpf
+            .program("redis_ha_tc")
+            .expect("program redis_ha_tc")
+            .try_into()
+            .expect("TC classifier");
+        let mut data_out = vec![0u8; frame.len() + 256];
+        let ctx = sk_buff_ctx(self.wire_ingress(frame));
+        let res = prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut data_out),
+            ctx_in: matches!(ingress, Ingress::Wire).then_some(&ctx[..]),
+            repeat,
+            ..Default::default()
+        })?;
+        data_out.truncate(res.data_size_out as usize);
+        Ok(Run {
+            action: tc_as_xdp(res.return_value),
+            out: data_out,
+            duration: res.duration,
+        })
+    }
+
+    /// The shortest frame the kernel test-runs at this hook: an Ethernet header at XDP; at TC
+    /// also a whole IPv4 header when the EtherType says IPv4 (the skb test run checks it).
+    fn shortest_run(&self) -> usize {
+        match self.hook {
+            Hook::Xdp => ETH_LEN,
+            Hook::Tc => ETH_LEN + 20,
+        }
+    }
+
     /// Attaches the program in native mode to `dev`, a device that carries no traffic.
     ///
     /// BPF_PROG_TEST_RUN with repeat > 1 adds the program to the kernel's XDP dispatcher and
@@ -348,12 +434,21 @@ impl Dataplane {
         let run = match self.try_run(&case.frame, Ingress::Wire, 1) {
             Ok(run) => run,
             Err(ProgramError::SyscallError(e))
-                if case.frame.len() < ETH_LEN
+                if case.frame.len() < self.shortest_run()
                     && e.io_error.raw_os_error() == Some(libc::EINVAL) =>
             {
                 return Ok(None);
             }
-            Err(e) => return Err(format!("case `{}`: BPF_PROG_TEST_RUN: {e}", case.name)),
+            Err(e) => {
+                let errno = match &e {
+                    ProgramError::SyscallError(e) => e.io_error.raw_os_error(),
+                    _ => None,
+                };
+                return Err(format!(
+                    "case `{}` ({:?} hook, errno {errno:?}): BPF_PROG_TEST_RUN: {e}",
+                    case.name, self.hook
+                ));
+            }
         };
         let after = self.counters();
         let mut errors = Vec::new();
@@ -389,7 +484,12 @@ impl Dataplane {
         if errors.is_empty() {
             Ok(Some(run))
         } else {
-            Err(format!("case `{}`:\n  {}", case.name, errors.join("\n  ")))
+            Err(format!(
+                "case `{}` ({:?} hook):\n  {}",
+                case.name,
+                self.hook,
+                errors.join("\n  ")
+            ))
         }
     }
 
@@ -411,9 +511,13 @@ impl Dataplane {
             match self.check(c) {
                 Ok(Some(_)) => {}
                 Ok(None) => println!(
-                    "note: case `{}` not run: this kernel refuses XDP test runs of frames \
-                     shorter than {ETH_LEN} bytes (EINVAL), so no such frame reaches the program",
-                    c.name
+                    "note: case `{}` not run at the {:?} hook: the kernel refuses test runs of \
+                     frames shorter than {} bytes there (EINVAL). At XDP no shorter frame \
+                     reaches the program; at TC one can, and meets the same bounds checks as \
+                     every other case",
+                    c.name,
+                    self.hook,
+                    self.shortest_run()
                 ),
                 Err(e) => failures.push(e),
             }

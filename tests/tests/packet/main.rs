@@ -27,7 +27,7 @@ mod stateless;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use dataplane::Dataplane;
+use dataplane::{Dataplane, HOOKS, Hook};
 use frame::Tcp4;
 use netns::{
     BACKEND_11, BACKEND_12, BACKEND_13, BACKEND_NO_NEIGH, Testbed, VIP, device_mac, host_mac,
@@ -53,8 +53,8 @@ pub const READ_POOL: &[SocketAddrV4] = &[BE_11, BE_12, BE_13];
 /// The service most tests use: write port → master .11; read port over .11, .12, .13 through
 /// ring half 1, while half 0 points at the unreadable .14, so a program that reads the
 /// inactive half sends flows where no test expects them.
-pub fn standard(tb: &Testbed) -> Dataplane {
-    let mut dp = Dataplane::load(tb);
+pub fn standard(tb: &Testbed, hook: Hook) -> Dataplane {
+    let mut dp = Dataplane::load(tb, hook);
     dp.add_port(WRITE, SID, port_kind::WRITE);
     dp.add_port(READ, SID, port_kind::READ);
     dp.set_backend(SLOT_11, BE_11, SID, true);
@@ -65,6 +65,14 @@ pub fn standard(tb: &Testbed) -> Dataplane {
     dp.fill_ring(SID, 0, &[SLOT_14]);
     dp.set_state(SID, SLOT_11, 1);
     dp
+}
+
+/// Runs `body` at every hook the program has (XDP, TC), each on a testbed of its own.
+pub fn at_every_hook(body: impl Fn(&Testbed, Hook)) {
+    for hook in HOOKS {
+        let tb = Testbed::new();
+        body(&tb, hook);
+    }
 }
 
 /// A TCP frame from `src` to `dst` with the MACs it carries on the wire: the sender's own,

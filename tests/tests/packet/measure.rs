@@ -24,7 +24,7 @@ use redis_ha_common::{BackendStats, counter, port_kind};
 
 use crate::{
     READ, SID, WRITE, addr, client,
-    dataplane::{Dataplane, Ingress, XDP_PASS, XDP_REDIRECT, action_name},
+    dataplane::{Dataplane, Hook, Ingress, XDP_PASS, XDP_REDIRECT, action_name},
     netns::{IDLE_DEV, Testbed},
     tcp,
 };
@@ -115,7 +115,7 @@ fn measure(dp: &Dataplane, path: &Path, repeat: u32, strict: bool) -> Sample {
 #[test]
 fn measure_ns_per_packet() {
     let tb = Testbed::new();
-    let mut dp = Dataplane::load(&tb);
+    let mut dp = Dataplane::load(&tb, Hook::Xdp);
     dp.attach_idle(IDLE_DEV);
     dp.add_port(WRITE, SID, port_kind::WRITE);
     dp.add_port(READ, SID, port_kind::READ);

@@ -11,10 +11,10 @@ use std::{
 use redis_ha_common::{NEXT_HOP_TTL_NS, counter};
 
 use crate::{
-    BE_11, WRITE, client,
+    BE_11, WRITE, at_every_hook, client,
     dataplane::{Case, Dataplane, Expect, Ingress, XDP_DROP, XDP_PASS, XDP_REDIRECT, action_name},
     frame::{Mac, diff},
-    netns::{CLI_DEV, CLIENT, SRV_DEV, Testbed, neighbour_mac},
+    netns::{CLI_DEV, CLIENT, SRV_DEV, neighbour_mac},
     standard, tcp,
 };
 
@@ -54,68 +54,70 @@ fn open(dp: &Dataplane, c: SocketAddrV4) -> (Vec<u8>, Vec<u8>) {
 
 #[test]
 fn a_changed_neighbour_reaches_established_connections_within_the_ttl() {
-    let tb = Testbed::new();
-    let dp = standard(&tb);
-    let c = client(49000);
-    let (request, reply) = open(&dp, c);
-    let (old_backend, old_client) = (neighbour_mac(*BE_11.ip()), neighbour_mac(CLIENT));
-    let new_backend: Mac = [0x02, 0, 0, 0, 0x01, 0x99];
-    let new_client: Mac = [0x02, 0, 0, 0, 0x00, 0x99];
+    at_every_hook(|tb, hook| {
+        let dp = standard(tb, hook);
+        let c = client(49000);
+        let (request, reply) = open(&dp, c);
+        let (old_backend, old_client) = (neighbour_mac(*BE_11.ip()), neighbour_mac(CLIENT));
+        let new_backend: Mac = [0x02, 0, 0, 0, 0x01, 0x99];
+        let new_client: Mac = [0x02, 0, 0, 0, 0x00, 0x99];
 
-    let cached_at = Instant::now();
-    forwarded_to_mac(&dp, &request, Expect::ToBackend(BE_11), old_backend);
-    forwarded_to_mac(&dp, &reply, Expect::ToClient(WRITE), old_client);
-    tb.ip(&format!(
-        "neigh replace {} lladdr {} dev {SRV_DEV} nud permanent",
-        BE_11.ip(),
-        mac_str(new_backend)
-    ));
-    tb.ip(&format!(
-        "neigh replace {CLIENT} lladdr {} dev {CLI_DEV} nud permanent",
-        mac_str(new_client)
-    ));
-
-    // Proof that the cache is in use (else the rest proves nothing); skipped when this
-    // machine was too slow to get here well inside the TTL.
-    if cached_at.elapsed() < TTL / 2 {
+        let cached_at = Instant::now();
         forwarded_to_mac(&dp, &request, Expect::ToBackend(BE_11), old_backend);
         forwarded_to_mac(&dp, &reply, Expect::ToClient(WRITE), old_client);
-    }
-    // A new connection always asks the FIB.
-    let syn = tcp(client(49001), WRITE).syn().build();
-    forwarded_to_mac(&dp, &syn, Expect::ToBackend(BE_11), new_backend);
+        tb.ip(&format!(
+            "neigh replace {} lladdr {} dev {SRV_DEV} nud permanent",
+            BE_11.ip(),
+            mac_str(new_backend)
+        ));
+        tb.ip(&format!(
+            "neigh replace {CLIENT} lladdr {} dev {CLI_DEV} nud permanent",
+            mac_str(new_client)
+        ));
 
-    sleep(PAST_TTL);
-    forwarded_to_mac(&dp, &request, Expect::ToBackend(BE_11), new_backend);
-    forwarded_to_mac(&dp, &reply, Expect::ToClient(WRITE), new_client);
+        // Proof that the cache is in use (else the rest proves nothing); skipped when this
+        // machine was too slow to get here well inside the TTL.
+        if cached_at.elapsed() < TTL / 2 {
+            forwarded_to_mac(&dp, &request, Expect::ToBackend(BE_11), old_backend);
+            forwarded_to_mac(&dp, &reply, Expect::ToClient(WRITE), old_client);
+        }
+        // A new connection always asks the FIB.
+        let syn = tcp(client(49001), WRITE).syn().build();
+        forwarded_to_mac(&dp, &syn, Expect::ToBackend(BE_11), new_backend);
+
+        sleep(PAST_TTL);
+        forwarded_to_mac(&dp, &request, Expect::ToBackend(BE_11), new_backend);
+        forwarded_to_mac(&dp, &reply, Expect::ToClient(WRITE), new_client);
+    });
 }
 
 #[test]
 fn a_lost_route_stops_established_connections_within_the_ttl() {
-    let tb = Testbed::new();
-    let dp = standard(&tb);
-    let (request, _) = open(&dp, client(49010));
-    let forwarded = |name| Case {
-        name,
-        frame: request.clone(),
-        action: XDP_REDIRECT,
-        expect: Expect::ToBackend(BE_11),
-        counter: counter::FWD_TO_BACKEND,
-    };
-    dp.step(forwarded("established, next hop cached"));
-    tb.ip(&format!("route add unreachable {}/32", BE_11.ip()));
-    sleep(PAST_TTL);
-    dp.step(Case {
-        name: "the route became unreachable: dropped once the cached answer expired",
-        frame: request.clone(),
-        action: XDP_DROP,
-        expect: Expect::Dropped,
-        counter: counter::DROP_NO_ROUTE,
+    at_every_hook(|tb, hook| {
+        let dp = standard(tb, hook);
+        let (request, _) = open(&dp, client(49010));
+        let forwarded = |name| Case {
+            name,
+            frame: request.clone(),
+            action: XDP_REDIRECT,
+            expect: Expect::ToBackend(BE_11),
+            counter: counter::FWD_TO_BACKEND,
+        };
+        dp.step(forwarded("established, next hop cached"));
+        tb.ip(&format!("route add unreachable {}/32", BE_11.ip()));
+        sleep(PAST_TTL);
+        dp.step(Case {
+            name: "the route became unreachable: dropped once the cached answer expired",
+            frame: request.clone(),
+            action: XDP_DROP,
+            expect: Expect::Dropped,
+            counter: counter::DROP_NO_ROUTE,
+        });
+        tb.ip(&format!("route del unreachable {}/32", BE_11.ip()));
+        dp.step(forwarded(
+            "route back: forwarded at once, a failed lookup is not cached",
+        ));
     });
-    tb.ip(&format!("route del unreachable {}/32", BE_11.ip()));
-    dp.step(forwarded(
-        "route back: forwarded at once, a failed lookup is not cached",
-    ));
 }
 
 /// The FIB is asked about a full 1500-byte frame, so the cached answer covers every segment
@@ -123,68 +125,70 @@ fn a_lost_route_stops_established_connections_within_the_ttl() {
 /// Where the MTU is below 1500, a packet larger than the ones the FIB passed asks at once.
 #[test]
 fn a_packet_larger_than_the_cached_ones_is_checked_against_the_mtu() {
-    let tb = Testbed::new();
-    let dp = standard(&tb);
-    let c = client(49020);
-    let (small, _) = open(&dp, c);
-    let medium = tcp(c, WRITE).data(&[b'x'; 900]).build();
-    let big = tcp(c, WRITE).data(&[b'x'; 1200]).build();
-    let forwarded = |name, frame: &Vec<u8>| Case {
-        name,
-        frame: frame.clone(),
-        action: XDP_REDIRECT,
-        expect: Expect::ToBackend(BE_11),
-        counter: counter::FWD_TO_BACKEND,
-    };
-    let refused = |name, frame: &Vec<u8>| Case {
-        name,
-        frame: frame.clone(),
-        action: XDP_PASS,
-        expect: Expect::RewrittenOnly(BE_11),
-        counter: counter::PASS_REWRITTEN,
-    };
-    let cached_at = Instant::now();
-    dp.step(forwarded("small segment, next hop cached", &small));
-    tb.ip(&format!("link set dev {SRV_DEV} mtu 1000"));
-    if cached_at.elapsed() < TTL / 2 {
-        dp.step(forwarded(
-            "MTU now 1000: a 1240-byte segment still rides on the answer for 1500 bytes",
+    at_every_hook(|tb, hook| {
+        let dp = standard(tb, hook);
+        let c = client(49020);
+        let (small, _) = open(&dp, c);
+        let medium = tcp(c, WRITE).data(&[b'x'; 900]).build();
+        let big = tcp(c, WRITE).data(&[b'x'; 1200]).build();
+        let forwarded = |name, frame: &Vec<u8>| Case {
+            name,
+            frame: frame.clone(),
+            action: XDP_REDIRECT,
+            expect: Expect::ToBackend(BE_11),
+            counter: counter::FWD_TO_BACKEND,
+        };
+        let refused = |name, frame: &Vec<u8>| Case {
+            name,
+            frame: frame.clone(),
+            action: XDP_PASS,
+            expect: Expect::RewrittenOnly(BE_11),
+            counter: counter::PASS_REWRITTEN,
+        };
+        let cached_at = Instant::now();
+        dp.step(forwarded("small segment, next hop cached", &small));
+        tb.ip(&format!("link set dev {SRV_DEV} mtu 1000"));
+        if cached_at.elapsed() < TTL / 2 {
+            dp.step(forwarded(
+                "MTU now 1000: a 1240-byte segment still rides on the answer for 1500 bytes",
+                &big,
+            ));
+        }
+        sleep(PAST_TTL);
+        dp.step(refused(
+            "past the TTL: the 1240-byte segment goes to the kernel (ICMP fragmentation needed)",
             &big,
         ));
-    }
-    sleep(PAST_TTL);
-    dp.step(refused(
-        "past the TTL: the 1240-byte segment goes to the kernel (ICMP fragmentation needed)",
-        &big,
-    ));
-    dp.step(forwarded(
-        "small segments still take the fast path (the FIB passes their own size)",
-        &small,
-    ));
-    dp.step(forwarded(
-        "a 940-byte segment asks at once, and fits",
-        &medium,
-    ));
-    dp.step(refused(
-        "and a 1240-byte one asks at once, and does not",
-        &big,
-    ));
+        dp.step(forwarded(
+            "small segments still take the fast path (the FIB passes their own size)",
+            &small,
+        ));
+        dp.step(forwarded(
+            "a 940-byte segment asks at once, and fits",
+            &medium,
+        ));
+        dp.step(refused(
+            "and a 1240-byte one asks at once, and does not",
+            &big,
+        ));
+    });
 }
 
 #[test]
 fn a_packet_from_another_device_asks_the_fib_again() {
-    let tb = Testbed::new();
-    let dp = standard(&tb);
-    let (request, _) = open(&dp, client(49030));
-    // Cached for packets arriving on the namespace's loopback (the test run's default).
-    let run = dp.run_with(&request, Ingress::KernelDefault, 1);
-    assert_eq!(run.action, XDP_REDIRECT, "got {}", action_name(run.action));
-    tb.sysctl(&format!("net.ipv4.conf.{CLI_DEV}.forwarding"), "0");
-    dp.step(Case {
-        name: "the same connection arriving on a device that does not forward",
-        frame: request,
-        action: XDP_DROP,
-        expect: Expect::Dropped,
-        counter: counter::DROP_NO_ROUTE,
+    at_every_hook(|tb, hook| {
+        let dp = standard(tb, hook);
+        let (request, _) = open(&dp, client(49030));
+        // Cached for packets arriving on the namespace's loopback (the test run's default).
+        let run = dp.run_with(&request, Ingress::KernelDefault, 1);
+        assert_eq!(run.action, XDP_REDIRECT, "got {}", action_name(run.action));
+        tb.sysctl(&format!("net.ipv4.conf.{CLI_DEV}.forwarding"), "0");
+        dp.step(Case {
+            name: "the same connection arriving on a device that does not forward",
+            frame: request,
+            action: XDP_DROP,
+            expect: Expect::Dropped,
+            counter: counter::DROP_NO_ROUTE,
+        });
     });
 }

@@ -9,8 +9,8 @@ use std::net::SocketAddrV4;
 use redis_ha_common::{FlowKey, counter};
 
 use crate::{
-    BE_11, READ, SID, SLOT_11, SLOT_12, WRITE, client,
-    dataplane::{Case, Dataplane, Expect, RESET_ACTION, XDP_REDIRECT},
+    BE_11, READ, SID, SLOT_11, SLOT_12, WRITE, at_every_hook, client,
+    dataplane::{Case, Dataplane, Expect, Hook, RESET_ACTION, XDP_REDIRECT},
     frame::tcp_flags::{ACK, RST, SYN},
     netns::Testbed,
     standard, tcp,
@@ -26,8 +26,8 @@ fn key(src: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {
 }
 
 /// The standard service with every read connection going to the master, .11.
-fn reads_on_the_master(tb: &Testbed) -> Dataplane {
-    let mut dp = standard(tb);
+fn reads_on_the_master(tb: &Testbed, hook: Hook) -> Dataplane {
+    let mut dp = standard(tb, hook);
     dp.fill_ring(SID, 1, &[SLOT_11]);
     dp
 }
@@ -73,78 +73,80 @@ fn refused(dp: &Dataplane, name: &'static str, c: SocketAddrV4, vip: SocketAddrV
 
 #[test]
 fn a_second_connection_from_the_same_port_through_the_other_vip_port_is_refused() {
-    let tb = Testbed::new();
-    let dp = reads_on_the_master(&tb);
-    for (i, (first, second)) in [(WRITE, READ), (READ, WRITE)].into_iter().enumerate() {
-        let c = client(44000 + i as u16);
-        open(&dp, c, first);
-        refused(
-            &dp,
-            "same client port, other VIP port, same backend",
-            c,
-            second,
-        );
-        // The live connection is untouched: its replies still come from its own port.
-        dp.step(Case {
-            name: "the first connection's reply",
-            frame: tcp(BE_11, c).data(b"+OK\r\n").build(),
-            action: XDP_REDIRECT,
-            expect: Expect::ToClient(first),
-            counter: counter::FWD_TO_CLIENT,
-        });
-        dp.step(Case {
-            name: "the first connection's request",
-            frame: tcp(c, first).data(b"*1\r\n$4\r\nPING\r\n").build(),
-            action: XDP_REDIRECT,
-            expect: Expect::ToBackend(BE_11),
-            counter: counter::FWD_TO_BACKEND,
-        });
-    }
-    assert_eq!(dp.counters()[counter::RESET_PORT_IN_USE as usize], 2);
+    at_every_hook(|tb, hook| {
+        let dp = reads_on_the_master(tb, hook);
+        for (i, (first, second)) in [(WRITE, READ), (READ, WRITE)].into_iter().enumerate() {
+            let c = client(44000 + i as u16);
+            open(&dp, c, first);
+            refused(
+                &dp,
+                "same client port, other VIP port, same backend",
+                c,
+                second,
+            );
+            // The live connection is untouched: its replies still come from its own port.
+            dp.step(Case {
+                name: "the first connection's reply",
+                frame: tcp(BE_11, c).data(b"+OK\r\n").build(),
+                action: XDP_REDIRECT,
+                expect: Expect::ToClient(first),
+                counter: counter::FWD_TO_CLIENT,
+            });
+            dp.step(Case {
+                name: "the first connection's request",
+                frame: tcp(c, first).data(b"*1\r\n$4\r\nPING\r\n").build(),
+                action: XDP_REDIRECT,
+                expect: Expect::ToBackend(BE_11),
+                counter: counter::FWD_TO_BACKEND,
+            });
+        }
+        assert_eq!(dp.counters()[counter::RESET_PORT_IN_USE as usize], 2);
+    });
 }
 
 #[test]
 fn the_port_is_free_again_once_the_first_connection_is_reset_or_replaced() {
-    let tb = Testbed::new();
-    let mut dp = reads_on_the_master(&tb);
+    at_every_hook(|tb, hook| {
+        let mut dp = reads_on_the_master(tb, hook);
 
-    // The client resets its write connection: the read connection may take the port.
-    let c = client(44100);
-    open(&dp, c, WRITE);
-    dp.step(Case {
-        name: "client RST",
-        frame: tcp(c, WRITE).flags(RST | ACK).build(),
-        action: XDP_REDIRECT,
-        expect: Expect::ToBackend(BE_11),
-        counter: counter::FWD_TO_BACKEND,
-    });
-    open(&dp, c, READ);
+        // The client resets its write connection: the read connection may take the port.
+        let c = client(44100);
+        open(&dp, c, WRITE);
+        dp.step(Case {
+            name: "client RST",
+            frame: tcp(c, WRITE).flags(RST | ACK).build(),
+            action: XDP_REDIRECT,
+            expect: Expect::ToBackend(BE_11),
+            counter: counter::FWD_TO_BACKEND,
+        });
+        open(&dp, c, READ);
 
-    // The backend resets: the same.
-    let c = client(44101);
-    open(&dp, c, WRITE);
-    dp.step(Case {
-        name: "backend RST",
-        frame: tcp(BE_11, c).flags(RST | ACK).build(),
-        action: XDP_REDIRECT,
-        expect: Expect::ToClient(WRITE),
-        counter: counter::FWD_TO_CLIENT,
-    });
-    open(&dp, c, READ);
+        // The backend resets: the same.
+        let c = client(44101);
+        open(&dp, c, WRITE);
+        dp.step(Case {
+            name: "backend RST",
+            frame: tcp(BE_11, c).flags(RST | ACK).build(),
+            action: XDP_REDIRECT,
+            expect: Expect::ToClient(WRITE),
+            counter: counter::FWD_TO_CLIENT,
+        });
+        open(&dp, c, READ);
 
-    // A master switch resets the write connection on its next packet, which takes both of
-    // its entries along; when the old master serves reads, the port is free for them.
-    let c = client(44102);
-    open(&dp, c, WRITE);
-    dp.set_state(SID, SLOT_12, 1);
-    dp.step(Case {
-        name: "the old master's connection, after the switch",
-        frame: tcp(c, WRITE).data(b"*1\r\n$4\r\nPING\r\n").build(),
-        action: RESET_ACTION,
-        expect: Expect::Reset,
-        counter: counter::RESET_STALE_FLOW,
+        // A master switch resets the write connection on its next packet, which takes both of
+        // its entries along; when the old master serves reads, the port is free for them.
+        let c = client(44102);
+        open(&dp, c, WRITE);
+        dp.set_state(SID, SLOT_12, 1);
+        dp.step(Case {
+            name: "the old master's connection, after the switch",
+            frame: tcp(c, WRITE).data(b"*1\r\n$4\r\nPING\r\n").build(),
+            action: RESET_ACTION,
+            expect: Expect::Reset,
+            counter: counter::RESET_STALE_FLOW,
+        });
+        assert_eq!(dp.flow(&key(BE_11, c)), None, "the reply entry went too");
+        open(&dp, c, READ);
+        assert_eq!(dp.counters()[counter::RESET_PORT_IN_USE as usize], 0);
     });
-    assert_eq!(dp.flow(&key(BE_11, c)), None, "the reply entry went too");
-    open(&dp, c, READ);
-    assert_eq!(dp.counters()[counter::RESET_PORT_IN_USE as usize], 0);
 }

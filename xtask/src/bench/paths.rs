@@ -64,15 +64,18 @@ impl PathKind {
     pub fn describe(self) -> &'static str {
         match self {
             PathKind::Direct => {
-                "direct to the master 198.18.1.11:6379, kernel routing, XDP detached"
+                "direct to the master 198.18.1.11:6379, kernel routing, redis-ha's program detached"
             }
             PathKind::DirectXdp => {
                 "direct to the master 198.18.1.11:6379, kernel routing, redis-ha's program \
-                 attached (it passes this traffic); a reference for the veth driver's XDP cost"
+                 attached (it passes this traffic); a reference for what attaching alone costs \
+                 (in XDP native mode on veth, the driver's copy of every frame)"
             }
-            PathKind::VipWrite => "redis-ha write port 198.18.0.100:6380 (XDP)",
-            PathKind::VipRead => "redis-ha read port 198.18.0.100:6381 (XDP; GET only)",
-            PathKind::Haproxy => "seed HAProxy 2.6 write frontend 198.18.0.101:6380, XDP detached",
+            PathKind::VipWrite => "redis-ha write port 198.18.0.100:6380",
+            PathKind::VipRead => "redis-ha read port 198.18.0.100:6381 (GET only)",
+            PathKind::Haproxy => {
+                "seed HAProxy 2.6 write frontend 198.18.0.101:6380, redis-ha's program detached"
+            }
         }
     }
 

@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
+use redis_ha_tests::XdpMode;
 use serde_json::{Value, json};
 
 use super::CtlInfo;
@@ -78,10 +79,18 @@ pub struct Results {
 fn path_title(p: PathKind) -> &'static str {
     match p {
         PathKind::Direct => "direct",
-        PathKind::DirectXdp => "direct, XDP attached (reference)",
+        PathKind::DirectXdp => "direct, program attached (reference)",
         PathKind::VipWrite => "redis-ha write port",
         PathKind::VipRead => "redis-ha read port",
         PathKind::Haproxy => "HAProxy (seed)",
+    }
+}
+
+/// Where the redis-ha paths' program ran, for the report.
+pub fn hook_label(mode: XdpMode) -> String {
+    match mode {
+        XdpMode::Tc => "the program at the TC ingress hook (TCX)".to_owned(),
+        m => format!("XDP {m} mode"),
     }
 }
 
@@ -267,7 +276,7 @@ fn plots(r: &Results) -> Vec<(String, String)> {
                     (
                         match k {
                             PathKind::Haproxy => "HAProxy process (user+sys)".to_owned(),
-                            _ => format!("{} XDP program run time", path_title(*k)),
+                            _ => format!("{} program run time", path_title(*k)),
                         },
                         p.workloads
                             .iter()
@@ -280,7 +289,7 @@ fn plots(r: &Results) -> Vec<(String, String)> {
             1,
             (
                 format!(
-                    "{} XDP, net of the statistics' floor",
+                    "{} program, net of the statistics' floor",
                     path_title(PathKind::VipWrite)
                 ),
                 p.workloads
@@ -482,7 +491,7 @@ fn paths_markdown(md: &mut String, p: &PathResults, repeats: usize) {
     let _ = writeln!(md, "\n## Load-balancer CPU per 100k requests\n");
     let _ = writeln!(
         md,
-        "| workload | redis-ha write port (XDP): raw | net | redis-ha read port (XDP): raw | net | HAProxy | XDP write ÷ HAProxy: raw | net |"
+        "| workload | redis-ha write port (program): raw | net | redis-ha read port (program): raw | net | HAProxy | program write ÷ HAProxy: raw | net |"
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut floors = Vec::new();
@@ -521,7 +530,7 @@ fn paths_markdown(md: &mut String, p: &PathResults, repeats: usize) {
     let floor = super::paths::median(&floors).map_or("–".to_owned(), |f| format!("{f:.1} ns"));
     let _ = writeln!(
         md,
-        "\nXDP raw: the program's `run_time_ns` delta (`bpftool prog show id N --json`, BPF \
+        "\nProgram raw: the program's `run_time_ns` delta (`bpftool prog show id N --json`, BPF \
          run-time statistics on) over the run, per 100k requests. It counts the program only — \
          not the veth driver, the redirect and the softirq around it, which the kernel would \
          spend routing the packet anyway (the direct path pays those too). It includes every \
@@ -529,7 +538,7 @@ fn paths_markdown(md: &mut String, p: &PathResults, repeats: usize) {
          on, the kernel reads the clock before and after every run and adds the difference, \
          which includes part of the clock reads and the call into the program: for a program \
          that only returns XDP_PASS it counted {floor} per run here (median; measured after \
-         every XDP run with a million BPF_PROG_TEST_RUN runs of such a program). XDP net: raw \
+         every path run with a million BPF_PROG_TEST_RUN runs of such an XDP program; the clock reads are the same at the TC hook). Net: raw \
          minus runs × that floor of the same run. The net figure leaves out the call into the \
          program (a real, if small, cost) along with the clock reads; the raw figure \
          overstates the program by the clock reads, so the truth lies between the two. HAProxy: utime+stime of its process \
@@ -542,12 +551,12 @@ fn paths_markdown(md: &mut String, p: &PathResults, repeats: usize) {
     );
     let _ = writeln!(
         md,
-        "Paths: direct = {}; direct, XDP attached = {}; redis-ha = XDP {} mode, loaded by \
+        "Paths: direct = {}; direct, program attached = {}; redis-ha = {}, loaded by \
          `redis-ha-ctl load` (fresh flow table every time it is reloaded); HAProxy = {}. \
          Workloads: `redis-benchmark -t set,get` from the client namespace ({}).\n",
         PathKind::Direct.describe(),
         PathKind::DirectXdp.describe(),
-        p.xdp_mode.as_str(),
+        hook_label(p.xdp_mode),
         PathKind::Haproxy.describe(),
         p.workloads
             .iter()

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use redis_ha_tests::{Testbed, run, run_within};
+use redis_ha_tests::{Testbed, XdpMode, run, run_within};
 
 /// Keeps the kernel's BPF run-time statistics on (what `sysctl kernel.bpf_stats_enabled=1`
 /// does) while it lives.
@@ -90,7 +90,11 @@ impl<'a> DataPlane<'a> {
         let mut cmd = self.tb.lb().command(self.ctl);
         cmd.args(["load", "--config"]).arg(self.tb.config_path());
         run_within(&mut cmd, Duration::from_secs(60)).context("redis-ha-ctl load")?;
-        let id = attached_prog_id(self.tb)?.context("redis-ha-ctl load attached nothing")?;
+        let id = if self.tb.xdp_mode() == XdpMode::Tc {
+            tc_prog_id(self.tb)?
+        } else {
+            attached_prog_id(self.tb)?.context("redis-ha-ctl load attached nothing")?
+        };
         self.prog_id = Some(id);
         Ok(id)
     }
@@ -102,6 +106,12 @@ impl<'a> DataPlane<'a> {
         run_within(&mut cmd, Duration::from_secs(60)).context("redis-ha-ctl unload")?;
         if let Some(id) = attached_prog_id(self.tb)? {
             bail!("program {id} is still attached after redis-ha-ctl unload");
+        }
+        if let Some(id) = self.prog_id.filter(|_| self.tb.xdp_mode() == XdpMode::Tc) {
+            let links = prog_link_count(id)?;
+            if links > 0 {
+                bail!("program {id} still has {links} link(s) after redis-ha-ctl unload");
+            }
         }
         self.prog_id = None;
         Ok(())
@@ -141,6 +151,39 @@ pub fn attached_prog_id(tb: &Testbed) -> Result<Option<u32>> {
         Some(&first) if ids.iter().all(|&id| id == first) => Ok(Some(u32::try_from(first)?)),
         Some(_) => bail!("several XDP programs attached in the LB: {ids:?}"),
     }
+}
+
+/// The id of the TC program `redis-ha-ctl load` pinned, checked to be attached (bpftool 7.1
+/// does not list TCX attachments under `net show`; its links it does list).
+fn tc_prog_id(tb: &Testbed) -> Result<u32> {
+    let pin = tb.pin_dir().join("prog_tc");
+    let json = run(Command::new("bpftool")
+        .args(["-j", "prog", "show", "pinned"])
+        .arg(&pin))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&json).context("parsing `bpftool -j prog show pinned`")?;
+    let id = value
+        .get("id")
+        .and_then(serde_json::Value::as_u64)
+        .with_context(|| format!("no program id for {}", pin.display()))?;
+    let id = u32::try_from(id)?;
+    if prog_link_count(id)? == 0 {
+        bail!("redis-ha-ctl load left program {id} without a link");
+    }
+    Ok(id)
+}
+
+/// How many BPF links (machine-wide) run program `id`.
+fn prog_link_count(id: u32) -> Result<usize> {
+    let json = run(Command::new("bpftool").args(["-j", "link", "show"]))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&json).context("parsing `bpftool -j link show`")?;
+    Ok(value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l.get("prog_id").and_then(serde_json::Value::as_u64) == Some(u64::from(id)))
+        .count())
 }
 
 /// `bpftool prog show id N --json`: run_time_ns and run_cnt (present while stats are on).

@@ -1,0 +1,91 @@
+//! What the program needs from the hook it runs at, so one body serves both: XDP (the fast
+//! path on NICs with a native driver) and the TC ingress hook (sockets' own buffers: no copy
+//! of the packet on veth or on devices without native XDP, where XDP has to make one).
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    helpers::generated::{bpf_skb_change_tail, bpf_skb_pull_data, bpf_xdp_adjust_tail},
+    programs::{TcContext, XdpContext},
+};
+
+pub trait Frame: EbpfContext {
+    /// Hand the packet to the kernel's stack.
+    const PASS: u32;
+    const DROP: u32;
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    fn ingress_ifindex(&self) -> u32;
+    /// Cuts the packet to its first `len` bytes; false if the kernel refused.
+    fn truncate(&self, len: u32) -> bool;
+}
+
+impl Frame for XdpContext {
+    const PASS: u32 = xdp_action::XDP_PASS;
+    const DROP: u32 = xdp_action::XDP_DROP;
+
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        XdpContext::ingress_ifindex(self) as u32
+    }
+
+    #[inline(always)]
+    fn truncate(&self, len: u32) -> bool {
+        let excess = (self.data_end() - self.data()) as i32 - len as i32;
+        // SAFETY: the helper checks the delta against the frame itself.
+        excess <= 0 || unsafe { bpf_xdp_adjust_tail(self.as_ptr() as *mut _, -excess) } == 0
+    }
+}
+
+impl Frame for TcContext {
+    const PASS: u32 = TC_ACT_OK as u32;
+    const DROP: u32 = TC_ACT_SHOT as u32;
+
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        // At the ingress hook the skb's own device is the one it arrived on; unlike
+        // `ingress_ifindex` it is also set for a packet a test run injects.
+        // SAFETY: the context pointer is the kernel's __sk_buff for this run.
+        unsafe { (*self.skb.skb).ifindex }
+    }
+
+    #[inline(always)]
+    fn truncate(&self, len: u32) -> bool {
+        // SAFETY: the helper validates the length against the skb.
+        self.len() <= len || unsafe { bpf_skb_change_tail(self.skb.skb, len, 0) } == 0
+    }
+}
+
+/// At the TC hook the headers may lie partly outside the skb's linear part (a driver that
+/// puts everything in page fragments); direct access sees only the linear part, so pull up
+/// to `want` bytes into it first. XDP frames are always linear here (no multi-buffer).
+#[inline(always)]
+pub fn pull_headers(ctx: &TcContext, want: u32) {
+    let have = (ctx.data_end() - ctx.data()) as u32;
+    if have < want && ctx.len() > have {
+        let n = if ctx.len() < want { ctx.len() } else { want };
+        // SAFETY: the helper bounds `n` by the skb's length; a failure leaves the packet as
+        // it was, and the bounds checks that follow treat it as short.
+        unsafe { bpf_skb_pull_data(ctx.skb.skb, n) };
+    }
+}
