@@ -73,11 +73,12 @@ enum Task {
         /// Leave out the failover trials.
         #[arg(long)]
         skip_failover: bool,
-        /// Hook of the redis-ha paths: native or skb (XDP), or tc. On veth both XDP modes
-        /// copy every packet the local stacks send before the program sees it (native: into a
-        /// page; skb: out of a shared or fragmented skb); at the TC hook the program works on
-        /// the skb as it is, as the kernel's own forwarding does.
-        #[arg(long, default_value = "native")]
+        /// Hook of the redis-ha paths: tc, or native or skb (XDP). The testbed is veths, where
+        /// both XDP modes copy every packet the local stacks send before the program sees it
+        /// (native: into a page; skb: out of a shared or fragmented skb); at the TC hook the
+        /// program works on the skb as it is, as the kernel's own forwarding does. Hence tc by
+        /// default here; on a NIC with native XDP, native is the one to use.
+        #[arg(long, default_value = "tc")]
         xdp_mode: XdpMode,
         /// Output directory (default <workspace>/bench-results).
         #[arg(long)]
