@@ -170,7 +170,8 @@ pub const FLOW_TABLE_RANGE: std::ops::RangeInclusive<u32> = 1024..=16 * 1024 * 1
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
-    /// Native (driver) mode where the interface supports it, generic (skb) mode otherwise.
+    /// The TC hook when every interface is a veth (and the kernel has TCX); otherwise XDP,
+    /// native (driver) mode where the interface supports it, generic (skb) mode elsewhere.
     #[default]
     Auto,
     Native,

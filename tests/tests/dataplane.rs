@@ -500,3 +500,21 @@ fn loading_at_another_hook_than_the_pinned_one_is_refused_with_a_remedy() -> Res
     assert_eq!(served_by(&mut conn)?, "198.18.1.11");
     Ok(())
 }
+
+/// `xdp_mode = "auto"` on veths (every interface of the testbed) runs the TC hook, where XDP
+/// would copy every packet, and keeps it across a reload.
+#[test]
+fn auto_runs_the_tc_hook_when_every_interface_is_a_veth() -> Result<()> {
+    let tb = testbed(XdpMode::Auto)?;
+    assert!(tb.pin_dir().join("prog_tc").exists(), "no prog_tc pinned");
+    assert!(
+        !tb.pin_dir().join("prog").exists(),
+        "an XDP program is pinned"
+    );
+    let mut conn = connect(&tb, tb.vip_write())?;
+    assert_eq!(served_by(&mut conn)?, "198.18.1.11");
+    let again = tb.ctl("load", &[])?;
+    assert!(again.contains("already attached"), "{again}");
+    let _: String = redis::cmd("PING").query(&mut conn)?;
+    Ok(())
+}

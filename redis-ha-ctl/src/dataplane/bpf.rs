@@ -213,7 +213,7 @@ impl BpfDataplane {
         };
         std::fs::create_dir_all(&cfg.pin_dir)
             .map_err(io_err("creating pin directory", &cfg.pin_dir))?;
-        let hook = Hook::of(cfg.xdp_mode);
+        let hook = Hook::for_config(cfg);
         let other = hook.other();
         if cfg.pin_dir.join(other.pin()).exists() {
             return Err(BpfError::HookChanged {
@@ -568,11 +568,22 @@ enum Hook {
 }
 
 impl Hook {
-    fn of(mode: XdpMode) -> Self {
-        if mode == XdpMode::Tc {
-            Self::Tc
-        } else {
-            Self::Xdp
+    /// The hook `cfg` asks for. `auto` keeps the hook of a data plane already pinned (a
+    /// restart never moves it), and otherwise follows [`auto_hook`].
+    fn for_config(cfg: &DataplaneConfig) -> Self {
+        match cfg.xdp_mode {
+            XdpMode::Tc => Self::Tc,
+            XdpMode::Native | XdpMode::Skb => Self::Xdp,
+            XdpMode::Auto => {
+                let pinned = [Self::Xdp, Self::Tc]
+                    .into_iter()
+                    .find(|h| cfg.pin_dir.join(h.pin()).exists());
+                pinned.unwrap_or_else(|| {
+                    let drivers: Vec<Option<String>> =
+                        cfg.interfaces.iter().map(|i| driver_of(i)).collect();
+                    auto_hook(&drivers, kernel_has_tcx())
+                })
+            }
         }
     }
 
@@ -596,6 +607,87 @@ impl Hook {
             Self::Tc => "TC ingress",
         }
     }
+}
+
+/// `xdp_mode = "auto"` for a new data plane: the TC hook when every interface is a veth
+/// (containers, testbeds: XDP would copy every packet there first) and the kernel has TCX
+/// links; XDP otherwise, native where the driver has it (one program serves every interface,
+/// so a mix keeps XDP for the NICs' sake).
+fn auto_hook(drivers: &[Option<String>], tcx: bool) -> Hook {
+    let all_veth = !drivers.is_empty() && drivers.iter().all(|d| d.as_deref() == Some("veth"));
+    if all_veth && tcx { Hook::Tc } else { Hook::Xdp }
+}
+
+/// TCX links came with Linux 6.6.
+fn kernel_has_tcx() -> bool {
+    // SAFETY: uname fills the struct it is given; all-zero is a valid utsname.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return false;
+    }
+    // SAFETY: uname NUL-terminates `release`.
+    let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) };
+    release_at_least(&release.to_string_lossy(), (6, 6))
+}
+
+/// Whether a kernel release string ("6.18.44-fc-v657") is at least `want` (major, minor).
+fn release_at_least(release: &str, want: (u32, u32)) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= want,
+        _ => false,
+    }
+}
+
+/// The driver behind `iface` in the current network namespace (`ethtool -i`), if it says.
+fn driver_of(iface: &str) -> Option<String> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 3;
+    /// `struct ethtool_drvinfo`.
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 32 * 4 + 12 + 4 * 5],
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut DrvInfo,
+        _pad: [u8; 16],
+    }
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 32 * 4 + 12 + 4 * 5],
+    };
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut info,
+        _pad: [0; 16],
+    };
+    let name = iface.as_bytes();
+    if name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    req.name[..name.len()].copy_from_slice(name);
+    // SAFETY: a plain datagram socket, closed below; the ioctl reads the interface name and
+    // writes at most a `struct ethtool_drvinfo` through `data`, both live for the call.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let rc = libc::ioctl(fd, SIOCETHTOOL, &mut req);
+        libc::close(fd);
+        if rc != 0 {
+            return None;
+        }
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
 
 /// The pinned program, ready to attach.
@@ -845,5 +937,36 @@ impl Dataplane for BpfDataplane {
                 .set(*service_id, state, 0)
                 .map_err(map_err(map_name::SERVICE_STATE)),
         }
+    }
+}
+
+#[cfg(test)]
+mod hook_tests {
+    use super::*;
+
+    #[test]
+    fn auto_picks_tc_only_when_every_interface_is_a_veth_and_tcx_exists() {
+        let veth = || Some("veth".to_owned());
+        assert!(auto_hook(&[veth(), veth()], true) == Hook::Tc);
+        assert!(auto_hook(&[veth(), veth()], false) == Hook::Xdp);
+        assert!(auto_hook(&[veth(), Some("mlx5_core".to_owned())], true) == Hook::Xdp);
+        assert!(auto_hook(&[veth(), None], true) == Hook::Xdp);
+        assert!(auto_hook(&[], true) == Hook::Xdp);
+    }
+
+    #[test]
+    fn kernel_releases_compare_by_major_and_minor() {
+        assert!(release_at_least("6.18.44-fc-v657", (6, 6)));
+        assert!(release_at_least("6.6.0", (6, 6)));
+        assert!(!release_at_least("6.5.13-generic", (6, 6)));
+        assert!(release_at_least("7.0-rc1", (6, 6)));
+        assert!(!release_at_least("5.15.0-91-generic", (6, 6)));
+        assert!(!release_at_least("garbage", (6, 6)));
+    }
+
+    #[test]
+    fn the_driver_of_a_missing_or_misnamed_interface_is_unknown() {
+        assert_eq!(driver_of("no-such-if0"), None);
+        assert_eq!(driver_of("an-interface-name-too-long"), None);
     }
 }
