@@ -418,7 +418,9 @@ fn markdown(r: &Results) -> String {
                 "\nFrom `{}` (tests/tests/packet/measure.rs): 1,000,000 packets per path, the \
                  kernel's average per repeat; forwarding paths in runs of 250 repeats on a \
                  service mapped onto itself so every repeat takes the full path, proven by the \
-                 program's counters. It includes the ~27 ns test-run harness. A repeated SYN \
+                 program's counters. It includes the ~27 ns test-run harness. `TC:` rows: the \
+                 same program at the TC hook, through the skb test run, whose harness costs \
+                 more (compare the non-VIP pass rows, where the program does least). A repeated SYN \
                  finds the entries its previous repeat made, so the SYN rows price the \
                  re-admission of a known connection (the reply entry's insert-if-absent fails, \
                  is looked up and overwritten): a bound on a new connection's SYN, which \
@@ -704,7 +706,10 @@ fn bars_markdown(md: &mut String, r: &Results) {
         }
     }
     if let Ok(pk) = &r.packet
-        && let Some(x) = pk.paths.iter().find(|x| x.name.contains("established"))
+        && let Some(x) = pk
+            .paths
+            .iter()
+            .find(|x| x.name.starts_with("write-port established"))
     {
         let _ = writeln!(
             md,
