@@ -698,7 +698,7 @@ fn bars_markdown(md: &mut String, r: &Results) {
             let _ = writeln!(
                 md,
                 "- LB CPU per request ≤ 5 % of HAProxy's: {} — highest {:.1} % net of the \
-                 statistics' floor (`{at}`; {:.1} % raw; XDP program time only, see above)",
+                 statistics' floor (`{at}`; {:.1} % raw; program time only, see above)",
                 if net <= 0.05 { "met" } else { "missed" },
                 net * 100.0,
                 raw * 100.0
