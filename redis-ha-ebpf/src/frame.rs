@@ -4,10 +4,20 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
-    helpers::generated::{bpf_skb_change_tail, bpf_skb_pull_data, bpf_xdp_adjust_tail},
+    bindings::{BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    helpers::generated::{
+        bpf_l4_csum_replace, bpf_skb_change_tail, bpf_skb_pull_data, bpf_xdp_adjust_tail,
+    },
     programs::{TcContext, XdpContext},
 };
+
+use crate::{
+    TcpFix,
+    packet::{TCP_OFF, TcpHdr, csum_replace2, csum_replace4, ptr_at},
+};
+
+/// Where the TCP checksum field sits in the frame.
+const TCP_CHECK_OFF: u32 = (TCP_OFF + core::mem::offset_of!(TcpHdr, check)) as u32;
 
 pub trait Frame: EbpfContext {
     /// Hand the packet to the kernel's stack.
@@ -18,6 +28,10 @@ pub trait Frame: EbpfContext {
     fn ingress_ifindex(&self) -> u32;
     /// Cuts the packet to its first `len` bytes; false if the kernel refused.
     fn truncate(&self, len: u32) -> bool;
+    /// Brings the TCP checksum in line with a rewrite; false if the kernel refused. Called
+    /// once nothing else will read or write the packet: at the TC hook it is a helper after
+    /// which no pointer into the packet may be used.
+    fn fix_tcp_checksum(&self, fix: &TcpFix) -> bool;
 }
 
 impl Frame for XdpContext {
@@ -44,6 +58,20 @@ impl Frame for XdpContext {
         let excess = (self.data_end() - self.data()) as i32 - len as i32;
         // SAFETY: the helper checks the delta against the frame itself.
         excess <= 0 || unsafe { bpf_xdp_adjust_tail(self.as_ptr() as *mut _, -excess) } == 0
+    }
+
+    /// A frame in the driver has no offload state: its checksum is always complete, and
+    /// incremental arithmetic keeps it so.
+    #[inline(always)]
+    fn fix_tcp_checksum(&self, fix: &TcpFix) -> bool {
+        let Some(tcp) = ptr_at::<TcpHdr, _>(self, TCP_OFF) else {
+            return false;
+        };
+        // SAFETY: ptr_at checked that the header lies inside the packet.
+        let check = unsafe { &mut (*tcp).check };
+        csum_replace4(check, fix.from_addr, fix.to_addr);
+        csum_replace2(check, fix.from_port, fix.to_port);
+        true
     }
 }
 
@@ -73,6 +101,35 @@ impl Frame for TcContext {
     fn truncate(&self, len: u32) -> bool {
         // SAFETY: the helper validates the length against the skb.
         self.len() <= len || unsafe { bpf_skb_change_tail(self.skb.skb, len, 0) } == 0
+    }
+
+    /// An skb's TCP checksum may be partial (a local sender left it to the device: the field
+    /// holds only the pseudo-header's sum, which covers the addresses but not the ports), and
+    /// a receive checksum may be kept as a whole-packet sum. The kernel's helper handles each
+    /// state: the addresses as pseudo-header fields, the port as a plain one.
+    #[inline(always)]
+    fn fix_tcp_checksum(&self, fix: &TcpFix) -> bool {
+        let addr = |a: [u8; 4]| u64::from(u32::from_ne_bytes(a));
+        let port = |p: [u8; 2]| u64::from(u16::from_ne_bytes(p));
+        // SAFETY: helpers on this run's skb; they check the offset against the packet.
+        unsafe {
+            bpf_l4_csum_replace(
+                self.skb.skb,
+                TCP_CHECK_OFF,
+                addr(fix.from_addr),
+                addr(fix.to_addr),
+                u64::from(BPF_F_PSEUDO_HDR) | 4,
+            ) == 0
+                // A VIP port equal to the backend's (6379 both) needs no second call.
+                && (fix.from_port == fix.to_port
+                    || bpf_l4_csum_replace(
+                        self.skb.skb,
+                        TCP_CHECK_OFF,
+                        port(fix.from_port),
+                        port(fix.to_port),
+                        2,
+                    ) == 0)
+        }
     }
 }
 

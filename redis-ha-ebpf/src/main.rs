@@ -343,22 +343,22 @@ fn along_flow<C: Frame>(
         return send_reset(ctx, eth, counter::RESET_STALE_FLOW);
     }
     // The entry carries the backend's address: no BACKENDS lookup on this path.
-    to_backend_addr(ip, tcp, flow.nat_ip, flow.nat_port);
+    let fix = to_backend_addr(ip, tcp, flow.nat_ip, flow.nat_port);
     count_to_backend(ip, flow.backend, false);
-    forward(ctx, eth, ip, Some(&mut flow.hop), counter::FWD_TO_BACKEND)
+    forward(
+        ctx,
+        eth,
+        ip,
+        fix,
+        Some(&mut flow.hop),
+        counter::FWD_TO_BACKEND,
+    )
 }
 
 /// Client → backend: the destination becomes the backend's address.
 #[inline(always)]
-fn to_backend_addr(ip: &mut Ipv4Hdr, tcp: &mut TcpHdr, addr: [u8; 4], port: u16) {
-    rewrite(
-        &mut ip.dst,
-        &mut tcp.dport,
-        addr,
-        port,
-        &mut ip.check,
-        &mut tcp.check,
-    );
+fn to_backend_addr(ip: &mut Ipv4Hdr, tcp: &mut TcpHdr, addr: [u8; 4], port: u16) -> TcpFix {
+    rewrite(&mut ip.dst, &mut tcp.dport, addr, port, &mut ip.check)
 }
 
 /// Counts a packet forwarded to backend `slot` (and, for a connection's first, the flow).
@@ -421,7 +421,7 @@ fn new_flow<C: Frame>(
             return C::DROP;
         }
     }
-    to_backend_addr(ip, tcp, be.ip, be.port);
+    let fix = to_backend_addr(ip, tcp, be.ip, be.port);
     // The connection's entry starts with this packet's next hop, so its next packets skip
     // the FIB. A failed lookup leaves it empty (the kernel resolves the neighbour, and the
     // next packet asks again); the connection is remembered either way.
@@ -434,10 +434,7 @@ fn new_flow<C: Frame>(
         return C::DROP;
     }
     count_to_backend(ip, slot, true);
-    match route {
-        Ok(route) => send::<C>(eth, ip, &route, counter::FWD_TO_BACKEND),
-        Err(action) => action,
-    }
+    finish(ctx, eth, ip, fix, route, counter::FWD_TO_BACKEND)
 }
 
 /// Is the backend a connection was given still the right one? A write connection must still
@@ -523,13 +520,12 @@ fn to_client<C: Frame>(
     hop: Option<&mut NextHop>,
     fast: u32,
 ) -> u32 {
-    rewrite(
+    let fix = rewrite(
         &mut ip.src,
         &mut tcp.sport,
         reply.nat_ip,
         reply.nat_port,
         &mut ip.check,
-        &mut tcp.check,
     );
 
     let len = u16::from_be_bytes(ip.tot_len) as u64;
@@ -537,10 +533,12 @@ fn to_client<C: Frame>(
         s.packets_out += 1;
         s.bytes_out += len;
     });
-    forward(ctx, eth, ip, hop, fast)
+    forward(ctx, eth, ip, fix, hop, fast)
 }
 
-/// Replaces one endpoint (address + port) of the segment, keeping both checksums valid.
+/// Replaces one endpoint (address + port) of the segment and the IP checksum; returns what
+/// the TCP checksum still needs, which [`finish`] applies once nothing else will touch the
+/// packet (see [`Frame::fix_tcp_checksum`]).
 #[inline(always)]
 fn rewrite(
     addr: &mut [u8; 4],
@@ -548,14 +546,18 @@ fn rewrite(
     new_addr: [u8; 4],
     new_port: u16,
     ip_check: &mut [u8; 2],
-    tcp_check: &mut [u8; 2],
-) {
+) -> TcpFix {
     let new_port = new_port.to_be_bytes();
     csum_replace4(ip_check, *addr, new_addr);
-    csum_replace4(tcp_check, *addr, new_addr);
-    csum_replace2(tcp_check, *port, new_port);
+    let fix = TcpFix {
+        from_addr: *addr,
+        to_addr: new_addr,
+        from_port: *port,
+        to_port: new_port,
+    };
     *addr = new_addr;
     *port = new_port;
+    fix
 }
 
 /// Routes the rewritten packet as the kernel would (FIB lookup, TTL, MACs) and redirects it.
@@ -567,12 +569,34 @@ fn forward<C: Frame>(
     ctx: &C,
     eth: *mut EthHdr,
     ip: &mut Ipv4Hdr,
+    fix: TcpFix,
     hop: Option<&mut NextHop>,
     fast: u32,
 ) -> u32 {
-    match next_hop(ctx, ip, hop) {
-        Ok(route) => send::<C>(eth, ip, &route, fast),
-        Err(action) => action,
+    let route = next_hop(ctx, ip, hop);
+    finish(ctx, eth, ip, fix, route, fast)
+}
+
+/// The end of a rewritten packet: sent on `route`, or given the action the FIB left
+/// (`PASS` to the kernel, `DROP`), with its TCP checksum completed unless it is dropped.
+#[inline(always)]
+fn finish<C: Frame>(
+    ctx: &C,
+    eth: *mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    fix: TcpFix,
+    route: Result<Route, u32>,
+    fast: u32,
+) -> u32 {
+    match route {
+        Ok(route) => send(ctx, eth, ip, fix, &route, fast),
+        Err(action) => {
+            if action == C::PASS && !ctx.fix_tcp_checksum(&fix) {
+                count(counter::DROP_INTERNAL);
+                return C::DROP;
+            }
+            action
+        }
     }
 }
 
@@ -636,22 +660,45 @@ fn next_hop<C: Frame>(ctx: &C, ip: &Ipv4Hdr, hop: Option<&mut NextHop>) -> Resul
 
 /// Decrements the TTL, sets the MACs of `route` and redirects the packet.
 #[inline(always)]
-fn send<C: Frame>(eth: *mut EthHdr, ip: &mut Ipv4Hdr, route: &Route, fast: u32) -> u32 {
-    if ip.ttl <= 1 {
+fn send<C: Frame>(
+    ctx: &C,
+    eth: *mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    fix: TcpFix,
+    route: &Route,
+    fast: u32,
+) -> u32 {
+    let (action, counted) = if ip.ttl <= 1 {
         // Let the kernel send the ICMP time-exceeded, as a router would.
-        count(counter::PASS_REWRITTEN);
-        return C::PASS;
+        (C::PASS, counter::PASS_REWRITTEN)
+    } else {
+        let old = [ip.ttl, ip.proto];
+        ip.ttl -= 1;
+        csum_replace2(&mut ip.check, old, [ip.ttl, ip.proto]);
+        // SAFETY: eth was bounds-checked by the caller and the packet was not resized.
+        unsafe {
+            (*eth).dst = route.dst_mac;
+            (*eth).src = route.src_mac;
+        }
+        // SAFETY: a helper taking plain integers.
+        (unsafe { bpf_redirect(route.ifindex, 0) as u32 }, fast)
+    };
+    // Last: at the TC hook this is a helper that may move the packet's bytes, after which
+    // no pointer into it may be used.
+    if !ctx.fix_tcp_checksum(&fix) {
+        count(counter::DROP_INTERNAL);
+        return C::DROP;
     }
-    let old = [ip.ttl, ip.proto];
-    ip.ttl -= 1;
-    csum_replace2(&mut ip.check, old, [ip.ttl, ip.proto]);
-    // SAFETY: eth was bounds-checked by the caller and the packet was not resized.
-    unsafe {
-        (*eth).dst = route.dst_mac;
-        (*eth).src = route.src_mac;
-    }
-    count(fast);
-    unsafe { bpf_redirect(route.ifindex, 0) as u32 }
+    count(counted);
+    action
+}
+
+/// The change a rewrite made to the TCP header and pseudo-header, for the TCP checksum.
+pub struct TcpFix {
+    pub from_addr: [u8; 4],
+    pub to_addr: [u8; 4],
+    pub from_port: [u8; 2],
+    pub to_port: [u8; 2],
 }
 
 /// Where a packet leaves: what the fast path needs from a FIB answer.

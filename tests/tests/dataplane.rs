@@ -518,3 +518,27 @@ fn auto_runs_the_tc_hook_when_every_interface_is_a_veth() -> Result<()> {
     let _: String = redis::cmd("PING").query(&mut conn)?;
     Ok(())
 }
+
+/// At the TC hook a local sender's partial checksum (`tx on`, the default on veth, as in
+/// containers) stays correct through the rewrite: the LB's own ends have checksum offload
+/// off, so the kernel completes each checksum in software from what the program left, and
+/// the receivers check the result. A full-checksum update of a partial one (what the XDP
+/// path does, hence its `tx off` requirement) fails here: the connection never completes.
+#[test]
+fn the_tc_hook_keeps_partial_checksums_correct() -> Result<()> {
+    let tb = testbed(XdpMode::Tc)?;
+    let offload =
+        |ns: &redis_ha_tests::Netns, dev: &str, on: &str| ns.run("ethtool", &["-K", dev, "tx", on]);
+    offload(tb.client(), tb.client_interface(), "on")?;
+    offload(tb.lb(), tb.lb_client_interface(), "off")?;
+    for b in tb.backends() {
+        offload(b.netns(), b.interface(), "on")?;
+        offload(tb.lb(), b.lb_interface(), "off")?;
+    }
+    let mut w = connect(&tb, tb.vip_write())?;
+    let _: () = redis::cmd("SET").arg("e2e:csum").arg("x").query(&mut w)?;
+    assert_eq!(served_by(&mut w)?, "198.18.1.11");
+    let mut r = connect(&tb, tb.vip_read())?;
+    let _: String = redis::cmd("PING").query(&mut r)?;
+    Ok(())
+}
