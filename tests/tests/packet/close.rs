@@ -8,47 +8,13 @@ use redis_ha_common::{FlowKey, counter};
 use crate::{
     BE_11, SLOT_11, WRITE, at_every_hook, client,
     dataplane::{Case, Dataplane, Expect, XDP_REDIRECT},
-    frame::tcp_flags::{ACK, FIN, RST, SYN},
-    standard, tcp,
+    frame::tcp_flags::{ACK, FIN, RST},
+    open_via_master, standard, tcp,
 };
-
-fn key(src: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {
-    FlowKey {
-        src_ip: src.ip().octets(),
-        dst_ip: dst.ip().octets(),
-        src_port: src.port(),
-        dst_port: dst.port(),
-    }
-}
 
 /// Client `c` → write port, handshake and one request/reply; returns the two entries' keys.
 fn open(dp: &Dataplane, c: SocketAddrV4) -> (FlowKey, FlowKey) {
-    let to_backend = |name, frame| Case {
-        name,
-        frame,
-        action: XDP_REDIRECT,
-        expect: Expect::ToBackend(BE_11),
-        counter: counter::FWD_TO_BACKEND,
-    };
-    let to_client = |name, frame| Case {
-        name,
-        frame,
-        action: XDP_REDIRECT,
-        expect: Expect::ToClient(WRITE),
-        counter: counter::FWD_TO_CLIENT,
-    };
-    dp.table(&[
-        to_backend("SYN", tcp(c, WRITE).syn().build()),
-        to_client("SYN-ACK", tcp(BE_11, c).flags(SYN | ACK).build()),
-        to_backend(
-            "request",
-            tcp(c, WRITE).data(b"*1\r\n$4\r\nPING\r\n").build(),
-        ),
-        to_client("reply", tcp(BE_11, c).data(b"+PONG\r\n").build()),
-    ]);
-    let keys = (key(c, WRITE), key(BE_11, c));
-    assert!(dp.flow(&keys.0).is_some() && dp.flow(&keys.1).is_some());
-    keys
+    open_via_master(dp, c, WRITE)
 }
 
 fn forwarded(dp: &Dataplane, name: &'static str, from_client: bool, frame: Vec<u8>) {

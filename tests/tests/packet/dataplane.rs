@@ -10,7 +10,9 @@ use std::{net::SocketAddrV4, time::Duration};
 use aya::{
     Ebpf,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
-    programs::{ProgramError, SchedClassifier, TestRun as _, TestRunOptions, Xdp, XdpMode},
+    programs::{
+        ProgramError, SchedClassifier, TestRun as _, TestRunOptions, TestRunResult, Xdp, XdpMode,
+    },
 };
 use redis_ha_common::{
     AddrKey, Backend, BackendStats, FloatingLease, Flow, FlowKey, RING_SIZE, ServiceKey,
@@ -342,57 +344,56 @@ impl Dataplane {
     }
 
     fn try_run(&self, frame: &[u8], ingress: Ingress, repeat: u32) -> Result<Run, ProgramError> {
-        if self.hook == Hook::Tc {
-            return self.try_run_tc(frame, ingress, repeat);
-        }
-        let prog: &Xdp = self
-            .bpf
-            .program("redis_ha")
-            .expect("program redis_ha")
-            .try_into()
-            .expect("XDP program");
+        let ingress_ifindex = self.wire_ingress(frame);
+        let xdp_ctx;
+        let tc_ctx;
+        let ctx: &[u8] = match self.hook {
+            Hook::Xdp => {
+                xdp_ctx = XdpMd {
+                    data: 0,
+                    data_end: frame.len() as u32,
+                    ingress_ifindex,
+                    ..XdpMd::default()
+                }
+                .to_bytes();
+                &xdp_ctx
+            }
+            Hook::Tc => {
+                tc_ctx = sk_buff_ctx(ingress_ifindex);
+                &tc_ctx
+            }
+        };
         let mut data_out = vec![0u8; frame.len() + 256];
-        let ctx = XdpMd {
-            data: 0,
-            data_end: frame.len() as u32,
-            ingress_ifindex: self.wire_ingress(frame),
-            ..XdpMd::default()
-        }
-        .to_bytes();
-        let res = prog.test_run(TestRunOptions {
+        let options = TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut data_out),
-            ctx_in: matches!(ingress, Ingress::Wire).then_some(&ctx[..]),
+            ctx_in: matches!(ingress, Ingress::Wire).then_some(ctx),
             repeat,
             ..Default::default()
-        })?;
+        };
+        let (res, action): (TestRunResult, fn(u32) -> u32) = match self.hook {
+            Hook::Xdp => {
+                let prog: &Xdp = self
+                    .bpf
+                    .program("redis_ha")
+                    .expect("program redis_ha")
+                    .try_into()
+                    .expect("XDP program");
+                (prog.test_run(options)?, |a| a)
+            }
+            Hook::Tc => {
+                let prog: &SchedClassifier = self
+                    .bpf
+                    .program("redis_ha_tc")
+                    .expect("program redis_ha_tc")
+                    .try_into()
+                    .expect("TC classifier");
+                (prog.test_run(options)?, tc_as_xdp)
+            }
+        };
         data_out.truncate(res.data_size_out as usize);
         Ok(Run {
-            action: res.return_value,
-            out: data_out,
-            duration: res.duration,
-        })
-    }
-
-    fn try_run_tc(&self, frame: &[u8], ingress: Ingress, repeat: u32) -> Result<Run, ProgramError> {
-        let prog: &SchedClassifier = self
-            .bpf
-            .program("redis_ha_tc")
-            .expect("program redis_ha_tc")
-            .try_into()
-            .expect("TC classifier");
-        let mut data_out = vec![0u8; frame.len() + 256];
-        let ctx = sk_buff_ctx(self.wire_ingress(frame));
-        let res = prog.test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut data_out),
-            ctx_in: matches!(ingress, Ingress::Wire).then_some(&ctx[..]),
-            repeat,
-            ..Default::default()
-        })?;
-        data_out.truncate(res.data_size_out as usize);
-        Ok(Run {
-            action: tc_as_xdp(res.return_value),
+            action: action(res.return_value),
             out: data_out,
             duration: res.duration,
         })

@@ -27,12 +27,14 @@ mod stateless;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use dataplane::{Dataplane, HOOKS, Hook};
+use dataplane::{Case, Dataplane, Expect, HOOKS, Hook, XDP_REDIRECT};
 use frame::Tcp4;
+use frame::tcp_flags::{ACK, SYN};
 use netns::{
     BACKEND_11, BACKEND_12, BACKEND_13, BACKEND_NO_NEIGH, Testbed, VIP, device_mac, host_mac,
 };
 use redis_ha_common::port_kind;
+use redis_ha_common::{FlowKey, counter};
 
 /// A service id other than 0, so an index mix-up between services shows.
 pub const SID: u32 = 3;
@@ -79,6 +81,44 @@ pub fn at_every_hook(body: impl Fn(&Testbed, Hook)) {
 /// and the testbed router's on the sender's subnet.
 pub fn tcp(src: SocketAddrV4, dst: SocketAddrV4) -> Tcp4 {
     Tcp4::new(host_mac(*src.ip()), device_mac(*src.ip()), src, dst)
+}
+
+/// The `FLOWS` key of a packet from `src` to `dst`.
+pub fn flow_key(src: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {
+    FlowKey {
+        src_ip: src.ip().octets(),
+        dst_ip: dst.ip().octets(),
+        src_port: src.port(),
+        dst_port: dst.port(),
+    }
+}
+
+/// Client `c` → `vip`, handled by the master .11: handshake and one request/reply, every step
+/// checked. Returns the keys of the connection's two entries, both present.
+pub fn open_via_master(dp: &Dataplane, c: SocketAddrV4, vip: SocketAddrV4) -> (FlowKey, FlowKey) {
+    let to_backend = |name, frame| Case {
+        name,
+        frame,
+        action: XDP_REDIRECT,
+        expect: Expect::ToBackend(BE_11),
+        counter: counter::FWD_TO_BACKEND,
+    };
+    let to_client = |name, frame| Case {
+        name,
+        frame,
+        action: XDP_REDIRECT,
+        expect: Expect::ToClient(vip),
+        counter: counter::FWD_TO_CLIENT,
+    };
+    dp.table(&[
+        to_backend("SYN", tcp(c, vip).syn().build()),
+        to_client("SYN-ACK", tcp(BE_11, c).flags(SYN | ACK).build()),
+        to_backend("request", tcp(c, vip).data(b"*1\r\n$4\r\nPING\r\n").build()),
+        to_client("reply", tcp(BE_11, c).data(b"+PONG\r\n").build()),
+    ]);
+    let keys = (flow_key(c, vip), flow_key(BE_11, c));
+    assert!(dp.flow(&keys.0).is_some() && dp.flow(&keys.1).is_some());
+    keys
 }
 
 pub fn client(port: u16) -> SocketAddrV4 {

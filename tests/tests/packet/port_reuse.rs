@@ -6,24 +6,16 @@
 
 use std::net::SocketAddrV4;
 
-use redis_ha_common::{FlowKey, counter};
+use redis_ha_common::counter;
 
 use crate::{
     BE_11, READ, SID, SLOT_11, SLOT_12, WRITE, at_every_hook, client,
     dataplane::{Case, Dataplane, Expect, Hook, RESET_ACTION, XDP_REDIRECT},
-    frame::tcp_flags::{ACK, RST, SYN},
+    flow_key,
+    frame::tcp_flags::{ACK, RST},
     netns::Testbed,
-    standard, tcp,
+    open_via_master, standard, tcp,
 };
-
-fn key(src: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {
-    FlowKey {
-        src_ip: src.ip().octets(),
-        dst_ip: dst.ip().octets(),
-        src_port: src.port(),
-        dst_port: dst.port(),
-    }
-}
 
 /// The standard service with every read connection going to the master, .11.
 fn reads_on_the_master(tb: &Testbed, hook: Hook) -> Dataplane {
@@ -32,28 +24,8 @@ fn reads_on_the_master(tb: &Testbed, hook: Hook) -> Dataplane {
     dp
 }
 
-/// Client `c` → `vip`, handshake and one request/reply through the master.
 fn open(dp: &Dataplane, c: SocketAddrV4, vip: SocketAddrV4) {
-    let to_backend = |name, frame| Case {
-        name,
-        frame,
-        action: XDP_REDIRECT,
-        expect: Expect::ToBackend(BE_11),
-        counter: counter::FWD_TO_BACKEND,
-    };
-    let to_client = |name, frame| Case {
-        name,
-        frame,
-        action: XDP_REDIRECT,
-        expect: Expect::ToClient(vip),
-        counter: counter::FWD_TO_CLIENT,
-    };
-    dp.table(&[
-        to_backend("SYN", tcp(c, vip).syn().build()),
-        to_client("SYN-ACK", tcp(BE_11, c).flags(SYN | ACK).build()),
-        to_backend("request", tcp(c, vip).data(b"*1\r\n$4\r\nPING\r\n").build()),
-        to_client("reply", tcp(BE_11, c).data(b"+PONG\r\n").build()),
-    ]);
+    open_via_master(dp, c, vip);
 }
 
 fn refused(dp: &Dataplane, name: &'static str, c: SocketAddrV4, vip: SocketAddrV4) {
@@ -65,7 +37,7 @@ fn refused(dp: &Dataplane, name: &'static str, c: SocketAddrV4, vip: SocketAddrV
         counter: counter::RESET_PORT_IN_USE,
     });
     assert_eq!(
-        dp.flow(&key(c, vip)),
+        dp.flow(&flow_key(c, vip)),
         None,
         "{name}: refused, not remembered"
     );
@@ -109,29 +81,33 @@ fn the_port_is_free_again_once_the_first_connection_is_reset_or_replaced() {
     at_every_hook(|tb, hook| {
         let mut dp = reads_on_the_master(tb, hook);
 
-        // The client resets its write connection: the read connection may take the port.
-        let c = client(44100);
-        open(&dp, c, WRITE);
-        dp.step(Case {
-            name: "client RST",
-            frame: tcp(c, WRITE).flags(RST | ACK).build(),
-            action: XDP_REDIRECT,
-            expect: Expect::ToBackend(BE_11),
-            counter: counter::FWD_TO_BACKEND,
-        });
-        open(&dp, c, READ);
-
-        // The backend resets: the same.
-        let c = client(44101);
-        open(&dp, c, WRITE);
-        dp.step(Case {
-            name: "backend RST",
-            frame: tcp(BE_11, c).flags(RST | ACK).build(),
-            action: XDP_REDIRECT,
-            expect: Expect::ToClient(WRITE),
-            counter: counter::FWD_TO_CLIENT,
-        });
-        open(&dp, c, READ);
+        // Either end resets the write connection: the read connection may take the port.
+        for (port, from_client) in [(44100, true), (44101, false)] {
+            let c = client(port);
+            open(&dp, c, WRITE);
+            let (frame, expect, counter) = if from_client {
+                let f = tcp(c, WRITE);
+                (f, Expect::ToBackend(BE_11), counter::FWD_TO_BACKEND)
+            } else {
+                (
+                    tcp(BE_11, c),
+                    Expect::ToClient(WRITE),
+                    counter::FWD_TO_CLIENT,
+                )
+            };
+            dp.step(Case {
+                name: if from_client {
+                    "client RST"
+                } else {
+                    "backend RST"
+                },
+                frame: frame.flags(RST | ACK).build(),
+                action: XDP_REDIRECT,
+                expect,
+                counter,
+            });
+            open(&dp, c, READ);
+        }
 
         // A master switch resets the write connection on its next packet, which takes both of
         // its entries along; when the old master serves reads, the port is free for them.
@@ -145,7 +121,11 @@ fn the_port_is_free_again_once_the_first_connection_is_reset_or_replaced() {
             expect: Expect::Reset,
             counter: counter::RESET_STALE_FLOW,
         });
-        assert_eq!(dp.flow(&key(BE_11, c)), None, "the reply entry went too");
+        assert_eq!(
+            dp.flow(&flow_key(BE_11, c)),
+            None,
+            "the reply entry went too"
+        );
         open(&dp, c, READ);
         assert_eq!(dp.counters()[counter::RESET_PORT_IN_USE as usize], 0);
     });
