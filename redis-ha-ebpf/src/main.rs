@@ -588,16 +588,24 @@ fn finish<C: Frame>(
     route: Result<Route, u32>,
     fast: u32,
 ) -> u32 {
-    match route {
-        Ok(route) => send(ctx, eth, ip, fix, &route, fast),
-        Err(action) => {
-            if action == C::PASS && !ctx.fix_tcp_checksum(&fix) {
-                count(counter::DROP_INTERNAL);
-                return C::DROP;
-            }
-            action
+    let (action, counted) = match route {
+        Ok(route) => {
+            let (action, counted) = send::<C>(eth, ip, &route, fast);
+            (action, Some(counted))
         }
+        // The FIB lookup counted it already.
+        Err(action) => (action, None),
+    };
+    // Last: at the TC hook this is a helper that may move the packet's bytes, after which no
+    // pointer into it may be used.
+    if action != C::DROP && !ctx.fix_tcp_checksum(&fix) {
+        count(counter::DROP_INTERNAL);
+        return C::DROP;
     }
+    if let Some(counted) = counted {
+        count(counted);
+    }
+    action
 }
 
 /// Where the rewritten packet goes: `hop`, the connection's cached FIB answer, when it
@@ -658,17 +666,11 @@ fn next_hop<C: Frame>(ctx: &C, ip: &Ipv4Hdr, hop: Option<&mut NextHop>) -> Resul
     }
 }
 
-/// Decrements the TTL, sets the MACs of `route` and redirects the packet.
+/// Decrements the TTL, sets the MACs of `route` and redirects the packet. Returns the action
+/// and the counter it goes under, which [`finish`] adds once the packet is complete.
 #[inline(always)]
-fn send<C: Frame>(
-    ctx: &C,
-    eth: *mut EthHdr,
-    ip: &mut Ipv4Hdr,
-    fix: TcpFix,
-    route: &Route,
-    fast: u32,
-) -> u32 {
-    let (action, counted) = if ip.ttl <= 1 {
+fn send<C: Frame>(eth: *mut EthHdr, ip: &mut Ipv4Hdr, route: &Route, fast: u32) -> (u32, u32) {
+    if ip.ttl <= 1 {
         // Let the kernel send the ICMP time-exceeded, as a router would.
         (C::PASS, counter::PASS_REWRITTEN)
     } else {
@@ -682,15 +684,7 @@ fn send<C: Frame>(
         }
         // SAFETY: a helper taking plain integers.
         (unsafe { bpf_redirect(route.ifindex, 0) as u32 }, fast)
-    };
-    // Last: at the TC hook this is a helper that may move the packet's bytes, after which
-    // no pointer into it may be used.
-    if !ctx.fix_tcp_checksum(&fix) {
-        count(counter::DROP_INTERNAL);
-        return C::DROP;
     }
-    count(counted);
-    action
 }
 
 /// The change a rewrite made to the TCP header and pseudo-header, for the TCP checksum.

@@ -214,11 +214,12 @@ impl BpfDataplane {
         std::fs::create_dir_all(&cfg.pin_dir)
             .map_err(io_err("creating pin directory", &cfg.pin_dir))?;
         let hook = Hook::for_config(cfg);
-        let other = hook.other();
-        if cfg.pin_dir.join(other.pin()).exists() {
+        if let Some(pinned) = Hook::pinned(&cfg.pin_dir)
+            && pinned != hook
+        {
             return Err(BpfError::HookChanged {
                 pin_dir: cfg.pin_dir.clone(),
-                pinned: other.name(),
+                pinned: pinned.name(),
                 wanted: hook.name(),
             });
         }
@@ -230,11 +231,9 @@ impl BpfDataplane {
 
         if !prog_pin.exists() {
             let (mut ebpf, pins) = load_on_pinned_maps(cfg)?;
-            match hook {
-                Hook::Xdp => loaded_program(&mut ebpf)?.pin(&prog_pin),
-                Hook::Tc => loaded_tc_program(&mut ebpf)?.pin(&prog_pin),
-            }
-            .map_err(|e| BpfError::Load(Box::new(e)))?;
+            Loaded::verified(hook, &mut ebpf)?
+                .pin(&prog_pin)
+                .map_err(|e| BpfError::Load(Box::new(e)))?;
             pin_new_maps(&ebpf, &pins)?;
         }
         let mut prog = Pinned::open(hook, &prog_pin)?;
@@ -352,10 +351,8 @@ impl BpfDataplane {
         check_bpffs(&cfg.pin_dir)?;
         // The hook the data plane runs at now, whatever the configuration says: an upgrade
         // keeps every link as it is.
-        let hook = [Hook::Xdp, Hook::Tc]
-            .into_iter()
-            .find(|h| cfg.pin_dir.join(h.pin()).exists())
-            .ok_or_else(|| BpfError::NotLoaded(cfg.pin_dir.clone()))?;
+        let hook =
+            Hook::pinned(&cfg.pin_dir).ok_or_else(|| BpfError::NotLoaded(cfg.pin_dir.clone()))?;
         let prog_pin = cfg.pin_dir.join(hook.pin());
         check_pinned_layout(&cfg.pin_dir, true)?;
         warn_if_flows_resized(cfg);
@@ -364,10 +361,7 @@ impl BpfDataplane {
             .id()
             .map_err(|e| load_err(&e))?;
         let (mut ebpf, pins) = load_on_pinned_maps(cfg)?;
-        let mut prog = match hook {
-            Hook::Xdp => Loaded::Xdp(loaded_program(&mut ebpf)?),
-            Hook::Tc => Loaded::Tc(loaded_tc_program(&mut ebpf)?),
-        };
+        let mut prog = Loaded::verified(hook, &mut ebpf)?;
         let new_id = prog.id().map_err(|e| load_err(&e))?;
         let mut switched = Vec::new();
         for (iface, path) in pinned_links(&cfg.pin_dir)? {
@@ -574,24 +568,19 @@ impl Hook {
         match cfg.xdp_mode {
             XdpMode::Tc => Self::Tc,
             XdpMode::Native | XdpMode::Skb => Self::Xdp,
-            XdpMode::Auto => {
-                let pinned = [Self::Xdp, Self::Tc]
-                    .into_iter()
-                    .find(|h| cfg.pin_dir.join(h.pin()).exists());
-                pinned.unwrap_or_else(|| {
-                    let drivers: Vec<Option<String>> =
-                        cfg.interfaces.iter().map(|i| driver_of(i)).collect();
-                    auto_hook(&drivers, kernel_has_tcx())
-                })
-            }
+            XdpMode::Auto => Self::pinned(&cfg.pin_dir).unwrap_or_else(|| {
+                let drivers: Vec<Option<String>> =
+                    cfg.interfaces.iter().map(|i| driver_of(i)).collect();
+                auto_hook(&drivers, kernel_has_tcx())
+            }),
         }
     }
 
-    fn other(self) -> Self {
-        match self {
-            Self::Xdp => Self::Tc,
-            Self::Tc => Self::Xdp,
-        }
+    /// The hook of the data plane pinned at `pin_dir`, if any.
+    fn pinned(pin_dir: &Path) -> Option<Self> {
+        [Self::Xdp, Self::Tc]
+            .into_iter()
+            .find(|h| pin_dir.join(h.pin()).exists())
     }
 
     fn pin(self) -> &'static str {
@@ -748,7 +737,15 @@ enum Loaded<'a> {
     Tc(&'a mut SchedClassifier),
 }
 
-impl Loaded<'_> {
+impl<'a> Loaded<'a> {
+    /// The object's program for `hook`, through the verifier.
+    fn verified(hook: Hook, ebpf: &'a mut aya::Ebpf) -> Result<Self, BpfError> {
+        Ok(match hook {
+            Hook::Xdp => Self::Xdp(loaded_program(ebpf)?),
+            Hook::Tc => Self::Tc(loaded_tc_program(ebpf)?),
+        })
+    }
+
     fn id(&self) -> Result<u32, aya::programs::ProgramError> {
         match self {
             Self::Xdp(p) => p.info().map(|i| i.id()),
