@@ -346,9 +346,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             .context("clearing the floating addresses' ARP lease")?;
     }
     let ha_addresses = match (&cfg.ha, &cfg.dataplane) {
-        (Some(h), Some(dp)) => {
-            crate::ha::net::accept_local(&dp.interfaces)
-                .context("letting the kernel forward replies from the VIP")?;
+        (Some(h), Some(_)) => {
             let addresses = Addresses::new(h.addresses.clone())
                 .context("managing the floating addresses (route netlink)")?;
             // Whatever a previous run left behind is not ours until the peers agree again:

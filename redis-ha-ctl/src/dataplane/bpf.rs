@@ -264,6 +264,7 @@ impl BpfDataplane {
                 detach(&path)?;
             }
         }
+        accept_local(&cfg.interfaces)?;
         let mut dp = Self::open(&cfg.pin_dir)?;
         dp.set_client_networks(&cfg.client_networks)?;
         Ok((dp, attachments))
@@ -841,6 +842,25 @@ fn detach(path: &Path) -> Result<(), BpfError> {
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; the ring and flow table exceed
 /// the usual 8 MiB default there.
+/// Sets `net.ipv4.conf.<interface>.accept_local = 1` on the data-plane interfaces.
+///
+/// The program hands a rewritten reply (its source now the VIP, a local address) to the
+/// kernel when the fast path cannot send it: no neighbour entry for the client (a node that
+/// just took the VIP, or an entry the kernel aged out while the fast path carried the
+/// connection without refreshing it), or an egress MTU to enforce. By default the kernel drops
+/// a packet arriving with a local source as a martian, and the connection stalls.
+fn accept_local(interfaces: &[String]) -> Result<(), BpfError> {
+    for interface in interfaces {
+        let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{interface}/accept_local"));
+        std::fs::write(&path, "1").map_err(|source| BpfError::Io {
+            what: "letting the kernel forward replies from the VIP: writing",
+            path,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 fn raise_memlock() {
     let rlim = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,

@@ -23,11 +23,6 @@ pub enum NetError {
         address: String,
         source: rtnetlink::Error,
     },
-    #[error("setting {path}: {source}")]
-    Sysctl {
-        path: String,
-        source: std::io::Error,
-    },
     #[error("gratuitous ARP for {address}: {source}")]
     Arp {
         address: String,
@@ -261,20 +256,6 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: a valid clock id and a properly sized out-parameter.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Sets `net.ipv4.conf.<interface>.accept_local = 1` on the data-plane interfaces.
-///
-/// A node that just took the VIP has no neighbour entry for the clients yet, so the program
-/// hands their rewritten replies (source: the VIP, now a local address) to the kernel to
-/// resolve the client's MAC and forward; by default the kernel drops a packet arriving with a
-/// local source as a martian, and moved connections would stall until the client re-ARPs.
-pub fn accept_local(interfaces: &[String]) -> Result<(), NetError> {
-    for interface in interfaces {
-        let path = format!("/proc/sys/net/ipv4/conf/{interface}/accept_local");
-        std::fs::write(&path, "1").map_err(|source| NetError::Sysctl { path, source })?;
-    }
-    Ok(())
 }
 
 /// The ARP request form of a gratuitous ARP (sender = target = the address, from this
