@@ -26,6 +26,11 @@ pub trait Frame: EbpfContext {
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
     fn ingress_ifindex(&self) -> u32;
+    /// The payload size of each segment a segmentation-offload packet (a local sender's
+    /// TSO/GSO, or GRO on a NIC) is cut into on the way out; 0 for a plain packet.
+    fn gso_size(&self) -> u32;
+    /// The packets this one stands for on the wire: its segments, or 1.
+    fn wire_packets(&self) -> u64;
     /// Cuts the packet to its first `len` bytes; false if the kernel refused.
     fn truncate(&self, len: u32) -> bool;
     /// Brings the TCP checksum in line with a rewrite; false if the kernel refused. Called
@@ -51,6 +56,17 @@ impl Frame for XdpContext {
     #[inline(always)]
     fn ingress_ifindex(&self) -> u32 {
         XdpContext::ingress_ifindex(self) as u32
+    }
+
+    /// A frame in the driver is one wire packet (no multi-buffer here).
+    #[inline(always)]
+    fn gso_size(&self) -> u32 {
+        0
+    }
+
+    #[inline(always)]
+    fn wire_packets(&self) -> u64 {
+        1
     }
 
     #[inline(always)]
@@ -95,6 +111,19 @@ impl Frame for TcContext {
         // `ingress_ifindex` it is also set for a packet a test run injects.
         // SAFETY: the context pointer is the kernel's __sk_buff for this run.
         unsafe { (*self.skb.skb).ifindex }
+    }
+
+    #[inline(always)]
+    fn gso_size(&self) -> u32 {
+        // SAFETY: the context pointer is the kernel's __sk_buff for this run.
+        unsafe { (*self.skb.skb).gso_size }
+    }
+
+    #[inline(always)]
+    fn wire_packets(&self) -> u64 {
+        // SAFETY: as above.
+        let segs = unsafe { (*self.skb.skb).gso_segs };
+        if segs > 1 { segs as u64 } else { 1 }
     }
 
     #[inline(always)]

@@ -344,11 +344,13 @@ fn along_flow<C: Frame>(
     }
     // The entry carries the backend's address: no BACKENDS lookup on this path.
     let fix = to_backend_addr(ip, tcp, flow.nat_ip, flow.nat_port);
-    count_to_backend(ip, flow.backend, false);
+    count_to_backend(ctx, ip, flow.backend, false);
+    let len = wire_len(ctx, ip, tcp);
     forward(
         ctx,
         eth,
         ip,
+        len,
         fix,
         Some(&mut flow.hop),
         counter::FWD_TO_BACKEND,
@@ -363,10 +365,11 @@ fn to_backend_addr(ip: &mut Ipv4Hdr, tcp: &mut TcpHdr, addr: [u8; 4], port: u16)
 
 /// Counts a packet forwarded to backend `slot` (and, for a connection's first, the flow).
 #[inline(always)]
-fn count_to_backend(ip: &Ipv4Hdr, slot: u32, new_flow: bool) {
+fn count_to_backend<C: Frame>(ctx: &C, ip: &Ipv4Hdr, slot: u32, new_flow: bool) {
     let len = u16::from_be_bytes(ip.tot_len) as u64;
+    let packets = ctx.wire_packets();
     backend_stats(slot, |s| {
-        s.packets_in += 1;
+        s.packets_in += packets;
         s.bytes_in += len;
         if new_flow {
             s.new_flows += 1;
@@ -425,7 +428,7 @@ fn new_flow<C: Frame>(
     // The connection's entry starts with this packet's next hop, so its next packets skip
     // the FIB. A failed lookup leaves it empty (the kernel resolves the neighbour, and the
     // next packet asks again); the connection is remembered either way.
-    let route = next_hop(ctx, ip, Some(&mut flow.hop));
+    let route = next_hop(ctx, ip, wire_len(ctx, ip, tcp), Some(&mut flow.hop));
     flow.nat_ip = be.ip;
     flow.nat_port = be.port;
     flow.dir = flow_dir::TO_BACKEND;
@@ -433,7 +436,7 @@ fn new_flow<C: Frame>(
         count(counter::DROP_INTERNAL);
         return C::DROP;
     }
-    count_to_backend(ip, slot, true);
+    count_to_backend(ctx, ip, slot, true);
     finish(ctx, eth, ip, fix, route, counter::FWD_TO_BACKEND)
 }
 
@@ -529,11 +532,13 @@ fn to_client<C: Frame>(
     );
 
     let len = u16::from_be_bytes(ip.tot_len) as u64;
+    let packets = ctx.wire_packets();
     backend_stats(reply.backend, |s| {
-        s.packets_out += 1;
+        s.packets_out += packets;
         s.bytes_out += len;
     });
-    forward(ctx, eth, ip, fix, hop, fast)
+    let len = wire_len(ctx, ip, tcp);
+    forward(ctx, eth, ip, len, fix, hop, fast)
 }
 
 /// Replaces one endpoint (address + port) of the segment and the IP checksum; returns what
@@ -569,11 +574,12 @@ fn forward<C: Frame>(
     ctx: &C,
     eth: *mut EthHdr,
     ip: &mut Ipv4Hdr,
+    len: u16,
     fix: TcpFix,
     hop: Option<&mut NextHop>,
     fast: u32,
 ) -> u32 {
-    let route = next_hop(ctx, ip, hop);
+    let route = next_hop(ctx, ip, len, hop);
     finish(ctx, eth, ip, fix, route, fast)
 }
 
@@ -621,8 +627,12 @@ fn finish<C: Frame>(
 /// that moment, so a packet could only see a mix of two answers while a neighbour changes,
 /// misdirecting that one packet, which TCP retransmits.
 #[inline(always)]
-fn next_hop<C: Frame>(ctx: &C, ip: &Ipv4Hdr, hop: Option<&mut NextHop>) -> Result<Route, u32> {
-    let len = u16::from_be_bytes(ip.tot_len);
+fn next_hop<C: Frame>(
+    ctx: &C,
+    ip: &Ipv4Hdr,
+    len: u16,
+    hop: Option<&mut NextHop>,
+) -> Result<Route, u32> {
     let ingress = ctx.ingress_ifindex();
     // A packet with nowhere to cache skips the clock.
     // SAFETY: a helper without arguments.
@@ -644,7 +654,7 @@ fn next_hop<C: Frame>(ctx: &C, ip: &Ipv4Hdr, hop: Option<&mut NextHop>) -> Resul
                 src_mac: h.src_mac,
             })
         }
-        hop => match fib_lookup(ctx, ip, ingress) {
+        hop => match fib_lookup(ctx, ip, len, ingress) {
             Ok((route, max_len)) => {
                 if let Some(h) = hop {
                     h.resolved_ns = now;
@@ -663,6 +673,27 @@ fn next_hop<C: Frame>(ctx: &C, ip: &Ipv4Hdr, hop: Option<&mut NextHop>) -> Resul
                 Err(action)
             }
         },
+    }
+}
+
+/// The IP length of the largest packet this one puts on the wire, which the egress MTU must
+/// take: its own, or for a segmentation-offload packet at the TC hook (a local sender's TSO
+/// or GSO, GRO on a NIC: up to 64 KB in one skb) that of the segments the egress device cuts
+/// it into, as the kernel's forwarding checks it. Taking the skb's length instead sent every
+/// such packet to the kernel as too big, where a rewritten reply (its source the VIP, a local
+/// address) is dropped as a martian unless `accept_local` is set.
+#[inline(always)]
+fn wire_len<C: Frame>(ctx: &C, ip: &Ipv4Hdr, tcp: &TcpHdr) -> u16 {
+    let len = u16::from_be_bytes(ip.tot_len);
+    let seg = ctx.gso_size();
+    if seg == 0 {
+        return len;
+    }
+    let seg_len = Ipv4Hdr::LEN as u32 + ((tcp.doff_res >> 4) as u32) * 4 + seg;
+    if seg_len < len as u32 {
+        seg_len as u16
+    } else {
+        len
     }
 }
 
@@ -708,12 +739,16 @@ struct Route {
 /// An egress MTU below it makes the FIB refuse; the packet then asks about its own size.
 const FIB_ASK_LEN: u16 = 1500;
 
-/// Asks the kernel's FIB where the (rewritten) packet goes; on success also the largest IP
-/// length the answer was checked for. `Err` is the action to take when the fast path cannot
-/// forward it, already counted.
+/// Asks the kernel's FIB where the (rewritten) packet, whose largest wire packet has IP length
+/// `len`, goes; on success also the largest IP length the answer was checked for. `Err` is the
+/// action to take when the fast path cannot forward it, already counted.
 #[inline(always)]
-fn fib_lookup<C: Frame>(ctx: &C, ip: &Ipv4Hdr, ingress: u32) -> Result<(Route, u16), u32> {
-    let len = u16::from_be_bytes(ip.tot_len);
+fn fib_lookup<C: Frame>(
+    ctx: &C,
+    ip: &Ipv4Hdr,
+    len: u16,
+    ingress: u32,
+) -> Result<(Route, u16), u32> {
     let mut asked = if len < FIB_ASK_LEN { FIB_ASK_LEN } else { len };
     let mut answer = fib_ask(ctx, ip, ingress, asked);
     if matches!(answer, Err(BPF_FIB_LKUP_RET_FRAG_NEEDED)) && asked != len {

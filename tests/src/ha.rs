@@ -386,7 +386,7 @@ impl HaCluster {
         let client = Netns::create(&name("client"))?;
         let client_interface = name("c");
         plug(&client, &client_interface, &name("pc"), &client_bridge)?;
-        setup_on_link_endpoint(&client, &client_interface, CLIENT_IP)?;
+        setup_on_link_endpoint(&client, &client_interface, CLIENT_IP, options.xdp_mode)?;
 
         let mut lbs = Vec::new();
         for n in 1..=LB_NODES {
@@ -411,7 +411,7 @@ impl HaCluster {
                 &node.switch_ports[1],
                 &backend_bridge,
             )?;
-            setup_lb(&node, options.ha_section)?;
+            setup_lb(&node)?;
             // The switch ports receive what the LB's XDP program redirects (TOOLCHAIN.md).
             for port in &node.switch_ports {
                 sw.run("ethtool", &["-K", port, "gro", "on"])?;
@@ -430,6 +430,7 @@ impl HaCluster {
                 &interface,
                 &format!("{}/{PREFIX_LEN}", backend_ip(n)),
                 GATEWAY,
+                options.xdp_mode,
             )?;
             backends.push(Backend::new(
                 n,
@@ -965,7 +966,7 @@ fn controller_listen(ctl: usize) -> SocketAddrV4 {
 
 /// The client: its address on the client segment, no gateway (the VIP is on-link, and it must
 /// reach the backends only through the VIP).
-fn setup_on_link_endpoint(ns: &Netns, interface: &str, ip: Ipv4Addr) -> Result<()> {
+fn setup_on_link_endpoint(ns: &Netns, interface: &str, ip: Ipv4Addr, mode: XdpMode) -> Result<()> {
     ns.ip(&[
         "addr",
         "add",
@@ -974,17 +975,19 @@ fn setup_on_link_endpoint(ns: &Netns, interface: &str, ip: Ipv4Addr) -> Result<(
         interface,
     ])?;
     ns.ip(&["link", "set", interface, "up"])?;
-    // Full checksums and no segmentation offload on what the client sends: the XDP program
-    // updates checksums incrementally, which a partial checksum would break (TOOLCHAIN.md).
-    ns.run(
-        "ethtool",
-        &["-K", interface, "tx", "off", "tso", "off", "gso", "off"],
-    )?;
+    // Full checksums and no segmentation offload on what the client sends for the XDP modes,
+    // which update checksums incrementally (TOOLCHAIN.md); the TC hook takes veth's defaults.
+    if matches!(mode, XdpMode::Native | XdpMode::Skb) {
+        ns.run(
+            "ethtool",
+            &["-K", interface, "tx", "off", "tso", "off", "gso", "off"],
+        )?;
+    }
     Ok(())
 }
 
 /// Addresses, forwarding and reverse-path filtering of an LB node.
-fn setup_lb(lb: &LbNode, ha_section: bool) -> Result<()> {
+fn setup_lb(lb: &LbNode) -> Result<()> {
     let ns = &lb.ns;
     ns.set_sysctl("net.ipv4.ip_forward", "1")?;
     // rp_filter off because XDP-rewritten replies arrive from addresses the reverse path check
@@ -996,14 +999,6 @@ fn setup_lb(lb: &LbNode, ha_section: bool) -> Result<()> {
         &lb.backend_interface,
     ] {
         ns.set_sysctl(&format!("net.ipv4.conf.{scope}.rp_filter"), "0")?;
-    }
-    // A node that just took the VIP has no neighbour entry for the clients yet, so the program
-    // passes their rewritten replies (source: the VIP) to the kernel to resolve and forward;
-    // without accept_local the kernel drops them as martians for having a local source, and
-    // moved connections stall until the client re-ARPs (seconds). With [ha] the controller
-    // sets it (what the tests check); addresses moved by hand need it set here.
-    if !ha_section {
-        ns.set_sysctl("net.ipv4.conf.all.accept_local", "1")?;
     }
     for (dev, ip) in [
         (&lb.client_interface, lb.client_ip()),

@@ -508,6 +508,7 @@ impl Testbed {
             &client_interface,
             &format!("{CLIENT_IP}/24"),
             LB_CLIENT_IP,
+            xdp_mode,
         )?;
 
         // Backends: their namespaces and veths, all before any server starts, so replicas
@@ -543,7 +544,13 @@ impl Testbed {
             lb.set_sysctl(&format!("net.ipv4.conf.{lb_interface}.proxy_arp"), "1")?;
             lb.ip(&["link", "set", &lb_interface, "up"])?;
             lb.ip(&["route", "add", &format!("{ip}/32"), "dev", &lb_interface])?;
-            setup_endpoint(&ns, &interface, &format!("{ip}/24"), LB_BACKEND_IP)?;
+            setup_endpoint(
+                &ns,
+                &interface,
+                &format!("{ip}/24"),
+                LB_BACKEND_IP,
+                xdp_mode,
+            )?;
 
             let backend_dir = dir.path.join(format!("r{n}"));
             std::fs::create_dir_all(&backend_dir)
@@ -795,20 +802,25 @@ pub(crate) fn setup_endpoint(
     interface: &str,
     cidr: &str,
     gateway: Ipv4Addr,
+    mode: XdpMode,
 ) -> Result<()> {
     ns.ip(&["addr", "add", cidr, "dev", interface])?;
     ns.ip(&["link", "set", interface, "up"])?;
     ns.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
-    // What makes XDP_REDIRECT deliver into this veth (TOOLCHAIN.md): without `tx off` the
-    // receiver drops redirected frames for bad partial checksums (native mode); without
-    // `tso off gso off` large transfers stall (skb mode); GRO on lets a veth without its own
-    // XDP program accept redirected frames (native mode).
-    ns.run(
-        "ethtool",
-        &[
-            "-K", interface, "tx", "off", "tso", "off", "gso", "off", "gro", "on",
-        ],
-    )?;
+    // The TC hook takes what a container's veth sends by default: partial checksums and
+    // 64 KB TSO/GSO packets (`auto` is TC on veth). The XDP modes need what makes
+    // XDP_REDIRECT deliver into this veth (TOOLCHAIN.md): without `tx off` the receiver drops
+    // redirected frames for bad partial checksums (native mode); without `tso off gso off`
+    // large transfers stall (skb mode); GRO on lets a veth without its own XDP program accept
+    // redirected frames (native mode).
+    if matches!(mode, XdpMode::Native | XdpMode::Skb) {
+        ns.run(
+            "ethtool",
+            &[
+                "-K", interface, "tx", "off", "tso", "off", "gso", "off", "gro", "on",
+            ],
+        )?;
+    }
     Ok(())
 }
 

@@ -69,12 +69,26 @@ fn tc_as_xdp(action: u32) -> u32 {
 }
 
 /// `struct __sk_buff` as BPF_PROG_TEST_RUN takes it in `ctx_in`: all zero but the devices
-/// (`ingress_ifindex` at byte 36, `ifindex` at 40, which also picks the skb's device).
-fn sk_buff_ctx(ifindex: u32) -> [u8; 192] {
+/// (`ingress_ifindex` at byte 36, `ifindex` at 40, which also picks the skb's device) and the
+/// segmentation offload (`gso_segs` at 164, `gso_size` at 176), which the kernel copies into
+/// the skb it builds.
+fn sk_buff_ctx(ifindex: u32, gso: Option<Gso>) -> [u8; 192] {
     let mut b = [0; 192];
     b[36..40].copy_from_slice(&ifindex.to_ne_bytes());
     b[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    if let Some(Gso { size, segs }) = gso {
+        b[164..168].copy_from_slice(&segs.to_ne_bytes());
+        b[176..180].copy_from_slice(&size.to_ne_bytes());
+    }
     b
+}
+
+/// An skb that stands for several wire segments (TSO/GSO from a local sender, GRO): TC only.
+#[derive(Clone, Copy, Debug)]
+pub struct Gso {
+    /// Payload bytes per segment.
+    pub size: u32,
+    pub segs: u32,
 }
 
 /// `struct xdp_md` as BPF_PROG_TEST_RUN takes it in `ctx_in`.
@@ -344,6 +358,20 @@ impl Dataplane {
     }
 
     fn try_run(&self, frame: &[u8], ingress: Ingress, repeat: u32) -> Result<Run, ProgramError> {
+        self.try_run_gso(frame, ingress, repeat, None)
+    }
+
+    fn try_run_gso(
+        &self,
+        frame: &[u8],
+        ingress: Ingress,
+        repeat: u32,
+        gso: Option<Gso>,
+    ) -> Result<Run, ProgramError> {
+        assert!(
+            gso.is_none() || matches!(self.hook, Hook::Tc),
+            "segmentation offload exists only at the TC hook"
+        );
         let ingress_ifindex = self.wire_ingress(frame);
         let xdp_ctx;
         let tc_ctx;
@@ -359,7 +387,7 @@ impl Dataplane {
                 &xdp_ctx
             }
             Hook::Tc => {
-                tc_ctx = sk_buff_ctx(ingress_ifindex);
+                tc_ctx = sk_buff_ctx(ingress_ifindex, gso);
                 &tc_ctx
             }
         };
@@ -430,9 +458,13 @@ impl Dataplane {
     /// `Ok(None)`: the kernel refused to run the frame at all, which it does (EINVAL) for
     /// frames shorter than an Ethernet header; such frames never reach the program.
     pub fn check(&self, case: &Case) -> Result<Option<Run>, String> {
+        self.check_gso(case, None)
+    }
+
+    fn check_gso(&self, case: &Case, gso: Option<Gso>) -> Result<Option<Run>, String> {
         let expected = case.expect.outputs(&case.frame)?;
         let before = self.counters();
-        let run = match self.try_run(&case.frame, Ingress::Wire, 1) {
+        let run = match self.try_run_gso(&case.frame, Ingress::Wire, 1, gso) {
             Ok(run) => run,
             Err(ProgramError::SyscallError(e))
                 if case.frame.len() < self.shortest_run()
@@ -497,7 +529,13 @@ impl Dataplane {
     /// Runs one step of a scenario; later steps depend on it, so a failure stops the test.
     #[track_caller]
     pub fn step(&self, case: Case) -> Run {
-        match self.check(&case) {
+        self.step_gso(case, None)
+    }
+
+    /// [`Self::step`] for an skb carrying `gso` (TC only).
+    #[track_caller]
+    pub fn step_gso(&self, case: Case, gso: Option<Gso>) -> Run {
+        match self.check_gso(&case, gso) {
             Ok(Some(run)) => run,
             Ok(None) => panic!("case `{}`: the kernel refused to run the frame", case.name),
             Err(e) => panic!("{e}"),

@@ -11,10 +11,12 @@ use std::{
 use redis_ha_common::{NEXT_HOP_TTL_NS, counter};
 
 use crate::{
-    BE_11, WRITE, at_every_hook, client,
-    dataplane::{Case, Dataplane, Expect, Ingress, XDP_DROP, XDP_PASS, XDP_REDIRECT, action_name},
+    BE_11, SLOT_11, WRITE, at_every_hook, client,
+    dataplane::{
+        Case, Dataplane, Expect, Gso, Hook, Ingress, XDP_DROP, XDP_PASS, XDP_REDIRECT, action_name,
+    },
     frame::{Mac, diff},
-    netns::{CLI_DEV, CLIENT, SRV_DEV, neighbour_mac},
+    netns::{CLI_DEV, CLIENT, SRV_DEV, Testbed, neighbour_mac},
     standard, tcp,
 };
 
@@ -172,6 +174,88 @@ fn a_packet_larger_than_the_cached_ones_is_checked_against_the_mtu() {
             &big,
         ));
     });
+}
+
+/// At the TC hook one skb may stand for many wire segments (a local sender's TSO/GSO, GRO on
+/// a NIC; 64 KB by default on veth): the egress MTU applies to each segment, as the kernel's
+/// own forwarding checks it, not to the whole skb, which would send every such packet to the
+/// kernel. Backend statistics count the segments.
+#[test]
+fn a_segmentation_offload_packet_is_checked_by_its_segments() {
+    let tb = Testbed::new();
+    let dp = standard(&tb, Hook::Tc);
+    let c = client(49040);
+    open(&dp, c);
+    // 2 × 1448 payload bytes after a 32-byte TCP header (timestamps): two 1500-byte IP
+    // packets on the wire, 2948 bytes in the skb.
+    let payload = [b'x'; 2 * 1448];
+    let request = tcp(c, WRITE).data(&payload).build();
+    let reply = tcp(BE_11, c).data(&payload).build();
+    let fits = Some(Gso {
+        size: 1448,
+        segs: 2,
+    });
+    let too_big = Some(Gso {
+        size: 1449,
+        segs: 2,
+    });
+    let before = dp.stats(SLOT_11);
+    let case = |name, frame: &Vec<u8>, action, expect, counter| Case {
+        name,
+        frame: frame.clone(),
+        action,
+        expect,
+        counter,
+    };
+    dp.step_gso(
+        case(
+            "client → VIP, 1448-byte segments: forwarded",
+            &request,
+            XDP_REDIRECT,
+            Expect::ToBackend(BE_11),
+            counter::FWD_TO_BACKEND,
+        ),
+        fits,
+    );
+    dp.step_gso(
+        case(
+            "backend → client, 1448-byte segments: forwarded",
+            &reply,
+            XDP_REDIRECT,
+            Expect::ToClient(WRITE),
+            counter::FWD_TO_CLIENT,
+        ),
+        fits,
+    );
+    let after = dp.stats(SLOT_11);
+    assert_eq!(
+        after.packets_in - before.packets_in,
+        2,
+        "segments counted in"
+    );
+    assert_eq!(
+        after.packets_out - before.packets_out,
+        2,
+        "segments counted out"
+    );
+    assert_eq!(after.bytes_in - before.bytes_in, 2948);
+    dp.step_gso(
+        case(
+            "1449-byte segments make 1501-byte packets: the kernel's (ICMP fragmentation needed)",
+            &request,
+            XDP_PASS,
+            Expect::RewrittenOnly(BE_11),
+            counter::PASS_REWRITTEN,
+        ),
+        too_big,
+    );
+    dp.step(case(
+        "the same 2948 bytes as one packet do not fit either",
+        &request,
+        XDP_PASS,
+        Expect::RewrittenOnly(BE_11),
+        counter::PASS_REWRITTEN,
+    ));
 }
 
 #[test]
