@@ -57,9 +57,11 @@ pub fn load(config: &Path) -> anyhow::Result<String> {
     }
     writeln!(
         out,
-        "pinned under {}; {} map writes",
+        "pinned under {}; {} map writes; accept_local=1 on {} (a reply the fast path hands to \
+         the kernel comes from the VIP)",
         dpc.pin_dir.display(),
-        ops.len()
+        ops.len(),
+        dpc.interfaces.join(", ")
     )?;
     for s in &t {
         let name = &cfg.services[s.id as usize].name;

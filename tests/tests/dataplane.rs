@@ -165,6 +165,37 @@ fn a_one_megabyte_value_round_trips_at_every_hook() -> Result<()> {
     Ok(())
 }
 
+/// When the fast path cannot send a reply (here: the LB no longer has a neighbour entry for
+/// the client once the connection's cached next hop expires), it hands the rewritten packet to
+/// the kernel, whose source is then the VIP, a local address. `load` sets `accept_local` on the
+/// data-plane interfaces so the kernel forwards it (and resolves the neighbour) instead of
+/// dropping it as a martian, which stalls the connection.
+#[test]
+fn a_reply_the_fast_path_hands_to_the_kernel_still_reaches_the_client() -> Result<()> {
+    let tb = testbed(XdpMode::Tc)?;
+    let interfaces: Vec<&str> = std::iter::once(tb.lb_client_interface())
+        .chain(tb.backends().iter().map(|b| b.lb_interface()))
+        .collect();
+    for interface in &interfaces {
+        let key = format!("net.ipv4.conf.{interface}.accept_local");
+        assert_eq!(tb.lb().run("sysctl", &["-n", &key])?.trim(), "1", "{key}");
+    }
+    let mut conn = connect(&tb, tb.vip_write())?;
+    let _: String = redis::cmd("PING").query(&mut conn)?;
+    assert!(!counters(&tb)?.contains("pass_rewritten"));
+    tb.lb()
+        .ip(&["neigh", "flush", "dev", tb.lb_client_interface()])?;
+    // Past the cached next hop's 100 ms (and the coarse clock's tick).
+    std::thread::sleep(Duration::from_millis(200));
+    // Without accept_local every retransmission of the reply is dropped too, and this times
+    // out (5 s).
+    let pong: String = redis::cmd("PING").query(&mut conn)?;
+    assert_eq!(pong, "PONG");
+    let maps = counters(&tb)?;
+    assert!(maps.contains("pass_rewritten"), "{maps}");
+    Ok(())
+}
+
 /// Waits (bounded) for the next command on `conn` to fail, and says how.
 fn next_command_error(conn: &mut redis::Connection) -> Result<(redis::RedisError, Duration)> {
     let start = Instant::now();
