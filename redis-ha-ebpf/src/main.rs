@@ -536,11 +536,11 @@ fn to_client<C: Frame>(
         &mut ip.check,
     );
 
-    let len = u16::from_be_bytes(ip.tot_len) as u64;
+    let bytes = u16::from_be_bytes(ip.tot_len) as u64;
     let packets = ctx.wire_packets();
     backend_stats(reply.backend, |s| {
         s.packets_out += packets;
-        s.bytes_out += len;
+        s.bytes_out += bytes;
     });
     let len = wire_len(ctx, ip, tcp);
     forward(ctx, eth, ip, len, fix, hop, fast)

@@ -840,8 +840,6 @@ fn detach(path: &Path) -> Result<(), BpfError> {
     Ok(())
 }
 
-/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; the ring and flow table exceed
-/// the usual 8 MiB default there.
 /// Sets `net.ipv4.conf.<interface>.accept_local = 1` on the data-plane interfaces.
 ///
 /// The program hands a rewritten reply (its source now the VIP, a local address) to the
@@ -861,6 +859,8 @@ fn accept_local(interfaces: &[String]) -> Result<(), BpfError> {
     Ok(())
 }
 
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; the ring and flow table exceed
+/// the usual 8 MiB default there.
 fn raise_memlock() {
     let rlim = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
