@@ -93,6 +93,17 @@ pub fn flow_key(src: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {
     }
 }
 
+/// The SYN of a new write-port connection from `c`, which goes to the master .11.
+pub fn syn_to_master(name: &'static str, c: SocketAddrV4) -> Case {
+    Case {
+        name,
+        frame: tcp(c, WRITE).syn().build(),
+        action: XDP_REDIRECT,
+        expect: Expect::ToBackend(BE_11),
+        counter: counter::FWD_TO_BACKEND,
+    }
+}
+
 /// Client `c` → `vip`, handled by the master .11: handshake and one request/reply, every step
 /// checked. Returns the keys of the connection's two entries, both present.
 pub fn open_via_master(dp: &Dataplane, c: SocketAddrV4, vip: SocketAddrV4) -> (FlowKey, FlowKey) {

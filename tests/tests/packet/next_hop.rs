@@ -17,7 +17,7 @@ use crate::{
     },
     frame::{Mac, diff},
     netns::{CLI_DEV, CLIENT, SRV_DEV, Testbed, neighbour_mac},
-    standard, tcp,
+    standard, syn_to_master, tcp,
 };
 
 const TTL: Duration = Duration::from_nanos(NEXT_HOP_TTL_NS);
@@ -41,13 +41,7 @@ fn forwarded_to_mac(dp: &Dataplane, frame: &[u8], expect: Expect, dst_mac: Mac) 
 /// Opens a write-port connection from `c`; returns its client → VIP data segment and the
 /// backend's reply.
 fn open(dp: &Dataplane, c: SocketAddrV4) -> (Vec<u8>, Vec<u8>) {
-    dp.step(Case {
-        name: "SYN to the write port",
-        frame: tcp(c, WRITE).syn().build(),
-        action: XDP_REDIRECT,
-        expect: Expect::ToBackend(BE_11),
-        counter: counter::FWD_TO_BACKEND,
-    });
+    dp.step(syn_to_master("SYN to the write port", c));
     (
         tcp(c, WRITE).data(b"*1\r\n$4\r\nPING\r\n").build(),
         tcp(BE_11, c).data(b"+PONG\r\n").build(),

@@ -9,13 +9,13 @@ use redis_ha_common::counter;
 
 use crate::{
     BE_11, BE_12, WRITE, addr, at_every_hook, client,
-    dataplane::{Case, Expect, XDP_PASS, XDP_REDIRECT},
+    dataplane::{Case, Expect, XDP_PASS},
     frame::{
         ETH_LEN, IP_MF, IPV4_LEN, arp_request, icmp4_echo, off, refresh_ipv4_checksum, tcp6_syn,
         udp4,
     },
     netns::{CLI_DEV_MAC, CLIENT, CLIENT_MAC, VIP},
-    standard, tcp,
+    standard, syn_to_master, tcp,
 };
 
 fn pass(name: &'static str, frame: Vec<u8>, counter: u32) -> Case {
@@ -40,13 +40,7 @@ fn non_vip_traffic_passes_byte_for_byte() {
     at_every_hook(|tb, hook| {
         let dp = standard(tb, hook);
         // A live connection, so the flow table is not empty while the others go by.
-        dp.step(Case {
-            name: "SYN to the write port",
-            frame: tcp(client(40000), WRITE).syn().build(),
-            action: XDP_REDIRECT,
-            expect: Expect::ToBackend(BE_11),
-            counter: counter::FWD_TO_BACKEND,
-        });
+        dp.step(syn_to_master("SYN to the write port", client(40000)));
         let vip6: Ipv6Addr = "2001:2::100".parse().expect("IPv6 literal");
         let client6: Ipv6Addr = "2001:2::2".parse().expect("IPv6 literal");
         let repl = addr([198, 18, 1, 12], 51000);

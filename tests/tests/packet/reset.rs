@@ -8,7 +8,7 @@ use crate::{
     BE_11, BE_12, READ, READ_POOL, SID, SLOT_11, SLOT_12, SLOT_13, WRITE, at_every_hook, client,
     dataplane::{Case, Expect, RESET_ACTION, XDP_REDIRECT},
     frame::{Tcp4, tcp_flags},
-    standard, tcp,
+    standard, syn_to_master, tcp,
 };
 
 fn slot_of(be: std::net::SocketAddrV4) -> u32 {
@@ -110,13 +110,10 @@ fn stale_flow_resets_acknowledge_what_the_segment_carried() {
             }),
         ];
         for (i, _) in shapes.iter().enumerate() {
-            dp.step(Case {
-                name: "SYN to the write port",
-                frame: tcp(client(41100 + i as u16), WRITE).syn().build(),
-                action: XDP_REDIRECT,
-                expect: Expect::ToBackend(BE_11),
-                counter: counter::FWD_TO_BACKEND,
-            });
+            dp.step(syn_to_master(
+                "SYN to the write port",
+                client(41100 + i as u16),
+            ));
         }
         dp.set_state(SID, SLOT_12, 1);
         let cases: Vec<Case> = shapes
@@ -148,13 +145,7 @@ fn a_reset_is_never_answered_with_a_reset() {
     at_every_hook(|tb, hook| {
         let mut dp = standard(tb, hook);
         let stale = client(41200);
-        dp.step(Case {
-            name: "SYN to the write port",
-            frame: tcp(stale, WRITE).syn().build(),
-            action: XDP_REDIRECT,
-            expect: Expect::ToBackend(BE_11),
-            counter: counter::FWD_TO_BACKEND,
-        });
+        dp.step(syn_to_master("SYN to the write port", stale));
         let stale_rst = tcp(stale, WRITE)
             .flags(tcp_flags::RST | tcp_flags::ACK)
             .build();

@@ -11,7 +11,7 @@ use crate::{
     client,
     dataplane::{Case, Dataplane, Expect, Hook, XDP_PASS, XDP_REDIRECT},
     netns::Testbed,
-    standard, tcp,
+    standard, syn_to_master, tcp,
 };
 
 fn with_client_net(tb: &Testbed, hook: Hook) -> Dataplane {
@@ -94,13 +94,10 @@ fn a_direct_connection_reusing_ports_of_an_old_vip_connection_is_not_rewritten()
     at_every_hook(|tb, hook| {
         let dp = standard(tb, hook);
         let c = client(47020);
-        dp.step(Case {
-            name: "an earlier connection through the VIP leaves a reply entry behind",
-            frame: tcp(c, WRITE).syn().build(),
-            action: XDP_REDIRECT,
-            expect: Expect::ToBackend(BE_11),
-            counter: counter::FWD_TO_BACKEND,
-        });
+        dp.step(syn_to_master(
+            "an earlier connection through the VIP leaves a reply entry behind",
+            c,
+        ));
         dp.table(&[
             Case {
                 name: "the client now connects straight to the backend from the same port",
