@@ -13,7 +13,7 @@ use aya_ebpf::{
 
 use crate::{
     TcpFix,
-    packet::{TCP_OFF, TcpHdr, csum_replace2, csum_replace4, ptr_at},
+    packet::{IP_OFF, Ipv4Hdr, TCP_OFF, TcpHdr, csum_replace2, csum_replace4, ptr_at},
 };
 
 /// Where the TCP checksum field sits in the frame.
@@ -31,6 +31,8 @@ pub trait Frame: EbpfContext {
     fn gso_size(&self) -> u32;
     /// The packets this one stands for on the wire: its segments, or 1.
     fn wire_packets(&self) -> u64;
+    /// The IPv4 packet's length: its header's `tot_len`, except for an IPv4 BIG TCP packet.
+    fn ip_len(&self, ip: &Ipv4Hdr) -> u32;
     /// Cuts the packet to its first `len` bytes; false if the kernel refused.
     fn truncate(&self, len: u32) -> bool;
     /// Brings the TCP checksum in line with a rewrite; false if the kernel refused. Called
@@ -67,6 +69,11 @@ impl Frame for XdpContext {
     #[inline(always)]
     fn wire_packets(&self) -> u64 {
         1
+    }
+
+    #[inline(always)]
+    fn ip_len(&self, ip: &Ipv4Hdr) -> u32 {
+        u16::from_be_bytes(ip.tot_len) as u32
     }
 
     #[inline(always)]
@@ -124,6 +131,20 @@ impl Frame for TcContext {
         // SAFETY: as above.
         let segs = unsafe { (*self.skb.skb).gso_segs };
         if segs > 1 { segs as u64 } else { 1 }
+    }
+
+    /// An IPv4 BIG TCP packet (`gso_ipv4_max_size` / `gro_ipv4_max_size` above 64 KB) is a
+    /// segmentation-offload skb longer than `tot_len` can say: its `tot_len` is 0 and the skb's
+    /// length is the packet's, as the kernel's own `iph_totlen()` reads it. 0 in any other
+    /// packet stays 0, which the caller rejects as malformed.
+    #[inline(always)]
+    fn ip_len(&self, ip: &Ipv4Hdr) -> u32 {
+        let len = u16::from_be_bytes(ip.tot_len) as u32;
+        if len == 0 && self.gso_size() != 0 {
+            self.len().saturating_sub(IP_OFF as u32)
+        } else {
+            len
+        }
     }
 
     #[inline(always)]

@@ -119,8 +119,7 @@ fn try_redis_ha<C: Frame>(ctx: &C) -> Result<u32, u32> {
     }
     let tcp: *mut TcpHdr = ptr_at(ctx, TCP_OFF).ok_or(counter::PASS_MALFORMED)?;
     let tcp = unsafe { &mut *tcp };
-    if tcp.doff_res >> 4 < 5 || u16::from_be_bytes(ip.tot_len) < (Ipv4Hdr::LEN + TcpHdr::LEN) as u16
-    {
+    if tcp.doff_res >> 4 < 5 || ctx.ip_len(ip) < (Ipv4Hdr::LEN + TcpHdr::LEN) as u32 {
         return Err(counter::PASS_MALFORMED);
     }
 
@@ -371,7 +370,7 @@ fn to_backend_addr(ip: &mut Ipv4Hdr, tcp: &mut TcpHdr, addr: [u8; 4], port: u16)
 /// Counts a packet forwarded to backend `slot` (and, for a connection's first, the flow).
 #[inline(always)]
 fn count_to_backend<C: Frame>(ctx: &C, ip: &Ipv4Hdr, slot: u32, new_flow: bool) {
-    let len = u16::from_be_bytes(ip.tot_len) as u64;
+    let len = ctx.ip_len(ip) as u64;
     let packets = ctx.wire_packets();
     backend_stats(slot, |s| {
         s.packets_in += packets;
@@ -536,7 +535,7 @@ fn to_client<C: Frame>(
         &mut ip.check,
     );
 
-    let bytes = u16::from_be_bytes(ip.tot_len) as u64;
+    let bytes = ctx.ip_len(ip) as u64;
     let packets = ctx.wire_packets();
     backend_stats(reply.backend, |s| {
         s.packets_out += packets;
@@ -686,19 +685,22 @@ fn next_hop<C: Frame>(
 /// or GSO, GRO on a NIC: up to 64 KB in one skb) that of the segments the egress device cuts
 /// it into, as the kernel's forwarding checks it. Taking the skb's length instead sent every
 /// such packet to the kernel as too big, where a rewritten reply (its source the VIP, a local
-/// address) is dropped as a martian unless `accept_local` is set.
+/// address) is dropped as a martian unless `accept_local` is set. (Only such a packet, IPv4
+/// BIG TCP, can be longer than 64 KB; its segments cannot.)
 #[inline(always)]
 fn wire_len<C: Frame>(ctx: &C, ip: &Ipv4Hdr, tcp: &TcpHdr) -> u16 {
-    let len = u16::from_be_bytes(ip.tot_len);
+    let len = ctx.ip_len(ip);
     let seg = ctx.gso_size();
-    if seg == 0 {
-        return len;
-    }
     let seg_len = Ipv4Hdr::LEN as u32 + ((tcp.doff_res >> 4) as u32) * 4 + seg;
-    if seg_len < len as u32 {
-        seg_len as u16
+    let wire = if seg != 0 && seg_len < len {
+        seg_len
     } else {
         len
+    };
+    if wire > u16::MAX as u32 {
+        u16::MAX
+    } else {
+        wire as u16
     }
 }
 
@@ -827,7 +829,7 @@ fn send_reset<C: Frame>(ctx: &C, eth: *mut EthHdr, reason: u32) -> u32 {
     // RFC 793 reset generation: acknowledge everything the segment carried, and take our
     // sequence number from its ACK so the client accepts the reset.
     let hdrs = (Ipv4Hdr::LEN + ((tcp.doff_res >> 4) as usize) * 4) as u32;
-    let payload = (u16::from_be_bytes(ip.tot_len) as u32).saturating_sub(hdrs);
+    let payload = ctx.ip_len(ip).saturating_sub(hdrs);
     let mut seg_len = payload;
     if tcp.flags & TCP_SYN != 0 {
         seg_len += 1;

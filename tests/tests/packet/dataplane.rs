@@ -532,6 +532,13 @@ impl Dataplane {
         self.step_gso(case, None)
     }
 
+    /// One run of `frame` as an skb carrying `gso` (TC only), arriving from the wire.
+    #[track_caller]
+    pub fn run_gso(&self, frame: &[u8], gso: Gso) -> Run {
+        self.try_run_gso(frame, Ingress::Wire, 1, Some(gso))
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"))
+    }
+
     /// [`Self::step`] for an skb carrying `gso` (TC only).
     #[track_caller]
     pub fn step_gso(&self, case: Case, gso: Option<Gso>) -> Run {

@@ -15,7 +15,7 @@ use crate::{
     dataplane::{
         Case, Dataplane, Expect, Gso, Hook, Ingress, XDP_DROP, XDP_PASS, XDP_REDIRECT, action_name,
     },
-    frame::{Mac, diff},
+    frame::{ETH_LEN, Mac, diff, refresh_ipv4_checksum},
     netns::{CLI_DEV, CLIENT, SRV_DEV, Testbed, neighbour_mac},
     standard, syn_to_master, tcp,
 };
@@ -250,6 +250,78 @@ fn a_segmentation_offload_packet_is_checked_by_its_segments() {
         Expect::RewrittenOnly(BE_11),
         counter::PASS_REWRITTEN,
     ));
+}
+
+/// IPv4 BIG TCP (`gso_ipv4_max_size` / `gro_ipv4_max_size` above 64 KB): an skb longer than
+/// `tot_len` can say carries 0 there, and the skb's length is the packet's. It is forwarded
+/// like any segmentation-offload packet, both ways, and counted by its real length. Passed
+/// untouched as malformed instead, it reached the LB's own stack, which reset the connection.
+#[test]
+fn a_big_tcp_packet_without_a_length_is_forwarded() {
+    let tb = Testbed::new();
+    let dp = standard(&tb, Hook::Tc);
+    let c = client(49050);
+    open(&dp, c);
+    // A real one is over 64 KB; the test run's skb cannot be, and the program reads the
+    // length the same way whatever it is.
+    let payload = [b'x'; 2 * 1448];
+    let gso = Gso {
+        size: 1448,
+        segs: 2,
+    };
+    let without_length = |mut f: Vec<u8>| {
+        f[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&[0, 0]);
+        refresh_ipv4_checksum(&mut f);
+        f
+    };
+    let before = dp.stats(SLOT_11);
+    let cases = [
+        (
+            "client → VIP",
+            tcp(c, WRITE).data(&payload).build(),
+            Expect::ToBackend(BE_11),
+            counter::FWD_TO_BACKEND,
+        ),
+        (
+            "backend → client",
+            tcp(BE_11, c).data(&payload).build(),
+            Expect::ToClient(WRITE),
+            counter::FWD_TO_CLIENT,
+        ),
+    ];
+    for (name, frame, expect, counter) in cases {
+        let want = without_length(expect.outputs(&frame).expect("expectation").remove(0));
+        let counted = dp.counters()[counter as usize];
+        let run = dp.run_gso(&without_length(frame), gso);
+        assert_eq!(
+            run.action,
+            XDP_REDIRECT,
+            "{name}: got {}",
+            action_name(run.action)
+        );
+        assert!(run.out == want, "{name}: {}", diff(&want, &run.out));
+        assert_eq!(dp.counters()[counter as usize], counted + 1, "{name}");
+    }
+    let after = dp.stats(SLOT_11);
+    assert_eq!(
+        after.bytes_in - before.bytes_in,
+        2948,
+        "IP length counted in"
+    );
+    assert_eq!(
+        after.bytes_out - before.bytes_out,
+        2948,
+        "IP length counted out"
+    );
+    // Without segmentation offload a `tot_len` of 0 is just malformed.
+    let plain = without_length(tcp(c, WRITE).data(&payload).build());
+    dp.step(Case {
+        name: "tot_len 0 in a plain packet: untouched",
+        frame: plain,
+        action: XDP_PASS,
+        expect: Expect::Unchanged,
+        counter: counter::PASS_MALFORMED,
+    });
 }
 
 #[test]
