@@ -192,10 +192,6 @@ fn set_affinity(pid: u32, cpus: &str) -> Result<()> {
     Ok(())
 }
 
-/// How long a TIME_WAIT socket must have been closed before `tcp_tw_reuse` lets a new
-/// connection to the same destination take its port (over a second, counted in seconds).
-const TIME_WAIT_REUSABLE: Duration = Duration::from_millis(2500);
-
 /// Everything part 1–3 measured.
 pub struct PathResults {
     /// CPU placement of the runs, if any.
@@ -212,9 +208,16 @@ pub struct PathResults {
 /// (backend 1 the master) with the data plane unloaded; `ctl` is redis-ha-ctl.
 pub fn measure(tb: &Testbed, ctl: &Path, quick: bool, repeats: usize) -> Result<PathResults> {
     // Connection churn opens tens of thousands of connections per minute from one client
-    // address: let the client (and HAProxy, which closes its server side first) reuse
-    // TIME_WAIT ports, and give them the full port range. Namespace-local settings.
+    // address, and the side that closes first (the client; HAProxy towards its servers) keeps
+    // each for a minute in TIME_WAIT. Those sockets outlive the run: the next runs' connect()
+    // searches for a port among them, and reuses one only by tearing it down, so a run paid
+    // for the runs before it, more for the same destination (two back-to-back direct runs,
+    // no program anywhere: GET 38k, then 14k requests/s; with `tcp_tw_reuse` and a pause,
+    // still a few percent, and the order of paths decides who pays). No TIME_WAIT at all in
+    // the client and LB namespaces gives every run the same start. The port range is widened
+    // for the same reason. Namespace-local settings.
     for ns in [tb.client(), tb.lb()] {
+        ns.set_sysctl("net.ipv4.tcp_max_tw_buckets", "0")?;
         ns.set_sysctl("net.ipv4.tcp_tw_reuse", "1")?;
         ns.set_sysctl("net.ipv4.ip_local_port_range", "10000 60999")?;
     }
@@ -251,13 +254,6 @@ pub fn measure(tb: &Testbed, ctl: &Path, quick: bool, repeats: usize) -> Result<
     let workloads = workload::workloads(quick);
     let mut runs = Vec::new();
     let started = Instant::now();
-    // The destination of the last churn run: its 16,000 client ports sit in TIME_WAIT
-    // towards it, and `tcp_tw_reuse` hands one to a new connection to the same destination
-    // only once it is over a second old. A churn run straight after one to the same address
-    // (direct, then the program attached and passing) otherwise spends its time looking for
-    // a port: the second of two back-to-back direct runs, no program anywhere, ran its GET
-    // at 0.37x the first's.
-    let mut last_churn_to = None;
     for repeat in 0..repeats {
         for (w, wl) in workloads.iter().enumerate() {
             prime_key(tb, wl.value_bytes)?;
@@ -265,12 +261,6 @@ pub fn measure(tb: &Testbed, ctl: &Path, quick: bool, repeats: usize) -> Result<
                 super::check_interrupted()?;
                 let path = PATHS[(repeat + w + k) % PATHS.len()];
                 dp.ensure(path.xdp_loaded())?;
-                if wl.churn {
-                    if last_churn_to == Some(path.addr()) {
-                        std::thread::sleep(TIME_WAIT_REUSABLE);
-                    }
-                    last_churn_to = Some(path.addr());
-                }
                 let run = run_one(&bench, &dp, path, wl, repeat)
                     .with_context(|| format!("{} through {}", wl.label, path.id()))?;
                 let rps: Vec<String> = run

@@ -454,7 +454,9 @@ fn paths_markdown(md: &mut String, p: &PathResults, repeats: usize) {
         md,
         "Median of {repeats} repeats; in brackets the median over repeats of (path ÷ direct in \
          the same repeat), then its min–max. Paths alternate, in an order rotated for every \
-         workload and repeat. `-k 0`: a new connection for every request.\n"
+         workload and repeat. `-k 0`: a new connection for every request; TIME_WAIT is off \
+         in the client and LB namespaces (`net.ipv4.tcp_max_tw_buckets = 0`), so that no run \
+         searches for ports among the closed connections of the runs before it.\n"
     );
     let header: Vec<&str> = PATHS.iter().map(|k| path_title(*k)).collect();
     let _ = writeln!(md, "| workload | test | {} |", header.join(" | "));
