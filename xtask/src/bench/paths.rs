@@ -28,7 +28,7 @@ use redis_ha_tests::{Testbed, XdpMode, run_within, wait_until};
 
 use super::haproxy::{self, HaProxy};
 use super::workload::{self, TestResult, Workload};
-use super::xdp::DataPlane;
+use super::xdp::{DataPlane, LiveFloor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum PathKind {
@@ -202,6 +202,9 @@ pub struct PathResults {
     pub runs: Vec<Run>,
     pub repeats: usize,
     pub clock_ticks_per_s: u64,
+    /// Workload id → what BPF run-time statistics count per run of an empty program under
+    /// that workload's traffic (TC hook only, [`LiveFloor`]); empty for the XDP modes.
+    pub live_floor_ns: BTreeMap<String, f64>,
 }
 
 /// Runs every workload through every path `repeats` times. `tb` must be a fresh testbed
@@ -280,6 +283,11 @@ pub fn measure(tb: &Testbed, ctl: &Path, quick: bool, repeats: usize) -> Result<
             }
         }
     }
+    let live_floor_ns = if tb.xdp_mode() == XdpMode::Tc {
+        live_floors(&bench, &mut dp, &workloads)?
+    } else {
+        BTreeMap::new()
+    };
     dp.ensure(false)?;
     drop(proxy);
     Pinning::unpin(tb)?;
@@ -290,7 +298,40 @@ pub fn measure(tb: &Testbed, ctl: &Path, quick: bool, repeats: usize) -> Result<
         runs,
         repeats,
         clock_ticks_per_s: ticks,
+        live_floor_ns,
     })
+}
+
+/// One more run of every workload through the write port with [`LiveFloor`] in front of
+/// the program: what the statistics count per run for a program that does nothing, under that
+/// traffic. Not a measured run (the empty program is on the path).
+fn live_floors(
+    b: &Bench,
+    dp: &mut DataPlane,
+    workloads: &[Workload],
+) -> Result<BTreeMap<String, f64>> {
+    let path = PathKind::VipWrite;
+    dp.ensure(true)?;
+    let mut floors = BTreeMap::new();
+    for wl in workloads {
+        super::check_interrupted()?;
+        prime_key(b.tb, wl.value_bytes)?;
+        let floor = LiveFloor::attach(b.tb)?;
+        let before = floor.stats()?;
+        workload::run(b.tb.client(), path.addr(), wl, path.tests(), b.client_cpu)
+            .with_context(|| format!("{} with the empty program in front", wl.label))?;
+        let d = floor.stats()?.since(before);
+        if d.run_cnt == 0 {
+            bail!("the empty TC program counted no runs under {}", wl.label);
+        }
+        let ns = d.run_time_ns as f64 / d.run_cnt as f64;
+        println!(
+            "    statistics' floor under {:<32} {ns:.1} ns per run",
+            wl.label
+        );
+        floors.insert(wl.id.to_owned(), ns);
+    }
+    Ok(floors)
 }
 
 /// What every measured run shares.
@@ -541,23 +582,26 @@ impl PathResults {
     }
 
     /// Median XDP CPU nanoseconds per 100k requests for (workload, path) net of the
-    /// statistics' floor (run_time_ns − runs × floor of the same run), with that floor's median
-    /// in ns per run. None for paths without an XDP program.
+    /// statistics' floor (run_time_ns − runs × floor), with that floor in ns per run: the one
+    /// measured under the workload's traffic at the TC hook, else the median of those measured
+    /// by test runs after each run. None for paths without an XDP program.
     pub fn xdp_net_per_100k(&self, workload: &str, path: PathKind) -> Option<(f64, f64)> {
         let runs: Vec<&Run> = self
             .runs
             .iter()
             .filter(|r| r.workload == workload && r.path == path)
             .collect();
+        let live = self.live_floor_ns.get(workload).copied();
         let net: Vec<f64> = runs
             .iter()
             .filter_map(|r| {
-                let ns = r.lb_cpu_ns? as f64 - r.xdp_runs? as f64 * r.xdp_floor_ns?;
+                let floor = live.or(r.xdp_floor_ns)?;
+                let ns = r.lb_cpu_ns? as f64 - r.xdp_runs? as f64 * floor;
                 Some(ns.max(0.0) / r.requests as f64 * 1e5)
             })
             .collect();
         let floors: Vec<f64> = runs.iter().filter_map(|r| r.xdp_floor_ns).collect();
-        Some((median(&net)?, median(&floors)?))
+        Some((median(&net)?, live.or(median(&floors))?))
     }
 }
 

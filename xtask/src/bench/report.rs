@@ -160,6 +160,7 @@ fn to_json(r: &Results) -> Value {
                     "xdp_write_net_of_stats_floor": p.xdp_net_per_100k(w.id, PathKind::VipWrite).map(|c| c.0 / 1e6),
                     "xdp_read_net_of_stats_floor": p.xdp_net_per_100k(w.id, PathKind::VipRead).map(|c| c.0 / 1e6),
                     "xdp_stats_floor_ns_per_run": p.xdp_net_per_100k(w.id, PathKind::VipWrite).map(|c| c.1),
+                    "xdp_stats_floor_measured_under_traffic": p.live_floor_ns.contains_key(w.id),
                     "haproxy": p.cpu_per_100k(w.id, PathKind::Haproxy).map(|c| c.0 / 1e6),
                 })).collect::<Vec<_>>(),
                 "clock_ticks_per_s": p.clock_ticks_per_s,
@@ -532,6 +533,26 @@ fn paths_markdown(md: &mut String, p: &PathResults, repeats: usize) {
         );
     }
     let floor = super::paths::median(&floors).map_or("–".to_owned(), |f| format!("{f:.1} ns"));
+    let test_run_floors: Vec<f64> = p.runs.iter().filter_map(|r| r.xdp_floor_ns).collect();
+    let test_run_floor =
+        super::paths::median(&test_run_floors).map_or("–".to_owned(), |f| format!("{f:.1} ns"));
+    let floor_method = if p.live_floor_ns.is_empty() {
+        format!(
+            "for a program that only returns XDP_PASS it counted {floor} per run here (median; \
+             measured after every path run with a million BPF_PROG_TEST_RUN runs of such an XDP \
+             program; XDP cannot run a second program in front of redis-ha's to measure it under \
+             the traffic itself)"
+        )
+    } else {
+        format!(
+            "for a program that does nothing it counted {floor} per run here (median over the \
+             workloads; each measured under its own traffic: one more run of the workload \
+             through the write port with a two-instruction TC program attached in front of \
+             redis-ha's on every LB interface; BPF_PROG_TEST_RUN's hot loop counts only \
+             {test_run_floor} for such a program, but under traffic the clock and the statistics \
+             are no longer in cache)"
+        )
+    };
     let _ = writeln!(
         md,
         "\nProgram raw: the program's `run_time_ns` delta (`bpftool prog show id N --json`, BPF \
@@ -540,10 +561,8 @@ fn paths_markdown(md: &mut String, p: &PathResults, repeats: usize) {
          spend routing the packet anyway (the direct path pays those too). It includes every \
          packet the program saw in the window (both directions, handshakes). With statistics \
          on, the kernel reads the clock before and after every run and adds the difference, \
-         which includes part of the clock reads and the call into the program: for a program \
-         that only returns XDP_PASS it counted {floor} per run here (median; measured after \
-         every path run with a million BPF_PROG_TEST_RUN runs of such an XDP program; the clock reads are the same at the TC hook). Net: raw \
-         minus runs × that floor of the same run. The net figure leaves out the call into the \
+         which includes part of the clock reads and the call into the program: {floor_method}. \
+         Net: raw minus runs × that floor. The net figure leaves out the call into the \
          program (a real, if small, cost) along with the clock reads; the raw figure \
          overstates the program by the clock reads, so the truth lies between the two. HAProxy: utime+stime of its process \
          (/proc/PID/stat, all threads, {} ticks/s) over the run, health checks included; its \
