@@ -71,9 +71,21 @@ impl Frame for XdpContext {
         1
     }
 
+    /// In skb (generic XDP) mode the frame may be a GRO aggregate, handed over without its
+    /// segmentation state; an IPv4 BIG TCP one (over 64 KB) has `tot_len` 0. No IPv4 packet on
+    /// a wire is that long, so the frame's length tells it apart from a malformed header.
     #[inline(always)]
     fn ip_len(&self, ip: &Ipv4Hdr) -> u32 {
-        u16::from_be_bytes(ip.tot_len) as u32
+        let len = u16::from_be_bytes(ip.tot_len) as u32;
+        if len != 0 {
+            return len;
+        }
+        let frame = (self.data_end() - self.data()) as u32;
+        if frame > IP_OFF as u32 + u16::MAX as u32 {
+            frame - IP_OFF as u32
+        } else {
+            0
+        }
     }
 
     #[inline(always)]
