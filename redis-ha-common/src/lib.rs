@@ -121,6 +121,9 @@ const _: () = assert!(size_of::<FloatingLease>() == 8);
 /// Floating addresses one node may hold (`FLOATING` entries).
 pub const MAX_FLOATING: u32 = 16;
 
+/// Data-plane interfaces whose packets may be handed straight to a veth peer (`PEER_DEVS`).
+pub const MAX_PEER_DEVS: u32 = 256;
+
 /// Key of `CLIENT_NETS` (an LPM trie key: prefix length in bits, then the address).
 #[repr(C, packed)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -204,7 +207,14 @@ pub struct NextHop {
     /// frame's when the packet was smaller and the egress MTU allows it, so later full-size
     /// segments of the connection need no lookup of their own.
     pub max_len: u16,
-    pub _pad: u16,
+    /// [`hop_flags`] of the egress device.
+    pub flags: u16,
+}
+
+/// [`NextHop::flags`].
+pub mod hop_flags {
+    /// The egress device is in `PEER_DEVS`: hand the packet to its peer's ingress.
+    pub const PEER: u16 = 1;
 }
 
 /// Value of `BACKEND_STATS[slot]` (per CPU; userspace sums the CPUs).
@@ -313,6 +323,7 @@ pub mod map_name {
     pub const BACKEND_ADDRS: &str = "BACKEND_ADDRS";
     pub const CLIENT_NETS: &str = "CLIENT_NETS";
     pub const FLOATING: &str = "FLOATING";
+    pub const PEER_DEVS: &str = "PEER_DEVS";
 }
 
 /// Hash of a client → VIP connection that picks its Maglev table entry.

@@ -46,6 +46,7 @@ pub fn load(config: &Path) -> anyhow::Result<String> {
         interface,
         mode,
         newly_attached,
+        peer_redirect,
     } in attachments
     {
         let how = if newly_attached {
@@ -53,7 +54,12 @@ pub fn load(config: &Path) -> anyhow::Result<String> {
         } else {
             "already attached"
         };
-        writeln!(out, "{interface}: {how} ({mode})")?;
+        let peer = if peer_redirect {
+            "; packets out of it go straight to its veth peer"
+        } else {
+            ""
+        };
+        writeln!(out, "{interface}: {how} ({mode}{peer})")?;
     }
     writeln!(
         out,

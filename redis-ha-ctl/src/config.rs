@@ -160,6 +160,10 @@ pub struct DataplaneConfig {
     /// Entries of the connection table (two per connection). Full, it evicts the least
     /// recently used; orderly closes remove their entries at once.
     pub flow_table_size: u32,
+    /// At the TC hook, hand a packet leaving through a veth whose peer is in another network
+    /// namespace straight to the peer (`bpf_redirect_peer`). Off: every packet is transmitted
+    /// by the egress veth, so `tcpdump` on it sees them (at some cost per packet).
+    pub veth_peer_redirect: bool,
 }
 
 /// Allowed `flow_table_size`: below 1024 entries the kernel's LRU, which hands out free
@@ -302,6 +306,12 @@ struct RawDataplane {
     #[serde(default)]
     client_networks: Vec<Spanned<String>>,
     flow_table_size: Option<Spanned<i64>>,
+    #[serde(default = "yes")]
+    veth_peer_redirect: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -892,6 +902,7 @@ fn validate_dataplane(dp: &Spanned<RawDataplane>) -> Result<DataplaneConfig, Pro
     Ok(DataplaneConfig {
         client_networks,
         flow_table_size,
+        veth_peer_redirect: raw.veth_peer_redirect,
         interfaces: raw
             .interfaces
             .get_ref()
@@ -1019,6 +1030,13 @@ backends = ["198.18.1.11:6379", "198.18.1.12:6379", "198.18.1.13:6379"]
             |v: &str| GOOD.replace("xdp_mode = \"native\"", &format!("flow_table_size = {v}"));
         let dp = parse(&set("200000")).unwrap().dataplane.unwrap();
         assert_eq!(dp.flow_table_size, 200_000);
+        assert!(dp.veth_peer_redirect, "on unless turned off");
+        let off = GOOD.replace("xdp_mode = \"native\"", "veth_peer_redirect = false");
+        assert!(!parse(&off).unwrap().dataplane.unwrap().veth_peer_redirect);
+        let (line, _, msg) = err(&GOOD.replace("xdp_mode = \"native\"", "veth_peer_redirect = 1"));
+        let want = GOOD.lines().position(|l| l.contains("xdp_mode")).unwrap() + 1;
+        assert_eq!(line, want, "{msg}");
+        assert!(msg.contains("boolean"), "{msg}");
         for bad in ["1023", "-1", "16777217", "5000000000"] {
             let (_, key, msg) = err(&set(bad));
             assert_eq!(key, "dataplane.flow_table_size", "{bad}");

@@ -241,7 +241,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         Some(dpc) => {
             let (dp, attachments) = BpfDataplane::load_and_attach(dpc)?;
             for a in &attachments {
-                info!(interface = %a.interface, mode = a.mode, new = a.newly_attached, "data plane attached");
+                info!(
+                    interface = %a.interface,
+                    mode = a.mode,
+                    new = a.newly_attached,
+                    peer_redirect = a.peer_redirect,
+                    "data plane attached"
+                );
                 interfaces.push((a.interface.clone(), a.mode.to_owned()));
             }
             Some(dp)

@@ -23,6 +23,8 @@ pub trait Frame: EbpfContext {
     /// Hand the packet to the kernel's stack.
     const PASS: u32;
     const DROP: u32;
+    /// The TC hook, where `bpf_redirect_peer` exists.
+    const IS_TC: bool;
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
     fn ingress_ifindex(&self) -> u32;
@@ -44,6 +46,7 @@ pub trait Frame: EbpfContext {
 impl Frame for XdpContext {
     const PASS: u32 = xdp_action::XDP_PASS;
     const DROP: u32 = xdp_action::XDP_DROP;
+    const IS_TC: bool = false;
 
     #[inline(always)]
     fn data(&self) -> usize {
@@ -113,6 +116,7 @@ impl Frame for XdpContext {
 impl Frame for TcContext {
     const PASS: u32 = TC_ACT_OK as u32;
     const DROP: u32 = TC_ACT_SHOT as u32;
+    const IS_TC: bool = true;
 
     #[inline(always)]
     fn data(&self) -> usize {

@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use redis_ha_common::{
     AddrKey, Backend, BackendStats, FLOW_TABLE_SIZE, FloatingLease, Flow, FlowKey, MAX_BACKENDS,
-    MAX_CLIENT_NETS, MAX_FLOATING, MAX_SERVICES, RING_ENTRIES, ServiceKey, ServicePort,
-    ServiceState, counter,
+    MAX_CLIENT_NETS, MAX_FLOATING, MAX_PEER_DEVS, MAX_SERVICES, RING_ENTRIES, ServiceKey,
+    ServicePort, ServiceState, counter,
 };
 
 /// VIP + port → (service, write or read). Written by the controller when services change;
@@ -55,6 +55,14 @@ pub static CLIENT_NETS: LpmTrie<[u8; 4], u32, { MAX_CLIENT_NETS as usize }> = Lp
 /// address, 0 once it let go); read for every ARP frame. Empty (no `[ha]`): ARP untouched.
 #[btf_map]
 pub static FLOATING: HashMap<[u8; 4], FloatingLease, { MAX_FLOATING as usize }> = HashMap::new();
+
+/// ifindex of a veth whose peer lives in another network namespace → 1. Written by the
+/// controller when it attaches (`[dataplane] veth_peer_redirect`, TC hook only); read when the
+/// FIB names an egress device. A packet leaving through one of these is handed straight to
+/// the peer's ingress (`bpf_redirect_peer`) instead of being queued by the veth's transmit
+/// for another softirq pass. Empty: every packet goes through the egress device.
+#[btf_map]
+pub static PEER_DEVS: HashMap<u32, u32, { MAX_PEER_DEVS as usize }> = HashMap::new();
 
 /// backend slot → traffic counters, per CPU. Written by the program; summed by the controller.
 #[btf_map]

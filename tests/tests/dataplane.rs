@@ -429,9 +429,12 @@ fn maps_pinned_by_another_layout_are_refused_with_a_remedy() -> Result<()> {
     let err = tb.ctl("maps", &[]).unwrap_err();
     let msg = format!("{err:#}");
     assert!(
-        msg.contains("no FLOATING") && msg.contains("unload"),
+        msg.contains("without the map FLOATING") && msg.contains("redis-ha-ctl upgrade"),
         "{msg}"
     );
+    // The remedy works: an older version's data plane gets the map it lacks.
+    tb.ctl("upgrade", &[])?;
+    tb.ctl("maps", &[])?;
 
     std::fs::remove_file(pins.join("COUNTERS"))?;
     let old_counters = pins.join("COUNTERS");
@@ -658,5 +661,94 @@ fn the_tc_hook_keeps_partial_checksums_correct() -> Result<()> {
     assert_eq!(served_by(&mut w)?, "198.18.1.11");
     let mut r = connect(&tb, tb.vip_read())?;
     let _: String = redis::cmd("PING").query(&mut r)?;
+    Ok(())
+}
+
+/// Packets the LB device `dev` has transmitted (`ip -s link`).
+fn tx_packets(tb: &Testbed, dev: &str) -> Result<u64> {
+    let out = tb.lb().ip(&["-s", "-j", "link", "show", dev])?;
+    let links: serde_json::Value = serde_json::from_str(&out).context("ip -j link")?;
+    links[0]["stats64"]["tx"]["packets"]
+        .as_u64()
+        .with_context(|| format!("no tx packets for {dev} in {out}"))
+}
+
+/// `n` PINGs on a new write-port connection; returns how many packets the LB's client-side
+/// veth transmitted meanwhile.
+fn pings_through_client_veth(tb: &Testbed, n: usize) -> Result<u64> {
+    let mut conn = connect(tb, tb.vip_write())?;
+    let dev = tb.lb_client_interface();
+    let before = tx_packets(tb, dev)?;
+    for _ in 0..n {
+        let pong: String = redis::cmd("PING").query(&mut conn)?;
+        ensure!(pong == "PONG", "PING answered {pong:?}");
+    }
+    Ok(tx_packets(tb, dev)? - before)
+}
+
+/// At the TC hook, a packet leaving through a veth whose peer is in another namespace goes
+/// straight to the peer (the client gets every reply, and the LB's veth transmits none of
+/// them); a veth whose peer is in the LB's own namespace is left to transmit; and
+/// `veth_peer_redirect = false` sends every packet through the egress veth again, where
+/// `tcpdump` sees it.
+#[test]
+fn replies_go_straight_to_the_veth_peer_unless_turned_off() -> Result<()> {
+    let tb = testbed(XdpMode::Tc)?;
+    // A veth pair inside the LB namespace (removed with it), attached like the others.
+    let local = format!("rha-{}-p0", tb.tag());
+    tb.lb().ip(&[
+        "link",
+        "add",
+        &local,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &format!("rha-{}-p1", tb.tag()),
+    ])?;
+    tb.lb().ip(&["link", "set", &local, "up"])?;
+    let lc = tb.lb_client_interface().to_owned();
+    let with_local =
+        tb.config_toml()
+            .replacen(&format!("\"{lc}\""), &format!("\"{lc}\", \"{local}\""), 1);
+    std::fs::write(tb.config_path(), &with_local)?;
+    let loaded = tb.ctl("load", &[])?;
+    for iface in tb.lb_interfaces() {
+        let line = loaded
+            .lines()
+            .find(|l| l.starts_with(&format!("{iface}:")))
+            .with_context(|| format!("no line for {iface} in {loaded}"))?;
+        ensure!(
+            line.contains("veth peer"),
+            "{iface} not redirected to its peer: {line}"
+        );
+    }
+    let line = loaded
+        .lines()
+        .find(|l| l.starts_with(&format!("{local}:")))
+        .with_context(|| format!("no line for {local} in {loaded}"))?;
+    ensure!(
+        !line.contains("veth peer"),
+        "a same-namespace veth is redirected to its peer: {line}"
+    );
+
+    // Room for the odd ARP or IPv6 packet the LB's stack sends by itself.
+    let sent = pings_through_client_veth(&tb, 200)?;
+    ensure!(
+        sent < 20,
+        "the client veth transmitted {sent} packets for 200 PINGs"
+    );
+
+    let off = with_local.replace("[dataplane]\n", "[dataplane]\nveth_peer_redirect = false\n");
+    std::fs::write(tb.config_path(), off)?;
+    let reloaded = tb.ctl("load", &[])?;
+    ensure!(!reloaded.contains("veth peer"), "{reloaded}");
+    // Cached next hops keep the old answer for up to NEXT_HOP_TTL_NS; a new connection asks.
+    std::thread::sleep(Duration::from_nanos(redis_ha_common::NEXT_HOP_TTL_NS));
+    let sent = pings_through_client_veth(&tb, 200)?;
+    ensure!(
+        sent >= 200,
+        "the client veth transmitted only {sent} packets for 200 PINGs"
+    );
     Ok(())
 }

@@ -74,6 +74,15 @@ pub enum BpfError {
          (forwarding stops in between; `upgrade` cannot keep maps whose layout changed)"
     )]
     Incompatible { pin_dir: PathBuf, problem: String },
+    #[error(
+        "the data plane pinned at {pin_dir} was loaded by an older version, without the map \
+         {name}: run `redis-ha-ctl upgrade --config FILE` (forwarding goes on, connections \
+         are kept)"
+    )]
+    MissingMap {
+        pin_dir: PathBuf,
+        name: &'static str,
+    },
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> BpfError {
@@ -88,6 +97,9 @@ pub struct Attachment {
     /// shown by `bpftool net show`).
     pub mode: &'static str,
     pub newly_attached: bool,
+    /// A veth whose peer is in another namespace, which the program delivers to directly
+    /// (`veth_peer_redirect`).
+    pub peer_redirect: bool,
 }
 
 /// Handles on the pinned maps.
@@ -103,6 +115,7 @@ pub struct BpfDataplane {
     backend_addrs: HashMap<MapData, AddrKey, u32>,
     client_nets: LpmTrie<MapData, [u8; 4], u32>,
     floating: HashMap<MapData, [u8; 4], FloatingLease>,
+    peer_devs: HashMap<MapData, u32, u32>,
 }
 
 fn check_bpffs(pin_dir: &Path) -> Result<(), BpfError> {
@@ -148,7 +161,10 @@ fn check_pinned_layout(pin_dir: &Path, missing_ok: bool) -> Result<(), BpfError>
             if missing_ok {
                 continue;
             }
-            return Err(incompatible(format!("no {name}")));
+            return Err(BpfError::MissingMap {
+                pin_dir: pin_dir.to_owned(),
+                name,
+            });
         }
         let info = MapInfo::from_pin(&path).map_err(map_err(name))?;
         let mut want = (def.key_size(), def.value_size(), def.max_entries());
@@ -199,6 +215,8 @@ impl BpfDataplane {
                 .map_err(map_err(map_name::CLIENT_NETS))?,
             floating: HashMap::try_from(open(map_name::FLOATING)?)
                 .map_err(map_err(map_name::FLOATING))?,
+            peer_devs: HashMap::try_from(open(map_name::PEER_DEVS)?)
+                .map_err(map_err(map_name::PEER_DEVS))?,
         })
     }
 
@@ -246,6 +264,7 @@ impl BpfDataplane {
                     interface: iface.clone(),
                     mode: "pinned",
                     newly_attached: false,
+                    peer_redirect: false,
                 });
                 continue;
             }
@@ -257,6 +276,7 @@ impl BpfDataplane {
                 interface: iface.clone(),
                 mode,
                 newly_attached: true,
+                peer_redirect: false,
             });
         }
         for (iface, path) in pinned_links(&cfg.pin_dir)? {
@@ -267,6 +287,10 @@ impl BpfDataplane {
         accept_local(&cfg.interfaces)?;
         let mut dp = Self::open(&cfg.pin_dir)?;
         dp.set_client_networks(&cfg.client_networks)?;
+        let peers = dp.set_peer_devices(cfg, hook)?;
+        for a in &mut attachments {
+            a.peer_redirect = peers.contains(&a.interface);
+        }
         Ok((dp, attachments))
     }
 
@@ -319,6 +343,35 @@ impl BpfDataplane {
             }
         }
         Ok(())
+    }
+
+    /// Makes `PEER_DEVS` hold exactly the configured interfaces that are veths with their
+    /// peer in another network namespace (none unless the hook is TC and
+    /// `veth_peer_redirect` is on). Returns their names.
+    fn set_peer_devices(
+        &mut self,
+        cfg: &DataplaneConfig,
+        hook: Hook,
+    ) -> Result<Vec<String>, BpfError> {
+        let peers = if hook == Hook::Tc && cfg.veth_peer_redirect {
+            veth_peers(&cfg.interfaces)
+        } else {
+            Vec::new()
+        };
+        for (_, ifindex) in &peers {
+            self.peer_devs
+                .insert(ifindex, 1, 0)
+                .map_err(map_err(map_name::PEER_DEVS))?;
+        }
+        let present: Vec<u32> = self.peer_devs.keys().filter_map(Result::ok).collect();
+        for key in present {
+            if !peers.iter().any(|(_, i)| *i == key) {
+                self.peer_devs
+                    .remove(&key)
+                    .map_err(map_err(map_name::PEER_DEVS))?;
+            }
+        }
+        Ok(peers.into_iter().map(|(name, _)| name).collect())
     }
 
     /// Makes `FLOATING` hold exactly these addresses, each answering ARP until `until_ns`
@@ -380,6 +433,9 @@ impl BpfDataplane {
         prog.pin(&prog_pin)
             .map_err(|e| BpfError::Load(Box::new(e)))?;
         pin_new_maps(&ebpf, &pins)?;
+        // A version before PEER_DEVS existed leaves it empty; the configuration may also have
+        // changed.
+        Self::open(&cfg.pin_dir)?.set_peer_devices(cfg, hook)?;
         Ok((switched, old_id, new_id))
     }
 
@@ -467,6 +523,7 @@ fn map_pins(pin_dir: &Path) -> MapPins {
         map_name::BACKEND_ADDRS,
         map_name::CLIENT_NETS,
         map_name::FLOATING,
+        map_name::PEER_DEVS,
     ]
     .into_iter()
     .map(|n| (n, pin_dir.join(n)))
@@ -606,6 +663,60 @@ impl Hook {
 fn auto_hook(drivers: &[Option<String>], tcx: bool) -> Hook {
     let all_veth = !drivers.is_empty() && drivers.iter().all(|d| d.as_deref() == Some("veth"));
     if all_veth && tcx { Hook::Tc } else { Hook::Xdp }
+}
+
+/// Those of `interfaces` (name, ifindex) that are veths whose peer is in another network
+/// namespace, which `bpf_redirect_peer` can deliver to. Netlink says so directly: it reports
+/// a link's peer namespace (`IFLA_LINK_NETNSID`) only when it differs from the link's own.
+/// An interface netlink cannot describe is left out (its packets take the ordinary way), with
+/// a warning.
+fn veth_peers(interfaces: &[String]) -> Vec<(String, u32)> {
+    use futures_util::TryStreamExt as _;
+    use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo};
+
+    let ask = async {
+        let (connection, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(connection);
+        let mut found = Vec::new();
+        for iface in interfaces {
+            let mut links = handle.link().get().match_name(iface.clone()).execute();
+            let Some(link) = links.try_next().await? else {
+                continue;
+            };
+            let attrs = &link.attributes;
+            let veth = attrs.iter().any(|a| {
+                matches!(a, LinkAttribute::LinkInfo(infos)
+                    if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))))
+            });
+            let elsewhere = attrs
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::LinkNetNsId(_)));
+            if veth && elsewhere {
+                found.push((iface.clone(), link.header.index));
+            }
+        }
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(found)
+    };
+    // On a thread of its own, which starts in the caller's network namespace: the daemon calls
+    // this from inside its runtime, where blocking on another would panic.
+    let answer = std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+                .map_err(Into::into)
+                .and_then(|rt| rt.block_on(ask))
+        })
+        .join()
+    });
+    match answer {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => {
+            tracing::warn!("veth_peer_redirect: asking netlink about the interfaces: {e}");
+            Vec::new()
+        }
+        Err(_) => Vec::new(),
+    }
 }
 
 /// TCX links came with Linux 6.6.
