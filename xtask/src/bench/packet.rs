@@ -31,6 +31,15 @@ pub struct PacketResults {
     pub raw: String,
     pub command: String,
     pub took: Duration,
+    /// BPF run-time statistics were on around the measurement (someone else's
+    /// `kernel.bpf_stats_enabled = 1`): every figure then includes their clock reads.
+    pub stats_on: bool,
+}
+
+/// Whether the kernel's BPF run-time statistics are on (the sysctl, or a BPF_ENABLE_STATS
+/// file descriptor someone holds: both show here).
+fn stats_on() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
 }
 
 pub fn measure() -> Result<PacketResults> {
@@ -50,6 +59,13 @@ pub fn measure() -> Result<PacketResults> {
     ]);
     let command = describe(&cmd);
     println!("==> per-packet cost: {command}");
+    let stats_before = stats_on();
+    if stats_before {
+        println!(
+            "    warning: BPF run-time statistics are on (kernel.bpf_stats_enabled = 1): the \
+             figures will include their clock reads"
+        );
+    }
     let t0 = Instant::now();
     // Bounded generously: the first call may compile the test binary (a minute or two on two
     // busy cores); the measurement itself takes seconds.
@@ -70,6 +86,7 @@ pub fn measure() -> Result<PacketResults> {
         raw: table_text(&stdout),
         command,
         took: t0.elapsed(),
+        stats_on: stats_before || stats_on(),
     })
 }
 
