@@ -121,8 +121,8 @@ const _: () = assert!(size_of::<FloatingLease>() == 8);
 /// Floating addresses one node may hold (`FLOATING` entries).
 pub const MAX_FLOATING: u32 = 16;
 
-/// Data-plane interfaces whose packets may be handed straight to a veth peer (`PEER_DEVS`).
-pub const MAX_PEER_DEVS: u32 = 256;
+/// Data-plane interfaces one node may have (`PEER_DEVS`, `ACCEPT_LOCAL`).
+pub const MAX_INTERFACES: u32 = 256;
 
 /// Key of `CLIENT_NETS` (an LPM trie key: prefix length in bits, then the address).
 #[repr(C, packed)]
@@ -324,6 +324,7 @@ pub mod map_name {
     pub const CLIENT_NETS: &str = "CLIENT_NETS";
     pub const FLOATING: &str = "FLOATING";
     pub const PEER_DEVS: &str = "PEER_DEVS";
+    pub const ACCEPT_LOCAL: &str = "ACCEPT_LOCAL";
 }
 
 /// Hash of a client → VIP connection that picks its Maglev table entry.

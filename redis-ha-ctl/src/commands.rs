@@ -104,12 +104,25 @@ pub fn upgrade(config: &Path) -> anyhow::Result<String> {
 pub fn unload(config: &Path) -> anyhow::Result<String> {
     let cfg = Config::load(config)?;
     let dpc = dataplane_of(&cfg, config)?;
-    let detached = BpfDataplane::unload(&dpc.pin_dir)?;
-    Ok(format!(
+    let done = BpfDataplane::unload(&dpc.pin_dir)?;
+    let mut out = format!(
         "detached from [{}]; removed {}\n",
-        detached.join(", "),
+        done.detached.join(", "),
         dpc.pin_dir.display()
-    ))
+    );
+    if !done.restored.is_empty() {
+        let each: Vec<String> = done
+            .restored
+            .iter()
+            .map(|(iface, v)| format!("{iface}={v}"))
+            .collect();
+        writeln!(
+            out,
+            "accept_local given back its value from before the first load: {}",
+            each.join(", ")
+        )?;
+    }
+    Ok(out)
 }
 
 fn change(

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use redis_ha_common::{
     AddrKey, Backend, BackendStats, FLOW_TABLE_SIZE, FloatingLease, Flow, FlowKey, MAX_BACKENDS,
-    MAX_CLIENT_NETS, MAX_FLOATING, MAX_PEER_DEVS, MAX_SERVICES, RING_ENTRIES, ServiceKey,
+    MAX_CLIENT_NETS, MAX_FLOATING, MAX_INTERFACES, MAX_SERVICES, RING_ENTRIES, ServiceKey,
     ServicePort, ServiceState, counter,
 };
 
@@ -62,7 +62,14 @@ pub static FLOATING: HashMap<[u8; 4], FloatingLease, { MAX_FLOATING as usize }> 
 /// the peer's ingress (`bpf_redirect_peer`) instead of being queued by the veth's transmit
 /// for another softirq pass. Empty: every packet goes through the egress device.
 #[btf_map]
-pub static PEER_DEVS: HashMap<u32, u32, { MAX_PEER_DEVS as usize }> = HashMap::new();
+pub static PEER_DEVS: HashMap<u32, u32, { MAX_INTERFACES as usize }> = HashMap::new();
+
+/// Interface name (NUL-padded) → its `net.ipv4.conf.<name>.accept_local` before redis-ha set
+/// it to 1. The program never touches it: `load` and the controller save a value the first
+/// time they set the sysctl, `unload` (or a `load` whose config dropped the interface) writes
+/// it back. Pinned with the other maps, it lives exactly as long as the data plane.
+#[btf_map]
+pub static ACCEPT_LOCAL: HashMap<[u8; 16], u32, { MAX_INTERFACES as usize }> = HashMap::new();
 
 /// backend slot → traffic counters, per CPU. Written by the program; summed by the controller.
 #[btf_map]

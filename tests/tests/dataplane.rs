@@ -752,3 +752,72 @@ fn replies_go_straight_to_the_veth_peer_unless_turned_off() -> Result<()> {
     );
     Ok(())
 }
+
+fn accept_local(tb: &Testbed, dev: &str) -> Result<String> {
+    Ok(tb
+        .lb()
+        .run(
+            "sysctl",
+            &["-n", &format!("net.ipv4.conf.{dev}.accept_local")],
+        )?
+        .trim()
+        .to_owned())
+}
+
+/// `load` sets `accept_local = 1` on the data-plane interfaces (see `write_accept_local`);
+/// an interface dropped from the config, and every interface at `unload`, gets back the
+/// value it had before the first load, an operator's own 1 included.
+#[test]
+fn unload_gives_accept_local_back() -> Result<()> {
+    require_root();
+    let tb = Testbed::up(TestbedOptions {
+        tag: unique_tag(),
+        backends: 3,
+        xdp_mode: XdpMode::Tc,
+    })?;
+    let [lc, l1, l2, l3] = [
+        tb.lb_client_interface().to_owned(),
+        tb.backend(1).lb_interface().to_owned(),
+        tb.backend(2).lb_interface().to_owned(),
+        tb.backend(3).lb_interface().to_owned(),
+    ];
+    tb.lb()
+        .set_sysctl(&format!("net.ipv4.conf.{l2}.accept_local"), "1")?;
+    for dev in [&lc, &l1, &l3] {
+        ensure!(accept_local(&tb, dev)? == "0", "{dev} does not start at 0");
+    }
+
+    tb.ctl("load", &[])?;
+    for dev in [&lc, &l1, &l2, &l3] {
+        ensure!(accept_local(&tb, dev)? == "1", "{dev} not set by load");
+    }
+    // A second load saves nothing new: the values saved stay those from before the first.
+    tb.ctl("load", &[])?;
+
+    let without_l3 = tb.config_toml().replacen(&format!(", \"{l3}\""), "", 1);
+    ensure!(
+        without_l3 != tb.config_toml(),
+        "{l3} not found in the config"
+    );
+    std::fs::write(tb.config_path(), without_l3)?;
+    tb.ctl("load", &[])?;
+    ensure!(
+        accept_local(&tb, &l3)? == "0",
+        "{l3} kept 1 after leaving the config"
+    );
+    ensure!(
+        accept_local(&tb, &l1)? == "1",
+        "{l1} lost its 1 while still configured"
+    );
+
+    let out = tb.ctl("unload", &[])?;
+    ensure!(out.contains("accept_local given back"), "{out}");
+    for (dev, want) in [(&lc, "0"), (&l1, "0"), (&l2, "1"), (&l3, "0")] {
+        let got = accept_local(&tb, dev)?;
+        ensure!(
+            got == want,
+            "{dev}: accept_local {got} after unload, {want} before load"
+        );
+    }
+    Ok(())
+}

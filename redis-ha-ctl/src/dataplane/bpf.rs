@@ -116,6 +116,7 @@ pub struct BpfDataplane {
     client_nets: LpmTrie<MapData, [u8; 4], u32>,
     floating: HashMap<MapData, [u8; 4], FloatingLease>,
     peer_devs: HashMap<MapData, u32, u32>,
+    accept_local: HashMap<MapData, [u8; 16], u32>,
 }
 
 fn check_bpffs(pin_dir: &Path) -> Result<(), BpfError> {
@@ -217,6 +218,8 @@ impl BpfDataplane {
                 .map_err(map_err(map_name::FLOATING))?,
             peer_devs: HashMap::try_from(open(map_name::PEER_DEVS)?)
                 .map_err(map_err(map_name::PEER_DEVS))?,
+            accept_local: HashMap::try_from(open(map_name::ACCEPT_LOCAL)?)
+                .map_err(map_err(map_name::ACCEPT_LOCAL))?,
         })
     }
 
@@ -284,8 +287,8 @@ impl BpfDataplane {
                 detach(&path)?;
             }
         }
-        accept_local(&cfg.interfaces)?;
         let mut dp = Self::open(&cfg.pin_dir)?;
+        dp.set_accept_local(&cfg.interfaces)?;
         dp.set_client_networks(&cfg.client_networks)?;
         let peers = dp.set_peer_devices(cfg, hook)?;
         for a in &mut attachments {
@@ -294,8 +297,9 @@ impl BpfDataplane {
         Ok((dp, attachments))
     }
 
-    /// Detaches from every interface and removes every pin.
-    pub fn unload(pin_dir: &Path) -> Result<Vec<String>, BpfError> {
+    /// Detaches from every interface, gives each back the `accept_local` it had before the
+    /// first load, and removes every pin.
+    pub fn unload(pin_dir: &Path) -> Result<Unloaded, BpfError> {
         if !pin_dir.exists() {
             return Err(BpfError::NotLoaded(pin_dir.to_owned()));
         }
@@ -304,12 +308,56 @@ impl BpfDataplane {
             detach(&path)?;
             detached.push(iface);
         }
+        // Read straight from the pin: the other maps may be another version's, which does not
+        // matter for giving the sysctls back. A data plane older than the map saved nothing.
+        let mut restored = Vec::new();
+        let saved_pin = pin_dir.join(map_name::ACCEPT_LOCAL);
+        if saved_pin.exists() {
+            let name = map_name::ACCEPT_LOCAL;
+            let data = MapData::from_pin(&saved_pin).map_err(map_err(name))?;
+            let map = Map::from_map_data(data).map_err(map_err(name))?;
+            let saved: HashMap<MapData, [u8; 16], u32> =
+                HashMap::try_from(map).map_err(map_err(name))?;
+            for entry in saved.iter() {
+                let (key, value) = entry.map_err(map_err(name))?;
+                let iface = iface_of_key(&key);
+                if write_accept_local(&iface, value)? {
+                    restored.push((iface, value));
+                }
+            }
+        }
         std::fs::remove_dir_all(pin_dir).map_err(|source| BpfError::Io {
             what: "removing",
             path: pin_dir.to_owned(),
             source,
         })?;
-        Ok(detached)
+        Ok(Unloaded { detached, restored })
+    }
+
+    /// Sets `accept_local = 1` on `interfaces`, first saving in `ACCEPT_LOCAL` the value each
+    /// had if this data plane never set it, and gives interfaces saved earlier but no longer
+    /// listed their value back.
+    fn set_accept_local(&mut self, interfaces: &[String]) -> Result<(), BpfError> {
+        let name = map_name::ACCEPT_LOCAL;
+        for iface in interfaces {
+            let key = key_of_iface(iface);
+            if self.accept_local.get(&key, 0).is_err() {
+                let before = read_accept_local(iface)?;
+                self.accept_local
+                    .insert(key, before, 0)
+                    .map_err(map_err(name))?;
+            }
+            write_accept_local(iface, 1)?;
+        }
+        let saved: Vec<([u8; 16], u32)> = self.accept_local.iter().filter_map(Result::ok).collect();
+        for (key, value) in saved {
+            let iface = iface_of_key(&key);
+            if !interfaces.contains(&iface) {
+                write_accept_local(&iface, value)?;
+                self.accept_local.remove(&key).map_err(map_err(name))?;
+            }
+        }
+        Ok(())
     }
 
     /// Makes `CLIENT_NETS` hold exactly `nets` (added first, then stale ones removed, so a
@@ -524,6 +572,7 @@ fn map_pins(pin_dir: &Path) -> MapPins {
         map_name::CLIENT_NETS,
         map_name::FLOATING,
         map_name::PEER_DEVS,
+        map_name::ACCEPT_LOCAL,
     ]
     .into_iter()
     .map(|n| (n, pin_dir.join(n)))
@@ -951,23 +1000,63 @@ fn detach(path: &Path) -> Result<(), BpfError> {
     Ok(())
 }
 
-/// Sets `net.ipv4.conf.<interface>.accept_local = 1` on the data-plane interfaces.
+/// What `unload` did.
+pub struct Unloaded {
+    pub detached: Vec<String>,
+    /// Interfaces whose `accept_local` was given back its value from before the first load.
+    pub restored: Vec<(String, u32)>,
+}
+
+/// `ACCEPT_LOCAL`'s key for an interface name (the kernel's names are at most 15 bytes).
+fn key_of_iface(iface: &str) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    let n = iface.len().min(15);
+    key[..n].copy_from_slice(&iface.as_bytes()[..n]);
+    key
+}
+
+fn iface_of_key(key: &[u8; 16]) -> String {
+    let end = key.iter().position(|&b| b == 0).unwrap_or(16);
+    String::from_utf8_lossy(&key[..end]).into_owned()
+}
+
+fn accept_local_path(iface: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/sys/net/ipv4/conf/{iface}/accept_local"))
+}
+
+fn read_accept_local(iface: &str) -> Result<u32, BpfError> {
+    let path = accept_local_path(iface);
+    let text = std::fs::read_to_string(&path).map_err(|source| BpfError::Io {
+        what: "reading",
+        path: path.clone(),
+        source,
+    })?;
+    text.trim().parse().map_err(|_| BpfError::Io {
+        what: "reading",
+        path,
+        source: io::Error::new(io::ErrorKind::InvalidData, format!("{text:?} is no number")),
+    })
+}
+
+/// Writes `net.ipv4.conf.<iface>.accept_local`; `false` when the interface no longer exists
+/// (nothing to give back to). Data-plane interfaces get 1:
 ///
 /// The program hands a rewritten reply (its source now the VIP, a local address) to the
 /// kernel when the fast path cannot send it: no neighbour entry for the client (a node that
 /// just took the VIP, or an entry the kernel aged out while the fast path carried the
 /// connection without refreshing it), or an egress MTU to enforce. By default the kernel drops
 /// a packet arriving with a local source as a martian, and the connection stalls.
-fn accept_local(interfaces: &[String]) -> Result<(), BpfError> {
-    for interface in interfaces {
-        let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{interface}/accept_local"));
-        std::fs::write(&path, "1").map_err(|source| BpfError::Io {
-            what: "letting the kernel forward replies from the VIP: writing",
-            path,
-            source,
-        })?;
+fn write_accept_local(iface: &str, value: u32) -> Result<bool, BpfError> {
+    let path = accept_local_path(iface);
+    if !path.exists() {
+        return Ok(false);
     }
-    Ok(())
+    std::fs::write(&path, value.to_string()).map_err(|source| BpfError::Io {
+        what: "letting the kernel forward replies from the VIP: writing",
+        path,
+        source,
+    })?;
+    Ok(true)
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; the ring and flow table exceed
