@@ -226,10 +226,13 @@ fn run_trial(
         }
         Fault::SigStop => old_backend.resume()?,
     }
-    // Sentinel notices a returning master through its 10 s INFO period: allow for it.
+    // Sentinel notices a returning master through its 10 s INFO period, then waits until the
+    // instance has been up and reporting its role for 8 s more (4 publish periods), and only
+    // while the new master looks sane in its own view; in one seed trial of five in a few
+    // runs that took over 45 s. Only a slow trial pays for the margin.
     wait_until(
         &format!("{old} to replicate from {new}"),
-        Duration::from_secs(45),
+        Duration::from_secs(90),
         Duration::from_millis(100),
         || {
             Ok(matches!(
