@@ -658,8 +658,7 @@ fn next_hop<C: Frame>(
                 ifindex: h.ifindex,
                 dst_mac: h.dst_mac,
                 src_mac: h.src_mac,
-                // The XDP build must not even contain the TC-only helper's call.
-                peer: C::IS_TC && h.flags & hop_flags::PEER != 0,
+                peer: h.flags & hop_flags::PEER != 0,
             })
         }
         hop => match fib_lookup(ctx, ip, len, ingress) {
@@ -730,6 +729,7 @@ fn send<C: Frame>(eth: *mut EthHdr, ip: &mut Ipv4Hdr, route: &Route, fast: u32) 
             (*eth).dst = route.dst_mac;
             (*eth).src = route.src_mac;
         }
+        // `C::IS_TC` first: the XDP build must not even contain the TC-only helper's call.
         // SAFETY: helpers taking plain integers.
         let action = if C::IS_TC && route.peer {
             unsafe { bpf_redirect_peer(route.ifindex, 0) }

@@ -89,6 +89,31 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> BpfError {
     move |source| BpfError::Map { name, source }
 }
 
+/// The map pinned as `name` under `pin_dir`.
+fn open_pinned(pin_dir: &Path, name: &'static str) -> Result<Map, BpfError> {
+    let data = MapData::from_pin(pin_dir.join(name)).map_err(map_err(name))?;
+    Map::from_map_data(data).map_err(map_err(name))
+}
+
+/// Makes the hash map `map` (pinned as `name`) hold exactly `wanted`: new entries first, then
+/// stale ones removed, so a key listed both before and after never disappears in between.
+fn sync_hash<K: aya::Pod + PartialEq, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    name: &'static str,
+    wanted: &[(K, V)],
+) -> Result<(), BpfError> {
+    for (k, v) in wanted {
+        map.insert(k, v, 0).map_err(map_err(name))?;
+    }
+    let present: Vec<K> = map.keys().filter_map(Result::ok).collect();
+    for key in present {
+        if !wanted.iter().any(|(k, _)| *k == key) {
+            map.remove(&key).map_err(map_err(name))?;
+        }
+    }
+    Ok(())
+}
+
 /// How the program sits on one interface.
 #[derive(Clone, Debug)]
 pub struct Attachment {
@@ -191,10 +216,7 @@ impl BpfDataplane {
             return Err(BpfError::NotLoaded(pin_dir.to_owned()));
         }
         check_pinned_layout(pin_dir, false)?;
-        let open = |name: &'static str| -> Result<Map, BpfError> {
-            let data = MapData::from_pin(pin_dir.join(name)).map_err(map_err(name))?;
-            Map::from_map_data(data).map_err(map_err(name))
-        };
+        let open = |name| open_pinned(pin_dir, name);
         Ok(Self {
             pin_dir: pin_dir.to_owned(),
             services: HashMap::try_from(open(map_name::SERVICES)?)
@@ -314,10 +336,8 @@ impl BpfDataplane {
         let saved_pin = pin_dir.join(map_name::ACCEPT_LOCAL);
         if saved_pin.exists() {
             let name = map_name::ACCEPT_LOCAL;
-            let data = MapData::from_pin(&saved_pin).map_err(map_err(name))?;
-            let map = Map::from_map_data(data).map_err(map_err(name))?;
             let saved: HashMap<MapData, [u8; 16], u32> =
-                HashMap::try_from(map).map_err(map_err(name))?;
+                HashMap::try_from(open_pinned(pin_dir, name)?).map_err(map_err(name))?;
             for entry in saved.iter() {
                 let (key, value) = entry.map_err(map_err(name))?;
                 let iface = iface_of_key(&key);
@@ -406,19 +426,8 @@ impl BpfDataplane {
         } else {
             Vec::new()
         };
-        for (_, ifindex) in &peers {
-            self.peer_devs
-                .insert(ifindex, 1, 0)
-                .map_err(map_err(map_name::PEER_DEVS))?;
-        }
-        let present: Vec<u32> = self.peer_devs.keys().filter_map(Result::ok).collect();
-        for key in present {
-            if !peers.iter().any(|(_, i)| *i == key) {
-                self.peer_devs
-                    .remove(&key)
-                    .map_err(map_err(map_name::PEER_DEVS))?;
-            }
-        }
+        let wanted: Vec<(u32, u32)> = peers.iter().map(|(_, ifindex)| (*ifindex, 1)).collect();
+        sync_hash(&mut self.peer_devs, map_name::PEER_DEVS, &wanted)?;
         Ok(peers.into_iter().map(|(name, _)| name).collect())
     }
 
@@ -429,20 +438,11 @@ impl BpfDataplane {
         addresses: &[std::net::Ipv4Addr],
         until_ns: u64,
     ) -> Result<(), BpfError> {
-        for a in addresses {
-            self.floating
-                .insert(a.octets(), FloatingLease { until_ns }, 0)
-                .map_err(map_err(map_name::FLOATING))?;
-        }
-        let present: Vec<[u8; 4]> = self.floating.keys().filter_map(Result::ok).collect();
-        for key in present {
-            if !addresses.iter().any(|a| a.octets() == key) {
-                self.floating
-                    .remove(&key)
-                    .map_err(map_err(map_name::FLOATING))?;
-            }
-        }
-        Ok(())
+        let wanted: Vec<([u8; 4], FloatingLease)> = addresses
+            .iter()
+            .map(|a| (a.octets(), FloatingLease { until_ns }))
+            .collect();
+        sync_hash(&mut self.floating, map_name::FLOATING, &wanted)
     }
 
     /// Replaces the running program with the one this binary embeds, without a moment
@@ -764,7 +764,10 @@ fn veth_peers(interfaces: &[String]) -> Vec<(String, u32)> {
             tracing::warn!("veth_peer_redirect: asking netlink about the interfaces: {e}");
             Vec::new()
         }
-        Err(_) => Vec::new(),
+        Err(_) => {
+            tracing::warn!("veth_peer_redirect: the netlink query panicked");
+            Vec::new()
+        }
     }
 }
 
