@@ -23,10 +23,11 @@ pub const RING_ENTRIES: u32 = MAX_SERVICES * 2 * RING_SIZE;
 pub const MAX_CLIENT_NETS: u32 = 256;
 /// Default connection-table capacity (each connection takes two entries: one per direction),
 /// which `[dataplane] flow_table_size` overrides at load time. 65,536 entries hold the
-/// default `maxclients` (10,000) of a master and two replicas at once, in about 7 MiB. A
-/// larger table is not free: every lookup lands at a random place in it, and on the 2-vCPU
-/// VM of `cargo xtask bench` the program's time per packet with a new connection for every
-/// request grew by about half at 262,144 entries (cache and TLB misses).
+/// default `maxclients` (10,000) of a master and two replicas at once, in about 8 MiB (and as
+/// much again for the spill table). A larger table is not free: every lookup lands at a
+/// random place in it, and on the 2-vCPU VM of `cargo xtask bench` the program's time per
+/// packet with a new connection for every request grew by about half at 262,144 entries
+/// (cache and TLB misses, measured with the LRU table of earlier versions).
 pub const FLOW_TABLE_SIZE: u32 = 65_536;
 
 /// Pin directory under bpffs for the program's link and every map.
@@ -318,6 +319,8 @@ pub mod map_name {
     pub const BACKENDS: &str = "BACKENDS";
     pub const READ_RING: &str = "READ_RING";
     pub const FLOWS: &str = "FLOWS";
+    pub const FLOWS_SPILL: &str = "FLOWS_SPILL";
+    pub const FLOWS_SPILLED: &str = "FLOWS_SPILLED";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const BACKEND_ADDRS: &str = "BACKEND_ADDRS";
@@ -325,6 +328,28 @@ pub mod map_name {
     pub const FLOATING: &str = "FLOATING";
     pub const PEER_DEVS: &str = "PEER_DEVS";
     pub const ACCEPT_LOCAL: &str = "ACCEPT_LOCAL";
+}
+
+/// The key of the other direction's entry of the connection whose entry `flow` is at `key`.
+#[inline(always)]
+pub const fn flow_partner(key: &FlowKey, flow: &Flow) -> FlowKey {
+    if flow.dir == flow_dir::TO_CLIENT {
+        // backend → client; the partner is client → VIP.
+        FlowKey {
+            src_ip: key.dst_ip,
+            dst_ip: flow.nat_ip,
+            src_port: key.dst_port,
+            dst_port: flow.nat_port,
+        }
+    } else {
+        // client → VIP; the partner is backend → client.
+        FlowKey {
+            src_ip: flow.nat_ip,
+            dst_ip: key.src_ip,
+            src_port: flow.nat_port,
+            dst_port: key.src_port,
+        }
+    }
 }
 
 /// Hash of a client → VIP connection that picks its Maglev table entry.

@@ -262,6 +262,14 @@ pub fn maps(config: &Path, flow_limit: usize) -> anyhow::Result<String> {
     }
     let (flows, total) = dp.flows(flow_limit)?;
     writeln!(out, "\nflows: {total} entries (two per connection)")?;
+    if let Some(since) = dp.spilling_since()? {
+        let ago = crate::ha::net::monotonic_ns().saturating_sub(since) / 1_000_000_000;
+        writeln!(
+            out,
+            "  FLOWS was full {ago} s ago: new connections went to FLOWS_SPILL (slower) since; \
+             raise [dataplane] flow_table_size"
+        )?;
+    }
     for (k, f) in flows {
         let dir = if f.dir == flow_dir::TO_BACKEND {
             "->"

@@ -157,8 +157,9 @@ pub struct DataplaneConfig {
     /// connection survive moving to another LB node. Empty (the default): never. Clients in
     /// these networks must then reach the backends only through the VIP.
     pub client_networks: Vec<(Ipv4Addr, u8)>,
-    /// Entries of the connection table (two per connection). Full, it evicts the least
-    /// recently used; orderly closes remove their entries at once.
+    /// Entries of the connection table (two per connection), and of the LRU table that takes
+    /// new connections while it is full. Orderly closes remove their entries at once; the
+    /// daemon sweeps the rest (`dataplane::sweep`).
     pub flow_table_size: u32,
     /// At the TC hook, hand a packet leaving through a veth whose peer is in another network
     /// namespace straight to the peer (`bpf_redirect_peer`). Off: every packet is transmitted
@@ -166,9 +167,9 @@ pub struct DataplaneConfig {
     pub veth_peer_redirect: bool,
 }
 
-/// Allowed `flow_table_size`: below 1024 entries the kernel's LRU, which hands out free
-/// entries to each CPU in batches of 128, evicts live connections early; above 16 Mi the
-/// table (about 112 bytes an entry) outgrows any sensible memory budget.
+/// Allowed `flow_table_size`: below 1024 entries the kernel's LRU (the spill table), which
+/// hands out free entries to each CPU in batches of 128, evicts live connections early; above
+/// 16 Mi the two tables (about 120 bytes an entry each) outgrow any sensible memory budget.
 pub const FLOW_TABLE_RANGE: std::ops::RangeInclusive<u32> = 1024..=16 * 1024 * 1024;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]

@@ -22,7 +22,7 @@ use tokio::{
     net::{TcpListener, UdpSocket},
     sync::{mpsc, oneshot, watch},
 };
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     config::{
@@ -56,6 +56,9 @@ pub const DEFAULT_SWITCHOVER_TIMEOUT_MS: u64 = 2_000;
 
 /// The data plane's counters are read (a syscall per slot and CPU) at most this often.
 const DATAPLANE_REFRESH: Duration = Duration::from_millis(500);
+/// The connection table is swept and counted at most this often (a full default table is
+/// 131,072 syscalls, some 100 ms of CPU).
+const FLOW_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// An input for the executor.
 enum Input {
@@ -1112,8 +1115,9 @@ impl Executor {
             .dataplane_counters
             .as_ref()
             .is_none_or(|(at, _)| now.duration_since(*at) >= DATAPLANE_REFRESH);
-        if stale && let Some(dp) = &self.dataplane {
-            match DataplaneCounters::read(dp) {
+        if stale && let Some(dp) = &mut self.dataplane {
+            let previous = self.dataplane_counters.as_ref().map(|(_, c)| c);
+            match DataplaneCounters::read(dp, previous, now) {
                 Ok(c) => self.dataplane_counters = Some((now, c)),
                 Err(e) => warn!("reading the data plane's counters: {e}"),
             }
@@ -1237,10 +1241,27 @@ struct DataplaneCounters {
     backends: BTreeMap<u32, redis_ha_common::BackendStats>,
     packets: BTreeMap<String, u64>,
     flow_entries: usize,
+    /// When the connection table was last swept (and its entries counted).
+    swept_at: Option<Instant>,
 }
 
 impl DataplaneCounters {
-    fn read(dp: &BpfDataplane) -> Result<Self, crate::dataplane::bpf::BpfError> {
+    /// Also sweeps the connection table (see [`crate::dataplane::sweep`]) and counts its
+    /// entries, at most every [`FLOW_SWEEP_INTERVAL`]: that reads the whole table, two
+    /// syscalls an entry. In between, `previous`'s count stands.
+    fn read(
+        dp: &mut BpfDataplane,
+        previous: Option<&DataplaneCounters>,
+        now: Instant,
+    ) -> Result<Self, crate::dataplane::bpf::BpfError> {
+        let fresh = previous.and_then(|p| {
+            let at = p.swept_at?;
+            (now.duration_since(at) < FLOW_SWEEP_INTERVAL).then_some((at, p.flow_entries))
+        });
+        let (swept_at, flow_entries) = match fresh {
+            Some(f) => f,
+            None => (now, Self::sweep(dp)?),
+        };
         Ok(Self {
             backends: dp.backend_stats()?.into_iter().collect(),
             packets: dp
@@ -1249,8 +1270,32 @@ impl DataplaneCounters {
                 .enumerate()
                 .map(|(i, v)| (counter::NAMES[i].to_owned(), *v))
                 .collect(),
-            flow_entries: dp.flows(0)?.1,
+            flow_entries,
+            swept_at: Some(swept_at),
         })
+    }
+
+    /// One sweep; the entries left.
+    fn sweep(dp: &mut BpfDataplane) -> Result<usize, crate::dataplane::bpf::BpfError> {
+        let sweep = dp.sweep_flows(monotonic_ns())?;
+        if sweep.removed > 0 {
+            debug!(
+                removed = sweep.removed,
+                "swept ended connections from FLOWS"
+            );
+        }
+        if let Some(since) = dp.spilling_since()? {
+            // Once a load: the time stays set until the data plane is loaded again.
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                warn!(
+                    since_s_ago = monotonic_ns().saturating_sub(since) / 1_000_000_000,
+                    "the connection table FLOWS was full: new connections went to FLOWS_SPILL, \
+                     which works but costs more per packet; raise [dataplane] flow_table_size"
+                )
+            });
+        }
+        Ok(sweep.entries)
     }
 }
 

@@ -5,6 +5,7 @@
 #![no_std]
 #![no_main]
 
+mod flows;
 mod frame;
 mod maps;
 mod packet;
@@ -26,18 +27,17 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use frame::Frame;
 use maps::{
-    BACKEND_ADDRS, BACKENDS, CLIENT_NETS, FLOATING, FLOWS, PEER_DEVS, READ_RING, SERVICE_STATE,
-    SERVICES, backend_stats, count,
+    BACKEND_ADDRS, BACKENDS, CLIENT_NETS, FLOATING, PEER_DEVS, READ_RING, SERVICE_STATE, SERVICES,
+    backend_stats, count,
 };
 use packet::*;
 use redis_ha_common::{
     AddrKey, Backend, Flow, FlowKey, NEXT_HOP_TTL_NS, NextHop, RING_SIZE, ServiceKey, ServicePort,
-    backend_flags, counter, flow_dir, flow_end, flow_hash, hop_flags, port_kind, ring_index,
+    backend_flags, counter, flow_dir, flow_end, flow_hash, flow_partner, hop_flags, port_kind,
+    ring_index,
 };
 
 const AF_INET: u8 = 2;
-/// What a map update returns when `BPF_NOEXIST` finds the key taken.
-const EEXIST: i32 = 17;
 
 /// Entry point. Anything the fast path does not own goes to the kernel (`XDP_PASS`): the
 /// program sits on interfaces that also carry the host's own traffic (SSH, replication
@@ -140,7 +140,7 @@ fn try_redis_ha<C: Frame>(ctx: &C) -> Result<u32, u32> {
     if !bare_syn {
         // SAFETY: a map value stays valid for the whole run of the program (RCU); another
         // CPU may write its `hop` concurrently, see `next_hop`.
-        if let Some(flow) = FLOWS.get_ptr_mut(&fkey).map(|f| unsafe { &mut *f }) {
+        if let Some(flow) = flows::get(&fkey) {
             let closed = closing(ip, tcp, &fkey, flow);
             let slot = flow.backend;
             let action = match flow.dir {
@@ -166,8 +166,8 @@ fn try_redis_ha<C: Frame>(ctx: &C) -> Result<u32, u32> {
                 // Last: `flow` points into the entry, which may be reused once removed. The
                 // packet itself no longer needs it (a redirect is carried out after return).
                 // A stale connection's entry is gone already: that one counts as a reset.
-                let _ = FLOWS.remove(&other);
-                if FLOWS.remove(&fkey).is_ok() {
+                flows::remove(&other);
+                if flows::remove(&fkey) {
                     backend_stats(slot, |s| s.flows_closed += 1);
                 }
             }
@@ -197,9 +197,8 @@ fn try_redis_ha<C: Frame>(ctx: &C) -> Result<u32, u32> {
         };
         // Asked first: a lookup takes no lock, and there rarely is such an entry, while a
         // removal locks the bucket even when it finds nothing.
-        // SAFETY: nothing is read through the value.
-        if unsafe { FLOWS.get(&reverse) }.is_some() {
-            let _ = FLOWS.remove(&reverse);
+        if flows::get(&reverse).is_some() {
+            flows::remove(&reverse);
         }
         return Err(counter::PASS_NOT_SERVICE);
     }
@@ -287,32 +286,9 @@ fn closing(ip: &Ipv4Hdr, tcp: &TcpHdr, fkey: &FlowKey, flow: &mut Flow) -> Optio
     if u16::from_be_bytes(ip.tot_len) != hdrs {
         return None;
     }
-    let other = partner_key(fkey, flow);
-    // SAFETY: only a field is read, at once.
-    let other_end = unsafe { FLOWS.get(&other) }.map(|o| o.end)?;
+    let other = flow_partner(fkey, flow);
+    let other_end = flows::get(&other).map(|o| o.end)?;
     (other_end & flow_end::FIN != 0).then_some(other)
-}
-
-/// The key of the other direction's entry of the connection whose entry `flow` is at `fkey`.
-#[inline(always)]
-fn partner_key(fkey: &FlowKey, flow: &Flow) -> FlowKey {
-    if flow.dir == flow_dir::TO_CLIENT {
-        // backend → client; the partner is client → VIP.
-        FlowKey {
-            src_ip: fkey.dst_ip,
-            dst_ip: flow.nat_ip,
-            src_port: fkey.dst_port,
-            dst_port: flow.nat_port,
-        }
-    } else {
-        // client → VIP; the partner is backend → client.
-        FlowKey {
-            src_ip: flow.nat_ip,
-            dst_ip: fkey.src_ip,
-            src_port: flow.nat_port,
-            dst_port: fkey.src_port,
-        }
-    }
 }
 
 /// What a backend's reply needs: the VIP port it must come from, and whose counters it adds to.
@@ -339,12 +315,12 @@ fn along_flow<C: Frame>(
     if !still_valid(flow, state.master) {
         // Read before the remove: the entry's memory may be reused once it is gone.
         let slot = flow.backend;
-        let reply_key = partner_key(fkey, flow);
+        let reply_key = flow_partner(fkey, flow);
         backend_stats(slot, |s| s.flows_reset += 1);
         // Both entries: the client is told the connection is gone, and a left-over reply
         // entry would keep its backend-side addresses from a new connection (`claim_reply`).
-        let _ = FLOWS.remove(fkey);
-        let _ = FLOWS.remove(&reply_key);
+        flows::remove(fkey);
+        flows::remove(&reply_key);
         debug!(ctx, "reset stale flow to backend slot {}", slot);
         return send_reset(ctx, eth, counter::RESET_STALE_FLOW);
     }
@@ -438,7 +414,7 @@ fn new_flow<C: Frame>(
     flow.nat_ip = be.ip;
     flow.nat_port = be.port;
     flow.dir = flow_dir::TO_BACKEND;
-    if FLOWS.insert(fkey, &*flow, 0).is_err() {
+    if flows::insert(fkey, &*flow, 0).is_err() {
         count(counter::DROP_INTERNAL);
         return C::DROP;
     }
@@ -487,21 +463,19 @@ fn claim_reply(fkey: &FlowKey, be: &Backend, flow: &mut Flow) -> Claim {
     flow.nat_port = fkey.dst_port;
     flow.dir = flow_dir::TO_CLIENT;
     // One update on the common path: the check happens only when the key is taken.
-    match FLOWS.insert(&reply_key, &*flow, BPF_NOEXIST as u64) {
+    match flows::insert(&reply_key, &*flow, BPF_NOEXIST as u64) {
         Ok(()) => return Claim::Done,
-        Err(e) if e != -EEXIST => return Claim::Failed,
+        Err(e) if e != -flows::EEXIST => return Claim::Failed,
         Err(_) => {}
     }
-    // SAFETY: fields are copied out at once.
-    let Some(old) = (unsafe { FLOWS.get(&reply_key) }).copied() else {
+    let Some(old) = flows::get(&reply_key).map(|o| *o) else {
         // Gone since the insert failed (evicted or closed on another CPU): the key is free.
         return insert_or_fail(&reply_key, flow);
     };
     let same_port = old.nat_ip == fkey.dst_ip && old.nat_port == fkey.dst_port;
     if !same_port && old.end & flow_end::RST == 0 {
-        let client_side = partner_key(&reply_key, &old);
-        // SAFETY: a field is copied out at once.
-        let live = unsafe { FLOWS.get(&client_side) }.is_some_and(|c| c.end & flow_end::RST == 0);
+        let client_side = flow_partner(&reply_key, &old);
+        let live = flows::get(&client_side).is_some_and(|c| c.end & flow_end::RST == 0);
         if live {
             return Claim::InUse;
         }
@@ -511,7 +485,7 @@ fn claim_reply(fkey: &FlowKey, be: &Backend, flow: &mut Flow) -> Claim {
 
 #[inline(always)]
 fn insert_or_fail(key: &FlowKey, flow: &Flow) -> Claim {
-    match FLOWS.insert(key, flow, 0) {
+    match flows::insert(key, flow, 0) {
         Ok(()) => Claim::Done,
         Err(_) => Claim::Failed,
     }
@@ -677,6 +651,9 @@ fn next_hop<C: Frame>(
             Err(action) => {
                 if let Some(h) = hop {
                     h.ifindex = 0;
+                    // Still the time of this direction's last activity, which the
+                    // controller's sweep reads (a connection the kernel forwards is alive).
+                    h.resolved_ns = now;
                 }
                 Err(action)
             }

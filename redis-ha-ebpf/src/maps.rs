@@ -34,10 +34,28 @@ pub static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
 pub static READ_RING: Array<u32, { RING_ENTRIES as usize }> = Array::new();
 
 /// Connection table, one entry per direction: client → VIP (rewrite destination) and
-/// backend → client (rewrite source). Written by the program on a connection's first packet;
-/// read on every packet; the controller only dumps it.
+/// backend → client (rewrite source). Written by the program on a connection's first packet
+/// and removed by it when the connection closes; read on every packet. The controller dumps
+/// it, and its daemon removes what the program cannot see end (see `flows::gc`).
+///
+/// A plain hash table rather than an LRU one: under connection churn (a new connection per
+/// request) the LRU's list bookkeeping, which takes another CPU's list lock whenever a
+/// connection's entries are removed on the CPU that did not create them, made about a tenth
+/// of the program's time. A full table does not refuse connections: see `FLOWS_SPILL`.
 #[btf_map]
-pub static FLOWS: LruHashMap<FlowKey, Flow, { FLOW_TABLE_SIZE as usize }> = LruHashMap::new();
+pub static FLOWS: HashMap<FlowKey, Flow, { FLOW_TABLE_SIZE as usize }> = HashMap::new();
+
+/// Where a connection's entries go when `FLOWS` is full: an LRU table of the same size, which
+/// evicts its least recently used entries rather than refusing. Looked at only once something
+/// spilled (`FLOWS_SPILLED` non-zero), so that until then a miss costs one lookup.
+#[btf_map]
+pub static FLOWS_SPILL: LruHashMap<FlowKey, Flow, { FLOW_TABLE_SIZE as usize }> = LruHashMap::new();
+
+/// [0]: when (`bpf_ktime_get_ns`) an entry first went to `FLOWS_SPILL`, 0 while none has.
+/// Written by the program once; read by it on a `FLOWS` miss, and by the controller (status,
+/// metrics).
+#[btf_map]
+pub static FLOWS_SPILLED: Array<u64, 1> = Array::new();
 
 /// backend address → slot, mirroring `BACKENDS`. Written by the controller with each slot;
 /// read for replies that have no `FLOWS` entry.

@@ -821,3 +821,105 @@ fn unload_gives_accept_local_back() -> Result<()> {
     }
     Ok(())
 }
+
+/// Both entries of a made-up connection from 198.19.200.1:`port` through the write port to
+/// the master, last active `ago_ns` before `now`, with `end` bits on its client side.
+fn made_up_connection(
+    tb: &Testbed,
+    port: u16,
+    now: u64,
+    ago_ns: u64,
+    end: u16,
+) -> [(redis_ha_common::FlowKey, redis_ha_common::Flow); 2] {
+    use redis_ha_common::{Flow, FlowKey, NextHop, flow_dir};
+    let client = [198, 19, 200, 1];
+    let vip = tb.vip_write();
+    let master = tb.backend(1).addr();
+    let hop = NextHop {
+        resolved_ns: now - ago_ns,
+        ..NextHop::default()
+    };
+    [
+        (
+            FlowKey {
+                src_ip: client,
+                dst_ip: vip.ip().octets(),
+                src_port: port,
+                dst_port: vip.port(),
+            },
+            Flow {
+                nat_ip: master.ip().octets(),
+                nat_port: master.port(),
+                end,
+                dir: flow_dir::TO_BACKEND,
+                hop,
+                ..Flow::default()
+            },
+        ),
+        (
+            FlowKey {
+                src_ip: master.ip().octets(),
+                dst_ip: client,
+                src_port: master.port(),
+                dst_port: port,
+            },
+            Flow {
+                nat_ip: vip.ip().octets(),
+                nat_port: vip.port(),
+                dir: flow_dir::TO_CLIENT,
+                hop,
+                ..Flow::default()
+            },
+        ),
+    ]
+}
+
+/// `FLOWS` never evicts, so the daemon sweeps what the program cannot see end: here, on the
+/// real pinned table, a connection that ended with a reset two minutes ago goes, while one
+/// idle for as long (a quiet subscriber, say) and a live one in use stay.
+#[test]
+fn the_sweep_removes_ended_connections_and_keeps_idle_and_live_ones() -> Result<()> {
+    use aya::maps::{HashMap, Map, MapData};
+    use redis_ha_common::{Flow, FlowKey, flow_end};
+    use redis_ha_ctl::dataplane::bpf::BpfDataplane;
+
+    let tb = testbed(XdpMode::Tc)?;
+    let mut live = connect(&tb, tb.vip_write())?;
+    let _: () = redis::cmd("SET")
+        .arg("e2e:sweep")
+        .arg("1")
+        .query(&mut live)?;
+    wait_for_flow_entries(&tb, 2)?;
+
+    let now = redis_ha_ctl::ha::net::monotonic_ns();
+    let two_minutes = 120_000_000_000;
+    let reset = made_up_connection(&tb, 50_000, now, two_minutes, flow_end::RST);
+    let idle = made_up_connection(&tb, 50_001, now, two_minutes, 0);
+    let pin = tb.pin_dir().join("FLOWS");
+    let mut flows: HashMap<MapData, FlowKey, Flow> =
+        HashMap::try_from(Map::HashMap(MapData::from_pin(&pin)?))?;
+    for (k, v) in reset.iter().chain(idle.iter()) {
+        flows.insert(k, v, 0)?;
+    }
+
+    let mut dp = BpfDataplane::open(&tb.pin_dir())?;
+    let sweep = dp.sweep_flows(now)?;
+    assert_eq!(sweep.removed, 2, "{sweep:?}");
+    assert_eq!(
+        sweep.entries, 4,
+        "the live and the idle connection: {sweep:?}"
+    );
+    for (k, _) in &reset {
+        assert!(flows.get(k, 0).is_err(), "reset connection's {k:?} is gone");
+    }
+    for (k, v) in &idle {
+        assert_eq!(
+            flows.get(k, 0).ok().as_ref(),
+            Some(v),
+            "idle connection stays"
+        );
+    }
+    let v: String = redis::cmd("GET").arg("e2e:sweep").query(&mut live)?;
+    assert_eq!(v, "1", "the live connection still works");
+    Ok(())
+}

@@ -8,7 +8,10 @@ use std::{
 
 use aya::{
     EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, MapInfo, PerCpuArray, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, Map, MapData, MapError, MapInfo, MapType, PerCpuArray,
+        lpm_trie::Key,
+    },
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode,
         links::{FdLink, PinnedLink},
@@ -135,6 +138,8 @@ pub struct BpfDataplane {
     backends: Array<MapData, Backend>,
     ring: Array<MapData, u32>,
     flows: HashMap<MapData, FlowKey, Flow>,
+    flows_spill: HashMap<MapData, FlowKey, Flow>,
+    flows_spilled: Array<MapData, u64>,
     backend_stats: PerCpuArray<MapData, BackendStats>,
     counters: PerCpuArray<MapData, u64>,
     backend_addrs: HashMap<MapData, AddrKey, u32>,
@@ -195,9 +200,19 @@ fn check_pinned_layout(pin_dir: &Path, missing_ok: bool) -> Result<(), BpfError>
         let info = MapInfo::from_pin(&path).map_err(map_err(name))?;
         let mut want = (def.key_size(), def.value_size(), def.max_entries());
         let got = (info.key_size(), info.value_size(), info.max_entries());
-        if name == map_name::FLOWS {
+        if name == map_name::FLOWS || name == map_name::FLOWS_SPILL {
             // Sized at load time from `flow_table_size`; any size reads the same.
             want.2 = got.2;
+        }
+        if name == map_name::FLOWS && matches!(info.map_type(), Ok(MapType::LruHash)) {
+            // Same helpers, same layout: the program runs on it unchanged, the table evicts
+            // instead of spilling, and costs what it did.
+            tracing::warn!(
+                "{}: the connection table of an earlier version (an LRU table) keeps working; \
+                 the faster plain table comes with `redis-ha-ctl unload` and a new load \
+                 (forwarding stops in between)",
+                path.display()
+            );
         }
         if want != got {
             return Err(incompatible(format!(
@@ -228,6 +243,10 @@ impl BpfDataplane {
             ring: Array::try_from(open(map_name::READ_RING)?)
                 .map_err(map_err(map_name::READ_RING))?,
             flows: HashMap::try_from(open(map_name::FLOWS)?).map_err(map_err(map_name::FLOWS))?,
+            flows_spill: HashMap::try_from(open(map_name::FLOWS_SPILL)?)
+                .map_err(map_err(map_name::FLOWS_SPILL))?,
+            flows_spilled: Array::try_from(open(map_name::FLOWS_SPILLED)?)
+                .map_err(map_err(map_name::FLOWS_SPILLED))?,
             backend_stats: PerCpuArray::try_from(open(map_name::BACKEND_STATS)?)
                 .map_err(map_err(map_name::BACKEND_STATS))?,
             counters: PerCpuArray::try_from(open(map_name::COUNTERS)?)
@@ -529,12 +548,13 @@ impl BpfDataplane {
         Ok(out)
     }
 
-    /// Up to `limit` connection-table entries, and how many there are in all.
+    /// Up to `limit` connection-table entries (`FLOWS`, then `FLOWS_SPILL`), and how many
+    /// there are in all.
     pub fn flows(&self, limit: usize) -> Result<(Vec<(FlowKey, Flow)>, usize), BpfError> {
         let mut out = Vec::new();
         let mut total = 0;
-        for entry in self.flows.iter() {
-            // An entry evicted between listing keys and reading it is simply skipped.
+        for entry in self.flows.iter().chain(self.flows_spill.iter()) {
+            // An entry removed between listing keys and reading it is simply skipped.
             let Ok((k, v)) = entry else { continue };
             total += 1;
             if out.len() < limit {
@@ -542,6 +562,43 @@ impl BpfDataplane {
             }
         }
         Ok((out, total))
+    }
+
+    /// When (CLOCK_MONOTONIC, ns) the program first had to put a connection into
+    /// `FLOWS_SPILL` because `FLOWS` was full; `None` if it never had to since load.
+    pub fn spilling_since(&self) -> Result<Option<u64>, BpfError> {
+        let since = self
+            .flows_spilled
+            .get(&0, 0)
+            .map_err(map_err(map_name::FLOWS_SPILLED))?;
+        Ok((since != 0).then_some(since))
+    }
+
+    /// Removes from `FLOWS` what [`sweep::select`] picks at `now_ns` (CLOCK_MONOTONIC); returns
+    /// the entries left in `FLOWS` and `FLOWS_SPILL`, and how many were removed.
+    pub fn sweep_flows(&mut self, now_ns: u64) -> Result<FlowSweep, BpfError> {
+        let pin = self.pin_dir.join(map_name::FLOWS);
+        let capacity = MapInfo::from_pin(&pin)
+            .map_err(map_err(map_name::FLOWS))?
+            .max_entries() as usize;
+        let entries: Vec<(FlowKey, Flow)> = self.flows.iter().filter_map(Result::ok).collect();
+        let mut removed = 0;
+        for key in super::sweep::select(&entries, now_ns, capacity) {
+            // The program may have reused the key for a new connection since it was read: only
+            // an entry still as it was goes. (What changes between this read and the removal
+            // is a packet's worth of time; the worst case is a connection re-admitted by its
+            // next packet, as after an LRU eviction.)
+            let before = entries.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+            let now = self.flows.get(&key, 0).ok();
+            if now.is_some() && now == before && self.flows.remove(&key).is_ok() {
+                removed += 1;
+            }
+        }
+        let spilled = self.flows_spill.keys().filter(Result::is_ok).count();
+        Ok(FlowSweep {
+            entries: entries.len() - removed + spilled,
+            removed,
+        })
     }
 
     /// One of a service's Maglev tables (for inspection).
@@ -556,6 +613,14 @@ impl BpfDataplane {
     }
 }
 
+/// What a pass of [`BpfDataplane::sweep_flows`] found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSweep {
+    /// Entries left in both tables.
+    pub entries: usize,
+    pub removed: usize,
+}
+
 /// Every map of the program, with the path it is (or will be) pinned at.
 type MapPins = Vec<(&'static str, PathBuf)>;
 
@@ -566,6 +631,8 @@ fn map_pins(pin_dir: &Path) -> MapPins {
         map_name::BACKENDS,
         map_name::READ_RING,
         map_name::FLOWS,
+        map_name::FLOWS_SPILL,
+        map_name::FLOWS_SPILLED,
         map_name::BACKEND_STATS,
         map_name::COUNTERS,
         map_name::BACKEND_ADDRS,
@@ -587,6 +654,7 @@ fn load_on_pinned_maps(cfg: &DataplaneConfig) -> Result<(aya::Ebpf, MapPins), Bp
     let mut loader = EbpfLoader::new();
     // Only a map created now takes this size: a pinned one is reused as it is.
     loader.map_max_entries(map_name::FLOWS, cfg.flow_table_size);
+    loader.map_max_entries(map_name::FLOWS_SPILL, cfg.flow_table_size);
     for (name, path) in &pins {
         loader.map_pin_path(name, path.as_path());
     }

@@ -8,6 +8,7 @@
 //! connections are reset.
 
 pub mod bpf;
+pub mod sweep;
 
 use std::{
     collections::{BTreeMap, BTreeSet},

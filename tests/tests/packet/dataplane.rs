@@ -150,6 +150,8 @@ pub struct Dataplane {
     backends: Array<MapData, Backend>,
     ring: Array<MapData, u32>,
     flows: HashMap<MapData, FlowKey, Flow>,
+    flows_spill: HashMap<MapData, FlowKey, Flow>,
+    flows_spilled: Array<MapData, u64>,
     backend_stats: PerCpuArray<MapData, BackendStats>,
     counters: PerCpuArray<MapData, u64>,
     cli_ifindex: u32,
@@ -159,7 +161,20 @@ pub struct Dataplane {
 impl Dataplane {
     /// A fresh copy of the program and its maps: no flows, no services.
     pub fn load(tb: &Testbed, hook: Hook) -> Dataplane {
-        let mut bpf = Ebpf::load(redis_ha_ctl::ebpf_object()).expect("load the redis-ha object");
+        Self::load_sized(tb, hook, None)
+    }
+
+    /// [`Dataplane::load`] with `flow_table_size` entries in `FLOWS` and `FLOWS_SPILL` (as
+    /// `[dataplane] flow_table_size` sets them) instead of the object's default.
+    pub fn load_sized(tb: &Testbed, hook: Hook, flow_table_size: Option<u32>) -> Dataplane {
+        let mut loader = aya::EbpfLoader::new();
+        if let Some(n) = flow_table_size {
+            loader.map_max_entries(map_name::FLOWS, n);
+            loader.map_max_entries(map_name::FLOWS_SPILL, n);
+        }
+        let mut bpf = loader
+            .load(redis_ha_ctl::ebpf_object())
+            .expect("load the redis-ha object");
         match hook {
             Hook::Xdp => {
                 let prog: &mut Xdp = bpf
@@ -187,6 +202,9 @@ impl Dataplane {
         let backends = Array::try_from(take(map_name::BACKENDS)).expect("BACKENDS type");
         let ring = Array::try_from(take(map_name::READ_RING)).expect("READ_RING type");
         let flows = HashMap::try_from(take(map_name::FLOWS)).expect("FLOWS type");
+        let flows_spill = HashMap::try_from(take(map_name::FLOWS_SPILL)).expect("FLOWS_SPILL type");
+        let flows_spilled =
+            Array::try_from(take(map_name::FLOWS_SPILLED)).expect("FLOWS_SPILLED type");
         let backend_stats =
             PerCpuArray::try_from(take(map_name::BACKEND_STATS)).expect("BACKEND_STATS type");
         let counters = PerCpuArray::try_from(take(map_name::COUNTERS)).expect("COUNTERS type");
@@ -198,6 +216,8 @@ impl Dataplane {
             backends,
             ring,
             flows,
+            flows_spill,
+            flows_spilled,
             backend_stats,
             counters,
             cli_ifindex: tb.cli_ifindex,
@@ -299,8 +319,27 @@ impl Dataplane {
         }
     }
 
+    /// `key`'s entry, in `FLOWS` or else in `FLOWS_SPILL`, as the program looks.
     pub fn flow(&self, key: &FlowKey) -> Option<Flow> {
-        self.flows.get(key, 0).ok()
+        self.flows
+            .get(key, 0)
+            .ok()
+            .or_else(|| self.flows_spill.get(key, 0).ok())
+    }
+
+    /// `key`'s entry in `FLOWS_SPILL` only.
+    pub fn spilled_flow(&self, key: &FlowKey) -> Option<Flow> {
+        self.flows_spill.get(key, 0).ok()
+    }
+
+    /// `FLOWS_SPILLED[0]`: when a connection first spilled, 0 if none has.
+    pub fn spilling_since(&self) -> u64 {
+        self.flows_spilled.get(&0, 0).expect("read FLOWS_SPILLED")
+    }
+
+    /// Writes an entry into `FLOWS` as the program would have.
+    pub fn put_flow(&mut self, key: FlowKey, flow: Flow) {
+        self.flows.insert(key, flow, 0).expect("insert into FLOWS");
     }
 
     pub fn counters(&self) -> [u64; counter::COUNT as usize] {

@@ -23,6 +23,7 @@ mod next_hop;
 mod passthrough;
 mod port_reuse;
 mod reset;
+mod spill;
 mod stateless;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -56,7 +57,12 @@ pub const READ_POOL: &[SocketAddrV4] = &[BE_11, BE_12, BE_13];
 /// ring half 1, while half 0 points at the unreadable .14, so a program that reads the
 /// inactive half sends flows where no test expects them.
 pub fn standard(tb: &Testbed, hook: Hook) -> Dataplane {
-    let mut dp = Dataplane::load(tb, hook);
+    standard_sized(tb, hook, None)
+}
+
+/// [`standard`] with a connection table of `flow_table_size` entries.
+pub fn standard_sized(tb: &Testbed, hook: Hook, flow_table_size: Option<u32>) -> Dataplane {
+    let mut dp = Dataplane::load_sized(tb, hook, flow_table_size);
     dp.add_port(WRITE, SID, port_kind::WRITE);
     dp.add_port(READ, SID, port_kind::READ);
     dp.set_backend(SLOT_11, BE_11, SID, true);
@@ -107,20 +113,7 @@ pub fn syn_to_master(name: &'static str, c: SocketAddrV4) -> Case {
 /// Client `c` → `vip`, handled by the master .11: handshake and one request/reply, every step
 /// checked. Returns the keys of the connection's two entries, both present.
 pub fn open_via_master(dp: &Dataplane, c: SocketAddrV4, vip: SocketAddrV4) -> (FlowKey, FlowKey) {
-    let to_backend = |name, frame| Case {
-        name,
-        frame,
-        action: XDP_REDIRECT,
-        expect: Expect::ToBackend(BE_11),
-        counter: counter::FWD_TO_BACKEND,
-    };
-    let to_client = |name, frame| Case {
-        name,
-        frame,
-        action: XDP_REDIRECT,
-        expect: Expect::ToClient(vip),
-        counter: counter::FWD_TO_CLIENT,
-    };
+    let to_client = |name, frame| to_client_from(name, frame, vip);
     dp.table(&[
         to_backend("SYN", tcp(c, vip).syn().build()),
         to_client("SYN-ACK", tcp(BE_11, c).flags(SYN | ACK).build()),
@@ -130,6 +123,28 @@ pub fn open_via_master(dp: &Dataplane, c: SocketAddrV4, vip: SocketAddrV4) -> (F
     let keys = (flow_key(c, vip), flow_key(BE_11, c));
     assert!(dp.flow(&keys.0).is_some() && dp.flow(&keys.1).is_some());
     keys
+}
+
+/// `frame`, a client's packet on a connection to the master .11, is forwarded there.
+pub fn to_backend(name: &'static str, frame: Vec<u8>) -> Case {
+    Case {
+        name,
+        frame,
+        action: XDP_REDIRECT,
+        expect: Expect::ToBackend(BE_11),
+        counter: counter::FWD_TO_BACKEND,
+    }
+}
+
+/// `frame`, a backend's reply, goes to the client as coming from `vip`.
+pub fn to_client_from(name: &'static str, frame: Vec<u8>, vip: SocketAddrV4) -> Case {
+    Case {
+        name,
+        frame,
+        action: XDP_REDIRECT,
+        expect: Expect::ToClient(vip),
+        counter: counter::FWD_TO_CLIENT,
+    }
 }
 
 pub fn client(port: u16) -> SocketAddrV4 {
