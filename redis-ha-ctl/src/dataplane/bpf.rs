@@ -582,21 +582,22 @@ impl BpfDataplane {
             .map_err(map_err(map_name::FLOWS))?
             .max_entries() as usize;
         let entries: Vec<(FlowKey, Flow)> = self.flows.iter().filter_map(Result::ok).collect();
+        let spilled: Vec<(FlowKey, Flow)> =
+            self.flows_spill.iter().filter_map(Result::ok).collect();
+        let read: std::collections::HashMap<FlowKey, Flow> = entries.iter().copied().collect();
         let mut removed = 0;
-        for key in super::sweep::select(&entries, now_ns, capacity) {
+        for key in super::sweep::select(&entries, &spilled, now_ns, capacity) {
             // The program may have reused the key for a new connection since it was read: only
             // an entry still as it was goes. (What changes between this read and the removal
             // is a packet's worth of time; the worst case is a connection re-admitted by its
             // next packet, as after an LRU eviction.)
-            let before = entries.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
             let now = self.flows.get(&key, 0).ok();
-            if now.is_some() && now == before && self.flows.remove(&key).is_ok() {
+            if now.is_some() && now.as_ref() == read.get(&key) && self.flows.remove(&key).is_ok() {
                 removed += 1;
             }
         }
-        let spilled = self.flows_spill.keys().filter(Result::is_ok).count();
         Ok(FlowSweep {
-            entries: entries.len() - removed + spilled,
+            entries: entries.len() - removed + spilled.len(),
             removed,
         })
     }

@@ -13,7 +13,7 @@
 //! connection's last packet came at most that long after it. Both sides read
 //! `CLOCK_MONOTONIC`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use redis_ha_common::{Flow, FlowKey, flow_dir, flow_end, flow_partner};
 
@@ -25,16 +25,32 @@ pub const ENDED_GRACE_NS: u64 = 60_000_000_000;
 pub const HIGH_WATER: usize = 90;
 pub const LOW_WATER: usize = 80;
 
-/// The keys to remove from a table of `capacity` entries holding `entries` at `now_ns`.
-/// A connection always loses both entries, so that neither direction is left half rewritten.
-pub fn select(entries: &[(FlowKey, Flow)], now_ns: u64, capacity: usize) -> HashSet<FlowKey> {
+/// The keys to remove from `FLOWS`, of `capacity` entries, holding `entries` at `now_ns`,
+/// while `FLOWS_SPILL` holds `spilled` (a connection's two entries may sit one in each, when
+/// `FLOWS` filled up between them). A connection loses both of its entries in `FLOWS`, so
+/// that neither direction is left half rewritten.
+pub fn select(
+    entries: &[(FlowKey, Flow)],
+    spilled: &[(FlowKey, Flow)],
+    now_ns: u64,
+    capacity: usize,
+) -> HashSet<FlowKey> {
     let idle = |f: &Flow| now_ns.saturating_sub(f.hop.resolved_ns);
-    let present: std::collections::HashMap<FlowKey, &Flow> =
-        entries.iter().map(|(k, f)| (*k, f)).collect();
+    let main: HashMap<FlowKey, &Flow> = entries.iter().map(|(k, f)| (*k, f)).collect();
+    let spill: HashMap<FlowKey, &Flow> = spilled.iter().map(|(k, f)| (*k, f)).collect();
+    let partner_of = |key: &FlowKey, flow: &Flow| {
+        let k = flow_partner(key, flow);
+        (k, main.get(&k).or_else(|| spill.get(&k)).copied())
+    };
     let mut out = HashSet::new();
+    let take = |out: &mut HashSet<FlowKey>, key: FlowKey, partner: FlowKey| {
+        out.insert(key);
+        if main.contains_key(&partner) {
+            out.insert(partner);
+        }
+    };
     for (key, flow) in entries {
-        let partner_key = flow_partner(key, flow);
-        let partner = present.get(&partner_key);
+        let (partner_key, partner) = partner_of(key, flow);
         let reset =
             flow.end & flow_end::RST != 0 || partner.is_some_and(|p| p.end & flow_end::RST != 0);
         let both_fin =
@@ -45,35 +61,29 @@ pub fn select(entries: &[(FlowKey, Flow)], now_ns: u64, capacity: usize) -> Hash
         let reply_side = if flow.dir == flow_dir::TO_CLIENT {
             Some(flow)
         } else {
-            partner.copied()
+            partner
         };
         let unanswered = reply_side.is_some_and(|r| r.hop.resolved_ns == 0);
         let quiet =
             idle(flow) >= ENDED_GRACE_NS && partner.is_none_or(|p| idle(p) >= ENDED_GRACE_NS);
         if quiet && (reset || both_fin || orphan || unanswered) {
-            out.insert(*key);
-            out.insert(partner_key);
+            take(&mut out, *key, partner_key);
         }
     }
-    let left = entries.len() - entries.iter().filter(|(k, _)| out.contains(k)).count();
+    let mut left = entries.len() - out.len();
     if left * 100 > capacity * HIGH_WATER {
         let mut by_age: Vec<&(FlowKey, Flow)> =
             entries.iter().filter(|(k, _)| !out.contains(k)).collect();
         // Least recently active first; a connection's two entries then go together.
         by_age.sort_by_key(|(_, f)| f.hop.resolved_ns);
         let target = capacity * LOW_WATER / 100;
-        let mut left = left;
         for (key, flow) in by_age {
             if left <= target {
                 break;
             }
-            if out.insert(*key) {
-                left -= 1;
-            }
-            let partner_key = flow_partner(key, flow);
-            if present.contains_key(&partner_key) && out.insert(partner_key) {
-                left -= 1;
-            }
+            let before = out.len();
+            take(&mut out, *key, flow_partner(key, flow));
+            left -= out.len() - before;
         }
     }
     out
@@ -160,7 +170,7 @@ mod tests {
         t.extend(connection(1003, 61 * SEC, (flow_end::FIN, 0))); // half-closed: stays
         t.extend(connection(1004, 3600 * SEC, (0, 0))); // idle pub/sub: stays
         t.extend(connection(1005, 61 * SEC, (0, flow_end::RST))); // reset by the backend
-        let sel = select(&t, NOW, 65_536);
+        let sel = select(&t, &[], NOW, 65_536);
         assert_eq!(ports(&sel), vec![1000, 1002, 1005]);
         assert_eq!(sel.len(), 6, "both entries of each: {sel:?}");
     }
@@ -169,7 +179,7 @@ mod tests {
     fn an_entry_without_its_partner_goes_once_quiet() {
         let [a, _] = connection(2000, 61 * SEC, (0, 0));
         let [_, b] = connection(2001, 5 * SEC, (0, 0));
-        let sel = select(&[a, b], NOW, 65_536);
+        let sel = select(&[a, b], &[], NOW, 65_536);
         assert_eq!(ports(&sel), vec![2000]);
     }
 
@@ -179,15 +189,27 @@ mod tests {
         b.1.hop.resolved_ns = 0;
         let [c, mut d] = connection(5001, 5 * SEC, (0, 0));
         d.1.hop.resolved_ns = 0;
-        let sel = select(&[a, b, c, d], NOW, 65_536);
+        let sel = select(&[a, b, c, d], &[], NOW, 65_536);
         assert_eq!(ports(&sel), vec![5000]);
+    }
+
+    #[test]
+    fn an_entry_whose_partner_spilled_is_not_an_orphan() {
+        // An idle connection whose client side went to the spill table: its reply entry in
+        // FLOWS stays; reset, its FLOWS half goes (the spill table ages the other out).
+        let [a, b] = connection(6000, 61 * SEC, (0, 0));
+        assert!(select(&[b], &[a], NOW, 65_536).is_empty());
+        let [mut a, b] = connection(6001, 61 * SEC, (0, 0));
+        a.1.end = flow_end::RST;
+        let sel = select(&[b], &[a], NOW, 65_536);
+        assert_eq!(sel, HashSet::from([b.0]));
     }
 
     #[test]
     fn a_connection_active_on_one_side_is_not_ended() {
         let [mut a, b] = connection(3000, 61 * SEC, (flow_end::RST, 0));
         a.1.hop.resolved_ns = NOW - SEC;
-        assert!(select(&[a, b], NOW, 65_536).is_empty());
+        assert!(select(&[a, b], &[], NOW, 65_536).is_empty());
     }
 
     #[test]
@@ -198,11 +220,11 @@ mod tests {
         for i in 0..470u16 {
             t.extend(connection(4000 + i, u64::from(470 - i) * SEC, (0, 0)));
         }
-        let sel = select(&t, NOW, 1024);
+        let sel = select(&t, &[], NOW, 1024);
         let p = ports(&sel);
         assert_eq!(p, (4000..4061).collect::<Vec<_>>());
         assert_eq!(sel.len(), 122);
         // Below the high-water mark nothing live goes.
-        assert!(select(&t[..900], NOW, 1024).is_empty());
+        assert!(select(&t[..900], &[], NOW, 1024).is_empty());
     }
 }
