@@ -1241,6 +1241,7 @@ struct DataplaneCounters {
     backends: BTreeMap<u32, redis_ha_common::BackendStats>,
     packets: BTreeMap<String, u64>,
     flow_entries: usize,
+    flows_spilled: bool,
     /// When the connection table was last swept (and its entries counted).
     swept_at: Option<Instant>,
 }
@@ -1256,11 +1257,18 @@ impl DataplaneCounters {
     ) -> Result<Self, crate::dataplane::bpf::BpfError> {
         let fresh = previous.and_then(|p| {
             let at = p.swept_at?;
-            (now.duration_since(at) < FLOW_SWEEP_INTERVAL).then_some((at, p.flow_entries))
+            (now.duration_since(at) < FLOW_SWEEP_INTERVAL).then_some((
+                at,
+                p.flow_entries,
+                p.flows_spilled,
+            ))
         });
-        let (swept_at, flow_entries) = match fresh {
+        let (swept_at, flow_entries, flows_spilled) = match fresh {
             Some(f) => f,
-            None => (now, Self::sweep(dp)?),
+            None => {
+                let (entries, spilled) = Self::sweep(dp)?;
+                (now, entries, spilled)
+            }
         };
         Ok(Self {
             backends: dp.backend_stats()?.into_iter().collect(),
@@ -1271,12 +1279,13 @@ impl DataplaneCounters {
                 .map(|(i, v)| (counter::NAMES[i].to_owned(), *v))
                 .collect(),
             flow_entries,
+            flows_spilled,
             swept_at: Some(swept_at),
         })
     }
 
-    /// One sweep; the entries left.
-    fn sweep(dp: &mut BpfDataplane) -> Result<usize, crate::dataplane::bpf::BpfError> {
+    /// One sweep; the entries left, and whether `FLOWS` was ever full since load.
+    fn sweep(dp: &mut BpfDataplane) -> Result<(usize, bool), crate::dataplane::bpf::BpfError> {
         let sweep = dp.sweep_flows(monotonic_ns())?;
         if sweep.removed > 0 {
             debug!(
@@ -1284,7 +1293,8 @@ impl DataplaneCounters {
                 "swept ended connections from FLOWS"
             );
         }
-        if let Some(since) = dp.spilling_since()? {
+        let spilled = dp.spilling_since()?;
+        if let Some(since) = spilled {
             // Once a load: the time stays set until the data plane is loaded again.
             static WARNED: std::sync::Once = std::sync::Once::new();
             WARNED.call_once(|| {
@@ -1295,7 +1305,7 @@ impl DataplaneCounters {
                 )
             });
         }
-        Ok(sweep.entries)
+        Ok((sweep.entries, spilled.is_some()))
     }
 }
 
@@ -1338,6 +1348,7 @@ fn dataplane_status(
         backends,
         counters: counters.map(|c| c.packets.clone()).unwrap_or_default(),
         flow_entries: counters.map_or(0, |c| c.flow_entries),
+        flows_spilled: counters.is_some_and(|c| c.flows_spilled),
     }
 }
 

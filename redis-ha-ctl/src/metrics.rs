@@ -436,6 +436,8 @@ fn register_dataplane(reg: &mut Registry, dp: &crate::status::DataplaneStatus) {
     }
     let flows: Gauge = Gauge::default();
     flows.set(saturating_i64(dp.flow_entries as u64));
+    let spilled: Gauge = Gauge::default();
+    spilled.set(i64::from(dp.flows_spilled));
 
     reg.register_with_unit(
         "backend",
@@ -480,6 +482,13 @@ fn register_dataplane(reg: &mut Registry, dp: &crate::status::DataplaneStatus) {
         "Entries in the data plane's connection table (two per connection)",
         Unit::Other("entries".to_owned()),
         flows,
+    );
+    reg.register(
+        "flow_table_spilled",
+        "1 once the connection table FLOWS was full since the data plane was loaded: new \
+         connections then go to FLOWS_SPILL, which costs more per packet (raise \
+         flow_table_size)",
+        spilled,
     );
 }
 
@@ -592,6 +601,7 @@ pub(crate) mod testdata {
                     ("reset_stale_flow".into(), 1),
                 ]),
                 flow_entries: 4,
+                flows_spilled: true,
             }),
             ha: Some(crate::status::HaStatus {
                 role: "owner".into(),
@@ -725,6 +735,7 @@ mod tests {
             15.0
         );
         assert_eq!(value(&s, "redis_ha_flow_table_entries", &[]), 4.0);
+        assert_eq!(value(&s, "redis_ha_flow_table_spilled", &[]), 1.0);
         assert_eq!(value(&s, "redis_ha_vip_holder", &[]), 1.0);
         assert_eq!(value(&s, "redis_ha_vip_epoch", &[]), 7.0);
         assert_eq!(value(&s, "redis_ha_vip_acquired_total", &[]), 2.0);

@@ -1061,6 +1061,7 @@ pub(crate) mod testdata {
                 }],
                 counters: [("fwd_to_backend".to_owned(), 15)].into_iter().collect(),
                 flow_entries: 4,
+                flows_spilled: false,
             }),
             ha: None,
         }

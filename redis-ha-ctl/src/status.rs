@@ -120,6 +120,9 @@ pub struct DataplaneStatus {
     pub counters: BTreeMap<String, u64>,
     /// Entries in the connection table (two per connection).
     pub flow_entries: usize,
+    /// `FLOWS` was full at some point since the data plane was loaded, and new connections
+    /// went to `FLOWS_SPILL`.
+    pub flows_spilled: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

@@ -822,58 +822,6 @@ fn unload_gives_accept_local_back() -> Result<()> {
     Ok(())
 }
 
-/// Both entries of a made-up connection from 198.19.200.1:`port` through the write port to
-/// the master, last active `ago_ns` before `now`, with `end` bits on its client side.
-fn made_up_connection(
-    tb: &Testbed,
-    port: u16,
-    now: u64,
-    ago_ns: u64,
-    end: u16,
-) -> [(redis_ha_common::FlowKey, redis_ha_common::Flow); 2] {
-    use redis_ha_common::{Flow, FlowKey, NextHop, flow_dir};
-    let client = [198, 19, 200, 1];
-    let vip = tb.vip_write();
-    let master = tb.backend(1).addr();
-    let hop = NextHop {
-        resolved_ns: now - ago_ns,
-        ..NextHop::default()
-    };
-    [
-        (
-            FlowKey {
-                src_ip: client,
-                dst_ip: vip.ip().octets(),
-                src_port: port,
-                dst_port: vip.port(),
-            },
-            Flow {
-                nat_ip: master.ip().octets(),
-                nat_port: master.port(),
-                end,
-                dir: flow_dir::TO_BACKEND,
-                hop,
-                ..Flow::default()
-            },
-        ),
-        (
-            FlowKey {
-                src_ip: master.ip().octets(),
-                dst_ip: client,
-                src_port: master.port(),
-                dst_port: port,
-            },
-            Flow {
-                nat_ip: vip.ip().octets(),
-                nat_port: vip.port(),
-                dir: flow_dir::TO_CLIENT,
-                hop,
-                ..Flow::default()
-            },
-        ),
-    ]
-}
-
 /// `FLOWS` never evicts, so the daemon sweeps what the program cannot see end: here, on the
 /// real pinned table, a connection that ended with a reset two minutes ago goes, while one
 /// idle for as long (a quiet subscriber, say) and a live one in use stay.
@@ -893,8 +841,8 @@ fn the_sweep_removes_ended_connections_and_keeps_idle_and_live_ones() -> Result<
 
     let now = redis_ha_ctl::ha::net::monotonic_ns();
     let two_minutes = 120_000_000_000;
-    let reset = made_up_connection(&tb, 50_000, now, two_minutes, flow_end::RST);
-    let idle = made_up_connection(&tb, 50_001, now, two_minutes, 0);
+    let reset = tb.made_up_connection(50_000, now - two_minutes, flow_end::RST);
+    let idle = tb.made_up_connection(50_001, now - two_minutes, 0);
     let pin = tb.pin_dir().join("FLOWS");
     let mut flows: HashMap<MapData, FlowKey, Flow> =
         HashMap::try_from(Map::HashMap(MapData::from_pin(&pin)?))?;

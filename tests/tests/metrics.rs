@@ -102,3 +102,40 @@ fn metrics_counters_move_with_traffic_through_the_vip() -> Result<()> {
     assert!(page.contains("198.18.1.12:6379") && page.contains("198.18.1.13:6379"));
     Ok(())
 }
+
+/// The running controllers sweep the connection table (`FLOWS` never evicts): a connection that
+/// ended with a reset two minutes ago disappears within a sweep interval (5 s), while the
+/// table reports that it never had to spill.
+#[test]
+fn the_controllers_sweep_a_reset_connection_out_of_the_table() -> Result<()> {
+    use aya::maps::{HashMap, Map, MapData};
+    use redis_ha_common::{Flow, FlowKey, flow_end};
+
+    require_root();
+    let cluster = Cluster::up(ClusterOptions::default())?;
+    cluster.wait_healthy(Duration::from_secs(30))?;
+    let tb = cluster.testbed();
+    let now = redis_ha_ctl::ha::net::monotonic_ns();
+    let reset = tb.made_up_connection(50_000, now - 120_000_000_000, flow_end::RST);
+    let pin = tb.pin_dir().join("FLOWS");
+    let mut flows: HashMap<MapData, FlowKey, Flow> =
+        HashMap::try_from(Map::HashMap(MapData::from_pin(&pin)?))?;
+    for (k, v) in &reset {
+        flows.insert(k, v, 0)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while reset.iter().any(|(k, _)| flows.get(k, 0).is_ok()) {
+        if Instant::now() > deadline {
+            bail!("the reset connection's entries are still in FLOWS after 15 s");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let c1 = cluster.controller(1);
+    let addr = SocketAddrV4::new(*c1.listen().ip(), METRICS_PORT);
+    let text = http_get(&tb.lb().path(), addr, "/metrics")?;
+    assert!(
+        text.lines().any(|l| l == "redis_ha_flow_table_spilled 0"),
+        "{text}"
+    );
+    Ok(())
+}

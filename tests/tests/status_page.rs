@@ -147,6 +147,7 @@ fn sample_status() -> Status {
                 ("reset_no_backend".into(), 0),
             ]),
             flow_entries: 96,
+            flows_spilled: false,
         }),
         ha: None,
     }
