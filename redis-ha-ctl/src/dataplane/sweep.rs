@@ -74,8 +74,15 @@ pub fn select(
     if left * 100 > capacity * HIGH_WATER {
         let mut by_age: Vec<&(FlowKey, Flow)> =
             entries.iter().filter(|(k, _)| !out.contains(k)).collect();
-        // Least recently active first; a connection's two entries then go together.
-        by_age.sort_by_key(|(_, f)| f.hop.resolved_ns);
+        // Least recently active connections first, by the later of their two entries: a
+        // connection still in its handshake has a reply entry no packet has touched yet
+        // (`resolved_ns` 0), and must not go first for that.
+        by_age.sort_by_key(|(k, f)| {
+            let (_, partner) = partner_of(k, f);
+            f.hop
+                .resolved_ns
+                .max(partner.map_or(0, |p| p.hop.resolved_ns))
+        });
         let target = capacity * LOW_WATER / 100;
         for (key, flow) in by_age {
             if left <= target {
@@ -226,5 +233,12 @@ mod tests {
         assert_eq!(sel.len(), 122);
         // Below the high-water mark nothing live goes.
         assert!(select(&t[..900], &[], NOW, 1024).is_empty());
+        // A connection in its handshake (no packet on its reply entry yet) is the newest,
+        // not the oldest.
+        let newest_reply = &mut t[2 * 469 + 1];
+        assert_eq!(newest_reply.0.dst_port, 4469);
+        newest_reply.1.hop.resolved_ns = 0;
+        let sel = select(&t, &[], NOW, 1024);
+        assert_eq!(ports(&sel), (4000..4061).collect::<Vec<_>>());
     }
 }
