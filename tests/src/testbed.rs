@@ -666,6 +666,18 @@ impl Testbed {
         pin_dir(&self.tag)
     }
 
+    /// The testbed's pinned connection table, `FLOWS`.
+    pub fn flows_map(
+        &self,
+    ) -> Result<
+        aya::maps::HashMap<aya::maps::MapData, redis_ha_common::FlowKey, redis_ha_common::Flow>,
+    > {
+        let pin = self.pin_dir().join(redis_ha_common::map_name::FLOWS);
+        let data = aya::maps::MapData::from_pin(&pin)
+            .with_context(|| format!("opening {}", pin.display()))?;
+        Ok(aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data))?)
+    }
+
     /// Both `FLOWS` entries of a made-up connection from 198.19.200.1:`port` through the write
     /// port to the first backend, last active at `last_ns` (CLOCK_MONOTONIC), with `end` bits
     /// on its client side: what a test writes into the pinned table to stand for a connection

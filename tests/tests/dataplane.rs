@@ -827,8 +827,7 @@ fn unload_gives_accept_local_back() -> Result<()> {
 /// idle for as long (a quiet subscriber, say) and a live one in use stay.
 #[test]
 fn the_sweep_removes_ended_connections_and_keeps_idle_and_live_ones() -> Result<()> {
-    use aya::maps::{HashMap, Map, MapData};
-    use redis_ha_common::{Flow, FlowKey, flow_end};
+    use redis_ha_common::flow_end;
     use redis_ha_ctl::dataplane::bpf::BpfDataplane;
 
     let tb = testbed(XdpMode::Tc)?;
@@ -843,9 +842,7 @@ fn the_sweep_removes_ended_connections_and_keeps_idle_and_live_ones() -> Result<
     let two_minutes = 120_000_000_000;
     let reset = tb.made_up_connection(50_000, now - two_minutes, flow_end::RST);
     let idle = tb.made_up_connection(50_001, now - two_minutes, 0);
-    let pin = tb.pin_dir().join("FLOWS");
-    let mut flows: HashMap<MapData, FlowKey, Flow> =
-        HashMap::try_from(Map::HashMap(MapData::from_pin(&pin)?))?;
+    let mut flows = tb.flows_map()?;
     for (k, v) in reset.iter().chain(idle.iter()) {
         flows.insert(k, v, 0)?;
     }

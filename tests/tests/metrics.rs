@@ -38,11 +38,17 @@ fn sample(text: &str, metric: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-#[test]
-fn metrics_counters_move_with_traffic_through_the_vip() -> Result<()> {
+/// A testbed with its three controllers, every one of them healthy.
+fn healthy_cluster() -> Result<Cluster> {
     require_root();
     let cluster = Cluster::up(ClusterOptions::default())?;
     cluster.wait_healthy(Duration::from_secs(30))?;
+    Ok(cluster)
+}
+
+#[test]
+fn metrics_counters_move_with_traffic_through_the_vip() -> Result<()> {
+    let cluster = healthy_cluster()?;
     let tb = cluster.testbed();
     let lb = tb.lb().path();
     let c1 = cluster.controller(1);
@@ -108,18 +114,13 @@ fn metrics_counters_move_with_traffic_through_the_vip() -> Result<()> {
 /// table reports that it never had to spill.
 #[test]
 fn the_controllers_sweep_a_reset_connection_out_of_the_table() -> Result<()> {
-    use aya::maps::{HashMap, Map, MapData};
-    use redis_ha_common::{Flow, FlowKey, flow_end};
+    use redis_ha_common::flow_end;
 
-    require_root();
-    let cluster = Cluster::up(ClusterOptions::default())?;
-    cluster.wait_healthy(Duration::from_secs(30))?;
+    let cluster = healthy_cluster()?;
     let tb = cluster.testbed();
     let now = redis_ha_ctl::ha::net::monotonic_ns();
     let reset = tb.made_up_connection(50_000, now - 120_000_000_000, flow_end::RST);
-    let pin = tb.pin_dir().join("FLOWS");
-    let mut flows: HashMap<MapData, FlowKey, Flow> =
-        HashMap::try_from(Map::HashMap(MapData::from_pin(&pin)?))?;
+    let mut flows = tb.flows_map()?;
     for (k, v) in &reset {
         flows.insert(k, v, 0)?;
     }
