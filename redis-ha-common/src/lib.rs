@@ -21,10 +21,10 @@ pub const RING_SIZE: u32 = 4093;
 pub const RING_ENTRIES: u32 = MAX_SERVICES * 2 * RING_SIZE;
 /// Client networks whose replies may be rewritten without a connection-table entry.
 pub const MAX_CLIENT_NETS: u32 = 256;
-/// Default connection-table capacity (each connection takes two entries: one per direction),
-/// which `[dataplane] flow_table_size` overrides at load time. 65,536 entries hold the
-/// default `maxclients` (10,000) of a master and two replicas at once, in about 8 MiB (and as
-/// much again for the spill table). A larger table is not free: every lookup lands at a
+/// Default connection-table capacity (one entry per connection), which
+/// `[dataplane] flow_table_size` overrides at load time. 65,536 entries hold the default
+/// `maxclients` (10,000) of six backends at once, in about 8 MiB (and as much again for the
+/// spill table). A larger table is not free: every lookup lands at a
 /// random place in it, and on the 2-vCPU VM of `cargo xtask bench` the program's time per
 /// packet with a new connection for every request grew by about half at 262,144 entries
 /// (cache and TLB misses, measured with the LRU table of earlier versions).
@@ -133,7 +133,9 @@ pub struct NetKey {
     pub addr: [u8; 4],
 }
 
-/// Key of `FLOWS`: a TCP connection as seen in one direction (addresses as on the wire).
+/// Key of `FLOWS`: a TCP connection as its client addressed it (client → VIP:port, addresses
+/// as on the wire). Replies find the entry from their own addresses: the backend's address
+/// gives its slot and service (`BACKEND_ADDRS`, `BACKENDS`), the service its VIP and ports.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -143,43 +145,52 @@ pub struct FlowKey {
     pub dst_port: u16,
 }
 
-/// Directions of a [`Flow`].
-pub mod flow_dir {
-    /// Client → VIP: the destination is rewritten to the backend.
-    pub const TO_BACKEND: u32 = 1;
-    /// Backend → client: the source is rewritten back to the VIP port.
-    pub const TO_CLIENT: u32 = 2;
-}
-
 /// Bits of [`Flow::end`].
 pub mod flow_end {
-    /// This direction sent a FIN.
-    pub const FIN: u16 = 1;
-    /// This direction sent an RST. The entries stay (the reset may be out of window), but a
-    /// new connection that needs the same backend-side addresses may take them over.
+    /// The client sent a FIN.
+    pub const CLIENT_FIN: u16 = 1;
+    /// Either side sent an RST. The entry stays (the reset may be out of window), but a new
+    /// connection through the other VIP port may reuse the backend-side addresses.
     pub const RST: u16 = 2;
+    /// The backend sent a FIN.
+    pub const BACKEND_FIN: u16 = 4;
+    /// Both sides sent a FIN: the next bare ACK (the last segment of an orderly close) removes
+    /// the entry.
+    pub const BOTH_FIN: u16 = CLIENT_FIN | BACKEND_FIN;
 }
 
-/// Value of `FLOWS`: what to rewrite for this direction of the connection.
+/// Value of `FLOWS`: one TCP connection through a VIP port, both directions.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
-    /// The address that replaces the destination (TO_BACKEND) or the source (TO_CLIENT).
-    pub nat_ip: [u8; 4],
-    pub nat_port: u16,
-    /// [`flow_end`] bits: how this direction has ended so far. When both directions sent a
-    /// FIN, the next bare ACK (the last segment of an orderly close) removes both entries.
+    /// The backend's address, which replaces the destination of the client's packets.
+    pub backend_ip: [u8; 4],
+    pub backend_port: u16,
+    /// [`flow_end`] bits: how the connection has ended so far.
     pub end: u16,
-    /// Backend slot the connection was given; checked against the live state on every packet
-    /// so a switched master or a removed replica resets the connection instead of hanging it.
+    /// Backend slot the connection was given; checked against the live state on every client
+    /// packet so a switched master or a removed replica resets the connection instead of
+    /// hanging it.
     pub backend: u32,
     pub service_id: u32,
     /// [`port_kind`] of the VIP port the client connected to.
     pub kind: u32,
-    /// [`flow_dir`].
-    pub dir: u32,
-    /// Where this direction's packets went last, so most packets skip the FIB lookup.
-    pub hop: NextHop,
+    pub _pad: u32,
+    /// Where the client's packets went last, so most packets skip the FIB lookup.
+    pub to_backend: NextHop,
+    /// Where the backend's replies went last. Its `resolved_ns` stays 0 until the backend
+    /// answers.
+    pub to_client: NextHop,
+}
+
+impl Flow {
+    /// When (`bpf_ktime_get_coarse_ns`) either direction last asked the FIB: the connection's
+    /// last packet came at most [`NEXT_HOP_TTL_NS`] after it.
+    pub const fn last_active_ns(&self) -> u64 {
+        let a = self.to_backend.resolved_ns;
+        let b = self.to_client.resolved_ns;
+        if a > b { a } else { b }
+    }
 }
 
 /// How long the program trusts a cached [`NextHop`] before asking the FIB again. This bounds
@@ -330,28 +341,6 @@ pub mod map_name {
     pub const ACCEPT_LOCAL: &str = "ACCEPT_LOCAL";
 }
 
-/// The key of the other direction's entry of the connection whose entry `flow` is at `key`.
-#[inline(always)]
-pub const fn flow_partner(key: &FlowKey, flow: &Flow) -> FlowKey {
-    if flow.dir == flow_dir::TO_CLIENT {
-        // backend → client; the partner is client → VIP.
-        FlowKey {
-            src_ip: key.dst_ip,
-            dst_ip: flow.nat_ip,
-            src_port: key.dst_port,
-            dst_port: flow.nat_port,
-        }
-    } else {
-        // client → VIP; the partner is backend → client.
-        FlowKey {
-            src_ip: flow.nat_ip,
-            dst_ip: key.src_ip,
-            src_port: flow.nat_port,
-            dst_port: key.src_port,
-        }
-    }
-}
-
 /// Hash of a client → VIP connection that picks its Maglev table entry.
 ///
 /// Deterministic (no per-node seed) so every data-plane node, given the same tables, sends a
@@ -383,7 +372,7 @@ const _: () = assert!(size_of::<NetKey>() == 8);
 const _: () = assert!(size_of::<Backend>() == 16);
 const _: () = assert!(size_of::<FlowKey>() == 12);
 const _: () = assert!(size_of::<NextHop>() == 32);
-const _: () = assert!(size_of::<Flow>() == 56);
+const _: () = assert!(size_of::<Flow>() == 88);
 const _: () = assert!(size_of::<BackendStats>() == 56);
 
 #[cfg(feature = "user")]

@@ -242,7 +242,7 @@ pub fn render_status(s: &Status) -> String {
         Some(dp) => {
             let _ = writeln!(
                 out,
-                "\ndata plane on this node: pinned at {}, {} flow entries (two per connection)",
+                "\ndata plane on this node: pinned at {}, {} connections in the flow table",
                 dp.pin_dir, dp.flow_entries
             );
             let ifaces: Vec<String> = dp

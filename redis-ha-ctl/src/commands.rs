@@ -3,7 +3,7 @@
 use std::{fmt::Write as _, net::SocketAddrV4, path::Path};
 
 use anyhow::{Context as _, bail};
-use redis_ha_common::{backend_flags, counter, flow_dir, port_kind};
+use redis_ha_common::{backend_flags, counter, port_kind};
 
 use crate::{
     config::{Config, DataplaneConfig, ReadFromMaster},
@@ -261,7 +261,7 @@ pub fn maps(config: &Path, flow_limit: usize) -> anyhow::Result<String> {
         }
     }
     let (flows, total) = dp.flows(flow_limit)?;
-    writeln!(out, "\nflows: {total} entries (two per connection)")?;
+    writeln!(out, "\nflows: {total} connections")?;
     if let Some(since) = dp.spilling_since()? {
         let ago = crate::ha::net::monotonic_ns().saturating_sub(since) / 1_000_000_000;
         writeln!(
@@ -271,24 +271,36 @@ pub fn maps(config: &Path, flow_limit: usize) -> anyhow::Result<String> {
         )?;
     }
     for (k, f) in flows {
-        let dir = if f.dir == flow_dir::TO_BACKEND {
-            "->"
-        } else {
-            "<-"
-        };
         writeln!(
             out,
-            "  {}:{} > {}:{}  {dir} nat {}:{} slot {}",
+            "  {}:{} > {}:{}  backend {}:{} slot {}{}",
             std::net::Ipv4Addr::from(k.src_ip),
             k.src_port,
             std::net::Ipv4Addr::from(k.dst_ip),
             k.dst_port,
-            std::net::Ipv4Addr::from(f.nat_ip),
-            f.nat_port,
-            f.backend
+            std::net::Ipv4Addr::from(f.backend_ip),
+            f.backend_port,
+            f.backend,
+            flow_end_text(f.end)
         )?;
     }
     Ok(out)
+}
+
+/// How a connection has ended so far, for `maps`: empty while open.
+fn flow_end_text(end: u16) -> &'static str {
+    use redis_ha_common::flow_end::{BACKEND_FIN, BOTH_FIN, CLIENT_FIN, RST};
+    if end & RST != 0 {
+        "  reset"
+    } else if end & BOTH_FIN == BOTH_FIN {
+        "  closing"
+    } else if end & CLIENT_FIN != 0 {
+        "  client-fin"
+    } else if end & BACKEND_FIN != 0 {
+        "  backend-fin"
+    } else {
+        ""
+    }
 }
 
 /// Validates a config and prints it as it will be used: every key with its effective value

@@ -157,8 +157,8 @@ pub struct DataplaneConfig {
     /// connection survive moving to another LB node. Empty (the default): never. Clients in
     /// these networks must then reach the backends only through the VIP.
     pub client_networks: Vec<(Ipv4Addr, u8)>,
-    /// Entries of the connection table (two per connection), and of the LRU table that takes
-    /// new connections while it is full. Orderly closes remove their entries at once; the
+    /// Entries of the connection table (one per connection), and of the LRU table that takes
+    /// new connections while it is full. Orderly closes remove their entry at once; the
     /// daemon sweeps the rest (`dataplane::sweep`).
     pub flow_table_size: u32,
     /// At the TC hook, hand a packet leaving through a veth whose peer is in another network
@@ -892,7 +892,7 @@ fn validate_dataplane(dp: &Spanned<RawDataplane>) -> Result<DataplaneConfig, Pro
                     n,
                     "dataplane.flow_table_size",
                     format!(
-                        "{} entries is out of range: {}..={} (two entries per connection)",
+                        "{} entries is out of range: {}..={} (one entry per connection)",
                         n.get_ref(),
                         FLOW_TABLE_RANGE.start(),
                         FLOW_TABLE_RANGE.end()

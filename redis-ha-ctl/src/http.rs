@@ -490,7 +490,7 @@ fn render_dataplane(h: &mut String, status: &Status) {
     let _ = write!(
         h,
         "<section class=\"dataplane\"><h2>Data plane</h2>\n<p class=\"summary\">pinned at \
-         <b>{pin}</b> · connection table <b>{flows}</b> entries (two per connection)</p>\n\
+         <b>{pin}</b> · connection table <b>{flows}</b> connections</p>\n\
          <div class=\"grid\"><div><h3>Interfaces</h3><table class=\"interfaces\"><thead><tr>\
          <th>Interface</th><th>Attach mode</th></tr></thead><tbody>\n",
         pin = escape(&dp.pin_dir),

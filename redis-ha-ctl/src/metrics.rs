@@ -479,7 +479,7 @@ fn register_dataplane(reg: &mut Registry, dp: &crate::status::DataplaneStatus) {
     );
     reg.register_with_unit(
         "flow_table",
-        "Entries in the data plane's connection table (two per connection)",
+        "Entries in the data plane's connection table (one per connection)",
         Unit::Other("entries".to_owned()),
         flows,
     );

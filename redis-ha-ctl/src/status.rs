@@ -118,7 +118,7 @@ pub struct DataplaneStatus {
     pub backends: Vec<BackendTraffic>,
     /// Packet counters by name (`redis_ha_common::counter::NAMES`).
     pub counters: BTreeMap<String, u64>,
-    /// Entries in the connection table (two per connection).
+    /// Entries in the connection table (one per connection).
     pub flow_entries: usize,
     /// `FLOWS` was full at some point since the data plane was loaded, and new connections
     /// went to `FLOWS_SPILL`.

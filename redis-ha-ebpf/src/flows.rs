@@ -10,9 +10,6 @@ use crate::maps::{FLOWS, FLOWS_SPILL, FLOWS_SPILLED};
 
 /// What a map update returns when the table is full.
 const E2BIG: i32 = 7;
-/// What a map update returns when `BPF_NOEXIST` finds the key taken.
-pub const EEXIST: i32 = 17;
-const BPF_NOEXIST: u64 = aya_ebpf::bindings::BPF_NOEXIST as u64;
 
 /// Has anything spilled since load? Until then the spill table is empty and not asked.
 #[inline(always)]
@@ -35,13 +32,10 @@ pub fn get(key: &FlowKey) -> Option<&'static mut Flow> {
     FLOWS_SPILL.get_ptr_mut(key).map(|f| unsafe { &mut *f })
 }
 
-/// Records `flow` at `key`; `flags` as for `bpf_map_update_elem` (0 or `BPF_NOEXIST`).
+/// Records `flow` at `key`, replacing an entry of the same key.
 #[inline(always)]
-pub fn insert(key: &FlowKey, flow: &Flow, flags: u64) -> Result<(), i32> {
-    if flags == BPF_NOEXIST && spilling() && FLOWS_SPILL.get_ptr(key).is_some() {
-        return Err(-EEXIST);
-    }
-    match FLOWS.insert(key, flow, flags) {
+pub fn insert(key: &FlowKey, flow: &Flow) -> Result<(), i32> {
+    match FLOWS.insert(key, flow, 0) {
         Err(e) if e == -E2BIG => {}
         other => return other,
     }
@@ -53,7 +47,7 @@ pub fn insert(key: &FlowKey, flow: &Flow, flags: u64) -> Result<(), i32> {
             }
         }
     }
-    FLOWS_SPILL.insert(key, flow, flags)
+    FLOWS_SPILL.insert(key, flow, 0)
 }
 
 /// Removes `key`'s entry; true if there was one.

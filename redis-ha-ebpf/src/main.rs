@@ -16,7 +16,7 @@ use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED,
         BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE,
-        BPF_NOEXIST, bpf_fib_lookup as FibParams,
+        bpf_fib_lookup as FibParams,
     },
     helpers::generated::{
         bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_redirect, bpf_redirect_peer,
@@ -32,9 +32,8 @@ use maps::{
 };
 use packet::*;
 use redis_ha_common::{
-    AddrKey, Backend, Flow, FlowKey, NEXT_HOP_TTL_NS, NextHop, RING_SIZE, ServiceKey, ServicePort,
-    backend_flags, counter, flow_dir, flow_end, flow_hash, flow_partner, hop_flags, port_kind,
-    ring_index,
+    AddrKey, Flow, FlowKey, NEXT_HOP_TTL_NS, NextHop, RING_SIZE, ServiceKey, ServicePort,
+    ServiceState, backend_flags, counter, flow_end, flow_hash, hop_flags, port_kind, ring_index,
 };
 
 const AF_INET: u8 = 2;
@@ -134,39 +133,26 @@ fn try_redis_ha<C: Frame>(ctx: &C) -> Result<u32, u32> {
     // A bare SYN always starts over: the client may reuse a port whose old entry points at a
     // backend that has since been replaced.
     let bare_syn = tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    // Most packets belong to a known connection, in either direction: one lookup finds it,
-    // and the service's own entry is not needed (about 15 ns per packet less than asking
-    // SERVICES first).
     if !bare_syn {
+        // A reply comes from a backend's address. Asked first: `BACKEND_ADDRS` is small and
+        // stays in cache, so a client's packet pays little for the miss, while asking `FLOWS`
+        // first would cost every reply a miss in a large table.
+        if let Some(owner) = backend_of(fkey.src_ip, fkey.src_port) {
+            return backend_reply(ctx, eth, ip, tcp, &fkey, owner);
+        }
+        // Most of the client's packets belong to a known connection: one lookup finds it, and
+        // the service's own entry is not needed (about 15 ns per packet less than asking
+        // SERVICES first).
         // SAFETY: a map value stays valid for the whole run of the program (RCU); another
-        // CPU may write its `hop` concurrently, see `next_hop`.
+        // CPU may write its next hops concurrently, see `next_hop`.
         if let Some(flow) = flows::get(&fkey) {
-            let closed = closing(ip, tcp, &fkey, flow);
+            let closed = closing(ip, tcp, flow, flow_end::CLIENT_FIN);
             let slot = flow.backend;
-            let action = match flow.dir {
-                flow_dir::TO_CLIENT => {
-                    let reply = Reply {
-                        nat_ip: flow.nat_ip,
-                        nat_port: flow.nat_port,
-                        backend: flow.backend,
-                    };
-                    to_client(
-                        ctx,
-                        eth,
-                        ip,
-                        tcp,
-                        reply,
-                        Some(&mut flow.hop),
-                        counter::FWD_TO_CLIENT,
-                    )
-                }
-                _ => along_flow(ctx, eth, ip, tcp, &fkey, flow),
-            };
-            if let Some(other) = closed {
+            let action = along_flow(ctx, eth, ip, tcp, &fkey, flow);
+            if closed {
                 // Last: `flow` points into the entry, which may be reused once removed. The
                 // packet itself no longer needs it (a redirect is carried out after return).
                 // A stale connection's entry is gone already: that one counts as a reset.
-                flows::remove(&other);
                 if flows::remove(&fkey) {
                     backend_stats(slot, |s| s.flows_closed += 1);
                 }
@@ -185,24 +171,109 @@ fn try_redis_ha<C: Frame>(ctx: &C) -> Result<u32, u32> {
         return Ok(new_flow(ctx, eth, ip, tcp, &fkey, svc));
     }
     if bare_syn {
-        // A new connection that does not go through a VIP (a client straight to a backend,
-        // say) may reuse the ports of an old VIP connection whose reply entry is still in
-        // the LRU table: that entry would rewrite this connection's SYN-ACK to come from the
-        // VIP. Forget it.
-        let reverse = FlowKey {
-            src_ip: fkey.dst_ip,
-            dst_ip: fkey.src_ip,
-            src_port: fkey.dst_port,
-            dst_port: fkey.src_port,
-        };
-        // Asked first: a lookup takes no lock, and there rarely is such an entry, while a
-        // removal locks the bucket even when it finds nothing.
-        if flows::get(&reverse).is_some() {
-            flows::remove(&reverse);
-        }
-        return Err(counter::PASS_NOT_SERVICE);
+        forget_direct(&fkey);
     }
-    match reply_without_flow(&fkey) {
+    Err(counter::PASS_NOT_SERVICE)
+}
+
+/// A new connection straight to a backend (not through a VIP) may reuse the client port of an
+/// old VIP connection to that backend whose entry is still in the table: that entry would
+/// rewrite this connection's SYN-ACK to come from the VIP. Forget it.
+#[inline(always)]
+fn forget_direct(fkey: &FlowKey) {
+    if let Some(owner) = backend_of(fkey.dst_ip, fkey.dst_port)
+        && let Some((key, _)) = reply_flow(fkey.src_ip, fkey.src_port, &owner)
+    {
+        flows::remove(&key);
+    }
+}
+
+/// The backend at an address, and its service's live state.
+struct Owner {
+    slot: u32,
+    readable: bool,
+    state: ServiceState,
+}
+
+#[inline(always)]
+fn backend_of(ip: [u8; 4], port: u16) -> Option<Owner> {
+    let addr = AddrKey { ip, port, _pad: 0 };
+    // SAFETY: the value is copied out at once.
+    let slot = unsafe { BACKEND_ADDRS.get(&addr) }.copied()?;
+    let be = BACKENDS.get(slot).copied()?;
+    let state = SERVICE_STATE.get(be.service_id).copied()?;
+    Some(Owner {
+        slot,
+        readable: be.flags & backend_flags::READABLE != 0,
+        state,
+    })
+}
+
+/// The entry (and its key) of the connection from `client_ip:client_port` to `owner`'s service
+/// that `owner` serves. The client may have one connection through each VIP port from the
+/// same port (to two backends, see [`new_flow`]): the port the backend's role makes likelier
+/// is asked first, so the common case takes one lookup.
+#[inline(always)]
+fn reply_flow(
+    client_ip: [u8; 4],
+    client_port: u16,
+    owner: &Owner,
+) -> Option<(FlowKey, &'static mut Flow)> {
+    let st = &owner.state;
+    let (first, second) = if owner.slot == st.master {
+        (st.write_port, st.read_port)
+    } else {
+        (st.read_port, st.write_port)
+    };
+    let mut key = FlowKey {
+        src_ip: client_ip,
+        dst_ip: st.vip,
+        src_port: client_port,
+        dst_port: first,
+    };
+    if let Some(flow) = flows::get(&key)
+        && flow.backend == owner.slot
+    {
+        return Some((key, flow));
+    }
+    key.dst_port = second;
+    let flow = flows::get(&key).filter(|f| f.backend == owner.slot)?;
+    Some((key, flow))
+}
+
+/// Backend → client: the source becomes the VIP port of the client's connection.
+#[inline(always)]
+fn backend_reply<C: Frame>(
+    ctx: &C,
+    eth: *mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    tcp: &mut TcpHdr,
+    fkey: &FlowKey,
+    owner: Owner,
+) -> Result<u32, u32> {
+    if let Some((key, flow)) = reply_flow(fkey.dst_ip, fkey.dst_port, &owner) {
+        let closed = closing(ip, tcp, flow, flow_end::BACKEND_FIN);
+        let reply = Reply {
+            nat_ip: owner.state.vip,
+            nat_port: key.dst_port,
+            backend: owner.slot,
+        };
+        let action = to_client(
+            ctx,
+            eth,
+            ip,
+            tcp,
+            reply,
+            Some(&mut flow.to_client),
+            counter::FWD_TO_CLIENT,
+        );
+        // Last, as for the client's packets.
+        if closed && flows::remove(&key) {
+            backend_stats(owner.slot, |s| s.flows_closed += 1);
+        }
+        return Ok(action);
+    }
+    match reply_without_flow(fkey, &owner) {
         Some(reply) => Ok(to_client(
             ctx,
             eth,
@@ -222,21 +293,13 @@ fn try_redis_ha<C: Frame>(ctx: &C) -> Result<u32, u32> {
 /// write port, a readable replica's from the read port. Only for destinations in a configured
 /// client network, so replication and probes between hosts behind the LB are never touched.
 #[inline(always)]
-fn reply_without_flow(fkey: &FlowKey) -> Option<Reply> {
+fn reply_without_flow(fkey: &FlowKey, owner: &Owner) -> Option<Reply> {
     let net = aya_ebpf::btf_maps::lpm_trie::Key::new(32, fkey.dst_ip);
     CLIENT_NETS.get(&net)?;
-    let addr = AddrKey {
-        ip: fkey.src_ip,
-        port: fkey.src_port,
-        _pad: 0,
-    };
-    // SAFETY: the value is copied out at once.
-    let slot = unsafe { BACKEND_ADDRS.get(&addr) }.copied()?;
-    let be = BACKENDS.get(slot).copied()?;
-    let st = SERVICE_STATE.get(be.service_id).copied()?;
-    let nat_port = if slot == st.master {
+    let st = &owner.state;
+    let nat_port = if owner.slot == st.master {
         st.write_port
-    } else if be.flags & backend_flags::READABLE != 0 {
+    } else if owner.readable {
         st.read_port
     } else {
         return None;
@@ -244,31 +307,29 @@ fn reply_without_flow(fkey: &FlowKey) -> Option<Reply> {
     Some(Reply {
         nat_ip: st.vip,
         nat_port,
-        backend: slot,
+        backend: owner.slot,
     })
 }
 
-/// Follows a connection's close on its entries: notes this direction's FIN, and returns the
-/// key of the other direction's entry when this packet is the bare ACK that completes an
-/// orderly close (both directions sent a FIN), so that both entries go once the packet is on
-/// its way. Without this the table keeps every closed connection until the LRU evicts it,
-/// and a burst of short connections then evicts the entries of long-lived idle ones (their
-/// next packet has to be re-admitted, and a reply that comes first has no entry at all); a
-/// removed entry is also the next one a new connection reuses while it is still in cache.
+/// Follows a connection's close on its entry: notes each side's FIN (`fin` is the sender's
+/// bit), and returns true when this packet is the bare ACK that completes an orderly close
+/// (both sides sent a FIN), so that the entry goes once the packet is on its way. Otherwise
+/// the table would keep every closed connection until the controller's sweep; a removed
+/// entry is also the next one a new connection reuses while it is still in cache.
 ///
 /// An RST removes nothing: one that the receiver rejects (out of window) would otherwise cut
-/// a live connection's reply path. It is noted, so that a new connection needing the same
-/// backend-side addresses may take the entries over (see [`claim_reply`]); otherwise they age
-/// out of the LRU as before, like those of a connection whose last ACK is lost (the FIN
-/// retransmitted after it finds no entry and goes to the kernel unrewritten, and the client's
-/// reset of it closes the backend's socket).
+/// a live connection. It is noted, so that a new connection needing the same backend-side
+/// addresses may start (see [`new_flow`]), and the sweep removes the entry once it is quiet,
+/// like that of a connection whose last ACK is lost (the FIN retransmitted after it finds no
+/// entry and goes to the kernel unrewritten, and the client's reset of it closes the
+/// backend's socket).
 #[inline(always)]
-fn closing(ip: &Ipv4Hdr, tcp: &TcpHdr, fkey: &FlowKey, flow: &mut Flow) -> Option<FlowKey> {
+fn closing(ip: &Ipv4Hdr, tcp: &TcpHdr, flow: &mut Flow, fin: u16) -> bool {
     let flags = tcp.flags;
     let ended = if flags & TCP_RST != 0 {
         flow_end::RST
     } else if flags & TCP_FIN != 0 {
-        flow_end::FIN
+        fin
     } else {
         0
     };
@@ -277,18 +338,14 @@ fn closing(ip: &Ipv4Hdr, tcp: &TcpHdr, fkey: &FlowKey, flow: &mut Flow) -> Optio
         if flow.end & ended == 0 {
             flow.end |= ended;
         }
-        return None;
+        return false;
     }
-    if flow.end & flow_end::FIN == 0 || flags & (TCP_SYN | TCP_ACK) != TCP_ACK {
-        return None;
+    if flow.end & flow_end::BOTH_FIN != flow_end::BOTH_FIN || flags & (TCP_SYN | TCP_ACK) != TCP_ACK
+    {
+        return false;
     }
     let hdrs = Ipv4Hdr::LEN as u16 + ((tcp.doff_res >> 4) as u16) * 4;
-    if u16::from_be_bytes(ip.tot_len) != hdrs {
-        return None;
-    }
-    let other = flow_partner(fkey, flow);
-    let other_end = flows::get(&other).map(|o| o.end)?;
-    (other_end & flow_end::FIN != 0).then_some(other)
+    u16::from_be_bytes(ip.tot_len) == hdrs
 }
 
 /// What a backend's reply needs: the VIP port it must come from, and whose counters it adds to.
@@ -315,17 +372,15 @@ fn along_flow<C: Frame>(
     if !still_valid(flow, state.master) {
         // Read before the remove: the entry's memory may be reused once it is gone.
         let slot = flow.backend;
-        let reply_key = flow_partner(fkey, flow);
         backend_stats(slot, |s| s.flows_reset += 1);
-        // Both entries: the client is told the connection is gone, and a left-over reply
-        // entry would keep its backend-side addresses from a new connection (`claim_reply`).
+        // The client is told the connection is gone; the backend's late replies then find no
+        // entry and go to the kernel, which answers them with a reset.
         flows::remove(fkey);
-        flows::remove(&reply_key);
         debug!(ctx, "reset stale flow to backend slot {}", slot);
         return send_reset(ctx, eth, counter::RESET_STALE_FLOW);
     }
     // The entry carries the backend's address: no BACKENDS lookup on this path.
-    let fix = to_backend_addr(ip, tcp, flow.nat_ip, flow.nat_port);
+    let fix = to_backend_addr(ip, tcp, flow.backend_ip, flow.backend_port);
     count_to_backend(ctx, ip, flow.backend, false);
     let len = wire_len(ctx, ip, tcp);
     forward(
@@ -334,7 +389,7 @@ fn along_flow<C: Frame>(
         ip,
         len,
         fix,
-        Some(&mut flow.hop),
+        Some(&mut flow.to_backend),
         counter::FWD_TO_BACKEND,
     )
 }
@@ -390,31 +445,43 @@ fn new_flow<C: Frame>(
         count(counter::DROP_INTERNAL);
         return C::DROP;
     };
+    // The master serves both VIP ports: a client that reuses its source port towards the
+    // other one (Linux does so freely for another destination) would reach it with the same
+    // addresses as its live connection through the first port. TCP cannot tell the two apart,
+    // and their replies could not be told apart either, so the first one would break too.
+    // A reset connection no longer holds the addresses, and its entry goes: the backend's
+    // replies are this connection's now.
+    let other = FlowKey {
+        dst_port: if svc.kind == port_kind::WRITE {
+            state.read_port
+        } else {
+            state.write_port
+        },
+        ..*fkey
+    };
+    if let Some(o) = flows::get(&other)
+        && o.backend == slot
+    {
+        if o.end & flow_end::RST == 0 {
+            return send_reset(ctx, eth, counter::RESET_PORT_IN_USE);
+        }
+        flows::remove(&other);
+    }
     let mut value = MaybeUninit::uninit();
-    // SAFETY: all-zero is a valid Flow; its NextHop then says "nothing cached".
+    // SAFETY: all-zero is a valid Flow; its next hops then say "nothing cached".
     let flow: &mut Flow = unsafe { zero_in_place(&mut value) };
     flow.backend = slot;
     flow.service_id = svc.service_id;
     flow.kind = svc.kind;
-    // The reply entry first: the backend-side addresses may belong to another connection,
-    // and then this one is refused before anything is rewritten or recorded.
-    match claim_reply(fkey, &be, flow) {
-        Claim::Done => {}
-        Claim::InUse => return send_reset(ctx, eth, counter::RESET_PORT_IN_USE),
-        Claim::Failed => {
-            count(counter::DROP_INTERNAL);
-            return C::DROP;
-        }
-    }
+    flow.backend_ip = be.ip;
+    flow.backend_port = be.port;
     let fix = to_backend_addr(ip, tcp, be.ip, be.port);
     // The connection's entry starts with this packet's next hop, so its next packets skip
     // the FIB. A failed lookup leaves it empty (the kernel resolves the neighbour, and the
-    // next packet asks again); the connection is remembered either way.
-    let route = next_hop(ctx, ip, wire_len(ctx, ip, tcp), Some(&mut flow.hop));
-    flow.nat_ip = be.ip;
-    flow.nat_port = be.port;
-    flow.dir = flow_dir::TO_BACKEND;
-    if flows::insert(fkey, &*flow, 0).is_err() {
+    // next packet asks again); the connection is remembered either way. An entry of the same
+    // key is this connection's own (a retransmitted SYN, a reused port) and is replaced.
+    let route = next_hop(ctx, ip, wire_len(ctx, ip, tcp), Some(&mut flow.to_backend));
+    if flows::insert(fkey, &*flow).is_err() {
         count(counter::DROP_INTERNAL);
         return C::DROP;
     }
@@ -432,62 +499,6 @@ fn still_valid(flow: &Flow, master: u32) -> bool {
     match BACKENDS.get(flow.backend) {
         Some(be) => be.flags & backend_flags::READABLE != 0 && be.service_id == flow.service_id,
         None => false,
-    }
-}
-
-enum Claim {
-    Done,
-    /// A live connection through another VIP port holds the backend-side addresses.
-    InUse,
-    Failed,
-}
-
-/// Records the reply entry (backend → client) of a new connection, whose `flow` has its
-/// backend, service and kind set. The key is the backend's address and the client's: a
-/// client that reuses its source port towards the other VIP port (Linux does so freely for
-/// another destination) reaches the master, which serves both ports, with the same addresses
-/// as its first connection. TCP cannot tell the two apart, and overwriting the entry would
-/// turn the first connection's replies into the second's port, so the first one breaks too.
-/// An entry from the same VIP port is this connection's own (a retransmitted SYN, a reused
-/// port, an evicted client-side entry) and is replaced; so is one whose connection is over
-/// (reset, or its other entry gone).
-#[inline(always)]
-fn claim_reply(fkey: &FlowKey, be: &Backend, flow: &mut Flow) -> Claim {
-    let reply_key = FlowKey {
-        src_ip: be.ip,
-        dst_ip: fkey.src_ip,
-        src_port: be.port,
-        dst_port: fkey.src_port,
-    };
-    flow.nat_ip = fkey.dst_ip;
-    flow.nat_port = fkey.dst_port;
-    flow.dir = flow_dir::TO_CLIENT;
-    // One update on the common path: the check happens only when the key is taken.
-    match flows::insert(&reply_key, &*flow, BPF_NOEXIST as u64) {
-        Ok(()) => return Claim::Done,
-        Err(e) if e != -flows::EEXIST => return Claim::Failed,
-        Err(_) => {}
-    }
-    let Some(old) = flows::get(&reply_key).map(|o| *o) else {
-        // Gone since the insert failed (evicted or closed on another CPU): the key is free.
-        return insert_or_fail(&reply_key, flow);
-    };
-    let same_port = old.nat_ip == fkey.dst_ip && old.nat_port == fkey.dst_port;
-    if !same_port && old.end & flow_end::RST == 0 {
-        let client_side = flow_partner(&reply_key, &old);
-        let live = flows::get(&client_side).is_some_and(|c| c.end & flow_end::RST == 0);
-        if live {
-            return Claim::InUse;
-        }
-    }
-    insert_or_fail(&reply_key, flow)
-}
-
-#[inline(always)]
-fn insert_or_fail(key: &FlowKey, flow: &Flow) -> Claim {
-    match flows::insert(key, flow, 0) {
-        Ok(()) => Claim::Done,
-        Err(_) => Claim::Failed,
     }
 }
 

@@ -678,57 +678,40 @@ impl Testbed {
         Ok(aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data))?)
     }
 
-    /// Both `FLOWS` entries of a made-up connection from 198.19.200.1:`port` through the write
-    /// port to the first backend, last active at `last_ns` (CLOCK_MONOTONIC), with `end` bits
-    /// on its client side: what a test writes into the pinned table to stand for a connection
-    /// no packet will come for.
+    /// The `FLOWS` entry of a made-up connection from 198.19.200.1:`port` through the write
+    /// port to the first backend, last active at `last_ns` (CLOCK_MONOTONIC) both ways, with
+    /// `end` bits: what a test writes into the pinned table to stand for a connection no
+    /// packet will come for.
     pub fn made_up_connection(
         &self,
         port: u16,
         last_ns: u64,
         end: u16,
-    ) -> [(redis_ha_common::FlowKey, redis_ha_common::Flow); 2] {
-        use redis_ha_common::{Flow, FlowKey, NextHop, flow_dir};
-        let client = [198, 19, 200, 1];
+    ) -> (redis_ha_common::FlowKey, redis_ha_common::Flow) {
+        use redis_ha_common::{Flow, FlowKey, NextHop};
         let vip = self.vip_write();
         let master = self.backend(1).addr();
         let hop = NextHop {
             resolved_ns: last_ns,
             ..NextHop::default()
         };
-        [
-            (
-                FlowKey {
-                    src_ip: client,
-                    dst_ip: vip.ip().octets(),
-                    src_port: port,
-                    dst_port: vip.port(),
-                },
-                Flow {
-                    nat_ip: master.ip().octets(),
-                    nat_port: master.port(),
-                    end,
-                    dir: flow_dir::TO_BACKEND,
-                    hop,
-                    ..Flow::default()
-                },
-            ),
-            (
-                FlowKey {
-                    src_ip: master.ip().octets(),
-                    dst_ip: client,
-                    src_port: master.port(),
-                    dst_port: port,
-                },
-                Flow {
-                    nat_ip: vip.ip().octets(),
-                    nat_port: vip.port(),
-                    dir: flow_dir::TO_CLIENT,
-                    hop,
-                    ..Flow::default()
-                },
-            ),
-        ]
+        (
+            FlowKey {
+                src_ip: [198, 19, 200, 1],
+                dst_ip: vip.ip().octets(),
+                src_port: port,
+                dst_port: vip.port(),
+            },
+            Flow {
+                backend_ip: master.ip().octets(),
+                backend_port: master.port(),
+                backend: 1,
+                end,
+                to_backend: hop,
+                to_client: hop,
+                ..Flow::default()
+            },
+        )
     }
 
     /// The config [`Testbed::up`] wrote for this testbed (removed with it).

@@ -8,10 +8,7 @@ use std::{
 
 use aya::{
     EbpfLoader,
-    maps::{
-        Array, HashMap, LpmTrie, Map, MapData, MapError, MapInfo, MapType, PerCpuArray,
-        lpm_trie::Key,
-    },
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, MapInfo, PerCpuArray, lpm_trie::Key},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode,
         links::{FdLink, PinnedLink},
@@ -203,16 +200,6 @@ fn check_pinned_layout(pin_dir: &Path, missing_ok: bool) -> Result<(), BpfError>
         if name == map_name::FLOWS || name == map_name::FLOWS_SPILL {
             // Sized at load time from `flow_table_size`; any size reads the same.
             want.2 = got.2;
-        }
-        if name == map_name::FLOWS && matches!(info.map_type(), Ok(MapType::LruHash)) {
-            // Same helpers, same layout: the program runs on it unchanged, the table evicts
-            // instead of spilling, and costs what it did.
-            tracing::warn!(
-                "{}: the connection table of an earlier version (an LRU table) keeps working; \
-                 the faster plain table comes with `redis-ha-ctl unload` and a new load \
-                 (forwarding stops in between)",
-                path.display()
-            );
         }
         if want != got {
             return Err(incompatible(format!(
@@ -586,7 +573,7 @@ impl BpfDataplane {
             self.flows_spill.iter().filter_map(Result::ok).collect();
         let read: std::collections::HashMap<FlowKey, Flow> = entries.iter().copied().collect();
         let mut removed = 0;
-        for key in super::sweep::select(&entries, &spilled, now_ns, capacity) {
+        for key in super::sweep::select(&entries, now_ns, capacity) {
             // The program may have reused the key for a new connection since it was read: only
             // an entry still as it was goes. (What changes between this read and the removal
             // is a packet's worth of time; the worst case is a connection re-admitted by its

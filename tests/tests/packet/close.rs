@@ -1,9 +1,9 @@
-//! A connection's entries leave the table when it closes in order (FIN both ways, then the
+//! A connection's entry leaves the table when it closes in order (FIN both ways, then the
 //! last ACK), whichever side closes first; a half-closed connection and a reset keep theirs.
 
 use std::net::SocketAddrV4;
 
-use redis_ha_common::{FlowKey, counter};
+use redis_ha_common::{FlowKey, counter, flow_end};
 
 use crate::{
     BE_11, SLOT_11, WRITE, at_every_hook, client,
@@ -12,8 +12,8 @@ use crate::{
     open_via_master, standard, tcp,
 };
 
-/// Client `c` → write port, handshake and one request/reply; returns the two entries' keys.
-fn open(dp: &Dataplane, c: SocketAddrV4) -> (FlowKey, FlowKey) {
+/// Client `c` → write port, handshake and one request/reply; returns the entry's key.
+fn open(dp: &Dataplane, c: SocketAddrV4) -> FlowKey {
     open_via_master(dp, c, WRITE)
 }
 
@@ -33,12 +33,12 @@ fn forwarded(dp: &Dataplane, name: &'static str, from_client: bool, frame: Vec<u
 }
 
 #[test]
-fn an_orderly_close_removes_both_entries_after_forwarding_the_last_ack() {
+fn an_orderly_close_removes_the_entry_after_forwarding_the_last_ack() {
     at_every_hook(|tb, hook| {
         let dp = standard(tb, hook);
         for (i, client_first) in [true, false].into_iter().enumerate() {
             let c = client(41000 + i as u16);
-            let (fwd, rev) = open(&dp, c);
+            let key = open(&dp, c);
             let from_client = tcp(c, WRITE);
             let from_backend = tcp(BE_11, c);
             let (first, second) = if client_first {
@@ -53,9 +53,15 @@ fn an_orderly_close_removes_both_entries_after_forwarding_the_last_ack() {
                 first.clone().flags(FIN | ACK).build(),
             );
             forwarded(&dp, "its ACK", !client_first, second.clone().build());
-            assert!(
-                dp.flow(&fwd).is_some() && dp.flow(&rev).is_some(),
-                "half closed (client first: {client_first}): both entries stay"
+            let first_fin = if client_first {
+                flow_end::CLIENT_FIN
+            } else {
+                flow_end::BACKEND_FIN
+            };
+            assert_eq!(
+                dp.flow(&key).map(|f| f.end),
+                Some(first_fin),
+                "half closed (client first: {client_first}): the entry stays"
             );
             forwarded(
                 &dp,
@@ -66,11 +72,7 @@ fn an_orderly_close_removes_both_entries_after_forwarding_the_last_ack() {
             // The last ACK is padded to 60 bytes on the wire; the padding is not payload.
             let last = first.flags(ACK).padded().build();
             forwarded(&dp, "last ACK, still forwarded", client_first, last);
-            assert_eq!(
-                (dp.flow(&fwd), dp.flow(&rev)),
-                (None, None),
-                "client closed first: {client_first}"
-            );
+            assert_eq!(dp.flow(&key), None, "client closed first: {client_first}");
             assert_eq!(dp.stats(SLOT_11).flows_closed, i as u64 + 1);
         }
     });
@@ -81,7 +83,7 @@ fn a_half_closed_connection_and_a_reset_keep_their_entries() {
     at_every_hook(|tb, hook| {
         let dp = standard(tb, hook);
         let c = client(41100);
-        let (fwd, rev) = open(&dp, c);
+        let key = open(&dp, c);
         forwarded(
             &dp,
             "client FIN",
@@ -96,12 +98,12 @@ fn a_half_closed_connection_and_a_reset_keep_their_entries() {
             tcp(BE_11, c).data(b"+OK\r\n").build(),
         );
         forwarded(&dp, "client's bare ACK", true, tcp(c, WRITE).build());
-        assert!(dp.flow(&fwd).is_some() && dp.flow(&rev).is_some());
+        assert_eq!(dp.flow(&key).map(|f| f.end), Some(flow_end::CLIENT_FIN));
 
-        // A reset may be one the receiver rejects (out of window): the entries stay, and age out
-        // of the LRU if the connection is really gone.
+        // A reset may be one the receiver rejects (out of window): the entry stays, and the
+        // controller's sweep removes it once the connection is quiet.
         let c = client(41101);
-        let (fwd, rev) = open(&dp, c);
+        let key = open(&dp, c);
         forwarded(
             &dp,
             "backend FIN",
@@ -114,7 +116,10 @@ fn a_half_closed_connection_and_a_reset_keep_their_entries() {
             true,
             tcp(c, WRITE).flags(RST | ACK).build(),
         );
-        assert!(dp.flow(&fwd).is_some() && dp.flow(&rev).is_some());
+        assert_eq!(
+            dp.flow(&key).map(|f| f.end),
+            Some(flow_end::BACKEND_FIN | flow_end::RST)
+        );
         assert_eq!(dp.stats(SLOT_11).flows_closed, 0);
     });
 }

@@ -259,10 +259,11 @@ impl Dataplane {
             flags: if readable { backend_flags::READABLE } else { 0 },
         };
         self.backends.set(slot, be, 0).expect("set BACKENDS");
+        self.add_backend_addr(addr, slot);
     }
 
     /// What the controller writes beside every backend slot: its address → slot.
-    pub fn add_backend_addr(&mut self, addr: SocketAddrV4, slot: u32) {
+    fn add_backend_addr(&mut self, addr: SocketAddrV4, slot: u32) {
         let mut map: HashMap<&mut MapData, AddrKey, u32> = HashMap::try_from(
             self.bpf
                 .map_mut(map_name::BACKEND_ADDRS)

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use redis_ha_common::{BackendStats, counter};
 
 use crate::{
-    BE_11, READ, READ_POOL, SLOT_11, SLOT_12, SLOT_13, SLOT_14, WRITE, addr, at_every_hook, client,
-    dataplane::{Case, Expect, XDP_REDIRECT},
+    BE_11, BE_12, BE_13, READ, READ_POOL, SID, SLOT_11, SLOT_12, SLOT_13, SLOT_14, WRITE, addr,
+    at_every_hook, client,
+    dataplane::{Case, Expect, XDP_PASS, XDP_REDIRECT},
     frame::{Tcp4, tcp_flags},
     standard, tcp,
 };
@@ -168,6 +169,60 @@ fn reply_source_is_rewritten_to_the_vip_port() {
             expect: Expect::ToClient(READ),
             counter: counter::FWD_TO_CLIENT,
         });
+    });
+}
+
+/// A reply finds its connection through the backend's address and the client's: one client
+/// port may hold a connection through each VIP port (to two backends), and each backend's
+/// replies must come from the port its own connection went to, also after a switch makes the
+/// read backend the master and the old master a replica.
+#[test]
+fn replies_come_from_the_vip_port_of_their_own_connection() {
+    at_every_hook(|tb, hook| {
+        let mut dp = standard(tb, hook);
+        dp.fill_ring(SID, 1, &[SLOT_12]);
+        let c = client(40200);
+        let reply = |name, from, vip| Case {
+            name,
+            frame: tcp(from, c).data(b"+OK\r\n").build(),
+            action: XDP_REDIRECT,
+            expect: Expect::ToClient(vip),
+            counter: counter::FWD_TO_CLIENT,
+        };
+        dp.table(&[
+            Case {
+                name: "write connection to the master .11",
+                frame: tcp(c, WRITE).syn().build(),
+                action: XDP_REDIRECT,
+                expect: Expect::ToBackend(BE_11),
+                counter: counter::FWD_TO_BACKEND,
+            },
+            Case {
+                name: "read connection from the same port to .12",
+                frame: tcp(c, READ).syn().build(),
+                action: XDP_REDIRECT,
+                expect: Expect::ToBackend(BE_12),
+                counter: counter::FWD_TO_BACKEND,
+            },
+            reply("the replica's reply", BE_12, READ),
+            reply("the master's reply", BE_11, WRITE),
+        ]);
+        dp.set_state(SID, SLOT_12, 1);
+        dp.table(&[
+            reply(
+                "the old master's late reply, after the switch",
+                BE_11,
+                WRITE,
+            ),
+            reply("the new master's reply on its read connection", BE_12, READ),
+            Case {
+                name: "a backend with no connection from this client",
+                frame: tcp(BE_13, c).data(b"+OK\r\n").build(),
+                action: XDP_PASS,
+                expect: Expect::Unchanged,
+                counter: counter::PASS_NOT_SERVICE,
+            },
+        ]);
     });
 }
 

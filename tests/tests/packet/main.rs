@@ -111,8 +111,8 @@ pub fn syn_to_master(name: &'static str, c: SocketAddrV4) -> Case {
 }
 
 /// Client `c` → `vip`, handled by the master .11: handshake and one request/reply, every step
-/// checked. Returns the keys of the connection's two entries, both present.
-pub fn open_via_master(dp: &Dataplane, c: SocketAddrV4, vip: SocketAddrV4) -> (FlowKey, FlowKey) {
+/// checked. Returns the key of the connection's entry, present.
+pub fn open_via_master(dp: &Dataplane, c: SocketAddrV4, vip: SocketAddrV4) -> FlowKey {
     let to_client = |name, frame| to_client_from(name, frame, vip);
     dp.table(&[
         to_backend("SYN", tcp(c, vip).syn().build()),
@@ -120,9 +120,17 @@ pub fn open_via_master(dp: &Dataplane, c: SocketAddrV4, vip: SocketAddrV4) -> (F
         to_backend("request", tcp(c, vip).data(b"*1\r\n$4\r\nPING\r\n").build()),
         to_client("reply", tcp(BE_11, c).data(b"+PONG\r\n").build()),
     ]);
-    let keys = (flow_key(c, vip), flow_key(BE_11, c));
-    assert!(dp.flow(&keys.0).is_some() && dp.flow(&keys.1).is_some());
-    keys
+    let key = flow_key(c, vip);
+    let flow = dp.flow(&key).expect("the connection's entry");
+    assert_eq!(
+        (flow.backend, flow.backend_ip, flow.backend_port),
+        (SLOT_11, BE_11.ip().octets(), BE_11.port())
+    );
+    assert_ne!(
+        flow.to_client.resolved_ns, 0,
+        "the replies' next hop is cached"
+    );
+    key
 }
 
 /// `frame`, a client's packet on a connection to the master .11, is forwarded there.

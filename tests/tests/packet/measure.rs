@@ -18,9 +18,9 @@
 //! through the skb test run, whose own harness costs more than XDP's (compare the non-VIP
 //! pass rows, where the program does least).
 //!
-//! A repeated SYN finds the entries its previous repeat made: the SYN rows measure the
-//! re-admission of a known connection (the reply entry's insert-if-absent fails, then a lookup
-//! and an overwrite), which bounds the cost of a new connection's SYN from above.
+//! A repeated SYN finds the entry its previous repeat made: the SYN rows measure the
+//! re-admission of a known connection (an overwrite instead of an insert), which costs about
+//! what a new connection's SYN does.
 
 use std::time::Duration;
 

@@ -109,8 +109,8 @@ fn the_port_is_free_again_once_the_first_connection_is_reset_or_replaced() {
             open(&dp, c, READ);
         }
 
-        // A master switch resets the write connection on its next packet, which takes both of
-        // its entries along; when the old master serves reads, the port is free for them.
+        // A master switch resets the write connection on its next packet, which takes its
+        // entry along; when the old master serves reads, the port is free for them.
         let c = client(44102);
         open(&dp, c, WRITE);
         dp.set_state(SID, SLOT_12, 1);
@@ -121,11 +121,7 @@ fn the_port_is_free_again_once_the_first_connection_is_reset_or_replaced() {
             expect: Expect::Reset,
             counter: counter::RESET_STALE_FLOW,
         });
-        assert_eq!(
-            dp.flow(&flow_key(BE_11, c)),
-            None,
-            "the reply entry went too"
-        );
+        assert_eq!(dp.flow(&flow_key(c, WRITE)), None, "the entry went");
         open(&dp, c, READ);
         assert_eq!(dp.counters()[counter::RESET_PORT_IN_USE as usize], 0);
     });

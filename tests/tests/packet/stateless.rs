@@ -7,8 +7,7 @@ use std::net::Ipv4Addr;
 use redis_ha_common::counter;
 
 use crate::{
-    BE_11, BE_12, BE_13, BE_14, READ, SLOT_11, SLOT_12, SLOT_13, SLOT_14, WRITE, at_every_hook,
-    client,
+    BE_11, BE_12, BE_13, BE_14, READ, SLOT_12, WRITE, at_every_hook, client,
     dataplane::{Case, Dataplane, Expect, Hook, XDP_PASS, XDP_REDIRECT},
     netns::Testbed,
     standard, syn_to_master, tcp,
@@ -16,14 +15,6 @@ use crate::{
 
 fn with_client_net(tb: &Testbed, hook: Hook) -> Dataplane {
     let mut dp = standard(tb, hook);
-    for (be, slot) in [
-        (BE_11, SLOT_11),
-        (BE_12, SLOT_12),
-        (BE_13, SLOT_13),
-        (BE_14, SLOT_14),
-    ] {
-        dp.add_backend_addr(be, slot);
-    }
     dp.add_client_net(Ipv4Addr::new(198, 18, 0, 0), 24);
     dp
 }
@@ -77,8 +68,7 @@ fn replies_without_a_flow_follow_the_live_state() {
 #[test]
 fn without_client_networks_replies_need_a_flow() {
     at_every_hook(|tb, hook| {
-        let mut dp = standard(tb, hook);
-        dp.add_backend_addr(BE_11, SLOT_11);
+        let dp = standard(tb, hook);
         dp.step(Case {
             name: "no client network configured: untouched",
             frame: tcp(BE_11, client(47010)).data(b"").build(),
@@ -95,7 +85,7 @@ fn a_direct_connection_reusing_ports_of_an_old_vip_connection_is_not_rewritten()
         let dp = standard(tb, hook);
         let c = client(47020);
         dp.step(syn_to_master(
-            "an earlier connection through the VIP leaves a reply entry behind",
+            "an earlier connection through the VIP leaves its entry behind",
             c,
         ));
         dp.table(&[

@@ -423,10 +423,9 @@ fn markdown(r: &Results) -> String {
                  program's counters. It includes the ~27 ns test-run harness. `TC:` rows: the \
                  same program at the TC hook, through the skb test run, whose harness costs \
                  more (compare the non-VIP pass rows, where the program does least). A repeated SYN \
-                 finds the entries its previous repeat made, so the SYN rows price the \
-                 re-admission of a known connection (the reply entry's insert-if-absent fails, \
-                 is looked up and overwritten): a bound on a new connection's SYN, which \
-                 inserts each entry once.\n",
+                 finds the entry its previous repeat made, so the SYN rows price the \
+                 re-admission of a known connection (its entry overwritten rather than \
+                 inserted), about what a new connection's SYN costs.\n",
                 p.command
             );
             if p.stats_on {
