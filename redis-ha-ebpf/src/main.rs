@@ -451,15 +451,24 @@ fn new_flow<C: Frame>(
     // and their replies could not be told apart either, so the first one would break too.
     // A reset connection no longer holds the addresses, and its entry goes: the backend's
     // replies are this connection's now.
+    //
+    // Only asked when the backend serves both ports now: the master while it is in the read
+    // pool. That lookup, a miss in a large table nearly always, was as much as a tenth of the
+    // program's time under connection churn. A connection made while the backend served the
+    // other port too, and not yet reset since it stopped, is missed: the client reusing its
+    // port in that window gets a connection that cannot start (the backend answers its SYN
+    // with a challenge ACK) instead of a reset.
+    let (serves_both, other_port) = if svc.kind == port_kind::WRITE {
+        (be.flags & backend_flags::READABLE != 0, state.read_port)
+    } else {
+        (slot == state.master, state.write_port)
+    };
     let other = FlowKey {
-        dst_port: if svc.kind == port_kind::WRITE {
-            state.read_port
-        } else {
-            state.write_port
-        },
+        dst_port: other_port,
         ..*fkey
     };
-    if let Some(o) = flows::get(&other)
+    if serves_both
+        && let Some(o) = flows::get(&other)
         && o.backend == slot
     {
         if o.end & flow_end::RST == 0 {
