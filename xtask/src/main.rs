@@ -58,7 +58,8 @@ enum Task {
         /// Short run (3 repeats, 1 failover trial per case; about 3 minutes).
         #[arg(long)]
         quick: bool,
-        /// Repeats of every path and workload (default 3 with --quick, else 5).
+        /// Repeats of every path and workload (default 3 with --quick, else 9: with 5, one cell
+        /// in ten or so fell outside the bars by this machine's run-to-run noise alone).
         #[arg(long)]
         repeats: Option<usize>,
         /// Failover trials per fault and stack (default 1 with --quick, else 5).

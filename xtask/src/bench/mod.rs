@@ -92,7 +92,7 @@ pub fn bench(options: Options) -> Result<()> {
     let machine = report::Machine::probe();
     println!("==> bench on {}", machine.one_line());
 
-    let repeats = options.repeats.unwrap_or(if options.quick { 3 } else { 5 });
+    let repeats = options.repeats.unwrap_or(if options.quick { 3 } else { 9 });
     let trials = options.trials.unwrap_or(if options.quick { 1 } else { 5 });
 
     // First, while BPF run-time statistics are off: they add two clock reads to every run of
