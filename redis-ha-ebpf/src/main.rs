@@ -463,18 +463,19 @@ fn new_flow<C: Frame>(
     } else {
         (slot == state.master, state.write_port)
     };
-    let other = FlowKey {
-        dst_port: other_port,
-        ..*fkey
-    };
-    if serves_both
-        && let Some(o) = flows::get(&other)
-        && o.backend == slot
-    {
-        if o.end & flow_end::RST == 0 {
-            return send_reset(ctx, eth, counter::RESET_PORT_IN_USE);
+    if serves_both {
+        let other = FlowKey {
+            dst_port: other_port,
+            ..*fkey
+        };
+        if let Some(o) = flows::get(&other)
+            && o.backend == slot
+        {
+            if o.end & flow_end::RST == 0 {
+                return send_reset(ctx, eth, counter::RESET_PORT_IN_USE);
+            }
+            flows::remove(&other);
         }
-        flows::remove(&other);
     }
     let mut value = MaybeUninit::uninit();
     // SAFETY: all-zero is a valid Flow; its next hops then say "nothing cached".

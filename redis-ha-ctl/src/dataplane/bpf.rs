@@ -569,8 +569,8 @@ impl BpfDataplane {
             .map_err(map_err(map_name::FLOWS))?
             .max_entries() as usize;
         let entries: Vec<(FlowKey, Flow)> = self.flows.iter().filter_map(Result::ok).collect();
-        let spilled: Vec<(FlowKey, Flow)> =
-            self.flows_spill.iter().filter_map(Result::ok).collect();
+        // Only counted: the sweep leaves the spill table to its own LRU.
+        let spilled = self.flows_spill.keys().filter(Result::is_ok).count();
         let read: std::collections::HashMap<FlowKey, Flow> = entries.iter().copied().collect();
         let mut removed = 0;
         for key in super::sweep::select(&entries, now_ns, capacity) {
@@ -584,7 +584,7 @@ impl BpfDataplane {
             }
         }
         Ok(FlowSweep {
-            entries: entries.len() - removed + spilled.len(),
+            entries: entries.len() - removed + spilled,
             removed,
         })
     }
