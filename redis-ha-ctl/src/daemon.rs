@@ -988,7 +988,10 @@ impl Executor {
             ForcedOutcome::Refused(refused) => {
                 info!(service = %name, "failover refused: {refused}");
                 let code = match refused {
-                    ForceRefused::InProgress => "INPROG",
+                    ForceRefused::InProgress
+                    | ForceRefused::PeerInProgress { .. }
+                    | ForceRefused::LostElection { .. } => "INPROG",
+                    ForceRefused::NoMajority { .. } => "NOQUORUM",
                     ForceRefused::NoGoodReplica | ForceRefused::NotEligible { .. } => "NOGOODSLAVE",
                     ForceRefused::UnknownNode(_) | ForceRefused::AlreadyMaster(_) => "ERR",
                 };

@@ -45,6 +45,9 @@ enum WireMsg {
         master: SocketAddrV4,
         config_epoch: Epoch,
         sdown: Vec<SocketAddrV4>,
+        /// Absent from an older controller's hellos, which announce no failover.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failover_epoch: Option<Epoch>,
     },
     VoteRequest {
         epoch: Epoch,
@@ -67,6 +70,7 @@ impl From<&PeerMsg> for WireMsg {
                 master: h.master,
                 config_epoch: h.config_epoch,
                 sdown: h.sdown.clone(),
+                failover_epoch: h.failover_epoch,
             },
             PeerMsg::VoteRequest { epoch, master } => WireMsg::VoteRequest {
                 epoch: *epoch,
@@ -89,11 +93,13 @@ impl From<WireMsg> for Payload {
                 master,
                 config_epoch,
                 sdown,
+                failover_epoch,
             } => PeerMsg::Hello(Hello {
                 current_epoch,
                 master: NodeAddr::from(master),
                 config_epoch,
                 sdown,
+                failover_epoch,
             }),
             WireMsg::VoteRequest { epoch, master } => PeerMsg::VoteRequest { epoch, master },
             WireMsg::VoteReply { epoch, leader } => PeerMsg::VoteReply {
@@ -214,6 +220,7 @@ mod tests {
             master: "198.18.1.11:6379".parse().unwrap(),
             config_epoch: 2,
             sdown: vec!["198.18.1.13:6379".parse().unwrap()],
+            failover_epoch: Some(3),
         })
     }
 

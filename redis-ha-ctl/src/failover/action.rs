@@ -103,6 +103,34 @@ pub enum ForceRefused {
     AlreadyMaster(NodeAddr),
     #[error("{node} cannot be promoted: {why}")]
     NotEligible { node: NodeAddr, why: &'static str },
+    /// Another controller is standing for, or running, a failover of this service: one at a
+    /// time across the controllers, or two could promote different replicas.
+    #[error(
+        "controller {leader} is running a failover of this service in epoch {epoch}; try again \
+         once it has ended"
+    )]
+    PeerInProgress { leader: ControllerId, epoch: Epoch },
+    /// Another controller won the epoch's vote (or a later epoch started) before we did. Nothing
+    /// was changed on any Redis server.
+    #[error(
+        "another failover took epoch {epoch} first{}; nothing was changed",
+        leader.as_ref().map(|l| format!(" (controller {l} won its vote)")).unwrap_or_default()
+    )]
+    LostElection {
+        epoch: Epoch,
+        leader: Option<ControllerId>,
+    },
+    /// A majority of the controllers did not vote for us within the request's timeout (they
+    /// are unreachable, or voted for someone else). Nothing was changed on any Redis server.
+    #[error(
+        "only {votes} of the {needed} votes a failover needs (a majority of the controllers) \
+         arrived in epoch {epoch} before the timeout; nothing was changed"
+    )]
+    NoMajority {
+        epoch: Epoch,
+        votes: usize,
+        needed: usize,
+    },
 }
 
 /// The state a controller must keep across restarts (Sentinel rewrites its config file for the
@@ -208,6 +236,11 @@ pub enum NoticeKind {
     /// `-failover-abort-not-synced` (ours): the selected replica did not catch up in time, or
     /// writes could not be paused; writes resume on the unchanged master.
     FailoverAbortNotSynced,
+    /// `+config-conflict` (ours, no Sentinel equivalent): a peer announces another master in
+    /// the same config epoch as ours. Every controller keeps the lower address, so they all
+    /// agree again; only a state left by an older version (or a hand-edited state file) can
+    /// hold such a conflict, since one epoch has one leader.
+    ConfigConflict,
 }
 
 impl NoticeKind {
@@ -245,6 +278,7 @@ impl NoticeKind {
             NoticeKind::Reboot => "+reboot",
             NoticeKind::FailoverStateWaitSync => "+failover-state-wait-sync",
             NoticeKind::FailoverAbortNotSynced => "-failover-abort-not-synced",
+            NoticeKind::ConfigConflict => "+config-conflict",
         }
     }
 }

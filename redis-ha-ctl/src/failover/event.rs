@@ -30,7 +30,10 @@ pub enum Event {
         ok: bool,
     },
     /// An operator asks for a failover now (Sentinel's `SENTINEL FAILOVER`, `redis-ha-ctl
-    /// failover`): no agreement is needed, this controller leads it in a new epoch.
+    /// failover`). Unlike Sentinel's, it takes its epoch by the votes of a majority of the
+    /// controllers, as an automatic failover does, and touches no Redis server before it won
+    /// them: two requests sent at once to two controllers would otherwise both promote a
+    /// replica in one epoch. It is refused while any controller is known to run a failover.
     ///
     /// While the master answers, it is a planned switchover that loses no acknowledged write:
     /// writes are paused on the master and the target catches up
@@ -168,4 +171,8 @@ pub struct Hello {
     /// The nodes it considers SDOWN. Only counts toward ODOWN of our master if the sender believes
     /// in the same master.
     pub sdown: Vec<NodeAddr>,
+    /// The epoch of a failover the sender stands for or runs and has not yet switched or given
+    /// up. While it is fresh, the receiver votes for nobody else and refuses operator
+    /// failovers: one failover at a time across the controllers.
+    pub failover_epoch: Option<Epoch>,
 }

@@ -106,11 +106,15 @@ impl Node {
     }
 }
 
-/// The latest of what one peer told us; both halves expire (Sentinel: 5 ask periods).
+/// The latest of what one peer told us; each part expires (Sentinel: 5 ask periods).
 #[derive(Clone, Debug, Default)]
 struct PeerReport {
     hello: Option<(Hello, Millis)>,
     vote: Option<(Vote, Millis)>,
+    /// The epoch of a failover the peer stands for or runs, and when we last heard so: from its
+    /// vote requests and its hellos' `failover_epoch`. A switch does not clear it, as it clears
+    /// the rest: it is about the peer, not about the master.
+    busy: Option<(Epoch, Millis)>,
 }
 
 /// Sentinel's `failover_state` with the data each state needs (its `SELECT_SLAVE` and
@@ -120,7 +124,13 @@ enum Failover {
     #[default]
     Idle,
     /// `WAIT_START`: we are a candidate in `epoch`. Re-ask for votes every hello interval.
-    Election { epoch: Epoch, last_ask: Millis },
+    /// `forced`: an operator asked for this failover; it needs a majority (not the quorum), and
+    /// ends with an answer to the operator whichever way it goes.
+    Election {
+        epoch: Epoch,
+        last_ask: Millis,
+        forced: Option<ForceRequest>,
+    },
     /// A forced failover's planned switchover: writes paused on the master, waiting for
     /// [`Event::Synced`] about `target`. Given up after twice `timeout` without a report.
     Sync {
@@ -140,6 +150,16 @@ enum Failover {
     },
     /// `RECONF_SLAVES`.
     Reconfiguration(Reconfiguration),
+}
+
+/// An operator's failover request while its epoch's vote is under way.
+#[derive(Clone, Copy, Debug)]
+struct ForceRequest {
+    /// The replica asked for, if any; checked again once elected.
+    to: Option<NodeAddr>,
+    /// The operator's bound: of the vote, then of the catch-up and the promotion.
+    timeout: Millis,
+    since: Millis,
 }
 
 /// What a forced failover carries through its promotion.
@@ -230,6 +250,20 @@ pub struct ServiceMachine {
     replaced: Option<(NodeAddr, Millis)>,
     /// When we last broadcast our view, to pace the periodic hello.
     last_hello: Option<Millis>,
+    /// The `failover_epoch` of our last hello: a change is announced at once.
+    announced_failover: Option<Epoch>,
+    #[cfg(test)]
+    flaws: Flaws,
+}
+
+/// Rules broken on purpose, to show that the randomised simulation catches each.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Flaws {
+    /// An operator's failover leads at once in a new epoch, without its vote (Sentinel's way).
+    pub(crate) forced_without_votes: bool,
+    /// Two masters in one epoch are left as they are (Sentinel's way).
+    pub(crate) keep_conflicts: bool,
 }
 
 impl ServiceMachine {
@@ -269,6 +303,9 @@ impl ServiceMachine {
             read_pool: None,
             replaced: None,
             last_hello: None,
+            announced_failover: None,
+            #[cfg(test)]
+            flaws: Flaws::default(),
         };
         let mut out = Vec::new();
         machine.set_master(config_epoch, master, &mut out);
@@ -287,13 +324,30 @@ impl ServiceMachine {
             Event::CommandDone { node, command, ok } => self.on_command_done(node, command, ok),
             Event::MasterApplied { epoch, node, ok } => self.on_master_applied(epoch, node, ok),
             Event::ForceFailover { to, timeout_ms } => {
-                if let Err(refused) = self.force_failover(to, timeout_ms, now, &mut out) {
+                if let Err(refused) = self.force_failover(to, timeout_ms, now, jitter, &mut out) {
                     out.push(Action::Forced(ForcedOutcome::Refused(refused)));
                 }
             }
             Event::Synced { target, ok } => self.on_synced(target, ok, now, &mut out),
         }
+        // Peers hold back their own failovers and votes while we run one: tell them as soon as
+        // that starts or ends, not a hello interval later.
+        if self.failover_in_flight() != self.announced_failover {
+            self.send_hello(now, &mut out);
+        }
         out
+    }
+
+    #[cfg(test)]
+    pub(crate) fn break_rules(&mut self, flaws: Flaws) {
+        self.flaws = flaws;
+    }
+
+    fn flaws(&self) -> (bool, bool) {
+        #[cfg(test)]
+        return (self.flaws.forced_without_votes, self.flaws.keep_conflicts);
+        #[cfg(not(test))]
+        (false, false)
     }
 
     /// The master we believe in (the old one until our own failover ends).
@@ -309,12 +363,15 @@ impl ServiceMachine {
         self.config_epoch
     }
 
-    /// What [`Action::Persist`] last carried (or would carry now).
+    /// What [`Action::Persist`] last carried (or would carry now). The master is the one the
+    /// config epoch names: from its promotion on, a failover's reconfiguration persists the
+    /// promoted node, or a controller restarted before the end would name the old master in
+    /// the new epoch (found by the randomised runs).
     pub fn persisted(&self) -> Persisted {
         Persisted {
             current_epoch: self.current_epoch,
             vote: self.vote.clone(),
-            master: self.master,
+            master: self.advertised_master(),
             config_epoch: self.config_epoch,
         }
     }
@@ -452,6 +509,22 @@ impl ServiceMachine {
                 if master != self.master {
                     return;
                 }
+                // Unlike Sentinel, no vote while another failover is under way (ours, or one
+                // a peer told us of): two failovers in different epochs at once would promote
+                // two replicas, and the writes the first one takes would be lost. The reply
+                // still carries our vote as it stands, which does not count for this epoch.
+                let busy = self.leads_failover() || self.failover_elsewhere(now, Some(&from));
+                self.reports.entry(from.clone()).or_default().busy = Some((epoch, now));
+                if busy {
+                    if let Some(vote) = self.vote.clone() {
+                        out.push(Action::ReplyVote {
+                            to: from,
+                            epoch: vote.epoch,
+                            leader: vote.leader,
+                        });
+                    }
+                    return;
+                }
                 if let Some(vote) = self.vote_leader(epoch, &from, now, jitter, out) {
                     out.push(Action::ReplyVote {
                         to: from,
@@ -462,8 +535,13 @@ impl ServiceMachine {
             }
             PeerMsg::VoteReply { epoch, leader } => {
                 self.reports.entry(from).or_default().vote = Some((Vote { epoch, leader }, now));
-                if let Failover::Election { epoch, last_ask } = self.failover {
-                    self.failover = self.election(epoch, last_ask, now, jitter, out);
+                if let Failover::Election {
+                    epoch,
+                    last_ask,
+                    forced,
+                } = self.failover
+                {
+                    self.failover = self.election(epoch, last_ask, forced, now, jitter, out);
                 }
             }
         }
@@ -478,7 +556,12 @@ impl ServiceMachine {
         }
         if hello.config_epoch > self.config_epoch {
             self.config_epoch = hello.config_epoch;
-            if hello.master != self.master {
+            if hello.master != self.advertised_master() {
+                // Our own failover's reconfiguration, if any, ends here: its promoted node was
+                // the master until this newer configuration.
+                if let Failover::Reconfiguration(r) = &self.failover {
+                    self.master = r.promoted;
+                }
                 let payload = format!(
                     "sentinel {from} @ {} {} {}",
                     self.name,
@@ -491,9 +574,39 @@ impl ServiceMachine {
             } else {
                 self.persist(out);
             }
+        } else if hello.config_epoch == self.config_epoch
+            && hello.master < self.advertised_master()
+            && !self.flaws().1
+            && !matches!(self.failover, Failover::Reconfiguration(_))
+        {
+            // Two masters in one epoch: Sentinel adopts neither, and the controllers stay
+            // split for good. Every controller keeps the lower address instead, so they all
+            // end on the same one; if it does not take writes, the usual ways repair it (a
+            // stray master is demoted, a master that reports a replica is failed over).
+            let payload = format!(
+                "sentinel {from} @ {} {} {} epoch {} {} {}",
+                self.name,
+                self.master.ip(),
+                self.master.port(),
+                hello.config_epoch,
+                hello.master.ip(),
+                hello.master.port()
+            );
+            self.emit(out, NoticeKind::ConfigConflict, payload);
+            self.supersede_forced(hello.master, out);
+            self.switch_master(hello.master, now, out);
+        }
+        // A hello sent before the sender's latest vote request (datagrams may be reordered)
+        // says nothing about that request's failover.
+        let report = self.reports.entry(from).or_default();
+        if report
+            .busy
+            .is_none_or(|(epoch, _)| hello.current_epoch >= epoch)
+        {
+            report.busy = hello.failover_epoch.map(|epoch| (epoch, now));
         }
         // Stored after a switch (which forgets every report): this one is current.
-        self.reports.entry(from).or_default().hello = Some((hello, now));
+        report.hello = Some((hello, now));
     }
 
     fn on_command_done(&mut self, node: NodeAddr, command: Command, ok: bool) {
@@ -604,9 +717,12 @@ impl ServiceMachine {
             if report.vote.as_ref().is_some_and(|(_, at)| !fresh(at)) {
                 report.vote = None;
             }
+            if report.busy.as_ref().is_some_and(|(_, at)| !fresh(at)) {
+                report.busy = None;
+            }
         }
         self.reports
-            .retain(|_, r| r.hello.is_some() || r.vote.is_some());
+            .retain(|_, r| r.hello.is_some() || r.vote.is_some() || r.busy.is_some());
     }
 
     // ----------------------------------------------------------------------------------------
@@ -653,10 +769,13 @@ impl ServiceMachine {
     }
 
     /// Sentinel's `sentinelGetLeader`: the controller that got an absolute majority of all
-    /// controllers (reachable or not), and at least `quorum` votes, in the current epoch.
+    /// controllers (reachable or not), and at least `quorum` votes unless `forced`, in the
+    /// current epoch. An operator's failover needs only the majority, which is what makes one
+    /// leader per epoch: the quorum is about agreeing that the master is down.
     fn get_leader(
         &mut self,
         epoch: Epoch,
+        forced: bool,
         now: Millis,
         jitter: Millis,
         out: &mut Vec<Action>,
@@ -676,7 +795,7 @@ impl ServiceMachine {
             *counts.entry(vote.leader).or_default() += 1;
         }
         let (winner, votes) = most_voted(&counts)?;
-        (votes >= majority(voters) && votes >= self.params.quorum).then_some(winner)
+        (votes >= majority(voters) && (forced || votes >= self.params.quorum)).then_some(winner)
     }
 
     // ----------------------------------------------------------------------------------------
@@ -684,7 +803,12 @@ impl ServiceMachine {
 
     /// Sentinel's `sentinelStartFailoverIfNeeded` + `sentinelStartFailover`.
     fn start_failover_if_needed(&mut self, now: Millis, jitter: Millis, out: &mut Vec<Action>) {
-        if !self.odown || !matches!(self.failover, Failover::Idle) {
+        // A peer's failover under way (an operator's switchover, say) would not get our vote
+        // request answered anyway; it ends one way or the other within its timeout.
+        if !self.odown
+            || !matches!(self.failover, Failover::Idle)
+            || self.failover_elsewhere(now, None)
+        {
             self.candidacy = None;
             return;
         }
@@ -723,6 +847,7 @@ impl ServiceMachine {
         self.failover = Failover::Election {
             epoch,
             last_ask: now,
+            forced: None,
         };
     }
 
@@ -754,6 +879,7 @@ impl ServiceMachine {
             Failover::Election {
                 epoch,
                 mut last_ask,
+                forced,
             } => {
                 // Re-ask (replies are idempotent), unless a later epoch started: ours is lost.
                 if self.current_epoch == epoch
@@ -765,7 +891,7 @@ impl ServiceMachine {
                     }));
                     last_ask = now;
                 }
-                self.election(epoch, last_ask, now, jitter, out)
+                self.election(epoch, last_ask, forced, now, jitter, out)
             }
             Failover::Sync {
                 epoch,
@@ -797,17 +923,39 @@ impl ServiceMachine {
         };
     }
 
-    /// `WAIT_START`: are we elected? Give up after the election timeout.
+    /// `WAIT_START`: are we elected? Give up after the election timeout, or for an operator's
+    /// failover as soon as it cannot be won.
     fn election(
         &mut self,
         epoch: Epoch,
         last_ask: Millis,
+        forced: Option<ForceRequest>,
         now: Millis,
         jitter: Millis,
         out: &mut Vec<Action>,
     ) -> Failover {
-        if self.get_leader(epoch, now, jitter, out).as_ref() == Some(&self.me) {
-            return self.elected(epoch, now, out);
+        let leader = self.get_leader(epoch, forced.is_some(), now, jitter, out);
+        if leader.as_ref() == Some(&self.me) {
+            return match forced {
+                None => self.elected(epoch, now, out),
+                Some(request) => self.forced_elected(epoch, request, now, out),
+            };
+        }
+        if let Some(request) = forced {
+            return match self.forced_lost(epoch, request, now) {
+                Some(refused) => {
+                    out.push(Action::Forced(ForcedOutcome::Refused(refused)));
+                    // It never touched the master: a failover the master may need later must
+                    // not wait out the retry delay of this attempt.
+                    self.failover_start = None;
+                    Failover::Idle
+                }
+                None => Failover::Election {
+                    epoch,
+                    last_ask,
+                    forced,
+                },
+            };
         }
         let started = self.failover_start.unwrap_or(now);
         if now.saturating_sub(started) > self.params.effective_election_timeout() {
@@ -818,7 +966,55 @@ impl ServiceMachine {
             );
             return Failover::Idle;
         }
-        Failover::Election { epoch, last_ask }
+        Failover::Election {
+            epoch,
+            last_ask,
+            forced,
+        }
+    }
+
+    /// Why an operator's failover in `epoch`, not elected yet, can no longer be won, if so.
+    fn forced_lost(
+        &self,
+        epoch: Epoch,
+        request: ForceRequest,
+        now: Millis,
+    ) -> Option<ForceRefused> {
+        if self.current_epoch > epoch {
+            return Some(ForceRefused::LostElection {
+                epoch,
+                leader: None,
+            });
+        }
+        let voters = self.peers.len() + 1;
+        let needed = majority(voters);
+        let mut others: BTreeMap<ControllerId, usize> = BTreeMap::new();
+        let mut ours = 1;
+        for (vote, _) in self.reports.values().filter_map(|r| r.vote.as_ref()) {
+            if vote.epoch != epoch {
+                continue;
+            }
+            if vote.leader == self.me {
+                ours += 1;
+            } else {
+                *others.entry(vote.leader.clone()).or_default() += 1;
+            }
+        }
+        let against: usize = others.values().sum();
+        if against > voters - needed {
+            return Some(ForceRefused::LostElection {
+                epoch,
+                leader: most_voted(&others).map(|(id, _)| id),
+            });
+        }
+        if now.saturating_sub(request.since) > request.timeout {
+            return Some(ForceRefused::NoMajority {
+                epoch,
+                votes: ours,
+                needed,
+            });
+        }
+        None
     }
 
     /// `SELECT_SLAVE` and `SEND_SLAVEOF_NOONE`.
@@ -940,16 +1136,38 @@ impl ServiceMachine {
             return Err("it has not answered a probe recently");
         }
         let info = node.info.as_ref().ok_or("it never answered a probe")?;
+        // No master at all (a replication loop, or replicas only): the master we believe in
+        // reports a replica. Any node of the service may then be promoted, whomever it follows,
+        // or none (a node that claims to be master is judged by its own offset).
+        let masterless = !sync
+            && self.nodes[&self.master]
+                .role()
+                .is_some_and(|r| r.follows().is_some());
+        let claimed;
         let replica = match &info.role {
             Role::Replica(r) => r,
             Role::Master { .. } if sync => return Err("it claims to be a master"),
+            Role::Master { repl_offset } if masterless => {
+                claimed = ReplicaInfo {
+                    master: self.master,
+                    link_up: false,
+                    link_down_ms: 0,
+                    lag_ms: 0,
+                    repl_offset: *repl_offset,
+                    priority: node
+                        .last_replica
+                        .as_ref()
+                        .map_or(DEFAULT_PRIORITY, |r| r.priority),
+                };
+                &claimed
+            }
             // Promoted by a leader that died: judge it by how far it had replicated.
             Role::Master { .. } => node
                 .last_replica
                 .as_ref()
                 .ok_or("it claims to be a master")?,
         };
-        if replica.master != self.master {
+        if replica.master != self.master && !masterless {
             return Err("it does not replicate from the master");
         }
         if replica.priority == 0 {
@@ -977,45 +1195,94 @@ impl ServiceMachine {
     // ----------------------------------------------------------------------------------------
     // Forced failover (`SENTINEL FAILOVER`) and planned switchover.
 
-    /// Sentinel's `SENTINEL FAILOVER`: start a failover in a new epoch with ourselves as the
-    /// leader, without ODOWN or votes. If the master answers, pause its writes and let the
-    /// target catch up first ([`Action::PauseAndSync`]); otherwise promote at once.
+    /// Sentinel's `SENTINEL FAILOVER`, but elected: stand in a new epoch and ask the peers for
+    /// their votes; nothing is done to any Redis server before a majority voted for us
+    /// ([`Self::forced_elected`]). Refused at once when it could not start: another failover is
+    /// known to be under way, or the target cannot be promoted.
     fn force_failover(
         &mut self,
         to: Option<NodeAddr>,
         timeout: Millis,
         now: Millis,
+        jitter: Millis,
         out: &mut Vec<Action>,
     ) -> Result<(), ForceRefused> {
         if !matches!(self.failover, Failover::Idle) {
             return Err(ForceRefused::InProgress);
         }
-        // Pausing needs a master that takes commands; a dead one has nothing left to lose.
-        let pause = self.master_looks_sane(now);
-        let target = match to {
-            Some(node) if node == self.master => return Err(ForceRefused::AlreadyMaster(node)),
-            Some(node) if !self.nodes.contains_key(&node) => {
-                return Err(ForceRefused::UnknownNode(node));
-            }
-            Some(node) => {
-                self.promotion_candidate(node, now, pause)
-                    .map_err(|why| ForceRefused::NotEligible { node, why })?
-                    .addr
-            }
+        let request = ForceRequest {
+            to,
+            timeout,
+            since: now,
+        };
+        if self.flaws().0 {
+            self.forced_target(to, now, self.master_looks_sane(now))?;
+            let epoch = self.stand(out);
+            self.failover_start = Some(now);
+            self.failover = self.forced_elected(epoch, request, now, out);
+            return Ok(());
+        }
+        if let Some((leader, epoch)) = self.busy_peer(now, None) {
+            return Err(ForceRefused::PeerInProgress { leader, epoch });
+        }
+        // Checked now so that a wrong request gets its answer at once, and again once elected.
+        self.forced_target(to, now, self.master_looks_sane(now))?;
+        let epoch = self.stand(out);
+        self.failover_start = Some(now);
+        out.push(Action::SendToPeers(PeerMsg::VoteRequest {
+            epoch,
+            master: self.master,
+        }));
+        // Alone (no peers), our own vote is the majority.
+        self.failover = self.election(epoch, now, Some(request), now, jitter, out);
+        Ok(())
+    }
+
+    /// The replica a forced failover promotes: `to`, or the best one. With `pause`, it must be
+    /// able to catch up with the master first.
+    fn forced_target(
+        &self,
+        to: Option<NodeAddr>,
+        now: Millis,
+        pause: bool,
+    ) -> Result<NodeAddr, ForceRefused> {
+        match to {
+            Some(node) if node == self.master => Err(ForceRefused::AlreadyMaster(node)),
+            Some(node) if !self.nodes.contains_key(&node) => Err(ForceRefused::UnknownNode(node)),
+            Some(node) => self
+                .promotion_candidate(node, now, pause)
+                .map(|c| c.addr)
+                .map_err(|why| ForceRefused::NotEligible { node, why }),
             None => select::best(
                 self.nodes
                     .keys()
                     .filter_map(|&addr| self.promotion_candidate(addr, now, pause).ok()),
             )
-            .ok_or(ForceRefused::NoGoodReplica)?,
-        };
+            .ok_or(ForceRefused::NoGoodReplica),
+        }
+    }
 
-        // sentinelStartFailover, then WAIT_START with SRI_FORCE_FAILOVER: leader without votes.
-        // Our vote in the new epoch is recorded (and durable before anything leaves) so that we
-        // never vote for someone else in an epoch we lead.
-        let epoch = self.stand(out);
+    /// A majority voted for our operator's failover in `epoch`. If the master answers, pause
+    /// its writes and let the target catch up first ([`Action::PauseAndSync`]); otherwise
+    /// promote at once (Sentinel's forced failover of a dead master).
+    fn forced_elected(
+        &mut self,
+        epoch: Epoch,
+        request: ForceRequest,
+        now: Millis,
+        out: &mut Vec<Action>,
+    ) -> Failover {
+        // Pausing needs a master that takes commands; a dead one has nothing left to lose.
+        let pause = self.master_looks_sane(now);
+        let target = match self.forced_target(request.to, now, pause) {
+            Ok(target) => target,
+            Err(refused) => {
+                out.push(Action::Forced(ForcedOutcome::Refused(refused)));
+                self.failover_start = None;
+                return Failover::Idle;
+            }
+        };
         let master = self.describe(self.master);
-        self.failover_start = Some(now);
         self.emit(out, NoticeKind::ElectedLeader, master.clone());
         self.emit(out, NoticeKind::FailoverStateSelectSlave, master);
         self.emit(out, NoticeKind::SelectedSlave, self.describe(target));
@@ -1033,24 +1300,23 @@ impl ServiceMachine {
             out.push(Action::PauseAndSync {
                 master: self.master,
                 target,
-                pause_ms: switchover_pause_ms(timeout),
-                timeout_ms: timeout,
+                pause_ms: switchover_pause_ms(request.timeout),
+                timeout_ms: request.timeout,
             });
-            self.failover = Failover::Sync {
+            Failover::Sync {
                 epoch,
                 target,
                 since: now,
-                timeout,
-            };
+                timeout: request.timeout,
+            }
         } else {
             let forced = Forced {
                 old_master: self.master,
                 paused: false,
                 timeout: self.params.failover_timeout_ms,
             };
-            self.failover = self.promote(epoch, target, Some(forced), now, out);
+            self.promote(epoch, target, Some(forced), now, out)
         }
-        Ok(())
     }
 
     /// The executor paused writes and the target caught up (or not).
@@ -1115,6 +1381,18 @@ impl ServiceMachine {
     /// which follows `new_master` from now on.
     fn supersede_forced(&mut self, new_master: NodeAddr, out: &mut Vec<Action>) {
         let (epoch, paused) = match &self.failover {
+            Failover::Election {
+                epoch,
+                forced: Some(_),
+                ..
+            } => {
+                let refused = ForceRefused::LostElection {
+                    epoch: *epoch,
+                    leader: None,
+                };
+                out.push(Action::Forced(ForcedOutcome::Refused(refused)));
+                return;
+            }
             Failover::Sync { epoch, .. } => (*epoch, true),
             Failover::Promotion {
                 epoch,
@@ -1187,7 +1465,6 @@ impl ServiceMachine {
         out: &mut Vec<Action>,
     ) {
         self.config_epoch = epoch;
-        self.persist(out);
         self.emit(out, NoticeKind::PromotedSlave, self.describe(promoted));
         self.emit(
             out,
@@ -1206,6 +1483,8 @@ impl ServiceMachine {
             since: now,
             replicas,
         });
+        // Durable before the write port moves, with the promoted node as the epoch's master.
+        self.persist(out);
         self.set_master(epoch, promoted, out);
         let paused = forced.filter(|f| f.paused);
         if let Some(f) = paused {
@@ -1354,7 +1633,11 @@ impl ServiceMachine {
         self.failover = Failover::Idle;
         self.failover_start = None;
         self.odown = false;
-        self.reports.clear();
+        for report in self.reports.values_mut() {
+            report.hello = None;
+            report.vote = None;
+        }
+        self.reports.retain(|_, r| r.busy.is_some());
         let node = self.nodes.entry(new).or_insert_with(|| Node::new(now));
         node.liveness = Liveness::new(now);
         node.role_since = now;
@@ -1426,6 +1709,59 @@ impl ServiceMachine {
         }
     }
 
+    /// The epoch of the failover we stand for or run, until it switched or ended: what our
+    /// hellos announce. An automatic candidacy counts only while its epoch is current (a later
+    /// one means it is lost, and we may have voted in it).
+    fn failover_in_flight(&self) -> Option<Epoch> {
+        match &self.failover {
+            Failover::Election {
+                epoch,
+                forced: Some(_),
+                ..
+            } => Some(*epoch),
+            Failover::Election { epoch, .. } => (*epoch == self.current_epoch).then_some(*epoch),
+            Failover::Sync { epoch, .. } | Failover::Promotion { epoch, .. } => Some(*epoch),
+            Failover::Idle | Failover::Reconfiguration(_) => None,
+        }
+    }
+
+    /// Whether we lead a failover whose promotion is not confirmed: no vote for anyone else
+    /// meanwhile. An operator's candidacy counts too; an automatic one does not, so that, as
+    /// in Sentinel, a candidate in an older epoch still votes in a newer one.
+    fn leads_failover(&self) -> bool {
+        matches!(
+            self.failover,
+            Failover::Election {
+                forced: Some(_),
+                ..
+            } | Failover::Sync { .. }
+                | Failover::Promotion { .. }
+        )
+    }
+
+    /// A peer other than `except` that stands for or runs a failover, as far as fresh reports
+    /// tell: `(peer, epoch)`.
+    fn busy_peer(
+        &self,
+        now: Millis,
+        except: Option<&ControllerId>,
+    ) -> Option<(ControllerId, Epoch)> {
+        let validity = self.params.peer_report_validity_ms;
+        self.reports
+            .iter()
+            .filter(|(id, _)| Some(*id) != except)
+            .find_map(|(id, r)| match r.busy {
+                Some((epoch, at)) if now.saturating_sub(at) <= validity => {
+                    Some((id.clone(), epoch))
+                }
+                _ => None,
+            })
+    }
+
+    fn failover_elsewhere(&self, now: Millis, except: Option<&ControllerId>) -> bool {
+        self.busy_peer(now, except).is_some()
+    }
+
     /// Whether fresh hellos from our peers, with us, make a majority of all controllers.
     fn hears_majority(&self) -> bool {
         let heard = self.reports.values().filter(|r| r.hello.is_some()).count();
@@ -1454,12 +1790,14 @@ impl ServiceMachine {
         }
     }
 
-    /// Ask the data plane to send writes to `node`, unless that would not move the epoch forward.
+    /// Ask the data plane to send writes to `node`, unless that would not move the config
+    /// forward: a higher epoch, or in the same epoch the lower address (how a conflict within
+    /// one epoch is resolved, see [`Self::on_hello`]).
     fn set_master(&mut self, epoch: Epoch, node: NodeAddr, out: &mut Vec<Action>) {
         if self
             .dataplane
             .requested
-            .is_some_and(|(last, _)| epoch <= last)
+            .is_some_and(|(last, last_node)| epoch < last || (epoch == last && node >= last_node))
         {
             return;
         }
@@ -1555,13 +1893,16 @@ impl ServiceMachine {
             .filter(|(_, n)| !n.liveness.is_up())
             .map(|(&addr, _)| addr)
             .collect();
+        let failover_epoch = self.failover_in_flight();
         out.push(Action::SendToPeers(PeerMsg::Hello(Hello {
             current_epoch: self.current_epoch,
             master: self.advertised_master(),
             config_epoch: self.config_epoch,
             sdown,
+            failover_epoch,
         })));
         self.last_hello = Some(now);
+        self.announced_failover = failover_epoch;
     }
 
     fn persist(&self, out: &mut Vec<Action>) {
@@ -1596,6 +1937,9 @@ impl ServiceMachine {
 pub(crate) fn switchover_pause_ms(timeout: Millis) -> Millis {
     timeout.saturating_mul(3).saturating_add(2_000)
 }
+
+/// Redis's default `replica-priority`, for a node that reports `role:master` and so no priority.
+const DEFAULT_PRIORITY: u32 = 100;
 
 /// An absolute majority of `n` voters (50% + 1).
 fn majority(n: usize) -> usize {

@@ -1,7 +1,11 @@
 //! Tests of the whole machine: `unit` drives one machine by hand, `scenarios` wires several
 //! together through `sim`, an in-memory network and fake Redis nodes, with time driven explicitly;
-//! `switchover` covers operator-forced failovers (planned switchovers) both ways.
+//! `switchover` covers operator-forced failovers (planned switchovers) both ways; `chaos` draws
+//! random runs with every fault at once, and `randomised` checks their invariants.
 
+mod chaos;
+mod concurrent;
+mod randomised;
 mod scenarios;
 mod sim;
 mod switchover;

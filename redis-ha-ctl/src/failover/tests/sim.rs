@@ -211,6 +211,15 @@ impl Sim {
         self.drain();
     }
 
+    /// Feed each `(controller, event)` before any message they cause is delivered: requests
+    /// that arrive at the same instant.
+    pub(super) fn feed_at_once(&mut self, events: Vec<(&str, Event)>) {
+        for (to, event) in events {
+            self.deliver(&to.into(), event);
+        }
+        self.drain();
+    }
+
     /// Every REPLICAOF NO ONE sent, by whom, to which node, when.
     pub(super) fn promotions(&self) -> Vec<(Millis, ControllerId, NodeAddr)> {
         let mut all: Vec<_> = self

@@ -14,7 +14,7 @@ use crate::failover::{
 /// The bound an operator gives a switchover in these tests.
 const TIMEOUT: Millis = 2_000;
 
-/// One controller of three whose peers stay silent: a forced failover needs no agreement.
+/// One controller of three; peer b votes for it when asked, c stays silent.
 struct Solo {
     m: ServiceMachine,
     now: Millis,
@@ -46,11 +46,26 @@ impl Solo {
         self.m.step(event, self.now, 0)
     }
 
+    /// An operator's request, and peer b's vote when it is asked for one (a majority of three).
     fn force(&mut self, to: Option<NodeAddr>) -> Vec<Action> {
-        self.step(Event::ForceFailover {
+        let mut actions = self.step(Event::ForceFailover {
             to,
             timeout_ms: TIMEOUT,
-        })
+        });
+        let asked = actions.iter().find_map(|a| match a {
+            Action::SendToPeers(PeerMsg::VoteRequest { epoch, .. }) => Some(*epoch),
+            _ => None,
+        });
+        if let Some(epoch) = asked {
+            actions.extend(self.step(Event::Peer {
+                from: "b".into(),
+                msg: PeerMsg::VoteReply {
+                    epoch,
+                    leader: "a".into(),
+                },
+            }));
+        }
+        actions
     }
 
     /// Advance `ms` in 100 ms rounds: probe every node, tick.
@@ -138,14 +153,16 @@ fn a_planned_switchover_pauses_syncs_promotes_switches_then_demotes_and_resumes(
             NoticeKind::SelectedSlave,
             NoticeKind::FailoverStateWaitSync,
         ],
-        "no votes asked: a forced failover's leader is whoever was asked"
+        "the epoch is won by a vote before anything is selected"
     );
-    assert!(
-        !started
-            .iter()
-            .any(|a| matches!(a, Action::SendToPeers(PeerMsg::VoteRequest { .. }))),
-        "{started:?}"
-    );
+    let asked = position(&started, |a| {
+        matches!(
+            a,
+            Action::SendToPeers(PeerMsg::VoteRequest { epoch: 1, .. })
+        )
+    });
+    let paused = position(&started, |a| matches!(a, Action::PauseAndSync { .. }));
+    assert!(asked < paused && asked.is_some(), "{started:?}");
     let persisted = position(
         &started,
         |a| matches!(a, Action::Persist(p) if p.current_epoch == 1 && p.vote.as_ref().is_some_and(|v| v.epoch == 1 && v.leader.0 == "a")),
@@ -439,6 +456,7 @@ fn a_newer_configuration_from_a_peer_supersedes_a_switchover_and_resumes_writes(
         master: R1,
         config_epoch: 5,
         sdown: Vec::new(),
+        failover_epoch: None,
     };
     let actions = s.step(Event::Peer {
         from: "b".into(),

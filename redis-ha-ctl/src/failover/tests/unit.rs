@@ -116,6 +116,7 @@ fn hello(master: NodeAddr, sdown: &[NodeAddr]) -> Hello {
         master,
         config_epoch: 0,
         sdown: sdown.to_vec(),
+        failover_epoch: None,
     }
 }
 
@@ -775,6 +776,7 @@ fn set_master_epochs_only_grow_and_failed_writes_are_retried() {
         master: R2,
         config_epoch: 3,
         sdown: vec![M],
+        failover_epoch: None,
     };
     let actions = t.from("b", PeerMsg::Hello(newer));
     assert!(actions.contains(&emit(
@@ -794,6 +796,7 @@ fn set_master_epochs_only_grow_and_failed_writes_are_retried() {
         master: R1,
         config_epoch: 2,
         sdown: vec![],
+        failover_epoch: None,
     };
     let actions = t.from("c", PeerMsg::Hello(older));
     assert!(
