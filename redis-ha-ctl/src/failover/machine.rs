@@ -252,18 +252,6 @@ pub struct ServiceMachine {
     last_hello: Option<Millis>,
     /// The `failover_epoch` of our last hello: a change is announced at once.
     announced_failover: Option<Epoch>,
-    #[cfg(test)]
-    flaws: Flaws,
-}
-
-/// Rules broken on purpose, to show that the randomised simulation catches each.
-#[cfg(test)]
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Flaws {
-    /// An operator's failover leads at once in a new epoch, without its vote (Sentinel's way).
-    pub(crate) forced_without_votes: bool,
-    /// Two masters in one epoch are left as they are (Sentinel's way).
-    pub(crate) keep_conflicts: bool,
 }
 
 impl ServiceMachine {
@@ -304,8 +292,6 @@ impl ServiceMachine {
             replaced: None,
             last_hello: None,
             announced_failover: None,
-            #[cfg(test)]
-            flaws: Flaws::default(),
         };
         let mut out = Vec::new();
         machine.set_master(config_epoch, master, &mut out);
@@ -336,18 +322,6 @@ impl ServiceMachine {
             self.send_hello(now, &mut out);
         }
         out
-    }
-
-    #[cfg(test)]
-    pub(crate) fn break_rules(&mut self, flaws: Flaws) {
-        self.flaws = flaws;
-    }
-
-    fn flaws(&self) -> (bool, bool) {
-        #[cfg(test)]
-        return (self.flaws.forced_without_votes, self.flaws.keep_conflicts);
-        #[cfg(not(test))]
-        (false, false)
     }
 
     /// The master we believe in (the old one until our own failover ends).
@@ -576,7 +550,6 @@ impl ServiceMachine {
             }
         } else if hello.config_epoch == self.config_epoch
             && hello.master < self.advertised_master()
-            && !self.flaws().1
             && !matches!(self.failover, Failover::Reconfiguration(_))
         {
             // Two masters in one epoch: Sentinel adopts neither, and the controllers stay
@@ -1215,13 +1188,6 @@ impl ServiceMachine {
             timeout,
             since: now,
         };
-        if self.flaws().0 {
-            self.forced_target(to, now, self.master_looks_sane(now))?;
-            let epoch = self.stand(out);
-            self.failover_start = Some(now);
-            self.failover = self.forced_elected(epoch, request, now, out);
-            return Ok(());
-        }
         if let Some((leader, epoch)) = self.busy_peer(now, None) {
             return Err(ForceRefused::PeerInProgress { leader, epoch });
         }

@@ -21,7 +21,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{R1, R2, SERVICE, node, params};
-use crate::failover::machine::Flaws;
 use crate::failover::{
     Action, Command, ControllerId, Epoch, Event, FailoverPhase, MachineConfig, Millis, NodeAddr,
     NodeInfo, Params, PeerMsg, Persisted, ProbeResult, ReplicaInfo, Role, ServiceMachine, Vote,
@@ -97,6 +96,20 @@ enum Ev {
     Replicate,
     Fault,
     Calm,
+}
+
+/// Rules broken on purpose, in the world around the machines, to show that the runs catch
+/// what each rule prevents.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Flaws {
+    /// Every controller asked for a vote grants it at once, whatever it voted before: an
+    /// epoch's vote elects every candidate, as if a failover needed none (Sentinel's
+    /// `SENTINEL FAILOVER`).
+    pub(super) votes_for_anyone: bool,
+    /// A hello naming another master in the receiver's own config epoch reaches it with the
+    /// receiver's master instead: two masters in one epoch are left as they are (Sentinel's
+    /// way).
+    pub(super) ignore_equal_epoch_conflicts: bool,
 }
 
 /// What a run found wrong.
@@ -315,10 +328,23 @@ impl World {
                     self.schedule(next, Ev::Probe(i, node));
                 }
             }
-            Ev::Input(i, life, event) => {
-                if self.ctls[i].machine.is_some() && self.ctls[i].life == life {
-                    self.step(i, event)?;
+            Ev::Input(i, life, mut event) => {
+                let Some(m) = &self.ctls[i].machine else {
+                    return Ok(());
+                };
+                if self.ctls[i].life != life {
+                    return Ok(());
                 }
+                if let Event::Peer {
+                    msg: PeerMsg::Hello(h),
+                    ..
+                } = &mut event
+                    && self.flaws.ignore_equal_epoch_conflicts
+                    && h.config_epoch == m.config_epoch()
+                {
+                    h.master = m.advertised_master();
+                }
+                self.step(i, event)?;
             }
             Ev::Replicate => {
                 self.replicate();
@@ -463,9 +489,8 @@ impl World {
             replicas: NODES[1..].to_vec(),
             params: self.params.clone(),
         };
-        let (mut machine, actions) =
+        let (machine, actions) =
             ServiceMachine::new(config, self.ctls[i].durable.clone(), self.now).unwrap();
-        machine.break_rules(self.flaws);
         self.ctls[i].machine = Some(machine);
         self.ctls[i].life += 1;
         self.note(|| format!("start controller {i}"));
@@ -539,10 +564,20 @@ impl World {
                             epoch: *epoch,
                             leader: self.ctls[i].id.clone(),
                         };
-                        if self.durable_vote(i) != Some(own) {
+                        if self.durable_vote(i).as_ref() != Some(&own) {
                             return Err(self.violation(format!(
                                 "controller {i} asked for votes in epoch {epoch} before its own was durable"
                             )));
+                        }
+                        if self.flaws.votes_for_anyone {
+                            for j in (0..self.ctls.len()).filter(|&j| j != i) {
+                                let from = self.ctls[j].id.clone();
+                                let msg = PeerMsg::VoteReply {
+                                    epoch: own.epoch,
+                                    leader: own.leader.clone(),
+                                };
+                                self.schedule(0, Ev::Input(i, life, Event::Peer { from, msg }));
+                            }
                         }
                     }
                     for j in 0..self.ctls.len() {

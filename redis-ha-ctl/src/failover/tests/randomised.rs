@@ -5,8 +5,7 @@
 //! seed) for a longer run, best with `--release`; `REDIS_HA_SIM_SEED=<seed>` replays one run
 //! with its trace.
 
-use super::chaos::{self, CONVERGE_MS, Violation};
-use crate::failover::machine::Flaws;
+use super::chaos::{self, CONVERGE_MS, Flaws, Violation};
 
 /// Runs in `cargo test`: a few seconds on two cores.
 const DEFAULT_RUNS: u64 = 1_000;
@@ -64,12 +63,13 @@ fn first_violation(flaws: Flaws, seeds: u64) -> Option<(u64, Violation)> {
 }
 
 #[test]
-fn the_runs_catch_an_operator_failover_that_skips_its_epochs_vote() {
+fn the_runs_catch_an_epoch_vote_that_elects_every_candidate() {
     let flaws = Flaws {
-        forced_without_votes: true,
+        votes_for_anyone: true,
         ..Flaws::default()
     };
     let (seed, v) = first_violation(flaws, 300).expect("no run caught the flaw");
+    println!("caught by seed {seed}: {}", v.what);
     assert!(
         v.what.starts_with("two "),
         "caught, but not as two configurations, targets or leaders in one epoch: {}",
@@ -80,10 +80,11 @@ fn the_runs_catch_an_operator_failover_that_skips_its_epochs_vote() {
 #[test]
 fn the_runs_catch_two_masters_in_one_epoch_left_unresolved() {
     let flaws = Flaws {
-        keep_conflicts: true,
+        ignore_equal_epoch_conflicts: true,
         ..Flaws::default()
     };
     let (seed, v) = first_violation(flaws, 300).expect("no run caught the flaw");
+    println!("caught by seed {seed}: {}", v.what);
     assert!(
         v.what.contains("no agreement"),
         "caught, but not as a cluster that never agrees: {}",
