@@ -16,7 +16,7 @@
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::str::FromStr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -322,6 +322,25 @@ impl Cluster {
             .args(["--flows", "0"]);
         let out = run_within(&mut cmd, MAPS_TIMEOUT)?;
         out.parse()
+    }
+
+    /// `redis-ha-ctl SUBCOMMAND --config <controller n's config>` from the client namespace,
+    /// arguments still to add: an operator's shell on another host, talking to controller
+    /// `n`'s API over the network. Built ahead, so a test can start several at one moment.
+    pub fn ctl_command(&self, n: usize, subcommand: &str) -> Result<Command> {
+        let mut cmd = self.testbed.client().command(crate::ctl_binary()?);
+        cmd.arg(subcommand)
+            .arg("--config")
+            .arg(&self.controller(n).config_path);
+        Ok(cmd)
+    }
+
+    /// `redis-cli -h <controller n> -p 26379 ARGS...` from the client namespace, as a Sentinel
+    /// client asks (bounded; an error reply is an error); the reply without its last newline.
+    pub fn sentinel_cli(&self, n: usize, args: &[&str]) -> Result<String> {
+        let api = self.controller(n).listen;
+        let out = self.testbed.client().redis_cli(api, args)?;
+        Ok(out.trim_end().to_owned())
     }
 
     /// The backend the write port points at now.
