@@ -1109,9 +1109,10 @@ impl ServiceMachine {
             return Err("it has not answered a probe recently");
         }
         let info = node.info.as_ref().ok_or("it never answered a probe")?;
-        // No master at all (a replication loop, or replicas only): the master we believe in
-        // reports a replica. Any node of the service may then be promoted, whomever it follows,
-        // or none (a node that claims to be master is judged by its own offset).
+        // The master we believe in reports a replica (a replication loop, replicas only, or
+        // it follows some other node): no replica can follow it, so any node of the service
+        // may be promoted, whomever it follows, or none (a node that claims to be master is
+        // judged by its own offset).
         let masterless = !sync
             && self.nodes[&self.master]
                 .role()
