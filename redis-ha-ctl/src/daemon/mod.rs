@@ -8,6 +8,8 @@
 //! burst of steps it publishes a [`Status`] snapshot (a `watch` channel read by the API and the
 //! HTTP endpoint), and every event it performs goes to the [`EventHub`] (log, pub/sub).
 
+pub mod control;
+
 use std::{
     collections::{BTreeMap, VecDeque},
     net::SocketAddr,
@@ -24,6 +26,7 @@ use tokio::{
 };
 use tracing::{debug, error, info, warn};
 
+use self::control::{ApiError, ControlRequest, EventHub, SwitchoverReport};
 use crate::{
     config::{
         Config, ControllerConfig, ReadFromMaster as CfgRead, RedisAuth, ServiceConfig, backend_slot,
@@ -43,7 +46,7 @@ use crate::{
     peer::{MAX_DATAGRAM, Payload, PeerCodec, Refused},
     persist::StateStore,
     probe::{self, Prober},
-    sentinel_api::{self, Api, ApiError, ControlRequest, EventHub, SwitchoverReport},
+    sentinel_api::{self, Api},
     status::{
         BackendTraffic, DataplaneStatus, EventRecord, HaStatus, NodeStatus, PeerStatus,
         ServiceStatus, Status,
