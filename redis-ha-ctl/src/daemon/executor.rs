@@ -20,6 +20,7 @@ use super::{
     resume::Machines,
     snapshot::{self, Attached, ServiceView},
     traffic::DataplaneCounters,
+    warmup::ReadPoolHold,
 };
 use crate::{
     config::{ControllerConfig, ServiceConfig},
@@ -149,11 +150,8 @@ pub(super) struct Executor<D> {
     views: Vec<ServiceView>,
     /// Per service: the operator's switchover in flight, if any.
     operators: Vec<Operator>,
-    /// Until every node has been probed a few times the machines know nothing of replica
-    /// health; holding back read-pool changes until then keeps a restart from emptying the
-    /// pool the pinned maps are serving.
-    warm_until: Millis,
-    held_pools: Vec<Option<Vec<NodeAddr>>>,
+    /// Read-pool changes held back just after the start.
+    read_pools: ReadPoolHold,
     tx: mpsc::Sender<Input>,
     status: watch::Sender<Status>,
     events: Arc<EventHub>,
@@ -196,8 +194,7 @@ impl<D: ExecutorDataplane> Executor<D> {
                 .map(|m| ServiceView::new(m, &ctl.peers))
                 .collect(),
             operators: machines.iter().map(|_| Operator::default()).collect(),
-            warm_until: (ctl.probe_interval_ms * 4).max(500),
-            held_pools: vec![None; machines.len()],
+            read_pools: ReadPoolHold::after_start(machines.len(), ctl.probe_interval_ms),
             jitter: Jitter(seed | 1),
             services,
             ctl,
@@ -287,14 +284,12 @@ impl<D: ExecutorDataplane> Executor<D> {
     /// The machines' timer; returns what to perform: the read pools held since the start,
     /// once that hold ends, then each machine's actions.
     fn tick(&mut self, now: Millis) -> Vec<(usize, Vec<Action>)> {
-        let mut out: Vec<(usize, Vec<Action>)> = Vec::new();
-        if now >= self.warm_until {
-            for (i, held) in self.held_pools.iter_mut().enumerate() {
-                if let Some(pool) = held.take() {
-                    out.push((i, vec![Action::SetReadPool(pool)]));
-                }
-            }
-        }
+        let mut out: Vec<(usize, Vec<Action>)> = self
+            .read_pools
+            .release(now)
+            .into_iter()
+            .map(|(i, pool)| (i, vec![Action::SetReadPool(pool)]))
+            .collect();
         for (i, m) in self.machines.iter_mut().enumerate() {
             let actions = m.step(Event::Tick, now, self.jitter.next());
             if !actions.is_empty() {
@@ -422,10 +417,9 @@ impl<D: ExecutorDataplane> Executor<D> {
                     });
                 }
                 Action::SetReadPool(pool) => {
-                    if now_ms(self.start) < self.warm_until {
-                        self.held_pools[service] = Some(pool);
+                    let Some(pool) = self.read_pools.offer(service, pool, self.now()) else {
                         continue;
-                    }
+                    };
                     self.targets[service].read_pool = pool;
                     apply(&mut self.dataplane, &self.targets, &name);
                 }

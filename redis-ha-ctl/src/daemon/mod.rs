@@ -14,6 +14,7 @@
 //! - `resume`: the machines a controller starts with, from the state file and the maps;
 //! - `executor`: the event loop (accept inputs, step the machines, perform the actions);
 //! - `floating`: the floating addresses' side of it (ownership actions, the ARP lease);
+//! - `warmup`: the pure rule holding back read-pool changes just after a start;
 //! - `operator`: an operator's planned switchover, from the request to its answer;
 //! - `redis_io`: probes, commands and the switchover's Redis calls;
 //! - `peers`: the UDP peer socket, both ways;
@@ -29,6 +30,7 @@ mod redis_io;
 mod resume;
 mod snapshot;
 mod traffic;
+mod warmup;
 
 use std::{future::Future, path::Path, sync::Arc, time::SystemTime};
 
