@@ -32,6 +32,9 @@ mod snapshot;
 mod traffic;
 mod warmup;
 
+#[cfg(test)]
+mod tests;
+
 use std::{future::Future, path::Path, sync::Arc, time::SystemTime};
 
 use anyhow::Context as _;

@@ -202,3 +202,122 @@ impl Operator {
         self.switchover = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::failover::NodeAddr;
+
+    const SERVICE: &str = "mymaster";
+
+    fn node(last: u8) -> NodeAddr {
+        NodeAddr::new(std::net::Ipv4Addr::new(198, 18, 1, last), 6379)
+    }
+
+    /// A `REDIS-HA FAILOVER` (`wait`) or `SENTINEL FAILOVER` request, and where its answer goes.
+    fn request(wait: bool) -> (ControlRequest, oneshot::Receiver<Result<String, ApiError>>) {
+        let (reply, answer) = oneshot::channel();
+        let request = ControlRequest::Failover {
+            service: SERVICE.to_owned(),
+            to: Some(node(12)),
+            timeout_ms: None,
+            wait,
+            reply,
+        };
+        (request, answer)
+    }
+
+    #[test]
+    fn a_request_asks_the_machine_with_the_default_timeout() {
+        let mut op = Operator::default();
+        let (req, _answer) = request(true);
+        assert_eq!(
+            op.request(SERVICE, true, req),
+            Some(Event::ForceFailover {
+                to: Some(node(12)),
+                timeout_ms: DEFAULT_SWITCHOVER_TIMEOUT_MS,
+            })
+        );
+    }
+
+    #[test]
+    fn a_refusal_is_answered_with_sentinels_code_and_frees_the_slot() {
+        let mut op = Operator::default();
+        let (req, mut answer) = request(true);
+        op.request(SERVICE, true, req).unwrap();
+        op.forced(SERVICE, ForcedOutcome::Refused(ForceRefused::NoGoodReplica));
+        assert_eq!(answer.try_recv().unwrap().unwrap_err().code, "NOGOODSLAVE");
+        let (again, _answer) = request(true);
+        assert!(op.request(SERVICE, true, again).is_some());
+    }
+
+    #[test]
+    fn one_operator_failover_at_a_time() {
+        let mut op = Operator::default();
+        let (first, _first_answer) = request(true);
+        op.request(SERVICE, true, first).unwrap();
+        // The machine took it up (not idle): a second request is refused at once.
+        let (second, mut answer) = request(true);
+        assert_eq!(op.request(SERVICE, false, second), None);
+        assert_eq!(answer.try_recv().unwrap().unwrap_err().code, "INPROG");
+    }
+
+    #[test]
+    fn an_attempt_that_ended_without_an_outcome_does_not_block_the_next() {
+        let mut op = Operator::default();
+        let (first, mut first_answer) = request(true);
+        op.request(SERVICE, true, first).unwrap();
+        // The machine is idle again and nothing is in flight: the old attempt is dropped.
+        let (second, _answer) = request(true);
+        assert!(op.request(SERVICE, true, second).is_some());
+        assert_eq!(first_answer.try_recv().unwrap().unwrap_err().code, "ERR");
+    }
+
+    #[test]
+    fn sentinel_failover_is_answered_when_it_starts() {
+        let mut op = Operator::default();
+        let (req, mut answer) = request(false);
+        op.request(SERVICE, true, req).unwrap();
+        op.forced(
+            SERVICE,
+            ForcedOutcome::Started {
+                epoch: 1,
+                target: node(12),
+                paused: true,
+            },
+        );
+        assert_eq!(answer.try_recv().unwrap().unwrap(), "OK");
+    }
+
+    #[test]
+    fn the_report_waits_for_the_old_master_to_resume_writes() {
+        let mut op = Operator::default();
+        let (req, mut answer) = request(true);
+        op.request(SERVICE, true, req).unwrap();
+        let paused = Instant::now();
+        op.paused(paused);
+        op.resuming();
+        op.forced(
+            SERVICE,
+            ForcedOutcome::Switched {
+                epoch: 3,
+                from: node(11),
+                to: node(12),
+            },
+        );
+        assert!(
+            answer.try_recv().is_err(),
+            "answered before the writes resumed"
+        );
+        op.resumed(SERVICE, true, paused + Duration::from_millis(25));
+        let report: SwitchoverReport =
+            serde_json::from_str(&answer.try_recv().unwrap().unwrap()).unwrap();
+        assert_eq!(
+            (report.epoch, report.from.as_str(), report.to.as_str()),
+            (3, "198.18.1.11:6379", "198.18.1.12:6379")
+        );
+        assert_eq!(report.write_pause_ms, Some(25.0));
+    }
+}
