@@ -13,8 +13,9 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     config::Config,
+    daemon::control::SwitchoverReport,
     failover::NodeAddr,
-    sentinel_api::{JSON_EVENTS_CHANNEL, SwitchoverReport},
+    sentinel_api::JSON_EVENTS_CHANNEL,
     status::{EventRecord, ServiceStatus, Status},
 };
 

@@ -181,7 +181,7 @@ fn run_daemon(config: &std::path::Path) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(redis_ha_ctl::daemon::run(config))
+    rt.block_on(redis_ha_ctl::daemon::run_with_signals(config))
 }
 
 fn main() -> ExitCode {

@@ -15,16 +15,15 @@
 //! after each step; only a failover request travels to the executor (as a [`ControlRequest`]).
 
 use std::{
-    collections::{BTreeSet, VecDeque},
+    collections::BTreeSet,
     net::{SocketAddr, SocketAddrV4},
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::Instant,
 };
 
-use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
@@ -34,6 +33,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     config::ServiceConfig,
+    daemon::control::{ApiError, ControlRequest, EventHub},
     failover::NodeAddr,
     resp::{self, Reply, Request},
     status::{EventRecord, NodeStatus, PeerStatus, ServiceStatus, Status},
@@ -46,107 +46,14 @@ pub const JSON_EVENTS_CHANNEL: &str = "redis-ha:events";
 
 /// Connections served at once; more are told so and closed (Redis's `maxclients`).
 const MAX_CLIENTS: usize = 256;
-/// Events kept for `REDIS-HA EVENTS`.
-const RECENT_EVENTS: usize = 256;
 /// A connection whose unparsed input grows past this without a complete request is closed.
 const MAX_PENDING_INPUT: usize = 1024 * 1024;
 
-/// The operator events: published by the executor, fanned out to subscribers, and the most
-/// recent kept for `redis-ha-ctl events`.
-pub struct EventHub {
-    tx: broadcast::Sender<EventRecord>,
-    recent: Mutex<VecDeque<EventRecord>>,
-}
-
-impl Default for EventHub {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl EventHub {
-    pub fn new() -> Self {
-        Self {
-            // A subscriber slower than this many events loses the oldest ones (and is told so
-            // in the log) rather than slowing the executor down.
-            tx: broadcast::channel(1024).0,
-            recent: Mutex::new(VecDeque::with_capacity(RECENT_EVENTS)),
-        }
-    }
-
-    pub fn publish(&self, record: EventRecord) {
-        {
-            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-            if recent.len() == RECENT_EVENTS {
-                recent.pop_front();
-            }
-            recent.push_back(record.clone());
-        }
-        // No subscriber is not an error.
-        let _ = self.tx.send(record);
-    }
-
-    pub fn subscribe(&self) -> broadcast::Receiver<EventRecord> {
-        self.tx.subscribe()
-    }
-
-    pub fn recent(&self) -> Vec<EventRecord> {
-        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        recent.iter().cloned().collect()
-    }
-}
-
-/// A request only the executor can answer (it owns the machines).
-#[derive(Debug)]
-pub enum ControlRequest {
-    /// `SENTINEL FAILOVER` / `REDIS-HA FAILOVER`: a forced failover, a planned switchover while
-    /// the master answers.
-    Failover {
-        service: String,
-        to: Option<NodeAddr>,
-        /// Bound of the catch-up (and of the promotion) while writes are paused; the executor's
-        /// default when `None`.
-        timeout_ms: Option<u64>,
-        /// Answer once it switched or aborted ([`SwitchoverReport`] as JSON), rather than as
-        /// soon as it started (`OK`, as Sentinel answers).
-        wait: bool,
-        reply: oneshot::Sender<Result<String, ApiError>>,
-    },
-}
-
-/// An error reply: `-<code> <message>`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ApiError {
-    /// Redis's error code: `ERR`, or Sentinel's `INPROG`, `NOGOODSLAVE`, ...
-    pub code: &'static str,
-    pub message: String,
-}
-
+// The API's own wire form of an error from the executor.
 impl ApiError {
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-
     fn reply(&self) -> Reply {
         Reply::Error(format!("{} {}", self.code, self.message))
     }
-}
-
-/// The answer to `REDIS-HA FAILOVER` once the switch happened.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct SwitchoverReport {
-    pub service: String,
-    pub epoch: u64,
-    pub from: String,
-    pub to: String,
-    /// How long writes were paused on the old master (`CLIENT PAUSE` to `CLIENT UNPAUSE`);
-    /// `None` for a forced failover of a master that was down (nothing to pause).
-    pub write_pause_ms: Option<f64>,
-    /// From the request to the answer.
-    pub total_ms: f64,
 }
 
 /// What the API serves from.

@@ -19,7 +19,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use redis_ha_ctl::sentinel_api::SwitchoverReport;
+use redis_ha_ctl::daemon::control::SwitchoverReport;
 use redis_ha_tests::cluster::{Replication, replication};
 use redis_ha_tests::trial::{LoopOptions, missing_keys};
 use redis_ha_tests::{

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use redis_ha_ctl::client::render_status;
-use redis_ha_ctl::sentinel_api::SwitchoverReport;
+use redis_ha_ctl::daemon::control::SwitchoverReport;
 use redis_ha_ctl::status::Status;
 use redis_ha_tests::trial::{LoopOptions, missing_keys, summary};
 use redis_ha_tests::{

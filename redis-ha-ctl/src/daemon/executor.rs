@@ -1,0 +1,518 @@
+//! The event loop: the one task that owns the machines and the data plane. It accepts inputs
+//! (probe results, peer messages, command results, operator requests, ticks), steps the
+//! machines and performs their actions in order, so decisions and map writes are strictly
+//! ordered. Whatever waits on the network runs on other tasks and comes back as an [`Input`].
+
+use std::{collections::VecDeque, future::Future, net::Ipv4Addr, sync::Arc, time::Duration};
+
+use tokio::{
+    sync::{mpsc, watch},
+    time::{Instant, MissedTickBehavior},
+};
+use tracing::{error, info};
+
+use super::{
+    control::{ApiError, ControlRequest, EventHub},
+    floating::Floating,
+    operator::Operator,
+    peers::PeerSender,
+    redis_io,
+    resume::Machines,
+    snapshot::{self, Attached, ServiceView},
+    traffic::DataplaneCounters,
+    warmup::ReadPoolHold,
+};
+use crate::{
+    config::{ControllerConfig, ServiceConfig},
+    dataplane::{Dataplane, ServiceTarget, bpf::BpfDataplane, sync},
+    failover::{
+        self, Action, ControllerId, Event, Millis, NodeAddr, NoticeKind, PeerMsg, ProbeResult,
+        ServiceMachine,
+    },
+    ha::{HaAction, HaEvent, HaMsg, net::AddressWorker},
+    metrics::Metrics,
+    persist::StateStore,
+    status::{EventRecord, Status},
+};
+
+/// An input for the executor.
+pub(super) enum Input {
+    /// An event for the machine of service `service` (index into the config's services).
+    Event { service: usize, event: Event },
+    /// A probe's result, with how long a successful one took.
+    Probe {
+        service: usize,
+        node: NodeAddr,
+        result: ProbeResult,
+        latency: Option<Duration>,
+    },
+    /// A request from the API.
+    Control(ControlRequest),
+    /// A planned switchover paused writes on the master (`CLIENT PAUSE` accepted) at `at`.
+    Paused { service: usize, at: Instant },
+    /// ...and resumed them (`CLIENT UNPAUSE` sent; `ok` if it was accepted) at `at`.
+    Resumed {
+        service: usize,
+        ok: bool,
+        at: Instant,
+    },
+    /// A peer's message about the floating addresses.
+    Ha { from: ControllerId, msg: HaMsg },
+}
+
+/// Sentinel's timer runs at 10 Hz; so do the failover machines' ticks.
+const TICK: Duration = Duration::from_millis(100);
+
+/// What the executor needs of a data plane: the maps, through [`Dataplane`], and the floating
+/// addresses' ARP lease, which that trait does not carry. Production uses the pinned maps;
+/// the executor's tests an in-memory fake.
+pub(super) trait ExecutorDataplane: Dataplane {
+    /// Makes the data plane answer ARP for `addresses` until `until_ns` (`CLOCK_MONOTONIC`;
+    /// 0: not at all).
+    fn set_floating_leases(
+        &mut self,
+        addresses: &[Ipv4Addr],
+        until_ns: u64,
+    ) -> Result<(), Self::Error>;
+}
+
+impl ExecutorDataplane for BpfDataplane {
+    fn set_floating_leases(
+        &mut self,
+        addresses: &[Ipv4Addr],
+        until_ns: u64,
+    ) -> Result<(), Self::Error> {
+        BpfDataplane::set_floating_leases(self, addresses, until_ns)
+    }
+}
+
+pub(super) fn now_ms(start: Instant) -> Millis {
+    start.elapsed().as_millis() as Millis
+}
+
+pub(super) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Cheap non-cryptographic randomness for the election jitter (xorshift), seeded per boot.
+struct Jitter(u64);
+impl Jitter {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Everything the executor is built from; [`super::run`] gathers it, the tests fake it.
+pub(super) struct Parts<D> {
+    pub(super) services: Vec<ServiceConfig>,
+    pub(super) ctl: ControllerConfig,
+    /// The origin of the machines' clock.
+    pub(super) start: Instant,
+    pub(super) store: StateStore,
+    pub(super) machines: Machines,
+    pub(super) dataplane: Option<D>,
+    pub(super) attached: Option<Attached>,
+    /// The data plane's counters, as the traffic task last read them.
+    pub(super) traffic: watch::Receiver<Option<DataplaneCounters>>,
+    pub(super) peers: PeerSender,
+    pub(super) ha_addresses: Option<AddressWorker>,
+    /// A sender of the executor's own input, for the tasks it spawns.
+    pub(super) tx: mpsc::Sender<Input>,
+    pub(super) status: watch::Sender<Status>,
+    pub(super) events: Arc<EventHub>,
+    pub(super) metrics: Arc<Metrics>,
+    /// Seeds the election jitter: differs on every start.
+    pub(super) seed: u64,
+}
+
+/// The executor's state: owned by one task.
+pub(super) struct Executor<D> {
+    services: Vec<ServiceConfig>,
+    ctl: ControllerConfig,
+    names: Vec<String>,
+    start: Instant,
+    store: StateStore,
+    peers: PeerSender,
+    dataplane: Option<D>,
+    /// Where the data plane is pinned and how it is attached, for the status.
+    attached: Option<Attached>,
+    traffic: watch::Receiver<Option<DataplaneCounters>>,
+    targets: Vec<ServiceTarget>,
+    machines: Vec<ServiceMachine>,
+    /// The machines' first actions, until the loop performs them.
+    first: Vec<(usize, Vec<Action>)>,
+    /// Per service: what the status shows beyond the machine's own accessors.
+    views: Vec<ServiceView>,
+    /// Per service: the operator's switchover in flight, if any.
+    operators: Vec<Operator>,
+    /// Read-pool changes held back just after the start.
+    read_pools: ReadPoolHold,
+    tx: mpsc::Sender<Input>,
+    status: watch::Sender<Status>,
+    events: Arc<EventHub>,
+    metrics: Arc<Metrics>,
+    jitter: Jitter,
+    /// The floating addresses' ownership machine, and what this node does about it.
+    floating: Floating,
+}
+
+impl<D: ExecutorDataplane> Executor<D> {
+    pub(super) fn new(parts: Parts<D>) -> Self {
+        let Parts {
+            services,
+            ctl,
+            start,
+            store,
+            machines,
+            dataplane,
+            attached,
+            traffic,
+            peers,
+            ha_addresses,
+            tx,
+            status,
+            events,
+            metrics,
+            seed,
+        } = parts;
+        let Machines {
+            targets,
+            machines,
+            first,
+            ha,
+            ha_tick,
+        } = machines;
+        Self {
+            names: services.iter().map(|s| s.name.clone()).collect(),
+            views: machines
+                .iter()
+                .map(|m| ServiceView::new(m, &ctl.peers))
+                .collect(),
+            operators: machines.iter().map(|_| Operator::default()).collect(),
+            read_pools: ReadPoolHold::after_start(machines.len(), ctl.probe_interval_ms),
+            jitter: Jitter(seed | 1),
+            services,
+            ctl,
+            start,
+            store,
+            peers,
+            dataplane,
+            attached,
+            traffic,
+            targets,
+            machines,
+            first,
+            tx,
+            status,
+            events,
+            metrics,
+            floating: Floating::new(ha, ha_tick, ha_addresses),
+        }
+    }
+
+    fn now(&self) -> Millis {
+        now_ms(self.start)
+    }
+
+    /// Runs until `shutdown` completes, then gives up the floating addresses.
+    pub(super) async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Input>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let mut first = std::mem::take(&mut self.first);
+        let mut pending: VecDeque<Input> = VecDeque::new();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut ha_tick = tokio::time::interval(self.floating.tick);
+        ha_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+
+        // A tick of the ownership machine that did nothing changes nothing to show.
+        let mut changed = true;
+        loop {
+            for (i, actions) in first.drain(..) {
+                let fed = self.perform(i, actions).await;
+                pending.extend(fed);
+            }
+            let input = if let Some(p) = pending.pop_front() {
+                p
+            } else {
+                // Everything decided so far is performed: show it before waiting.
+                if changed {
+                    self.publish_status();
+                }
+                changed = true;
+                tokio::select! {
+                    Some(input) = rx.recv() => input,
+                    _ = tick.tick() => {
+                        first = self.tick(self.now());
+                        continue;
+                    }
+                    _ = ha_tick.tick() => {
+                        let actions = self.floating.machine.step(HaEvent::Tick, self.now());
+                        changed = actions.iter().any(|a| !matches!(a, HaAction::Send { .. }));
+                        self.perform_ha(actions).await;
+                        continue;
+                    }
+                    () = &mut shutdown => break,
+                }
+            };
+            let now = self.now();
+            if let Input::Ha { from, msg } = input {
+                let actions = self.floating.machine.step(HaEvent::Peer { from, msg }, now);
+                self.perform_ha(actions).await;
+                continue;
+            }
+            if let Some((service, event)) = self.accept(input) {
+                let actions = self.machines[service].step(event, now, self.jitter.next());
+                if !actions.is_empty() {
+                    first.push((service, actions));
+                }
+            }
+        }
+        let actions = self.floating.machine.step(HaEvent::Shutdown, self.now());
+        self.perform_ha(actions).await;
+        self.floating.flush().await;
+    }
+
+    /// The machines' timer; returns what to perform: the read pools held since the start,
+    /// once that hold ends, then each machine's actions.
+    fn tick(&mut self, now: Millis) -> Vec<(usize, Vec<Action>)> {
+        let mut out: Vec<(usize, Vec<Action>)> = self
+            .read_pools
+            .release(now)
+            .into_iter()
+            .map(|(i, pool)| (i, vec![Action::SetReadPool(pool)]))
+            .collect();
+        for (i, m) in self.machines.iter_mut().enumerate() {
+            let actions = m.step(Event::Tick, now, self.jitter.next());
+            if !actions.is_empty() {
+                out.push((i, actions));
+            }
+        }
+        out
+    }
+
+    /// Takes note of an input; returns the event for a machine, if it is one.
+    fn accept(&mut self, input: Input) -> Option<(usize, Event)> {
+        match input {
+            Input::Event { service, event } => {
+                if let Event::Peer { from, msg } = &event {
+                    self.views[service].heard(from, msg, Instant::now());
+                }
+                Some((service, event))
+            }
+            Input::Probe {
+                service,
+                node,
+                result,
+                latency,
+            } => {
+                self.views[service].probed(node, &result, latency, Instant::now());
+                Some((service, Event::Probe { node, result }))
+            }
+            Input::Control(request) => {
+                let service = match &request {
+                    ControlRequest::Failover { service, .. } => service,
+                };
+                let Some(i) = self.names.iter().position(|n| n == service) else {
+                    match request {
+                        ControlRequest::Failover { reply, .. } => {
+                            let _ = reply
+                                .send(Err(ApiError::new("ERR", "No such master with that name")));
+                        }
+                    }
+                    return None;
+                };
+                let idle = self.machines[i].phase() == failover::FailoverPhase::Idle;
+                let event = self.operators[i].request(&self.names[i], idle, request)?;
+                Some((i, event))
+            }
+            Input::Paused { service, at } => {
+                self.operators[service].paused(at);
+                None
+            }
+            // Stepped by the main loop before it gets here.
+            Input::Ha { .. } => None,
+            Input::Resumed { service, ok, at } => {
+                self.operators[service].resumed(&self.names[service], ok, at);
+                None
+            }
+        }
+    }
+
+    /// Performs the ownership machine's actions (see [`Floating::perform`]).
+    async fn perform_ha(&mut self, actions: Vec<HaAction>) {
+        let dataplane = self.dataplane.as_mut();
+        let (store, peers, events) = (&mut self.store, &mut self.peers, &self.events);
+        self.floating
+            .perform(actions, store, peers, events, dataplane, self.start)
+            .await;
+    }
+
+    /// Performs one machine's actions in order; returns events to feed back (data-plane acks).
+    async fn perform(&mut self, service: usize, actions: Vec<Action>) -> Vec<Input> {
+        let name = self.names[service].clone();
+        let mut fed = Vec::new();
+        for action in actions {
+            match action {
+                Action::Emit(notice) => {
+                    info!(target: "redis_ha::event", service = %name, event = notice.kind.as_str(), "{notice}");
+                    match notice.kind {
+                        NoticeKind::SwitchMaster => {
+                            self.views[service].failovers += 1;
+                            self.metrics.failover_finished(&name, "switched");
+                        }
+                        kind if kind.as_str().starts_with("-failover-abort") => {
+                            self.metrics
+                                .failover_finished(&name, kind.as_str().trim_start_matches('-'));
+                        }
+                        _ => {}
+                    }
+                    self.events.publish(EventRecord {
+                        at_unix_ms: unix_ms(),
+                        service: name.clone(),
+                        name: notice.kind.as_str().to_owned(),
+                        payload: notice.payload,
+                    });
+                }
+                Action::Persist(p) => {
+                    if let Err(e) = self.store.put(&name, &p) {
+                        // Without durable state a vote could be cast twice after a crash: stop
+                        // performing this batch (the vote or hello that follows must not leave).
+                        error!(service = %name, "persisting state failed, dropping the rest of this step: {e}");
+                        break;
+                    }
+                }
+                Action::SendToPeers(msg) => self.peers.send_to_all(&name, &msg).await,
+                Action::ReplyVote { to, epoch, leader } => {
+                    let msg = PeerMsg::VoteReply { epoch, leader };
+                    self.peers.send_to(&to, &name, &msg).await;
+                }
+                Action::PromoteReplica { node } => {
+                    self.command(service, node, failover::Command::PromoteReplica);
+                }
+                Action::ReplicaOf { node, master } => {
+                    self.command(service, node, failover::Command::ReplicaOf { master });
+                }
+                Action::SetMaster { epoch, node } => {
+                    let t = &mut self.targets[service];
+                    let before = (t.master, t.epoch);
+                    t.master = Some(node);
+                    t.epoch = t.epoch.max(epoch);
+                    let ok = apply(&mut self.dataplane, &self.targets, &name);
+                    if !ok {
+                        let t = &mut self.targets[service];
+                        (t.master, t.epoch) = before;
+                    }
+                    fed.push(Input::Event {
+                        service,
+                        event: Event::MasterApplied { epoch, node, ok },
+                    });
+                }
+                Action::SetReadPool(pool) => {
+                    let Some(pool) = self.read_pools.offer(service, pool, self.now()) else {
+                        continue;
+                    };
+                    self.targets[service].read_pool = pool;
+                    apply(&mut self.dataplane, &self.targets, &name);
+                }
+                Action::PauseAndSync {
+                    master,
+                    target,
+                    pause_ms,
+                    timeout_ms,
+                } => {
+                    info!(service = %name, %master, %target, pause_ms, timeout_ms, "planned switchover: pausing writes until the target caught up");
+                    redis_io::spawn_pause_and_sync(
+                        &self.services[service],
+                        service,
+                        master,
+                        target,
+                        pause_ms,
+                        timeout_ms,
+                        &self.tx,
+                    );
+                }
+                Action::ResumeWrites { node, demote_to } => {
+                    self.operators[service].resuming();
+                    let svc = &self.services[service];
+                    redis_io::spawn_resume_writes(svc, service, node, demote_to, &self.tx);
+                }
+                Action::Forced(outcome) => self.operators[service].forced(&name, outcome),
+            }
+        }
+        fed
+    }
+
+    /// Sends `command` to `node` on a task of its own; the result comes back as an input.
+    fn command(&self, service: usize, node: NodeAddr, command: failover::Command) {
+        redis_io::spawn_command(&self.services[service], service, node, command, &self.tx);
+    }
+
+    /// Rebuilds the snapshot and publishes it, with the data plane's counters as the traffic
+    /// task last read them.
+    fn publish_status(&mut self) {
+        let now = Instant::now();
+        let counters = self.traffic.borrow();
+        let status = Status {
+            controller: self.ctl.id.clone(),
+            listen: self.ctl.listen.to_string(),
+            at_unix_ms: unix_ms(),
+            services: (0..self.services.len())
+                .map(|i| {
+                    snapshot::service_status(
+                        &self.services[i],
+                        &self.ctl.peers,
+                        &self.machines[i],
+                        &self.views[i],
+                        &self.targets[i],
+                        now,
+                    )
+                })
+                .collect(),
+            dataplane: self.attached.as_ref().map(|attached| {
+                snapshot::dataplane_status(
+                    attached,
+                    counters.as_ref(),
+                    &self.services,
+                    &self.targets,
+                )
+            }),
+            ha: snapshot::ha_status(
+                &self.floating.machine,
+                self.floating.addresses.as_ref(),
+                self.floating.acquired,
+                now_ms(self.start),
+            ),
+        };
+        drop(counters);
+        self.status.send_replace(status);
+    }
+}
+
+/// Brings the data plane to `targets`; whether it took them (a controller without a data
+/// plane has nothing to write, and its decision stands).
+fn apply<D: Dataplane>(dataplane: &mut Option<D>, targets: &[ServiceTarget], name: &str) -> bool {
+    let Some(dp) = dataplane else {
+        return true;
+    };
+    match sync(dp, targets) {
+        Ok(ops) => {
+            if !ops.is_empty() {
+                info!(service = %name, writes = ops.len(), "data plane updated");
+            }
+            true
+        }
+        Err(e) => {
+            error!(service = %name, "data plane update failed: {e}");
+            false
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! `redis-ha-ctl run`: the executor around the pure failover machines. It probes every
+//! backend, carries peer messages, performs the machines' actions in order (persisting votes
+//! before they leave the host) and, on data-plane nodes, writes the result into the maps.
+//!
+//! One task owns all machines and the data plane, so decisions and map writes are strictly
+//! ordered; probes, commands, the planned switchover's Redis I/O, the peer socket, the
+//! data plane's counters and the Sentinel-compatible API run in their own tasks and talk to it
+//! over channels. After each burst of steps it publishes a [`Status`] snapshot (a `watch`
+//! channel read by the API and the HTTP endpoint), and every event it performs goes to the
+//! [`EventHub`] (log, pub/sub).
+//!
+//! This file only wires the parts together; one job per module:
+//! - [`control`]: the contract with the API and the CLI (requests, answers, events);
+//! - `resume`: the machines a controller starts with, from the state file and the maps;
+//! - `executor`: the event loop (accept inputs, step the machines, perform the actions);
+//! - `floating`: the floating addresses' side of it (ownership actions, the ARP lease);
+//! - `warmup`: the pure rule holding back read-pool changes just after a start;
+//! - `operator`: an operator's planned switchover, from the request to its answer;
+//! - `redis_io`: probes, commands and the switchover's Redis calls;
+//! - `peers`: the UDP peer socket, both ways;
+//! - `snapshot`: building the [`Status`] from what the executor saw;
+//! - `traffic`: the data plane's counters and the connection-table sweep, on their own task.
+
+pub mod control;
+mod executor;
+mod floating;
+mod operator;
+mod peers;
+mod redis_io;
+mod resume;
+mod snapshot;
+mod traffic;
+mod warmup;
+
+#[cfg(test)]
+mod tests;
+
+use std::{future::Future, path::Path, sync::Arc, time::SystemTime};
+
+use anyhow::Context as _;
+use tokio::{
+    net::{TcpListener, UdpSocket},
+    sync::{mpsc, watch},
+    task::JoinSet,
+    time::Instant,
+};
+use tracing::{error, info, warn};
+
+use self::{
+    control::{ControlRequest, EventHub},
+    executor::{Executor, Input, Parts},
+    peers::PeerSender,
+    resume::Machines,
+    snapshot::Attached,
+    traffic::TrafficReader,
+};
+use crate::{
+    config::{Config, ControllerConfig, ReadFromMaster as CfgRead, ServiceConfig},
+    dataplane::{Dataplane as _, bpf::BpfDataplane},
+    failover::{self, Params},
+    ha::net::{AddressWorker, Addresses},
+    http,
+    metrics::Metrics,
+    peer::PeerCodec,
+    persist::StateStore,
+    sentinel_api::{self, Api},
+    status::Status,
+};
+
+/// How long a planned switchover may wait for its target to catch up (and, again, for the
+/// promotion) while writes are paused, unless the request says otherwise.
+pub const DEFAULT_SWITCHOVER_TIMEOUT_MS: u64 = 2_000;
+
+/// The machine's timing, derived from the config. Sentinel's periods are tuned for
+/// `down-after` of tens of seconds; ours scale with the probe interval so that a failover at
+/// `down_after_ms` = 1 s completes well under 1.2 s.
+pub fn params(svc: &ServiceConfig, ctl: &ControllerConfig) -> Params {
+    let f = &svc.failover;
+    let interval = ctl.probe_interval_ms;
+    Params {
+        quorum: f.quorum,
+        down_after_ms: f.down_after_ms,
+        failover_timeout_ms: f.failover_timeout_ms,
+        parallel_syncs: f.parallel_syncs,
+        max_replica_lag_ms: f.max_replica_lag_ms,
+        read_from_master: match f.read_from_master {
+            CfgRead::Never => failover::ReadFromMaster::Never,
+            CfgRead::Fallback => failover::ReadFromMaster::Fallback,
+            CfgRead::Always => failover::ReadFromMaster::Always,
+        },
+        probe_interval_ms: interval,
+        hello_interval_ms: interval,
+        peer_report_validity_ms: (5 * interval).max(f.down_after_ms),
+        election_timeout_ms: f.failover_timeout_ms.min(10_000),
+        max_desync_ms: (f.down_after_ms / 2).clamp(1, 1000),
+        convert_delay_ms: (4 * interval).max(1000),
+        ..Params::default()
+    }
+}
+
+/// `redis-ha-ctl run --config FILE`: loads the config and runs the daemon until SIGINT or
+/// SIGTERM.
+pub async fn run_with_signals(config_path: &Path) -> anyhow::Result<()> {
+    let cfg = Config::load(config_path)?;
+    if cfg.controller.is_none() {
+        anyhow::bail!(
+            "{}: no [controller] section: `run` needs one (id, listen, peers, secret)",
+            config_path.display()
+        );
+    }
+    // The handlers are installed when the daemon first waits for its inputs, so a signal during
+    // the start still ends the process at once (the default action). Installing one can only
+    // fail for a signal the process may not catch; the daemon then stops at once, and says why.
+    let failed = std::sync::OnceLock::new();
+    let signals = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = sigterm.recv() => {}
+                }
+            }
+            Err(e) => {
+                let _ = failed.set(e);
+            }
+        }
+    };
+    run(cfg, signals).await?;
+    match failed.into_inner() {
+        Some(e) => Err(anyhow::Error::new(e).context("installing the SIGTERM handler")),
+        None => Ok(()),
+    }
+}
+
+/// Runs the daemon for `config` until `shutdown` completes, then releases the floating
+/// addresses and returns; the data plane keeps forwarding (its program and maps are pinned).
+/// The caller owns the shutdown signal, so a test can start and stop a daemon in-process.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let ctl = config
+        .controller
+        .clone()
+        .context("no [controller] section: `run` needs one (id, listen, peers, secret)")?;
+    let start = Instant::now();
+    let boot = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+
+    let store = StateStore::open(&ctl.state_file)?;
+    let mut attached = None;
+    let mut dataplane = match &config.dataplane {
+        Some(dpc) => {
+            let (dp, attachments) = BpfDataplane::load_and_attach(dpc)?;
+            let mut interfaces = Vec::new();
+            for a in &attachments {
+                info!(
+                    interface = %a.interface,
+                    mode = a.mode,
+                    new = a.newly_attached,
+                    peer_redirect = a.peer_redirect,
+                    "data plane attached"
+                );
+                interfaces.push((a.interface.clone(), a.mode.to_owned()));
+            }
+            attached = Some(Attached {
+                pin_dir: dp.pin_dir().to_owned(),
+                interfaces,
+            });
+            Some(dp)
+        }
+        None => None,
+    };
+    let snapshot = match &dataplane {
+        Some(dp) => Some(dp.snapshot()?),
+        None => None,
+    };
+    let machines = Machines::start(&config, &ctl, &store, snapshot.as_ref(), start)?;
+
+    if let Some(dp) = dataplane.as_mut() {
+        // Until elected, the program drops ARP requests for the floating addresses; without
+        // [ha], no entry: ARP is left alone.
+        let floating: Vec<std::net::Ipv4Addr> = config
+            .ha
+            .iter()
+            .flat_map(|h| h.addresses.iter().map(|a| a.address))
+            .collect();
+        dp.set_floating_leases(&floating, 0)
+            .context("clearing the floating addresses' ARP lease")?;
+    }
+    let ha_addresses = match (&config.ha, &config.dataplane) {
+        (Some(h), Some(_)) => {
+            let addresses = Addresses::new(h.addresses.clone())
+                .context("managing the floating addresses (route netlink)")?;
+            // Whatever a previous run left behind is not ours until the peers agree again:
+            // answering ARP for it now could make two owners.
+            addresses
+                .release()
+                .await
+                .context("removing the floating addresses at start")?;
+            info!(addresses = ?h.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(), priority = h.priority, "floating addresses released until this node is elected");
+            Some(AddressWorker::spawn(addresses))
+        }
+        _ => None,
+    };
+
+    // Every background task: stopped once the executor returns, or (dropped) when the start
+    // fails half-way.
+    let mut tasks = JoinSet::new();
+    let (tx, rx) = mpsc::channel::<Input>(1024);
+    let socket = Arc::new(
+        UdpSocket::bind(ctl.listen)
+            .await
+            .with_context(|| format!("binding the peer socket (UDP) {}", ctl.listen))?,
+    );
+    let api_listener = TcpListener::bind(ctl.listen).await.with_context(|| {
+        format!(
+            "binding the Sentinel-compatible API (TCP) {}: is another controller running?",
+            ctl.listen
+        )
+    })?;
+    let peer_ids: Vec<String> = ctl.peers.iter().map(|p| p.id.clone()).collect();
+    let codec = PeerCodec::new(&ctl.id, &ctl.secret, peer_ids.clone(), boot);
+    // Receiving needs its own codec state (replay windows); sealing stays in the executor.
+    let rx_codec = PeerCodec::new(&ctl.id, &ctl.secret, peer_ids, boot);
+    let names: Vec<String> = config.services.iter().map(|s| s.name.clone()).collect();
+    let metrics = Arc::new(Metrics::new());
+    peers::spawn_receiver(
+        &mut tasks,
+        socket.clone(),
+        rx_codec,
+        names.clone(),
+        tx.clone(),
+        metrics.clone(),
+    );
+    redis_io::spawn_probes(&mut tasks, &config.services, &ctl, &tx, &metrics)?;
+
+    let (status_tx, status_rx) = watch::channel(Status::default());
+    let events = Arc::new(EventHub::new());
+    let api = Arc::new(Api {
+        services: config.services.clone(),
+        peer_validity_ms: config
+            .services
+            .iter()
+            .map(|s| params(s, &ctl).peer_report_validity_ms)
+            .collect(),
+        status: status_rx.clone(),
+        events: events.clone(),
+        control: {
+            // The API's requests join the executor's input as `Input::Control`.
+            let (control_tx, mut control_rx) = mpsc::channel::<ControlRequest>(16);
+            let tx = tx.clone();
+            tasks.spawn(async move {
+                while let Some(request) = control_rx.recv().await {
+                    if tx.send(Input::Control(request)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            control_tx
+        },
+        listen: ctl.listen,
+        started: start.into_std(),
+    });
+    tasks.spawn(sentinel_api::serve(api_listener, api));
+    if let Some(addr) = ctl.metrics_listen {
+        let (status_rx, metrics) = (status_rx.clone(), metrics.clone());
+        tasks.spawn(async move {
+            if let Err(e) = http::serve(addr, status_rx, metrics).await {
+                error!(%addr, "the HTTP endpoint (/metrics, status page) stopped: {e:#}");
+            }
+        });
+    }
+
+    // The counters and the connection-table sweep get map handles of their own, so a sweep of
+    // a full table never delays a failover decision.
+    let (traffic_tx, traffic) = watch::channel(None);
+    if let Some(a) = &attached {
+        match TrafficReader::open(&a.pin_dir, traffic_tx) {
+            Ok(reader) => {
+                tasks.spawn(reader.run());
+            }
+            Err(e) => warn!("reading the data plane's counters: {e}"),
+        }
+    }
+
+    let ex = Executor::new(Parts {
+        services: config.services.clone(),
+        ctl: ctl.clone(),
+        start,
+        store,
+        machines,
+        dataplane,
+        attached,
+        traffic,
+        peers: PeerSender::new(socket, codec, &ctl.peers),
+        ha_addresses,
+        tx,
+        status: status_tx,
+        events,
+        metrics,
+        seed: boot,
+    });
+    info!(id = %ctl.id, listen = %ctl.listen, services = names.len(), "controller started");
+    ex.run(rx, shutdown).await;
+    tasks.shutdown().await;
+    info!("controller stopping; the data plane keeps forwarding (pinned)");
+    Ok(())
+}

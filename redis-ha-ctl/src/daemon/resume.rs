@@ -1,0 +1,130 @@
+//! The machines a controller starts with: each service's failover machine resumed from
+//! whichever is newer, the state file or the data plane's pinned maps (another run of this
+//! controller, or an operator, may have advanced them), and the floating addresses' ownership
+//! machine.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::time::Instant;
+
+use super::{executor::now_ms, params};
+use crate::{
+    config::{Config, ControllerConfig},
+    dataplane::{ServiceTarget, Snapshot},
+    failover::{Action, ControllerId, MachineConfig, Millis, Persisted, ServiceMachine},
+    ha::{Candidacy, HaMachine, HaParams},
+    persist::StateStore,
+};
+
+/// After a start, a voter waits at least this long (or the node's own `ha.down_after_ms`)
+/// before voting: see [`HaParams::quiet_after_start_ms`].
+const HA_QUIET_AFTER_START_MS: Millis = 1000;
+
+/// The machines a controller starts with, resumed from the state file and the data plane.
+pub(super) struct Machines {
+    pub(super) targets: Vec<ServiceTarget>,
+    pub(super) machines: Vec<ServiceMachine>,
+    /// Their first actions (the current master and read pool), performed like any other.
+    pub(super) first: Vec<(usize, Vec<Action>)>,
+    /// Who holds the floating addresses: every controller takes part, as a voter at least.
+    pub(super) ha: HaMachine,
+    pub(super) ha_tick: Duration,
+}
+
+impl Machines {
+    /// `snapshot`: what the data plane serves now, if this node has one.
+    pub(super) fn start(
+        cfg: &Config,
+        ctl: &ControllerConfig,
+        store: &StateStore,
+        snapshot: Option<&Snapshot>,
+        start: Instant,
+    ) -> anyhow::Result<Self> {
+        let targets: Vec<ServiceTarget> = cfg
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match snapshot {
+                Some(snap) => ServiceTarget::resume(i as u32, s, snap),
+                None => ServiceTarget::initial(i as u32, s),
+            })
+            .collect();
+        let peer_ids: Vec<ControllerId> = ctl
+            .peers
+            .iter()
+            .map(|p| ControllerId(p.id.clone()))
+            .collect();
+        let mut machines = Vec::new();
+        let mut first = Vec::new();
+        for (i, svc) in cfg.services.iter().enumerate() {
+            // Resume from whichever is newer: our state file or the pinned maps (which another
+            // run of this controller, or an operator, may have advanced).
+            let mut persisted = store.get(&svc.name);
+            let t = &targets[i];
+            if let Some(master) = t.master
+                && t.epoch > persisted.as_ref().map_or(0, |p| p.config_epoch)
+            {
+                persisted = Some(Persisted {
+                    current_epoch: t
+                        .epoch
+                        .max(persisted.as_ref().map_or(0, |p| p.current_epoch)),
+                    vote: persisted.and_then(|p| p.vote),
+                    master,
+                    config_epoch: t.epoch,
+                });
+            }
+            let mc = MachineConfig {
+                service: svc.name.clone(),
+                me: ControllerId(ctl.id.clone()),
+                peers: peer_ids.clone(),
+                master: svc.backends[0],
+                replicas: svc.backends[1..].to_vec(),
+                params: params(svc, ctl),
+            };
+            let (machine, actions) = ServiceMachine::new(mc, persisted, now_ms(start))
+                .with_context(|| format!("service {}", svc.name))?;
+            machines.push(machine);
+            // The current master and read pool go through the same path as every other action.
+            first.push((i, actions));
+        }
+
+        let ha_params = HaParams {
+            candidacy: cfg.ha.as_ref().map(|h| Candidacy {
+                priority: h.priority,
+                preempt: h.preempt,
+            }),
+            heartbeat_ms: cfg
+                .ha
+                .as_ref()
+                .map_or(ctl.probe_interval_ms, |h| h.heartbeat_ms),
+            down_after_ms: cfg.ha.as_ref().map_or(0, |h| h.down_after_ms),
+            quiet_after_start_ms: cfg
+                .ha
+                .as_ref()
+                .map_or(0, |h| h.down_after_ms)
+                .max(HA_QUIET_AFTER_START_MS),
+        };
+        // A candidate's timers (claims, the lease, vacancy) need a fine tick; a voter only
+        // answers.
+        let ha_tick = Duration::from_millis(if ha_params.candidacy.is_some() {
+            (ha_params.heartbeat_ms / 5).clamp(5, 100)
+        } else {
+            100
+        });
+        let ha = HaMachine::new(
+            ControllerId(ctl.id.clone()),
+            peer_ids,
+            ha_params,
+            store.ha(),
+            now_ms(start),
+        );
+        Ok(Self {
+            targets,
+            machines,
+            first,
+            ha,
+            ha_tick,
+        })
+    }
+}
