@@ -1,4 +1,4 @@
-//! The load-balancer high-availability testbed (issue 6): two data-plane nodes on a bridged
+//! The load-balancer high-availability testbed: two data-plane nodes on a bridged
 //! client segment and a bridged backend segment, floating addresses that move between them,
 //! and three controllers that agree who holds them.
 //!
@@ -412,7 +412,7 @@ impl HaCluster {
                 &backend_bridge,
             )?;
             setup_lb(&node)?;
-            // The switch ports receive what the LB's XDP program redirects (TOOLCHAIN.md).
+            // The switch ports receive what the LB's XDP program redirects (docs/building.md, "XDP redirects between veths").
             for port in &node.switch_ports {
                 sw.run("ethtool", &["-K", port, "gro", "on"])?;
             }
@@ -976,7 +976,7 @@ fn setup_on_link_endpoint(ns: &Netns, interface: &str, ip: Ipv4Addr, mode: XdpMo
     ])?;
     ns.ip(&["link", "set", interface, "up"])?;
     // Full checksums and no segmentation offload on what the client sends for the XDP modes,
-    // which update checksums incrementally (TOOLCHAIN.md); the TC hook takes veth's defaults.
+    // which update checksums incrementally (docs/building.md, "XDP redirects between veths"); the TC hook takes veth's defaults.
     if matches!(mode, XdpMode::Native | XdpMode::Skb) {
         ns.run(
             "ethtool",

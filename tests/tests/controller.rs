@@ -1,4 +1,4 @@
-//! End-to-end tests of the controller (issue 3): real redis-servers, three real `redis-ha-ctl
+//! End-to-end tests of the controller: real redis-servers, three real `redis-ha-ctl
 //! run` processes (c1 owning the XDP data plane in the LB namespace, c2 and c3 in their own
 //! namespaces) and real failures: kill -9, SIGSTOP, a cut link, a blackholed route, a crashed
 //! controller, an intruder with the wrong secret.

@@ -1,4 +1,4 @@
-//! End-to-end tests of the data plane alone (issue 2): a real testbed (client, LB and three
+//! End-to-end tests of the data plane alone: a real testbed (client, LB and three
 //! redis-server namespaces), the real XDP program loaded by `redis-ha-ctl load`, and manual
 //! switches through `redis-ha-ctl set-master` / `set-read-pool`.
 

@@ -1,4 +1,4 @@
-//! Issue 6: the VIP moves between LB nodes when its holder dies, and connections survive.
+//! The VIP moves between LB nodes when its holder dies, and connections survive.
 //!
 //! Two data-plane nodes (lb1 preferred) and a third, voting controller on bridged segments
 //! (see `redis_ha_tests::ha`). A client holds one connection to the write port and one to the

@@ -1,4 +1,4 @@
-//! Operator experience, end to end (issue 4): three `redis-ha-ctl run` controllers on the
+//! Operator experience, end to end: three `redis-ha-ctl run` controllers on the
 //! testbed ([`Cluster`]), real redis-servers, the real XDP data plane.
 //!
 //! - the Sentinel-compatible API answers `redis-cli` as Sentinel would, and redis-py's own

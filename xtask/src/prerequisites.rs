@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use redis_ha_tests::{find_program, is_root, run, run_within};
 
-/// The bpf-linker release that builds with the pinned aya crates (see TOOLCHAIN.md).
+/// The bpf-linker release that builds with the pinned aya crates (docs/building.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Binaries the tests and the demo run, and the Debian package of each.
@@ -81,7 +81,7 @@ fn rust_src() -> Result<()> {
 }
 
 /// bpf-linker must link with the same LLVM major as rustc: build it against the libLLVM the
-/// nightly toolchain ships, through a prefix directory of symlinks (TOOLCHAIN.md).
+/// nightly toolchain ships, through a prefix directory of symlinks (docs/building.md).
 fn bpf_linker() -> Result<()> {
     if run(Command::new("bpf-linker").arg("--version")).is_ok() {
         return Ok(());

@@ -1,4 +1,4 @@
-//! Sentinel-style failover decisions as a pure state machine (see issue 3).
+//! Sentinel-style failover decisions as a pure state machine.
 //!
 //! One [`ServiceMachine`] per monitored service (a master and its replicas) per controller. It holds
 //! what Redis Sentinel keeps per master (`sentinelRedisInstance` in `src/sentinel.c`): the health of

@@ -1,4 +1,4 @@
-//! Load-balancer high availability (issue 6): which data-plane node holds the floating
+//! Load-balancer high availability: which data-plane node holds the floating
 //! addresses (the VIP on the client side, the backends' gateway on the other), agreed by a
 //! majority of the controllers, and the netlink/ARP work of taking and releasing them.
 //!

@@ -1,4 +1,4 @@
-//! HAProxy from Debian's package, configured as the seed stack (../shared/seed/) configures it,
+//! HAProxy from Debian's package, configured as the Sentinel + HAProxy stack we replace configures it,
 //! started and stopped by the bench inside the LB namespace.
 //!
 //! The config is Debian 12's stock `/etc/haproxy/haproxy.cfg` (global and defaults) followed by

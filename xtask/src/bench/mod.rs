@@ -1,5 +1,5 @@
 //! `cargo xtask bench [--quick]`: redis-ha against a direct connection and against the seed's
-//! HAProxy + Sentinel stack, in one run on the project's testbed (issue 5).
+//! HAProxy + Sentinel stack, in one run on the project's testbed.
 //!
 //! Layout:
 //! - [`workload`]: the redis-benchmark workloads and the parser of its output;

@@ -675,7 +675,7 @@ fn failover_markdown(md: &mut String, series: &[Series], trials: usize, gaps: &m
 
 /// The issue's bars, with by how much each is met or missed.
 fn bars_markdown(md: &mut String, r: &Results) {
-    let _ = writeln!(md, "## Against the bars of issue 5\n");
+    let _ = writeln!(md, "## Against the targets\n");
     if let Ok(p) = &r.paths {
         let table: Table = p.table();
         let worst = |path: PathKind, f: fn(&Cell) -> Option<f64>, lowest: bool| {

@@ -26,7 +26,7 @@ pub struct Workload {
     pub requests: u64,
 }
 
-/// The five workloads of issue 5. Request counts aim at roughly 0.5 s (quick) or 1 s (full)
+/// The five workloads of the comparison. Request counts aim at roughly 0.5 s (quick) or 1 s (full)
 /// per test on the 2-core testbed: long enough for p99.9 to rest on tens of samples and for
 /// HAProxy's CPU time (10 ms ticks) to count tens of ticks, short enough that the whole
 /// comparison repeats 3 (quick) or 5 times within the time budget.
