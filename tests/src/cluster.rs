@@ -480,6 +480,23 @@ impl Cluster {
 }
 
 impl Cluster {
+    /// Leaves everything running after this process exits (`cargo xtask demo --keep`): the
+    /// controllers, their namespaces and the testbed. [`crate::cleanup_prefix`] with
+    /// `rha-<tag>-` removes all of it later (`cargo xtask testbed down` for the tag `tb`): the
+    /// controller namespaces carry the testbed's prefix, the controllers' files live in its
+    /// directory, c1's pins in its pin directory.
+    pub fn keep(mut self) {
+        for c in &self.controllers {
+            c.disarm();
+        }
+        for node in &mut self.nodes {
+            node.ns.disarm();
+        }
+        self.testbed.disarm();
+    }
+}
+
+impl Cluster {
     /// The last `lines` lines of every controller's log, for a failing test to print (the
     /// files go with the testbed's directory).
     pub fn log_tails(&self, lines: usize) -> String {

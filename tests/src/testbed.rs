@@ -780,6 +780,12 @@ impl Testbed {
     /// Leaves the testbed running after this process exits (`cargo xtask testbed up`);
     /// [`crate::cleanup_prefix`] with `rha-<tag>-` removes it later.
     pub fn keep(mut self) {
+        self.disarm();
+    }
+
+    /// What [`Self::keep`] does, for owners that cannot give the testbed away by value (a
+    /// [`crate::Cluster`] being kept).
+    pub(crate) fn disarm(&mut self) {
         self.armed = false;
         self.client.disarm();
         self.lb.disarm();

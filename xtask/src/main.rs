@@ -42,9 +42,14 @@ enum Task {
         #[command(subcommand)]
         action: TestbedAction,
     },
-    /// Testbed, data plane, a write and some reads through the VIP, then the maps.
+    /// A failover, end to end: the testbed with the data plane and three controllers; a write
+    /// and some reads through the VIP; status and maps; then `kill -9` of the master, with the
+    /// controllers' Sentinel events as they happen, how long writes through the VIP were
+    /// refused, the promoted replica answering the write port with the data written before
+    /// the crash; the maps again.
     Demo {
-        /// Leave the testbed and the data plane running afterwards.
+        /// Leave it all running afterwards (testbed, data plane, the three controllers; the
+        /// old master stays dead); `cargo xtask testbed down` removes it.
         #[arg(long)]
         keep: bool,
         /// Data-plane hook written into the config: auto, native or skb (XDP), or tc.

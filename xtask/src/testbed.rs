@@ -203,7 +203,7 @@ pub fn down() -> Result<()> {
 }
 
 /// One line per backend namespace: its name, address and starting role.
-fn print_backends(backends: &[redis_ha_tests::Backend]) {
+pub fn print_backends(backends: &[redis_ha_tests::Backend]) {
     for b in backends {
         let role = if b.index() == 1 { "master" } else { "replica" };
         println!(
