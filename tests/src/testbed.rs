@@ -863,7 +863,7 @@ pub(crate) fn setup_endpoint(
     ns.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
     // The TC hook takes what a container's veth sends by default: partial checksums and
     // 64 KB TSO/GSO packets (`auto` is TC on veth). The XDP modes need what makes
-    // XDP_REDIRECT deliver into this veth (TOOLCHAIN.md): without `tx off` the receiver drops
+    // XDP_REDIRECT deliver into this veth (docs/building.md, "XDP redirects between veths"): without `tx off` the receiver drops
     // redirected frames for bad partial checksums (native mode); without `tso off gso off`
     // large transfers stall (skb mode); GRO on lets a veth without its own XDP program accept
     // redirected frames (native mode).
