@@ -1,12 +1,16 @@
 //! The connection table as the program sees it: `FLOWS`, and `FLOWS_SPILL` behind it once
 //! `FLOWS` has been full. An entry lives in one of them; a key may be in both only when a
 //! connection re-admitted into `FLOWS` left an older entry in the spill table, which a lookup
-//! never reaches (it asks `FLOWS` first) and a removal takes along.
+//! never reaches (it asks `FLOWS` first) and a removal takes along. Also [`closing`], which
+//! follows a connection's end on its entry, so that the entry goes when the connection does.
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
-use redis_ha_common::{Flow, FlowKey};
+use redis_ha_common::{Flow, FlowKey, flow_end};
 
-use crate::maps::{FLOWS, FLOWS_SPILL, FLOWS_SPILLED};
+use crate::{
+    maps::{FLOWS, FLOWS_SPILL, FLOWS_SPILLED},
+    packet::{Ipv4Hdr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpHdr},
+};
 
 /// What a map update returns when the table is full.
 const E2BIG: i32 = 7;
@@ -58,4 +62,41 @@ pub fn remove(key: &FlowKey) -> bool {
         return main;
     }
     FLOWS_SPILL.remove(key).is_ok() || main
+}
+
+/// Follows a connection's close on its entry: notes each side's FIN (`fin` is the sender's
+/// bit), and returns true when this packet is the bare ACK that completes an orderly close
+/// (both sides sent a FIN), so that the entry goes once the packet is on its way. Otherwise
+/// the table would keep every closed connection until the controller's sweep; a removed
+/// entry is also the next one a new connection reuses while it is still in cache.
+///
+/// An RST removes nothing: one that the receiver rejects (out of window) would otherwise cut
+/// a live connection. It is noted, so that a new connection needing the same backend-side
+/// addresses may start (see [`crate::to_backend::new_flow`]), and the sweep removes the entry once it is quiet,
+/// like that of a connection whose last ACK is lost (the FIN retransmitted after it finds no
+/// entry and goes to the kernel unrewritten, and the client's reset of it closes the
+/// backend's socket).
+#[inline(always)]
+pub fn closing(ip: &Ipv4Hdr, tcp: &TcpHdr, flow: &mut Flow, fin: u16) -> bool {
+    let flags = tcp.flags;
+    let ended = if flags & TCP_RST != 0 {
+        flow_end::RST
+    } else if flags & TCP_FIN != 0 {
+        fin
+    } else {
+        0
+    };
+    if ended != 0 {
+        // Written once: the entry's cache line is shared with the other CPU's packets.
+        if flow.end & ended == 0 {
+            flow.end |= ended;
+        }
+        return false;
+    }
+    if flow.end & flow_end::BOTH_FIN != flow_end::BOTH_FIN || flags & (TCP_SYN | TCP_ACK) != TCP_ACK
+    {
+        return false;
+    }
+    let hdrs = Ipv4Hdr::LEN as u16 + ((tcp.doff_res >> 4) as u16) * 4;
+    u16::from_be_bytes(ip.tot_len) == hdrs
 }

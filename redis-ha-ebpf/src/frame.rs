@@ -1,6 +1,8 @@
 //! What the program needs from the hook it runs at, so one body serves both: XDP (the fast
 //! path on NICs with a native driver) and the TC ingress hook (sockets' own buffers: no copy
-//! of the packet on veth or on devices without native XDP, where XDP has to make one).
+//! of the packet on veth or on devices without native XDP, where XDP has to make one). Also
+//! [`ptr_at`], the one bounds-checked way into a frame's bytes, since the bounds are the
+//! frame's.
 
 use aya_ebpf::{
     EbpfContext,
@@ -12,8 +14,8 @@ use aya_ebpf::{
 };
 
 use crate::{
-    TcpFix,
-    packet::{IP_OFF, Ipv4Hdr, TCP_OFF, TcpHdr, csum_replace2, csum_replace4, ptr_at},
+    csum::{TcpFix, csum_replace2, csum_replace4},
+    packet::{IP_OFF, Ipv4Hdr, TCP_OFF, TcpHdr},
 };
 
 /// Where the TCP checksum field sits in the frame.
@@ -211,4 +213,15 @@ pub fn pull_headers(ctx: &TcContext, want: u32) {
         // it was, and the bounds checks that follow treat it as short.
         unsafe { bpf_skb_pull_data(ctx.skb.skb, n) };
     }
+}
+
+/// The only way this program reaches into a packet: `None` unless all of `T` lies inside it.
+#[inline(always)]
+pub fn ptr_at<T, C: Frame>(ctx: &C, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
 }

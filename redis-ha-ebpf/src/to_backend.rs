@@ -1,0 +1,181 @@
+//! Client → VIP:port, the balancing itself: a new connection gets its backend (the master for
+//! the write port, a replica from the live Maglev table for the read port) and an entry in
+//! the connection table; a known connection follows its entry while that backend is still the
+//! right one, and is reset once it is not.
+
+use core::mem::MaybeUninit;
+
+use aya_log_ebpf::debug;
+use redis_ha_common::{
+    Flow, FlowKey, RING_SIZE, ServicePort, backend_flags, counter, flow_end, flow_hash, port_kind,
+    ring_index,
+};
+
+use crate::{
+    csum::TcpFix,
+    flows,
+    forward::{finish, forward, rewrite, wire_len},
+    frame::Frame,
+    maps::{BACKENDS, READ_RING, SERVICE_STATE, backend_stats, count},
+    mem::zero_in_place,
+    next_hop::next_hop,
+    packet::{EthHdr, Ipv4Hdr, TcpHdr},
+    reset::send_reset,
+};
+
+/// Client → VIP:port on a known connection: its backend, if still the right one.
+#[inline(always)]
+pub fn along_flow<C: Frame>(
+    ctx: &C,
+    eth: *mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    tcp: &mut TcpHdr,
+    fkey: &FlowKey,
+    flow: &mut Flow,
+) -> u32 {
+    let Some(state) = SERVICE_STATE.get(flow.service_id).copied() else {
+        count(counter::DROP_INTERNAL);
+        return C::DROP;
+    };
+    if !still_valid(flow, state.master) {
+        // Read before the remove: the entry's memory may be reused once it is gone.
+        let slot = flow.backend;
+        backend_stats(slot, |s| s.flows_reset += 1);
+        // The client is told the connection is gone; the backend's late replies then find no
+        // entry and go to the kernel, which answers them with a reset.
+        flows::remove(fkey);
+        debug!(ctx, "reset stale flow to backend slot {}", slot);
+        return send_reset(ctx, eth, counter::RESET_STALE_FLOW);
+    }
+    // The entry carries the backend's address: no BACKENDS lookup on this path.
+    let fix = to_backend_addr(ip, tcp, flow.backend_ip, flow.backend_port);
+    count_to_backend(ctx, ip, flow.backend, false);
+    let len = wire_len(ctx, ip, tcp);
+    forward(
+        ctx,
+        eth,
+        ip,
+        len,
+        fix,
+        Some(&mut flow.to_backend),
+        counter::FWD_TO_BACKEND,
+    )
+}
+
+/// Client → backend: the destination becomes the backend's address.
+#[inline(always)]
+fn to_backend_addr(ip: &mut Ipv4Hdr, tcp: &mut TcpHdr, addr: [u8; 4], port: u16) -> TcpFix {
+    rewrite(&mut ip.dst, &mut tcp.dport, addr, port, &mut ip.check)
+}
+
+/// Counts a packet forwarded to backend `slot` (and, for a connection's first, the flow).
+#[inline(always)]
+fn count_to_backend<C: Frame>(ctx: &C, ip: &Ipv4Hdr, slot: u32, new_flow: bool) {
+    let len = ctx.ip_len(ip) as u64;
+    let packets = ctx.wire_packets();
+    backend_stats(slot, |s| {
+        s.packets_in += packets;
+        s.bytes_in += len;
+        if new_flow {
+            s.new_flows += 1;
+        }
+    });
+}
+
+/// Client → VIP:port with no connection entry (its SYN, or a packet whose entry was evicted
+/// or made on another LB node): picks the backend, records the connection, forwards.
+#[inline(always)]
+pub fn new_flow<C: Frame>(
+    ctx: &C,
+    eth: *mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    tcp: &mut TcpHdr,
+    fkey: &FlowKey,
+    svc: ServicePort,
+) -> u32 {
+    let Some(state) = SERVICE_STATE.get(svc.service_id).copied() else {
+        count(counter::DROP_INTERNAL);
+        return C::DROP;
+    };
+    let slot = if svc.kind == port_kind::WRITE {
+        state.master
+    } else {
+        let i = flow_hash(fkey) % RING_SIZE;
+        READ_RING
+            .get(ring_index(svc.service_id, state.ring_active & 1, i))
+            .copied()
+            .unwrap_or(0)
+    };
+    if slot == 0 {
+        return send_reset(ctx, eth, counter::RESET_NO_BACKEND);
+    }
+    let Some(be) = BACKENDS.get(slot).copied() else {
+        count(counter::DROP_INTERNAL);
+        return C::DROP;
+    };
+    // The master serves both VIP ports: a client that reuses its source port towards the
+    // other one (Linux does so freely for another destination) would reach it with the same
+    // addresses as its live connection through the first port. TCP cannot tell the two apart,
+    // and their replies could not be told apart either, so the first one would break too.
+    // A reset connection no longer holds the addresses, and its entry goes: the backend's
+    // replies are this connection's now.
+    //
+    // Only asked when the backend serves both ports now: the master while it is in the read
+    // pool. That lookup, a miss in a large table nearly always, was as much as a tenth of the
+    // program's time under connection churn. A connection made while the backend served the
+    // other port too, and not yet reset since it stopped, is missed: the client reusing its
+    // port in that window gets a connection that cannot start (the backend answers its SYN
+    // with a challenge ACK) instead of a reset.
+    let (serves_both, other_port) = if svc.kind == port_kind::WRITE {
+        (be.flags & backend_flags::READABLE != 0, state.read_port)
+    } else {
+        (slot == state.master, state.write_port)
+    };
+    if serves_both {
+        let other = FlowKey {
+            dst_port: other_port,
+            ..*fkey
+        };
+        if let Some(o) = flows::get(&other)
+            && o.backend == slot
+        {
+            if o.end & flow_end::RST == 0 {
+                return send_reset(ctx, eth, counter::RESET_PORT_IN_USE);
+            }
+            flows::remove(&other);
+        }
+    }
+    let mut value = MaybeUninit::uninit();
+    // SAFETY: all-zero is a valid Flow; its next hops then say "nothing cached".
+    let flow: &mut Flow = unsafe { zero_in_place(&mut value) };
+    flow.backend = slot;
+    flow.service_id = svc.service_id;
+    flow.kind = svc.kind;
+    flow.backend_ip = be.ip;
+    flow.backend_port = be.port;
+    let fix = to_backend_addr(ip, tcp, be.ip, be.port);
+    // The connection's entry starts with this packet's next hop, so its next packets skip
+    // the FIB. A failed lookup leaves it empty (the kernel resolves the neighbour, and the
+    // next packet asks again); the connection is remembered either way. An entry of the same
+    // key is this connection's own (a retransmitted SYN, a reused port) and is replaced.
+    let route = next_hop(ctx, ip, wire_len(ctx, ip, tcp), Some(&mut flow.to_backend));
+    if flows::insert(fkey, &*flow).is_err() {
+        count(counter::DROP_INTERNAL);
+        return C::DROP;
+    }
+    count_to_backend(ctx, ip, slot, true);
+    finish(ctx, eth, ip, fix, route, counter::FWD_TO_BACKEND)
+}
+
+/// Is the backend a connection was given still the right one? A write connection must still
+/// point at the master, a read connection at a replica in the read pool.
+#[inline(always)]
+fn still_valid(flow: &Flow, master: u32) -> bool {
+    if flow.kind == port_kind::WRITE {
+        return flow.backend == master;
+    }
+    match BACKENDS.get(flow.backend) {
+        Some(be) => be.flags & backend_flags::READABLE != 0 && be.service_id == flow.service_id,
+        None => false,
+    }
+}

@@ -1,0 +1,189 @@
+//! Backend → client: a backend's reply finds its connection through the backend's own address
+//! (which slot, which service, hence which VIP and ports) and gets its source rewritten back to
+//! the VIP port the client connected to; a reply with no entry is rewritten from the live
+//! state when it goes to a client network. Also the upkeep of those lookups when a client
+//! connects to a backend directly.
+
+use redis_ha_common::{
+    AddrKey, Flow, FlowKey, NextHop, ServiceState, backend_flags, counter, flow_end,
+};
+
+use crate::{
+    flows::{self, closing},
+    forward::{forward, rewrite, wire_len},
+    frame::Frame,
+    maps::{BACKEND_ADDRS, BACKENDS, CLIENT_NETS, SERVICE_STATE, backend_stats},
+    packet::{EthHdr, Ipv4Hdr, TcpHdr},
+};
+
+/// A new connection straight to a backend (not through a VIP) may reuse the client port of an
+/// old VIP connection to that backend whose entry is still in the table: that entry would
+/// rewrite this connection's SYN-ACK to come from the VIP. Forget it.
+#[inline(always)]
+pub fn forget_direct(fkey: &FlowKey) {
+    if let Some(owner) = backend_of(fkey.dst_ip, fkey.dst_port)
+        && let Some((key, _)) = reply_flow(fkey.src_ip, fkey.src_port, &owner)
+    {
+        flows::remove(&key);
+    }
+}
+
+/// The backend at an address, and its service's live state.
+pub struct Owner {
+    slot: u32,
+    readable: bool,
+    state: ServiceState,
+}
+
+#[inline(always)]
+pub fn backend_of(ip: [u8; 4], port: u16) -> Option<Owner> {
+    let addr = AddrKey { ip, port, _pad: 0 };
+    // SAFETY: the value is copied out at once.
+    let slot = unsafe { BACKEND_ADDRS.get(&addr) }.copied()?;
+    let be = BACKENDS.get(slot).copied()?;
+    let state = SERVICE_STATE.get(be.service_id).copied()?;
+    Some(Owner {
+        slot,
+        readable: be.flags & backend_flags::READABLE != 0,
+        state,
+    })
+}
+
+/// The entry (and its key) of the connection from `client_ip:client_port` to `owner`'s service
+/// that `owner` serves. The client may have one connection through each VIP port from the
+/// same port (to two backends, see [`crate::to_backend::new_flow`]): the port the backend's role makes likelier
+/// is asked first, so the common case takes one lookup.
+#[inline(always)]
+fn reply_flow(
+    client_ip: [u8; 4],
+    client_port: u16,
+    owner: &Owner,
+) -> Option<(FlowKey, &'static mut Flow)> {
+    let st = &owner.state;
+    let (first, second) = if owner.slot == st.master {
+        (st.write_port, st.read_port)
+    } else {
+        (st.read_port, st.write_port)
+    };
+    let mut key = FlowKey {
+        src_ip: client_ip,
+        dst_ip: st.vip,
+        src_port: client_port,
+        dst_port: first,
+    };
+    if let Some(flow) = flows::get(&key)
+        && flow.backend == owner.slot
+    {
+        return Some((key, flow));
+    }
+    key.dst_port = second;
+    let flow = flows::get(&key).filter(|f| f.backend == owner.slot)?;
+    Some((key, flow))
+}
+
+/// Backend → client: the source becomes the VIP port of the client's connection.
+#[inline(always)]
+pub fn backend_reply<C: Frame>(
+    ctx: &C,
+    eth: *mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    tcp: &mut TcpHdr,
+    fkey: &FlowKey,
+    owner: Owner,
+) -> Result<u32, u32> {
+    if let Some((key, flow)) = reply_flow(fkey.dst_ip, fkey.dst_port, &owner) {
+        let closed = closing(ip, tcp, flow, flow_end::BACKEND_FIN);
+        let reply = Reply {
+            nat_ip: owner.state.vip,
+            nat_port: key.dst_port,
+            backend: owner.slot,
+        };
+        let action = to_client(
+            ctx,
+            eth,
+            ip,
+            tcp,
+            reply,
+            Some(&mut flow.to_client),
+            counter::FWD_TO_CLIENT,
+        );
+        // Last, as for the client's packets.
+        if closed && flows::remove(&key) {
+            backend_stats(owner.slot, |s| s.flows_closed += 1);
+        }
+        return Ok(action);
+    }
+    match reply_without_flow(fkey, &owner) {
+        Some(reply) => Ok(to_client(
+            ctx,
+            eth,
+            ip,
+            tcp,
+            reply,
+            None,
+            counter::FWD_TO_CLIENT_NO_FLOW,
+        )),
+        None => Err(counter::PASS_NOT_SERVICE),
+    }
+}
+
+/// A backend's reply for which this node has no connection entry: the connection was
+/// accepted by another LB node (which then failed) or its entry was evicted. The rewrite is
+/// derived from the live state, the same on every node: the master's replies come from the
+/// write port, a readable replica's from the read port. Only for destinations in a configured
+/// client network, so replication and probes between hosts behind the LB are never touched.
+#[inline(always)]
+fn reply_without_flow(fkey: &FlowKey, owner: &Owner) -> Option<Reply> {
+    let net = aya_ebpf::btf_maps::lpm_trie::Key::new(32, fkey.dst_ip);
+    CLIENT_NETS.get(&net)?;
+    let st = &owner.state;
+    let nat_port = if owner.slot == st.master {
+        st.write_port
+    } else if owner.readable {
+        st.read_port
+    } else {
+        return None;
+    };
+    Some(Reply {
+        nat_ip: st.vip,
+        nat_port,
+        backend: owner.slot,
+    })
+}
+
+/// What a backend's reply needs: the VIP port it must come from, and whose counters it adds to.
+struct Reply {
+    nat_ip: [u8; 4],
+    nat_port: u16,
+    backend: u32,
+}
+
+/// Backend → client reply: the source becomes VIP:port again. `hop`: the connection's cached
+/// next hop, if it has an entry.
+#[inline(always)]
+fn to_client<C: Frame>(
+    ctx: &C,
+    eth: *mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    tcp: &mut TcpHdr,
+    reply: Reply,
+    hop: Option<&mut NextHop>,
+    fast: u32,
+) -> u32 {
+    let fix = rewrite(
+        &mut ip.src,
+        &mut tcp.sport,
+        reply.nat_ip,
+        reply.nat_port,
+        &mut ip.check,
+    );
+
+    let bytes = ctx.ip_len(ip) as u64;
+    let packets = ctx.wire_packets();
+    backend_stats(reply.backend, |s| {
+        s.packets_out += packets;
+        s.bytes_out += bytes;
+    });
+    let len = wire_len(ctx, ip, tcp);
+    forward(ctx, eth, ip, len, fix, hop, fast)
+}
