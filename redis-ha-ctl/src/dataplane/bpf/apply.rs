@@ -1,8 +1,16 @@
-//! The controller's writes to the pinned maps: [`Dataplane`] (the snapshot the planner starts
-//! from and each [`MapOp`] it orders), the list maps kept exact (client networks, veth peers,
-//! floating addresses' ARP leases), and the connection-table sweep.
+//! [`Dataplane`] on the pinned maps: the reads the planners start from, and the one place the
+//! controller writes a map. Every write is a [`MapOp`], so the order the planners give (a
+//! slot filled before anything points at it, a new list entry before a stale one goes) is the
+//! order the kernel sees.
+//!
+//! One write is no `MapOp`: the connection-table sweep ([`BpfDataplane::sweep_flows`]).
+//! `FLOWS` belongs to the program, which adds and rewrites entries on every packet; the sweep
+//! removes an entry only if it is still as it was read, which a plain write cannot say, and
+//! nothing the planners order ever points at a connection entry.
 
-use aya::maps::{HashMap, MapData, MapInfo, lpm_trie::Key};
+use std::collections::{BTreeMap, BTreeSet};
+
+use aya::maps::{MapInfo, lpm_trie::Key};
 use redis_ha_common::{
     AddrKey, Backend, FloatingLease, Flow, FlowKey, MAX_BACKENDS, MAX_SERVICES, ServiceState,
     map_name, ring_index,
@@ -39,6 +47,35 @@ impl Dataplane for BpfDataplane {
             }
         }
         Ok(snap)
+    }
+
+    // The list maps are read entry by entry; one removed between listing its key and reading
+    // it is simply left out.
+
+    fn floating_leases(&self) -> Result<BTreeMap<[u8; 4], u64>, BpfError> {
+        Ok(self
+            .floating
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(addr, lease)| (addr, lease.until_ns))
+            .collect())
+    }
+
+    fn client_networks(&self) -> Result<BTreeSet<([u8; 4], u32)>, BpfError> {
+        Ok(self
+            .client_nets
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| (k.data(), k.prefix_len()))
+            .collect())
+    }
+
+    fn peer_devices(&self) -> Result<BTreeSet<u32>, BpfError> {
+        Ok(self.peer_devs.keys().filter_map(Result::ok).collect())
+    }
+
+    fn saved_accept_local(&self) -> Result<BTreeMap<[u8; 16], u32>, BpfError> {
+        Ok(self.accept_local.iter().filter_map(Result::ok).collect())
     }
 
     fn apply(&mut self, op: &MapOp) -> Result<(), BpfError> {
@@ -93,6 +130,44 @@ impl Dataplane for BpfDataplane {
                 .state
                 .set(*service_id, state, 0)
                 .map_err(map_err(map_name::SERVICE_STATE)),
+            MapOp::SetFloating { addr, until_ns } => self
+                .floating
+                .insert(
+                    addr,
+                    FloatingLease {
+                        until_ns: *until_ns,
+                    },
+                    0,
+                )
+                .map_err(map_err(map_name::FLOATING)),
+            MapOp::RemoveFloating { addr } => self
+                .floating
+                .remove(addr)
+                .map_err(map_err(map_name::FLOATING)),
+            MapOp::AddClientNet { net, prefix_len } => self
+                .client_nets
+                .insert(&Key::new(*prefix_len, *net), 1, 0)
+                .map_err(map_err(map_name::CLIENT_NETS)),
+            MapOp::RemoveClientNet { net, prefix_len } => self
+                .client_nets
+                .remove(&Key::new(*prefix_len, *net))
+                .map_err(map_err(map_name::CLIENT_NETS)),
+            MapOp::AddPeerDev { ifindex } => self
+                .peer_devs
+                .insert(ifindex, 1, 0)
+                .map_err(map_err(map_name::PEER_DEVS)),
+            MapOp::RemovePeerDev { ifindex } => self
+                .peer_devs
+                .remove(ifindex)
+                .map_err(map_err(map_name::PEER_DEVS)),
+            MapOp::SaveAcceptLocal { iface, value } => self
+                .accept_local
+                .insert(iface, value, 0)
+                .map_err(map_err(map_name::ACCEPT_LOCAL)),
+            MapOp::ForgetAcceptLocal { iface } => self
+                .accept_local
+                .remove(iface)
+                .map_err(map_err(map_name::ACCEPT_LOCAL)),
         }
     }
 }
@@ -105,79 +180,7 @@ pub struct FlowSweep {
     pub removed: usize,
 }
 
-/// Makes the hash map `map` (pinned as `name`) hold exactly `wanted`: new entries first, then
-/// stale ones removed, so a key listed both before and after never disappears in between.
-fn sync_hash<K: aya::Pod + PartialEq, V: aya::Pod>(
-    map: &mut HashMap<MapData, K, V>,
-    name: &'static str,
-    wanted: &[(K, V)],
-) -> Result<(), BpfError> {
-    for (k, v) in wanted {
-        map.insert(k, v, 0).map_err(map_err(name))?;
-    }
-    let present: Vec<K> = map.keys().filter_map(Result::ok).collect();
-    for key in present {
-        if !wanted.iter().any(|(k, _)| *k == key) {
-            map.remove(&key).map_err(map_err(name))?;
-        }
-    }
-    Ok(())
-}
-
 impl BpfDataplane {
-    /// Makes `CLIENT_NETS` hold exactly `nets` (added first, then stale ones removed, so a
-    /// network listed both before and after never disappears in between).
-    pub fn set_client_networks(
-        &mut self,
-        nets: &[(std::net::Ipv4Addr, u8)],
-    ) -> Result<(), BpfError> {
-        let wanted: Vec<Key<[u8; 4]>> = nets
-            .iter()
-            .map(|(addr, len)| Key::new(u32::from(*len), addr.octets()))
-            .collect();
-        for key in &wanted {
-            self.client_nets
-                .insert(key, 1, 0)
-                .map_err(map_err(map_name::CLIENT_NETS))?;
-        }
-        // aya's Key keeps its fields private; it is a packed (u32, [u8; 4]), so compare bytes.
-        let bytes = |k: &Key<[u8; 4]>| -> [u8; 8] {
-            // SAFETY: Key<[u8; 4]> is #[repr(C, packed)] of a u32 and 4 bytes: exactly 8
-            // initialised bytes, any of which is a valid u8.
-            unsafe { std::mem::transmute_copy(k) }
-        };
-        let present: Vec<Key<[u8; 4]>> = self.client_nets.keys().filter_map(Result::ok).collect();
-        for key in present {
-            let listed = wanted.iter().any(|w| bytes(w) == bytes(&key));
-            if !listed {
-                self.client_nets
-                    .remove(&key)
-                    .map_err(map_err(map_name::CLIENT_NETS))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Makes `PEER_DEVS` hold exactly `ifindexes`.
-    pub(super) fn set_peer_devices(&mut self, ifindexes: &[u32]) -> Result<(), BpfError> {
-        let wanted: Vec<(u32, u32)> = ifindexes.iter().map(|i| (*i, 1)).collect();
-        sync_hash(&mut self.peer_devs, map_name::PEER_DEVS, &wanted)
-    }
-
-    /// Makes `FLOATING` hold exactly these addresses, each answering ARP until `until_ns`
-    /// (`CLOCK_MONOTONIC`; 0: not at all). Stale entries are removed after the new ones are in.
-    pub fn set_floating_leases(
-        &mut self,
-        addresses: &[std::net::Ipv4Addr],
-        until_ns: u64,
-    ) -> Result<(), BpfError> {
-        let wanted: Vec<([u8; 4], FloatingLease)> = addresses
-            .iter()
-            .map(|a| (a.octets(), FloatingLease { until_ns }))
-            .collect();
-        sync_hash(&mut self.floating, map_name::FLOATING, &wanted)
-    }
-
     /// Removes from `FLOWS` what [`sweep::select`](crate::dataplane::sweep::select) picks at
     /// `now_ns` (CLOCK_MONOTONIC); returns the entries left in `FLOWS` and `FLOWS_SPILL`, and
     /// how many were removed.

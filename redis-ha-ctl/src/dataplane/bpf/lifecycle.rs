@@ -1,9 +1,13 @@
 //! The program's life on a host: load it on the pinned maps, pin it and its links, attach it
 //! to the configured interfaces, upgrade it in place, and unload it. Everything pinned is
-//! reused (a restarted controller never interrupts forwarding). A load also configures what
-//! the links need around them: client networks, veth peers, `accept_local`.
+//! reused (a restarted controller never interrupts forwarding), and what a load configures
+//! besides the links (client networks, veth peers, `accept_local`) is written through
+//! [`Dataplane`](crate::dataplane::Dataplane), like every other map write.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::btree_map::Entry,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     EbpfLoader,
@@ -18,7 +22,10 @@ use super::{
     host, map_err,
     maps::{MapPins, check_pinned_layout, iface_of_key, key_of_iface, map_pins, open_pinned},
 };
-use crate::config::DataplaneConfig;
+use crate::{
+    config::DataplaneConfig,
+    dataplane::{Dataplane as _, MapOp},
+};
 
 /// Each interface's link is pinned as this prefix followed by the interface name.
 const LINK_PREFIX: &str = "link_";
@@ -200,23 +207,24 @@ impl BpfDataplane {
 /// had if this data plane never set it, and gives interfaces saved earlier but no longer
 /// listed their value back.
 fn set_accept_local(dp: &mut BpfDataplane, interfaces: &[String]) -> Result<(), BpfError> {
-    let name = map_name::ACCEPT_LOCAL;
+    let mut saved = dp.saved_accept_local()?;
     for iface in interfaces {
         let key = key_of_iface(iface);
-        if dp.accept_local.get(&key, 0).is_err() {
+        if let Entry::Vacant(unsaved) = saved.entry(key) {
             let before = host::read_accept_local(iface)?;
-            dp.accept_local
-                .insert(key, before, 0)
-                .map_err(map_err(name))?;
+            dp.apply(&MapOp::SaveAcceptLocal {
+                iface: key,
+                value: before,
+            })?;
+            unsaved.insert(before);
         }
         host::write_accept_local(iface, 1)?;
     }
-    let saved: Vec<([u8; 16], u32)> = dp.accept_local.iter().filter_map(Result::ok).collect();
     for (key, value) in saved {
         let iface = iface_of_key(&key);
         if !interfaces.contains(&iface) {
             host::write_accept_local(&iface, value)?;
-            dp.accept_local.remove(&key).map_err(map_err(name))?;
+            dp.apply(&MapOp::ForgetAcceptLocal { iface: key })?;
         }
     }
     Ok(())

@@ -5,8 +5,9 @@
 //! - `maps`: [`BpfDataplane`], the typed handles on the pinned maps, taken once when the data
 //!   plane is opened; which maps there are and where each is pinned; the check that refuses
 //!   pinned maps this binary's program would misread;
-//! - `apply`: writes to those maps: [`Dataplane`](super::Dataplane) on the handles, the list
-//!   maps kept exact, and the connection-table sweep;
+//! - `apply`: [`Dataplane`](super::Dataplane) on those handles, the one place the controller
+//!   writes a map (and the connection-table sweep, the one write that is no
+//!   [`MapOp`](super::MapOp), said there why);
 //! - `inspect`: reads for operators and metrics: counters, per-backend stats, the
 //!   connection tables, the Maglev tables;
 //! - `lifecycle`: load, pin, attach, upgrade and unload, reusing what an earlier run pinned;
