@@ -2,13 +2,27 @@
 //!
 //! Pure code computes the target ([`ServiceTarget`]) and the ordered list of map writes
 //! ([`plan`]) from a [`Snapshot`] of the maps; a [`Dataplane`] applies them — the pinned BPF
-//! maps in production ([`bpf::BpfDataplane`]), an in-memory copy in unit tests. The order of
-//! the writes is what makes every intermediate state safe for packets in flight: a slot is
-//! filled before anything points at it, and a replica leaves the Maglev table before its
-//! connections are reset.
+//! maps in production ([`bpf::BpfDataplane`]), an in-memory copy in unit tests
+//! ([`MemDataplane`]). The order of the writes is what makes every intermediate state safe for
+//! packets in flight: a slot is filled before anything points at it, and a replica leaves the
+//! Maglev table before its connections are reset.
+//!
+//! Every write the controller makes to the maps it owns is a [`MapOp`] through
+//! [`Dataplane::apply`]: the service maps by [`sync`], the list maps (floating addresses and
+//! their ARP lease, client networks, veth peers, saved sysctls) by the trait's `set_*`
+//! methods, planned in `lists`. The connection table is the program's; the controller only
+//! sweeps ended connections out of it (see [`sweep`]).
+//!
+//! Files: this one (targets, the service planner, the trait), `lists` (the list maps'
+//! planner), `mem` (the in-memory fake), [`sweep`] (which connection entries to drop),
+//! [`bpf`] (the real maps and the program's life on the host).
 
 pub mod bpf;
+mod lists;
+mod mem;
 pub mod sweep;
+
+pub use mem::MemDataplane;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -105,8 +119,8 @@ impl ServiceTarget {
     }
 }
 
-/// The parts of the maps the controller owns (flows and counters belong to the program).
-/// Zeroed array entries are left out.
+/// The service maps, as [`plan`] reads them (flows and counters belong to the program; the
+/// list maps are read one at a time, see [`Dataplane`]). Zeroed array entries are left out.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub ports: BTreeMap<([u8; 4], u16), ServicePort>,
@@ -149,6 +163,41 @@ pub enum MapOp {
     SetState {
         service_id: u32,
         state: ServiceState,
+    },
+    /// `FLOATING[addr]`: this node answers ARP for `addr` until `until_ns` (CLOCK_MONOTONIC;
+    /// 0: it drops the requests).
+    SetFloating {
+        addr: [u8; 4],
+        until_ns: u64,
+    },
+    /// `addr` leaves `FLOATING`: ARP for it is left to the kernel.
+    RemoveFloating {
+        addr: [u8; 4],
+    },
+    /// `CLIENT_NETS` gains `net/prefix_len`.
+    AddClientNet {
+        net: [u8; 4],
+        prefix_len: u32,
+    },
+    RemoveClientNet {
+        net: [u8; 4],
+        prefix_len: u32,
+    },
+    /// `PEER_DEVS` gains the veth `ifindex`.
+    AddPeerDev {
+        ifindex: u32,
+    },
+    RemovePeerDev {
+        ifindex: u32,
+    },
+    /// `ACCEPT_LOCAL[iface] = value`: the interface's `accept_local` before redis-ha set it,
+    /// kept to be given back (`iface` is the NUL-padded name).
+    SaveAcceptLocal {
+        iface: [u8; 16],
+        value: u32,
+    },
+    ForgetAcceptLocal {
+        iface: [u8; 16],
     },
 }
 
@@ -322,11 +371,49 @@ pub fn plan(current: &Snapshot, targets: &[ServiceTarget]) -> Result<Vec<MapOp>,
     Ok(ops)
 }
 
-/// Something that holds the data plane's maps.
+/// Something that holds the data plane's maps. [`Self::apply`] is the only way the controller
+/// writes the maps it owns, so the planners' order is the order every such write happens in.
 pub trait Dataplane {
     type Error: std::error::Error + Send + Sync + 'static;
+    /// The service maps, which [`plan`] starts from.
     fn snapshot(&self) -> Result<Snapshot, Self::Error>;
+    /// `FLOATING`: address → end of its ARP lease (CLOCK_MONOTONIC ns; 0: none).
+    fn floating_leases(&self) -> Result<BTreeMap<[u8; 4], u64>, Self::Error>;
+    /// `CLIENT_NETS`: (network, prefix length).
+    fn client_networks(&self) -> Result<BTreeSet<([u8; 4], u32)>, Self::Error>;
+    /// `PEER_DEVS`: ifindexes.
+    fn peer_devices(&self) -> Result<BTreeSet<u32>, Self::Error>;
+    /// `ACCEPT_LOCAL`: NUL-padded interface name → the value saved before the first load.
+    fn saved_accept_local(&self) -> Result<BTreeMap<[u8; 16], u32>, Self::Error>;
     fn apply(&mut self, op: &MapOp) -> Result<(), Self::Error>;
+
+    /// Makes `FLOATING` hold exactly `addresses`, each answering ARP until `until_ns`
+    /// (`CLOCK_MONOTONIC`; 0: not at all). Stale entries are removed after the new ones are in.
+    fn set_floating_leases(
+        &mut self,
+        addresses: &[Ipv4Addr],
+        until_ns: u64,
+    ) -> Result<(), Self::Error> {
+        let ops = lists::plan_floating(&self.floating_leases()?, addresses, until_ns);
+        apply_all(self, &ops)
+    }
+
+    /// Makes `CLIENT_NETS` hold exactly `nets` (added first, then stale ones removed, so a
+    /// network listed both before and after never disappears in between).
+    fn set_client_networks(&mut self, nets: &[(Ipv4Addr, u8)]) -> Result<(), Self::Error> {
+        let ops = lists::plan_client_nets(&self.client_networks()?, nets);
+        apply_all(self, &ops)
+    }
+
+    /// Makes `PEER_DEVS` hold exactly `ifindexes`, new ones first.
+    fn set_peer_devices(&mut self, ifindexes: &[u32]) -> Result<(), Self::Error> {
+        let ops = lists::plan_peer_devs(&self.peer_devices()?, ifindexes);
+        apply_all(self, &ops)
+    }
+}
+
+fn apply_all<D: Dataplane + ?Sized>(dp: &mut D, ops: &[MapOp]) -> Result<(), D::Error> {
+    ops.iter().try_for_each(|op| dp.apply(op))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -348,75 +435,6 @@ pub fn sync<D: Dataplane>(
         dp.apply(op).map_err(SyncError::Apply)?;
     }
     Ok(ops)
-}
-
-/// An in-memory data plane: the maps as plain collections. Used by unit tests (here and in
-/// the controller) to check what packets would see after every single write.
-#[derive(Clone, Debug, Default)]
-pub struct MemDataplane {
-    pub maps: Snapshot,
-    /// (service_id, half) → table.
-    pub rings: BTreeMap<(u32, u32), Vec<u32>>,
-}
-
-impl MemDataplane {
-    /// Where a new write connection to `service_id` would go now.
-    pub fn master_of(&self, service_id: u32) -> Option<Backend> {
-        let st = self.maps.states.get(&service_id)?;
-        self.maps.backends.get(&st.master).copied()
-    }
-
-    /// Slots new read connections of `service_id` can land on now.
-    pub fn live_ring_slots(&self, service_id: u32) -> BTreeSet<u32> {
-        let Some(st) = self.maps.states.get(&service_id) else {
-            return BTreeSet::new();
-        };
-        self.rings
-            .get(&(service_id, st.ring_active))
-            .map(|t| t.iter().copied().filter(|s| *s != 0).collect())
-            .unwrap_or_default()
-    }
-}
-
-impl Dataplane for MemDataplane {
-    type Error = std::convert::Infallible;
-
-    fn snapshot(&self) -> Result<Snapshot, Self::Error> {
-        Ok(self.maps.clone())
-    }
-
-    fn apply(&mut self, op: &MapOp) -> Result<(), Self::Error> {
-        match op {
-            MapOp::SetBackend { slot, backend } => {
-                if *backend == Backend::default() {
-                    self.maps.backends.remove(slot);
-                } else {
-                    self.maps.backends.insert(*slot, *backend);
-                }
-            }
-            MapOp::SetPort { key, port } => {
-                self.maps.ports.insert((key.vip, key.port), *port);
-            }
-            MapOp::RemovePort { key } => {
-                self.maps.ports.remove(&(key.vip, key.port));
-            }
-            MapOp::SetRing {
-                service_id,
-                half,
-                table,
-            } => {
-                self.rings.insert((*service_id, *half), table.clone());
-            }
-            MapOp::SetState { service_id, state } => {
-                if *state == ServiceState::default() {
-                    self.maps.states.remove(service_id);
-                } else {
-                    self.maps.states.insert(*service_id, *state);
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,212 @@
+//! [`Dataplane`] on the pinned maps: the reads the planners start from, and the one place the
+//! controller writes a map. Every write is a [`MapOp`], so the order the planners give (a
+//! slot filled before anything points at it, a new list entry before a stale one goes) is the
+//! order the kernel sees.
+//!
+//! One write is no `MapOp`: the connection-table sweep ([`BpfDataplane::sweep_flows`]).
+//! `FLOWS` belongs to the program, which adds and rewrites entries on every packet; the sweep
+//! removes an entry only if it is still as it was read, which a plain write cannot say, and
+//! nothing the planners order ever points at a connection entry.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aya::maps::{MapInfo, lpm_trie::Key};
+use redis_ha_common::{
+    AddrKey, Backend, FloatingLease, Flow, FlowKey, MAX_BACKENDS, MAX_SERVICES, ServiceState,
+    map_name, ring_index,
+};
+
+use super::{BpfDataplane, BpfError, map_err};
+use crate::dataplane::{Dataplane, MapOp, Snapshot};
+
+impl Dataplane for BpfDataplane {
+    type Error = BpfError;
+
+    fn snapshot(&self) -> Result<Snapshot, BpfError> {
+        let mut snap = Snapshot::default();
+        for entry in self.services.iter() {
+            let (k, v) = entry.map_err(map_err(map_name::SERVICES))?;
+            snap.ports.insert((k.vip, k.port), v);
+        }
+        for id in 0..MAX_SERVICES {
+            let s = self
+                .state
+                .get(&id, 0)
+                .map_err(map_err(map_name::SERVICE_STATE))?;
+            if s != ServiceState::default() {
+                snap.states.insert(id, s);
+            }
+        }
+        for slot in 1..MAX_BACKENDS {
+            let b = self
+                .backends
+                .get(&slot, 0)
+                .map_err(map_err(map_name::BACKENDS))?;
+            if b != Backend::default() {
+                snap.backends.insert(slot, b);
+            }
+        }
+        Ok(snap)
+    }
+
+    // The list maps are read entry by entry; one removed between listing its key and reading
+    // it is simply left out.
+
+    fn floating_leases(&self) -> Result<BTreeMap<[u8; 4], u64>, BpfError> {
+        Ok(self
+            .floating
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(addr, lease)| (addr, lease.until_ns))
+            .collect())
+    }
+
+    fn client_networks(&self) -> Result<BTreeSet<([u8; 4], u32)>, BpfError> {
+        Ok(self
+            .client_nets
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| (k.data(), k.prefix_len()))
+            .collect())
+    }
+
+    fn peer_devices(&self) -> Result<BTreeSet<u32>, BpfError> {
+        Ok(self.peer_devs.keys().filter_map(Result::ok).collect())
+    }
+
+    fn saved_accept_local(&self) -> Result<BTreeMap<[u8; 16], u32>, BpfError> {
+        Ok(self.accept_local.iter().filter_map(Result::ok).collect())
+    }
+
+    fn apply(&mut self, op: &MapOp) -> Result<(), BpfError> {
+        match op {
+            MapOp::SetBackend { slot, backend } => {
+                // BACKEND_ADDRS mirrors BACKENDS: the new address is findable before the slot
+                // holds it, the old one is forgotten only after.
+                let old = self
+                    .backends
+                    .get(slot, 0)
+                    .map_err(map_err(map_name::BACKENDS))?;
+                let key = |b: &Backend| AddrKey {
+                    ip: b.ip,
+                    port: b.port,
+                    _pad: 0,
+                };
+                if *backend != Backend::default() {
+                    self.backend_addrs
+                        .insert(key(backend), slot, 0)
+                        .map_err(map_err(map_name::BACKEND_ADDRS))?;
+                }
+                self.backends
+                    .set(*slot, backend, 0)
+                    .map_err(map_err(map_name::BACKENDS))?;
+                if old != Backend::default() && (old.ip, old.port) != (backend.ip, backend.port) {
+                    // Absent already is fine: the mirror may predate this map (older pins).
+                    let _ = self.backend_addrs.remove(&key(&old));
+                }
+                Ok(())
+            }
+            MapOp::SetPort { key, port } => self
+                .services
+                .insert(key, port, 0)
+                .map_err(map_err(map_name::SERVICES)),
+            MapOp::RemovePort { key } => self
+                .services
+                .remove(key)
+                .map_err(map_err(map_name::SERVICES)),
+            MapOp::SetRing {
+                service_id,
+                half,
+                table,
+            } => {
+                for (i, slot) in table.iter().enumerate() {
+                    self.ring
+                        .set(ring_index(*service_id, *half, i as u32), slot, 0)
+                        .map_err(map_err(map_name::READ_RING))?;
+                }
+                Ok(())
+            }
+            MapOp::SetState { service_id, state } => self
+                .state
+                .set(*service_id, state, 0)
+                .map_err(map_err(map_name::SERVICE_STATE)),
+            MapOp::SetFloating { addr, until_ns } => self
+                .floating
+                .insert(
+                    addr,
+                    FloatingLease {
+                        until_ns: *until_ns,
+                    },
+                    0,
+                )
+                .map_err(map_err(map_name::FLOATING)),
+            MapOp::RemoveFloating { addr } => self
+                .floating
+                .remove(addr)
+                .map_err(map_err(map_name::FLOATING)),
+            MapOp::AddClientNet { net, prefix_len } => self
+                .client_nets
+                .insert(&Key::new(*prefix_len, *net), 1, 0)
+                .map_err(map_err(map_name::CLIENT_NETS)),
+            MapOp::RemoveClientNet { net, prefix_len } => self
+                .client_nets
+                .remove(&Key::new(*prefix_len, *net))
+                .map_err(map_err(map_name::CLIENT_NETS)),
+            MapOp::AddPeerDev { ifindex } => self
+                .peer_devs
+                .insert(ifindex, 1, 0)
+                .map_err(map_err(map_name::PEER_DEVS)),
+            MapOp::RemovePeerDev { ifindex } => self
+                .peer_devs
+                .remove(ifindex)
+                .map_err(map_err(map_name::PEER_DEVS)),
+            MapOp::SaveAcceptLocal { iface, value } => self
+                .accept_local
+                .insert(iface, value, 0)
+                .map_err(map_err(map_name::ACCEPT_LOCAL)),
+            MapOp::ForgetAcceptLocal { iface } => self
+                .accept_local
+                .remove(iface)
+                .map_err(map_err(map_name::ACCEPT_LOCAL)),
+        }
+    }
+}
+
+/// What a pass of [`BpfDataplane::sweep_flows`] found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSweep {
+    /// Entries left in both tables.
+    pub entries: usize,
+    pub removed: usize,
+}
+
+impl BpfDataplane {
+    /// Removes from `FLOWS` what [`sweep::select`](crate::dataplane::sweep::select) picks at
+    /// `now_ns` (CLOCK_MONOTONIC); returns the entries left in `FLOWS` and `FLOWS_SPILL`, and
+    /// how many were removed.
+    pub fn sweep_flows(&mut self, now_ns: u64) -> Result<FlowSweep, BpfError> {
+        let pin = self.pin_dir.join(map_name::FLOWS);
+        let capacity = MapInfo::from_pin(&pin)
+            .map_err(map_err(map_name::FLOWS))?
+            .max_entries() as usize;
+        let entries: Vec<(FlowKey, Flow)> = self.flows.iter().filter_map(Result::ok).collect();
+        // Only counted: the sweep leaves the spill table to its own LRU.
+        let spilled = self.flows_spill.keys().filter(Result::is_ok).count();
+        let read: std::collections::HashMap<FlowKey, Flow> = entries.iter().copied().collect();
+        let mut removed = 0;
+        for key in crate::dataplane::sweep::select(&entries, now_ns, capacity) {
+            // The program may have reused the key for a new connection since it was read: only
+            // an entry still as it was goes. (What changes between this read and the removal
+            // is a packet's worth of time; the worst case is a connection re-admitted by its
+            // next packet, as after an LRU eviction.)
+            let now = self.flows.get(&key, 0).ok();
+            if now.is_some() && now.as_ref() == read.get(&key) && self.flows.remove(&key).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(FlowSweep {
+            entries: entries.len() - removed + spilled,
+            removed,
+        })
+    }
+}
