@@ -3,7 +3,7 @@
 //! machines and performs their actions in order, so decisions and map writes are strictly
 //! ordered. Whatever waits on the network runs on other tasks and comes back as an [`Input`].
 
-use std::{collections::VecDeque, future::Future, net::Ipv4Addr, sync::Arc, time::Duration};
+use std::{collections::VecDeque, future::Future, sync::Arc, time::Duration};
 
 use tokio::{
     sync::{mpsc, watch},
@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     config::{ControllerConfig, ServiceConfig},
-    dataplane::{Dataplane, ServiceTarget, bpf::BpfDataplane, sync},
+    dataplane::{Dataplane, ServiceTarget, sync},
     failover::{
         self, Action, ControllerId, Event, Millis, NodeAddr, NoticeKind, PeerMsg, ProbeResult,
         ServiceMachine,
@@ -62,29 +62,6 @@ pub(super) enum Input {
 
 /// Sentinel's timer runs at 10 Hz; so do the failover machines' ticks.
 const TICK: Duration = Duration::from_millis(100);
-
-/// What the executor needs of a data plane: the maps, through [`Dataplane`], and the floating
-/// addresses' ARP lease, which that trait does not carry. Production uses the pinned maps;
-/// the executor's tests an in-memory fake.
-pub(super) trait ExecutorDataplane: Dataplane {
-    /// Makes the data plane answer ARP for `addresses` until `until_ns` (`CLOCK_MONOTONIC`;
-    /// 0: not at all).
-    fn set_floating_leases(
-        &mut self,
-        addresses: &[Ipv4Addr],
-        until_ns: u64,
-    ) -> Result<(), Self::Error>;
-}
-
-impl ExecutorDataplane for BpfDataplane {
-    fn set_floating_leases(
-        &mut self,
-        addresses: &[Ipv4Addr],
-        until_ns: u64,
-    ) -> Result<(), Self::Error> {
-        BpfDataplane::set_floating_leases(self, addresses, until_ns)
-    }
-}
 
 pub(super) fn now_ms(start: Instant) -> Millis {
     start.elapsed().as_millis() as Millis
@@ -161,7 +138,7 @@ pub(super) struct Executor<D> {
     floating: Floating,
 }
 
-impl<D: ExecutorDataplane> Executor<D> {
+impl<D: Dataplane> Executor<D> {
     pub(super) fn new(parts: Parts<D>) -> Self {
         let Parts {
             services,

@@ -4,11 +4,13 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use tokio::time::Instant;
+
+use crate::dataplane::Dataplane;
 use tracing::{error, info};
 
 use super::{
     control::EventHub,
-    executor::{ExecutorDataplane, now_ms, unix_ms},
+    executor::{now_ms, unix_ms},
     peers::PeerSender,
 };
 use crate::{
@@ -53,7 +55,7 @@ impl Floating {
     /// Performs the machine's actions in order: the state file first (a vote must not leave
     /// before it is durable), then the messages, addresses and events; then hands the
     /// (possibly moved) lease to the data plane. `start`: the origin of the machine's clock.
-    pub(super) async fn perform<D: ExecutorDataplane>(
+    pub(super) async fn perform<D: Dataplane>(
         &mut self,
         actions: Vec<HaAction>,
         store: &mut StateStore,
@@ -109,7 +111,7 @@ impl Floating {
     /// Hands the lease to the data plane, which answers ARP for the floating addresses only
     /// until it runs out: if this process dies while holding them, they fall silent within
     /// the lease even though they stay configured.
-    fn refresh_lease<D: ExecutorDataplane>(&mut self, dataplane: Option<&mut D>, start: Instant) {
+    fn refresh_lease<D: Dataplane>(&mut self, dataplane: Option<&mut D>, start: Instant) {
         let Some(worker) = &self.addresses else {
             return;
         };

@@ -2,7 +2,7 @@
 //! peer and API tasks would send them. Nothing here talks to Redis.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::{Path, PathBuf},
     sync::{
@@ -22,7 +22,7 @@ use tokio::{
 
 use super::{
     control::{ApiError, ControlRequest, EventHub},
-    executor::{Executor, ExecutorDataplane, Input, Parts},
+    executor::{Executor, Input, Parts},
     peers::PeerSender,
     resume::Machines,
 };
@@ -128,15 +128,24 @@ impl Dataplane for SharedDataplane {
         self.0.lock().unwrap().snapshot()
     }
 
+    fn floating_leases(&self) -> Result<BTreeMap<[u8; 4], u64>, Self::Error> {
+        self.0.lock().unwrap().floating_leases()
+    }
+
+    fn client_networks(&self) -> Result<BTreeSet<([u8; 4], u32)>, Self::Error> {
+        self.0.lock().unwrap().client_networks()
+    }
+
+    fn peer_devices(&self) -> Result<BTreeSet<u32>, Self::Error> {
+        self.0.lock().unwrap().peer_devices()
+    }
+
+    fn saved_accept_local(&self) -> Result<BTreeMap<[u8; 16], u32>, Self::Error> {
+        self.0.lock().unwrap().saved_accept_local()
+    }
+
     fn apply(&mut self, op: &MapOp) -> Result<(), Self::Error> {
         self.0.lock().unwrap().apply(op)
-    }
-}
-
-impl ExecutorDataplane for SharedDataplane {
-    fn set_floating_leases(&mut self, _: &[Ipv4Addr], _: u64) -> Result<(), Self::Error> {
-        // No [ha] in these tests.
-        Ok(())
     }
 }
 
