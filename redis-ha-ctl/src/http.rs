@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     metrics::{Format, Metrics, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE},
-    status::{BackendTraffic, NodeStatus, ServiceStatus, Status},
+    status::{BackendTraffic, FailoverPhase, NodeStatus, ServiceStatus, Status},
 };
 
 /// A client that has not sent its whole request head by then is disconnected, so idle or
@@ -255,7 +255,8 @@ tr.down td { background: #fee2e2; }
 footer { color: #6b7280; padding: 0 18px 14px; }
 "#;
 
-/// The status page for `status`: every string from it is escaped.
+/// The status page for `status`: every free-form string from it (names, ids, interfaces,
+/// counters) is escaped; addresses, roles and phases are typed and cannot carry markup.
 pub fn render_page(status: &Status) -> String {
     let mut h = String::with_capacity(16 * 1024);
     let _ = write!(
@@ -269,7 +270,7 @@ pub fn render_page(status: &Status) -> String {
          <span><a href=\"/status.json\">status.json</a> · <a href=\"/metrics\">metrics</a></span>\
          </header>\n<main>\n",
         ctl = escape(&status.controller),
-        listen = escape(&status.listen),
+        listen = status.listen_text(),
         at = utc(status.at_unix_ms),
     );
     if status.services.is_empty() {
@@ -294,7 +295,7 @@ fn render_service(
     let name = escape(&svc.name);
     let (badge, class) = if svc.odown {
         ("ODOWN".to_owned(), "bad")
-    } else if svc.failover_phase != "idle" {
+    } else if svc.failover_phase != FailoverPhase::Idle {
         (format!("failover: {}", svc.failover_phase), "warn")
     } else if svc.nodes.iter().any(|n| n.addr == svc.master && !n.sdown) {
         ("OK".to_owned(), "ok")
@@ -317,10 +318,10 @@ fn render_service(
          read <b>{vip}:{rp}</b> → {pool} backend{plural} · epoch <b>{cfg}</b> (current {cur}) · \
          quorum {quorum} · down after {down} ms · failovers seen {failovers}</p>\n",
         badge = escape(&badge),
-        vip = escape(&svc.vip),
+        vip = svc.vip,
         wp = svc.write_port,
         rp = svc.read_port,
-        master = escape(&svc.master),
+        master = svc.master,
         pool = svc.read_pool.len(),
         plural = if svc.read_pool.len() == 1 { "" } else { "s" },
         cfg = svc.config_epoch,
@@ -358,8 +359,8 @@ fn render_service(
         "<tr class=\"peer self\" data-peer=\"{id}\"><td>{id} (this one)</td><td>{listen}</td>\
          <td class=\"n\">—</td><td>{master}</td><td class=\"n\">{epoch}</td><td>—</td></tr>",
         id = escape(&status.controller),
-        listen = escape(&status.listen),
-        master = escape(&svc.master),
+        listen = status.listen_text(),
+        master = svc.master,
         epoch = svc.config_epoch,
     );
     for p in &svc.peers {
@@ -368,9 +369,9 @@ fn render_service(
             "<tr class=\"peer\" data-peer=\"{id}\"><td>{id}</td><td>{addr}</td><td class=\"n\">{heard}</td>\
              <td>{master}</td><td class=\"n\">{epoch}</td><td>{agrees}</td></tr>",
             id = escape(&p.id),
-            addr = escape(&p.addr),
+            addr = p.addr,
             heard = p.last_heard_ms_ago.map_or("never".to_owned(), ago),
-            master = p.master.as_deref().map_or("—".to_owned(), escape),
+            master = p.master.map_or("—".to_owned(), |m| m.to_string()),
             epoch = p.config_epoch.map_or("—".to_owned(), |e| e.to_string()),
             agrees = if p.agrees {
                 "<span class=\"state-up\">yes</span>"
@@ -409,10 +410,10 @@ fn render_node(
         Some(false) => "<span class=\"state-down\">link down</span>",
         None => "",
     };
-    let follows = match &node.master {
+    let follows = match node.master {
         None => dash(),
-        Some(m) if *m == svc.master && !link.is_empty() => link.to_owned(),
-        Some(m) => format!("follows {} {link}", escape(m)),
+        Some(m) if m == svc.master && !link.is_empty() => link.to_owned(),
+        Some(m) => format!("follows {m} {link}"),
     };
     // Traffic as "in / out".
     let cells = traffic.map_or_else(String::new, |t| {
@@ -437,9 +438,9 @@ fn render_node(
          <td class=\"n\">{priority}</td><td>{pool}</td><td class=\"n\">{last_ok}</td>\
          <td class=\"n\">{probe}</td>{cells}</tr>",
         classes = classes.join(" "),
-        addr = escape(&node.addr),
+        addr = node.addr,
         star = if is_master { " ★" } else { "" },
-        role = escape(&node.role),
+        role = node.role,
         lag = node.lag_ms.map_or_else(dash, |ms| format!("{ms} ms")),
         offset = node.repl_offset.map_or_else(dash, |o| o.to_string()),
         priority = node.priority.map_or_else(dash, |p| p.to_string()),
@@ -474,7 +475,7 @@ fn render_ha(h: &mut String, status: &Status) {
          <b id=\"vip-holder\">{owner}</b> (epoch {epoch}) · this node: <b>{role}</b>{mine}</p></section>",
         owner = escape(ha.owner.as_deref().unwrap_or("nobody")),
         epoch = ha.epoch,
-        role = escape(&ha.role),
+        role = ha.role,
     );
 }
 
@@ -615,9 +616,8 @@ mod tests {
         let evil = "<script>alert('x')</script>\"&";
         s.controller = evil.into();
         s.services[0].name = evil.into();
-        s.services[0].nodes[0].role = evil.into();
         s.services[0].peers[0].id = evil.into();
-        s.services[0].failover_phase = evil.into();
+        // A node's role and the failover phase are enums: no hostile string can reach them.
         s.dataplane.as_mut().unwrap().interfaces[0].1 = evil.into();
         s.dataplane
             .as_mut()
@@ -778,7 +778,7 @@ mod tests {
 
         // The page follows the daemon's latest snapshot.
         let mut next = sample();
-        next.services[0].master = "198.18.1.12:6379".into();
+        next.services[0].master = "198.18.1.12:6379".parse().unwrap();
         tx.send(next).unwrap();
         let (_, _, body) = get(addr, "/", None).await;
         assert!(row(&body, "198.18.1.12:6379").contains("master"), "{body}");

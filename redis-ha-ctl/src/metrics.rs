@@ -19,7 +19,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::status::Status;
+use crate::status::{FailoverPhase, Status};
 
 /// Bucket bounds of the probe latency histogram, in seconds: 0.1 ms (a `PING` over loopback
 /// or a quiet LAN) up to 1 s (beyond any sane `down_after_ms` / 2 probe timeout), roughly
@@ -214,7 +214,7 @@ impl Metrics {
             for node in &svc.nodes {
                 let labels = BackendLabels {
                     service: svc.name.clone(),
-                    backend: node.addr.clone(),
+                    backend: node.addr.to_string(),
                 };
                 self.probe_failures.get_or_create_owned(&labels);
                 self.probe_latency.get_or_create_owned(&labels);
@@ -284,14 +284,14 @@ impl Metrics {
                 .set(saturating_i64(svc.config_epoch));
             in_failover
                 .get_or_create(&service)
-                .set(i64::from(svc.failover_phase != "idle"));
+                .set(i64::from(svc.failover_phase != FailoverPhase::Idle));
             pool_size
                 .get_or_create(&service)
                 .set(saturating_i64(svc.read_pool.len() as u64));
             for node in &svc.nodes {
                 let labels = BackendLabels {
                     service: svc.name.clone(),
-                    backend: node.addr.clone(),
+                    backend: node.addr.to_string(),
                 };
                 sdown.get_or_create(&labels).set(i64::from(node.sdown));
                 is_master
@@ -400,7 +400,7 @@ fn register_dataplane(reg: &mut Registry, dp: &crate::status::DataplaneStatus) {
         let role = if b.is_master { "master" } else { "replica" };
         let traffic = |direction: &str| TrafficLabels {
             service: b.service.clone(),
-            backend: b.addr.clone(),
+            backend: b.addr.to_string(),
             role: role.to_owned(),
             direction: direction.to_owned(),
         };
@@ -410,7 +410,7 @@ fn register_dataplane(reg: &mut Registry, dp: &crate::status::DataplaneStatus) {
         bytes.get_or_create(&traffic("out")).inc_by(b.bytes_out);
         let labels = RoleLabels {
             service: b.service.clone(),
-            backend: b.addr.clone(),
+            backend: b.addr.to_string(),
             role: role.to_owned(),
         };
         new_flows.get_or_create(&labels).inc_by(b.new_flows);
@@ -500,44 +500,49 @@ fn saturating_i64(v: u64) -> i64 {
 /// A realistic snapshot for the unit tests of this module and of `http`.
 #[cfg(test)]
 pub(crate) mod testdata {
-    use std::collections::BTreeMap;
+    use std::{collections::BTreeMap, net::SocketAddrV4};
 
     use crate::status::{
-        BackendTraffic, DataplaneStatus, NodeStatus, PeerStatus, ServiceStatus, Status,
+        BackendTraffic, DataplaneStatus, FailoverPhase, HaRole, NodeRole, NodeStatus, PeerStatus,
+        ServiceStatus, Status,
     };
+
+    fn addr(text: &str) -> SocketAddrV4 {
+        text.parse().unwrap()
+    }
 
     /// A master, a healthy replica and a down one, two peers, and traffic.
     pub(crate) fn sample() -> Status {
-        let node = |addr: &str, role: &str| NodeStatus {
-            addr: addr.into(),
-            role: role.into(),
+        let node = |at: &str, role: NodeRole| NodeStatus {
+            addr: addr(at),
+            role,
             ..NodeStatus::default()
         };
         Status {
             controller: "ctl-a".into(),
-            listen: "198.18.0.1:26379".into(),
+            listen: Some("198.18.0.1:26379".parse().unwrap()),
             at_unix_ms: 1_700_000_000_000,
             services: vec![ServiceStatus {
                 name: "mymaster".into(),
-                vip: "198.18.0.100".into(),
+                vip: "198.18.0.100".parse().unwrap(),
                 write_port: 6380,
                 read_port: 6381,
-                master: "198.18.1.11:6379".into(),
+                master: addr("198.18.1.11:6379"),
                 config_epoch: 3,
                 current_epoch: 4,
                 quorum: 2,
                 down_after_ms: 1000,
-                failover_phase: "idle".into(),
+                failover_phase: FailoverPhase::Idle,
                 odown: false,
                 nodes: vec![
                     NodeStatus {
                         repl_offset: Some(123_456),
                         last_ok_ms_ago: Some(40),
                         probe_latency_ms: Some(0.31),
-                        ..node("198.18.1.11:6379", "master")
+                        ..node("198.18.1.11:6379", NodeRole::Master)
                     },
                     NodeStatus {
-                        master: Some("198.18.1.11:6379".into()),
+                        master: Some(addr("198.18.1.11:6379")),
                         link_up: Some(true),
                         lag_ms: Some(250),
                         repl_offset: Some(123_400),
@@ -545,25 +550,25 @@ pub(crate) mod testdata {
                         in_read_pool: true,
                         last_ok_ms_ago: Some(60),
                         probe_latency_ms: Some(0.42),
-                        ..node("198.18.1.12:6379", "replica")
+                        ..node("198.18.1.12:6379", NodeRole::Replica)
                     },
                     NodeStatus {
                         sdown: true,
-                        ..node("198.18.1.13:6379", "replica")
+                        ..node("198.18.1.13:6379", NodeRole::Replica)
                     },
                 ],
-                read_pool: vec!["198.18.1.12:6379".into()],
+                read_pool: vec![addr("198.18.1.12:6379")],
                 peers: vec![
                     PeerStatus {
                         id: "ctl-b".into(),
-                        addr: "198.18.0.2:26379".into(),
+                        addr: "198.18.0.2:26379".parse().unwrap(),
                         last_heard_ms_ago: Some(1500),
                         agrees: true,
                         ..PeerStatus::default()
                     },
                     PeerStatus {
                         id: "ctl-c".into(),
-                        addr: "198.18.0.3:26379".into(),
+                        addr: "198.18.0.3:26379".parse().unwrap(),
                         ..PeerStatus::default()
                     },
                 ],
@@ -575,7 +580,7 @@ pub(crate) mod testdata {
                 backends: vec![
                     BackendTraffic {
                         service: "mymaster".into(),
-                        addr: "198.18.1.11:6379".into(),
+                        addr: addr("198.18.1.11:6379"),
                         slot: 1,
                         is_master: true,
                         readable: false,
@@ -589,7 +594,7 @@ pub(crate) mod testdata {
                     },
                     BackendTraffic {
                         service: "mymaster".into(),
-                        addr: "198.18.1.12:6379".into(),
+                        addr: addr("198.18.1.12:6379"),
                         slot: 2,
                         readable: true,
                         packets_in: 5,
@@ -604,7 +609,7 @@ pub(crate) mod testdata {
                 flows_spilled: true,
             }),
             ha: Some(crate::status::HaStatus {
-                role: "owner".into(),
+                role: HaRole::Owner,
                 owner: Some("ctl-a".into()),
                 epoch: 7,
                 holding: true,

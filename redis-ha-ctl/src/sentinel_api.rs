@@ -36,7 +36,7 @@ use crate::{
     config::ServiceConfig,
     failover::NodeAddr,
     resp::{self, Reply, Request},
-    status::{EventRecord, NodeStatus, PeerStatus, ServiceStatus, Status},
+    status::{EventRecord, FailoverPhase, NodeRole, NodeStatus, PeerStatus, ServiceStatus, Status},
 };
 
 /// Subscribers of this channel (exact `SUBSCRIBE` only; patterns do not match it, so that
@@ -486,9 +486,7 @@ impl<'a> Connection<'a> {
                 let Some(name) = args.get(1) else {
                     return wrong_arity("sentinel|get-master-addr-by-name");
                 };
-                match lookup(&status, &self.api.services, name)
-                    .and_then(|(s, _)| s.master.parse::<SocketAddrV4>().ok())
-                {
+                match lookup(&status, &self.api.services, name).map(|(s, _)| s.master) {
                     Some(addr) => Reply::Array(vec![
                         Reply::bulk(addr.ip().to_string()),
                         Reply::bulk(addr.port().to_string()),
@@ -753,14 +751,12 @@ fn lookup<'s>(
     Some((s, cfg))
 }
 
-fn split_addr(addr: &str) -> (String, String) {
-    match addr.parse::<SocketAddrV4>() {
-        Ok(a) => (a.ip().to_string(), a.port().to_string()),
-        Err(_) => (addr.to_owned(), "0".to_owned()),
-    }
+/// Sentinel's `ip` and `port` fields.
+fn ip_port(addr: SocketAddrV4) -> (String, String) {
+    (addr.ip().to_string(), addr.port().to_string())
 }
 
-fn node<'s>(s: &'s ServiceStatus, addr: &str) -> Option<&'s NodeStatus> {
+fn node(s: &ServiceStatus, addr: SocketAddrV4) -> Option<&NodeStatus> {
     s.nodes.iter().find(|n| n.addr == addr)
 }
 
@@ -782,13 +778,13 @@ fn node_flags(base: &str, n: Option<&NodeStatus>) -> Vec<&'static str> {
 
 /// `SENTINEL MASTER`: Sentinel's field/value list (`addReplySentinelRedisInstance`).
 fn master_fields(s: &ServiceStatus, cfg: &ServiceConfig) -> Reply {
-    let (ip, port) = split_addr(&s.master);
-    let n = node(s, &s.master);
+    let (ip, port) = ip_port(s.master);
+    let n = node(s, s.master);
     let mut flags = node_flags("master", n);
     if s.odown {
         flags.push("o_down");
     }
-    if s.failover_phase != "idle" {
+    if s.failover_phase != FailoverPhase::Idle {
         flags.push("failover_in_progress");
     }
     let since_ok = n.and_then(|n| n.last_ok_ms_ago).unwrap_or(0).to_string();
@@ -832,16 +828,19 @@ fn master_fields(s: &ServiceStatus, cfg: &ServiceConfig) -> Reply {
 /// `SENTINEL REPLICAS`: one entry per node that is not the master (a node that claims to be a
 /// master is listed with `role-reported master`, as Sentinel lists it until it is converted).
 fn replica_fields(s: &ServiceStatus, n: &NodeStatus) -> Reply {
-    let (ip, port) = split_addr(&n.addr);
-    let (master_host, master_port) = split_addr(n.master.as_deref().unwrap_or("?:0"));
+    let (ip, port) = ip_port(n.addr);
+    // Whom it follows not known yet: `?:0` and port 0, what these fields have always said.
+    let (master_host, master_port) = n
+        .master
+        .map_or_else(|| ("?:0".to_owned(), "0".to_owned()), ip_port);
     let since_ok = n.last_ok_ms_ago.unwrap_or(0).to_string();
-    let role = if n.role == "master" {
+    let role = if n.role == NodeRole::Master {
         "master"
     } else {
         "slave"
     };
     Reply::fields([
-        ("name", n.addr.clone()),
+        ("name", n.addr.to_string()),
         ("ip", ip),
         ("port", port),
         ("runid", n.run_id.clone().unwrap_or_default()),
@@ -875,10 +874,7 @@ fn reachable(p: &PeerStatus, validity_ms: u64) -> bool {
 }
 
 fn sentinel_fields(s: &ServiceStatus, p: &PeerStatus, validity_ms: u64) -> Reply {
-    let (ip, port) = match p.addr.parse::<SocketAddr>() {
-        Ok(a) => (a.ip().to_string(), a.port().to_string()),
-        Err(_) => (p.addr.clone(), "0".into()),
-    };
+    let (ip, port) = (p.addr.ip().to_string(), p.addr.port().to_string());
     let mut flags = vec!["sentinel"];
     if !reachable(p, validity_ms) {
         flags.push("s_down");
@@ -961,7 +957,7 @@ fn info(api: &Api, section: Option<&str>) -> String {
             status.services.len()
         ));
         for (i, s) in status.services.iter().enumerate() {
-            let master_down = node(s, &s.master).is_some_and(|n| n.sdown);
+            let master_down = node(s, s.master).is_some_and(|n| n.sdown);
             let state = if s.odown {
                 "odown"
             } else if master_down {
@@ -985,45 +981,52 @@ fn info(api: &Api, section: Option<&str>) -> String {
 /// data plane with traffic.
 #[cfg(test)]
 pub(crate) mod testdata {
+    use std::net::SocketAddrV4;
+
     use crate::status::{
-        BackendTraffic, DataplaneStatus, NodeStatus, PeerStatus, ServiceStatus, Status,
+        BackendTraffic, DataplaneStatus, FailoverPhase, NodeRole, NodeStatus, PeerStatus,
+        ServiceStatus, Status,
     };
 
+    fn addr(text: &str) -> SocketAddrV4 {
+        text.parse().unwrap()
+    }
+
     pub(crate) fn status() -> Status {
-        let node = |addr: &str, role: &str| NodeStatus {
-            addr: addr.into(),
-            role: role.into(),
+        let node = |at: &str, role: NodeRole| NodeStatus {
+            addr: addr(at),
+            role,
             last_ok_ms_ago: Some(20),
             ..NodeStatus::default()
         };
-        let replica = |addr: &str| NodeStatus {
-            master: Some("198.18.1.11:6379".into()),
+        let replica = |at: &str| NodeStatus {
+            master: Some(addr("198.18.1.11:6379")),
             link_up: Some(true),
             priority: Some(100),
             repl_offset: Some(42),
             in_read_pool: true,
-            ..node(addr, "replica")
+            ..node(at, NodeRole::Replica)
         };
         Status {
             controller: "c1".into(),
-            listen: "127.0.0.1:26379".into(),
+            listen: Some("127.0.0.1:26379".parse().unwrap()),
             at_unix_ms: 1,
             services: vec![ServiceStatus {
                 name: "mymaster".into(),
-                vip: "198.18.0.100".into(),
+                vip: "198.18.0.100".parse().unwrap(),
                 write_port: 6380,
                 read_port: 6381,
-                master: "198.18.1.11:6379".into(),
+                master: addr("198.18.1.11:6379"),
                 config_epoch: 3,
                 current_epoch: 3,
                 quorum: 2,
                 down_after_ms: 1000,
-                failover_phase: "idle".into(),
+                failover_phase: FailoverPhase::Idle,
                 odown: false,
                 nodes: vec![
                     NodeStatus {
                         run_id: Some("abc".into()),
-                        ..node("198.18.1.11:6379", "master")
+                        ..node("198.18.1.11:6379", NodeRole::Master)
                     },
                     replica("198.18.1.12:6379"),
                     NodeStatus {
@@ -1031,18 +1034,18 @@ pub(crate) mod testdata {
                         ..replica("198.18.1.13:6379")
                     },
                 ],
-                read_pool: vec!["198.18.1.12:6379".into()],
+                read_pool: vec![addr("198.18.1.12:6379")],
                 peers: vec![
                     PeerStatus {
                         id: "c2".into(),
-                        addr: "127.0.0.2:26379".into(),
+                        addr: "127.0.0.2:26379".parse().unwrap(),
                         last_heard_ms_ago: Some(50),
                         agrees: true,
                         ..PeerStatus::default()
                     },
                     PeerStatus {
                         id: "c3".into(),
-                        addr: "127.0.0.3:26379".into(),
+                        addr: "127.0.0.3:26379".parse().unwrap(),
                         ..PeerStatus::default()
                     },
                 ],
@@ -1053,7 +1056,7 @@ pub(crate) mod testdata {
                 interfaces: vec![("eth0".into(), "native".into())],
                 backends: vec![BackendTraffic {
                     service: "mymaster".into(),
-                    addr: "198.18.1.11:6379".into(),
+                    addr: addr("198.18.1.11:6379"),
                     slot: 1,
                     is_master: true,
                     packets_in: 10,
