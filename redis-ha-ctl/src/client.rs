@@ -16,7 +16,7 @@ use crate::{
     daemon::control::SwitchoverReport,
     failover::NodeAddr,
     sentinel_api::JSON_EVENTS_CHANNEL,
-    status::{EventRecord, ServiceStatus, Status},
+    status::{EventRecord, NodeRole, ServiceStatus, Status},
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -205,7 +205,7 @@ pub fn render_status(s: &Status) -> String {
         out,
         "controller {} at {} ({})",
         s.controller,
-        s.listen,
+        s.listen_text(),
         format_unix_ms(s.at_unix_ms)
     );
     for svc in &s.services {
@@ -308,7 +308,11 @@ fn render_service(out: &mut String, s: &Status, svc: &ServiceStatus) {
         svc.master,
         svc.vip,
         svc.read_port,
-        svc.read_pool.join(", ")
+        svc.read_pool
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let mut flags = Vec::new();
     if svc.odown {
@@ -351,13 +355,13 @@ fn render_service(out: &mut String, s: &Status, svc: &ServiceStatus) {
             out,
             "  {:<21} {:<8} {:<5} {:<21} {:<5} {:>7} {:>10} {:>4} {:<5} {:>8} {:>8}",
             n.addr,
-            if n.addr == svc.master && n.role == "master" {
+            if n.addr == svc.master && n.role == NodeRole::Master {
                 "MASTER"
             } else {
                 n.role.as_str()
             },
             if n.sdown { "DOWN" } else { "up" },
-            or_dash(n.master.as_deref()),
+            or_dash(n.master),
             link,
             n.lag_ms.map_or_else(|| "-".into(), |l| format!("{l} ms")),
             or_dash(n.repl_offset),
@@ -377,7 +381,7 @@ fn render_service(out: &mut String, s: &Status, svc: &ServiceStatus) {
         out,
         "  {:<12} {:<21} {:>8} {:<21} {:>6} {:<6}",
         format!("{} (this)", s.controller),
-        s.listen,
+        s.listen_text(),
         "-",
         svc.master,
         svc.config_epoch,
@@ -390,7 +394,7 @@ fn render_service(out: &mut String, s: &Status, svc: &ServiceStatus) {
             p.id,
             p.addr,
             ms_ago(p.last_heard_ms_ago),
-            or_dash(p.master.as_deref()),
+            or_dash(p.master),
             or_dash(p.config_epoch),
             if p.agrees { "yes" } else { "NO" }
         );

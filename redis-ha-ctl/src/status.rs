@@ -1,18 +1,34 @@
 //! The controller's picture of the world, as operators see it: `redis-ha-ctl status`, the
 //! Sentinel-compatible API, `/metrics` and the status page all render this one snapshot, which
 //! the daemon republishes after every step (through a `tokio::sync::watch` channel).
+//!
+//! It is also a contract: its JSON (`REDIS-HA STATUS`, `/status.json`, `status --json`) is read
+//! by scripts and by the end-to-end tests. Inside the program the fields are typed (addresses
+//! are `SocketAddrV4`/`SocketAddr`, roles and phases are enums), so a comparison with a
+//! misspelt `"master"` does not compile; serde writes them as the same strings as ever, and the
+//! tests at the bottom pin that JSON.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+};
 
 use serde::{Deserialize, Serialize};
+
+/// Stands in for an address in a `Default` value (tests fill structs with
+/// `..Default::default()`); the daemon always sets the real one.
+const UNSET: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct Status {
     /// This controller's id.
     pub controller: String,
-    /// Where it listens (RESP over TCP, peer protocol over UDP).
-    pub listen: String,
+    /// Where it listens (RESP over TCP, peer protocol over UDP). `None` (an empty string in
+    /// JSON) only in the placeholder published before the executor's first snapshot.
+    #[serde(with = "empty_is_none")]
+    pub listen: Option<SocketAddr>,
     /// Unix time (ms) of this snapshot.
     pub at_unix_ms: u64,
     pub services: Vec<ServiceStatus>,
@@ -23,11 +39,17 @@ pub struct Status {
     pub ha: Option<HaStatus>,
 }
 
+impl Status {
+    /// `listen` as operators read it: empty in the placeholder.
+    pub fn listen_text(&self) -> String {
+        self.listen.map(|a| a.to_string()).unwrap_or_default()
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct HaStatus {
-    /// "owner", "candidate" (standing for election), "backup" or "voter" (no `[ha]` here).
-    pub role: String,
+    pub role: HaRole,
     /// The controller believed to hold the addresses (None: nobody, for now).
     pub owner: Option<String>,
     /// Ownership epoch.
@@ -43,45 +65,64 @@ pub struct HaStatus {
     pub acquired: u64,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct ServiceStatus {
     pub name: String,
-    pub vip: String,
+    pub vip: Ipv4Addr,
     pub write_port: u16,
     pub read_port: u16,
-    /// `ip:port` of the master this controller believes in: the promoted replica as soon as
-    /// the write port moved to it, as Sentinel reports it during a failover's reconfiguration.
-    pub master: String,
+    /// The master this controller believes in: the promoted replica as soon as the write port
+    /// moved to it, as Sentinel reports it during a failover's reconfiguration.
+    pub master: SocketAddrV4,
     /// Epoch in which that master was promoted.
     pub config_epoch: u64,
     /// Highest epoch seen.
     pub current_epoch: u64,
     pub quorum: usize,
     pub down_after_ms: u64,
-    /// "idle", "election", "sync" (a planned switchover waits for its target to catch up),
-    /// "promotion" or "reconfiguration".
-    pub failover_phase: String,
+    pub failover_phase: FailoverPhase,
     pub odown: bool,
     pub nodes: Vec<NodeStatus>,
-    /// The read port's backends (`ip:port`), as last applied.
-    pub read_pool: Vec<String>,
+    /// The read port's backends, as last applied.
+    pub read_pool: Vec<SocketAddrV4>,
     /// The other controllers, as heard from.
     pub peers: Vec<PeerStatus>,
     /// Failovers this controller saw complete (`+switch-master`), since it started.
     pub failovers: u64,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+impl Default for ServiceStatus {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            vip: *UNSET.ip(),
+            write_port: 0,
+            read_port: 0,
+            master: UNSET,
+            config_epoch: 0,
+            current_epoch: 0,
+            quorum: 0,
+            down_after_ms: 0,
+            failover_phase: FailoverPhase::default(),
+            odown: false,
+            nodes: Vec::new(),
+            read_pool: Vec::new(),
+            peers: Vec::new(),
+            failovers: 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct NodeStatus {
-    pub addr: String,
-    /// "master", "replica" or "unknown" (never answered yet).
-    pub role: String,
+    pub addr: SocketAddrV4,
+    pub role: NodeRole,
     /// Subjectively down from this controller's point of view.
     pub sdown: bool,
     /// For a replica: whom it follows and whether the link is up.
-    pub master: Option<String>,
+    pub master: Option<SocketAddrV4>,
     pub link_up: Option<bool>,
     pub lag_ms: Option<u64>,
     pub repl_offset: Option<u64>,
@@ -95,18 +136,50 @@ pub struct NodeStatus {
     pub run_id: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+impl Default for NodeStatus {
+    fn default() -> Self {
+        Self {
+            addr: UNSET,
+            role: NodeRole::default(),
+            sdown: false,
+            master: None,
+            link_up: None,
+            lag_ms: None,
+            repl_offset: None,
+            priority: None,
+            in_read_pool: false,
+            last_ok_ms_ago: None,
+            probe_latency_ms: None,
+            run_id: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct PeerStatus {
     pub id: String,
-    pub addr: String,
+    pub addr: SocketAddr,
     /// Milliseconds since a valid (authenticated) message arrived (None: never).
     pub last_heard_ms_ago: Option<u64>,
     /// The master and config epoch it announced last.
-    pub master: Option<String>,
+    pub master: Option<SocketAddrV4>,
     pub config_epoch: Option<u64>,
     /// Whether it believes in the same master at the same config epoch as we do.
     pub agrees: bool,
+}
+
+impl Default for PeerStatus {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            addr: SocketAddr::V4(UNSET),
+            last_heard_ms_ago: None,
+            master: None,
+            config_epoch: None,
+            agrees: false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -125,11 +198,11 @@ pub struct DataplaneStatus {
     pub flows_spilled: bool,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct BackendTraffic {
     pub service: String,
-    pub addr: String,
+    pub addr: SocketAddrV4,
     pub slot: u32,
     pub is_master: bool,
     pub readable: bool,
@@ -142,6 +215,172 @@ pub struct BackendTraffic {
     /// Connections that closed in order and left the connection table.
     #[serde(default)]
     pub flows_closed: u64,
+}
+
+impl Default for BackendTraffic {
+    fn default() -> Self {
+        Self {
+            service: String::new(),
+            addr: UNSET,
+            slot: 0,
+            is_master: false,
+            readable: false,
+            packets_in: 0,
+            bytes_in: 0,
+            packets_out: 0,
+            bytes_out: 0,
+            new_flows: 0,
+            flows_reset: 0,
+            flows_closed: 0,
+        }
+    }
+}
+
+/// The role a node reported last (`INFO replication`'s `role:`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    Master,
+    Replica,
+    /// It never answered yet.
+    #[default]
+    Unknown,
+}
+
+impl NodeRole {
+    /// As JSON writes it (a test keeps the two the same).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Master => "master",
+            Self::Replica => "replica",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// Where a service's failover stands: the failover machine's phase, without its data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailoverPhase {
+    #[default]
+    Idle,
+    /// This controller stands for election.
+    Election,
+    /// A planned switchover waits for its target to catch up.
+    Sync,
+    Promotion,
+    Reconfiguration,
+}
+
+impl FailoverPhase {
+    /// As JSON writes it (a test keeps the two the same).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Election => "election",
+            Self::Sync => "sync",
+            Self::Promotion => "promotion",
+            Self::Reconfiguration => "reconfiguration",
+        }
+    }
+}
+
+impl From<crate::failover::FailoverPhase> for FailoverPhase {
+    fn from(phase: crate::failover::FailoverPhase) -> Self {
+        use crate::failover::FailoverPhase as Machine;
+        match phase {
+            Machine::Idle => Self::Idle,
+            Machine::Election { .. } => Self::Election,
+            Machine::Sync { .. } => Self::Sync,
+            Machine::Promotion { .. } => Self::Promotion,
+            Machine::Reconfiguration { .. } => Self::Reconfiguration,
+        }
+    }
+}
+
+/// This controller's part in holding the floating addresses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HaRole {
+    /// It holds them.
+    Owner,
+    /// It stands for election.
+    Candidate,
+    Backup,
+    /// No `[ha]` here: it only votes.
+    #[default]
+    Voter,
+}
+
+impl HaRole {
+    /// As JSON writes it (a test keeps the two the same).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Owner => "owner",
+            Self::Candidate => "candidate",
+            Self::Backup => "backup",
+            Self::Voter => "voter",
+        }
+    }
+}
+
+impl From<crate::ha::HaRole> for HaRole {
+    fn from(role: crate::ha::HaRole) -> Self {
+        use crate::ha::HaRole as Machine;
+        match role {
+            Machine::Owner => Self::Owner,
+            Machine::Candidate => Self::Candidate,
+            Machine::Backup => Self::Backup,
+            Machine::Voter => Self::Voter,
+        }
+    }
+}
+
+// `pad`, not `write_str`, so that the text tables' column widths (`{:<8}`) apply.
+impl fmt::Display for NodeRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl fmt::Display for FailoverPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl fmt::Display for HaRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// `Option<SocketAddr>` as a string, `None` as `""`: how the placeholder status published
+/// before the first snapshot has always shown its address.
+mod empty_is_none {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
+
+    pub(super) fn serialize<S: Serializer>(
+        addr: &Option<SocketAddr>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match addr {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SocketAddr>, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(d)?;
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(D::Error::custom)
+    }
 }
 
 /// One operator event, as Sentinel publishes it on its pub/sub channel named after the event.
@@ -180,4 +419,201 @@ pub fn format_utc(unix_ms: u64, millis: bool) -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `metrics::testdata::sample()` as `/status.json` and `status --json` wrote it while every
+    /// field of the status was a string: the typed fields must not change a byte of it.
+    const SAMPLE_JSON: &str = r#"{
+  "controller": "ctl-a",
+  "listen": "198.18.0.1:26379",
+  "at_unix_ms": 1700000000000,
+  "services": [
+    {
+      "name": "mymaster",
+      "vip": "198.18.0.100",
+      "write_port": 6380,
+      "read_port": 6381,
+      "master": "198.18.1.11:6379",
+      "config_epoch": 3,
+      "current_epoch": 4,
+      "quorum": 2,
+      "down_after_ms": 1000,
+      "failover_phase": "idle",
+      "odown": false,
+      "nodes": [
+        {
+          "addr": "198.18.1.11:6379",
+          "role": "master",
+          "sdown": false,
+          "master": null,
+          "link_up": null,
+          "lag_ms": null,
+          "repl_offset": 123456,
+          "priority": null,
+          "in_read_pool": false,
+          "last_ok_ms_ago": 40,
+          "probe_latency_ms": 0.31,
+          "run_id": null
+        },
+        {
+          "addr": "198.18.1.12:6379",
+          "role": "replica",
+          "sdown": false,
+          "master": "198.18.1.11:6379",
+          "link_up": true,
+          "lag_ms": 250,
+          "repl_offset": 123400,
+          "priority": 100,
+          "in_read_pool": true,
+          "last_ok_ms_ago": 60,
+          "probe_latency_ms": 0.42,
+          "run_id": null
+        },
+        {
+          "addr": "198.18.1.13:6379",
+          "role": "replica",
+          "sdown": true,
+          "master": null,
+          "link_up": null,
+          "lag_ms": null,
+          "repl_offset": null,
+          "priority": null,
+          "in_read_pool": false,
+          "last_ok_ms_ago": null,
+          "probe_latency_ms": null,
+          "run_id": null
+        }
+      ],
+      "read_pool": [
+        "198.18.1.12:6379"
+      ],
+      "peers": [
+        {
+          "id": "ctl-b",
+          "addr": "198.18.0.2:26379",
+          "last_heard_ms_ago": 1500,
+          "master": null,
+          "config_epoch": null,
+          "agrees": true
+        },
+        {
+          "id": "ctl-c",
+          "addr": "198.18.0.3:26379",
+          "last_heard_ms_ago": null,
+          "master": null,
+          "config_epoch": null,
+          "agrees": false
+        }
+      ],
+      "failovers": 1
+    }
+  ],
+  "dataplane": {
+    "pin_dir": "/sys/fs/bpf/redis-ha",
+    "interfaces": [
+      [
+        "eth0",
+        "native"
+      ]
+    ],
+    "backends": [
+      {
+        "service": "mymaster",
+        "addr": "198.18.1.11:6379",
+        "slot": 1,
+        "is_master": true,
+        "readable": false,
+        "packets_in": 10,
+        "bytes_in": 1000,
+        "packets_out": 9,
+        "bytes_out": 900,
+        "new_flows": 2,
+        "flows_reset": 1,
+        "flows_closed": 1
+      },
+      {
+        "service": "mymaster",
+        "addr": "198.18.1.12:6379",
+        "slot": 2,
+        "is_master": false,
+        "readable": true,
+        "packets_in": 5,
+        "bytes_in": 0,
+        "packets_out": 0,
+        "bytes_out": 0,
+        "new_flows": 0,
+        "flows_reset": 0,
+        "flows_closed": 0
+      }
+    ],
+    "counters": {
+      "fwd_to_backend": 15,
+      "reset_stale_flow": 1
+    },
+    "flow_entries": 4,
+    "flows_spilled": true
+  },
+  "ha": {
+    "role": "owner",
+    "owner": "ctl-a",
+    "epoch": 7,
+    "addresses": [],
+    "priority": null,
+    "preempt": false,
+    "holding": true,
+    "holding_since_unix_ms": null,
+    "acquired": 2
+  }
+}"#;
+
+    /// The placeholder published before the executor's first snapshot, as it was written then.
+    const PLACEHOLDER_JSON: &str =
+        r#"{"controller":"","listen":"","at_unix_ms":0,"services":[],"dataplane":null,"ha":null}"#;
+
+    #[test]
+    fn a_status_serialises_to_the_json_it_always_had() {
+        let sample = crate::metrics::testdata::sample();
+        assert_eq!(serde_json::to_string_pretty(&sample).unwrap(), SAMPLE_JSON);
+        assert_eq!(serde_json::from_str::<Status>(SAMPLE_JSON).unwrap(), sample);
+        let placeholder = Status::default();
+        assert_eq!(
+            serde_json::to_string(&placeholder).unwrap(),
+            PLACEHOLDER_JSON
+        );
+        assert_eq!(
+            serde_json::from_str::<Status>(PLACEHOLDER_JSON).unwrap(),
+            placeholder
+        );
+    }
+
+    #[test]
+    fn enums_are_written_as_the_strings_they_replaced() {
+        fn check<T>(value: T, text: &str)
+        where
+            T: Serialize + for<'de> Deserialize<'de> + fmt::Display + PartialEq + fmt::Debug,
+        {
+            let json = format!("\"{text}\"");
+            assert_eq!(serde_json::to_string(&value).unwrap(), json);
+            assert_eq!(serde_json::from_str::<T>(&json).unwrap(), value);
+            assert_eq!(value.to_string(), text);
+        }
+        check(NodeRole::Master, "master");
+        check(NodeRole::Replica, "replica");
+        check(NodeRole::Unknown, "unknown");
+        check(FailoverPhase::Idle, "idle");
+        check(FailoverPhase::Election, "election");
+        check(FailoverPhase::Sync, "sync");
+        check(FailoverPhase::Promotion, "promotion");
+        check(FailoverPhase::Reconfiguration, "reconfiguration");
+        check(HaRole::Owner, "owner");
+        check(HaRole::Candidate, "candidate");
+        check(HaRole::Backup, "backup");
+        check(HaRole::Voter, "voter");
+        // Table columns are padded as they were for strings.
+        assert_eq!(format!("[{:<8}]", NodeRole::Replica), "[replica ]");
+    }
 }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail, ensure};
 use redis_ha_ctl::client::render_status;
 use redis_ha_ctl::daemon::control::SwitchoverReport;
-use redis_ha_ctl::status::Status;
+use redis_ha_ctl::status::{FailoverPhase, NodeRole, Status};
 use redis_ha_tests::trial::{LoopOptions, missing_keys, summary};
 use redis_ha_tests::{
     ChildGuard, Cluster, ClusterOptions, TrafficLoop, require_root, run_within, wait_until,
@@ -453,8 +453,8 @@ fn a_switchover_whose_target_cannot_catch_up_aborts_with_nothing_switched() -> R
     let after = Instant::now();
     writer.wait_acks_after(after, 20, Duration::from_secs(10))?;
     let s = status(&cluster)?;
-    assert_eq!(s.services[0].master, master.to_string());
-    assert_eq!(s.services[0].failover_phase, "idle");
+    assert_eq!(s.services[0].master, master);
+    assert_eq!(s.services[0].failover_phase, FailoverPhase::Idle);
 
     // The service is whole again, and the next switchover goes through.
     cluster.wait_healthy(Duration::from_secs(30))?;
@@ -530,21 +530,22 @@ fn status_and_events_show_the_picture_healthy_and_during_a_failover() -> Result<
     let healthy = status(&cluster)?;
     let svc = &healthy.services[0];
     assert_eq!(healthy.controller, "c1");
-    assert_eq!(svc.master, m1.to_string());
-    assert_eq!(svc.failover_phase, "idle");
+    assert_eq!(svc.master, m1);
+    assert_eq!(svc.failover_phase, FailoverPhase::Idle);
     assert_eq!(svc.nodes.len(), 3);
     for n in &svc.nodes {
         assert!(!n.sdown, "{n:?}");
         if n.addr == svc.master {
-            assert_eq!(n.role, "master");
+            assert_eq!(n.role, NodeRole::Master);
         } else {
-            assert_eq!(n.role, "replica", "{n:?}");
-            assert_eq!(n.master.as_deref(), Some(svc.master.as_str()));
+            assert_eq!(n.role, NodeRole::Replica, "{n:?}");
+            assert_eq!(n.master, Some(svc.master));
             assert_eq!(n.link_up, Some(true));
             assert!(n.in_read_pool, "{n:?}");
         }
     }
-    assert_eq!(svc.read_pool, ["198.18.1.12:6379", "198.18.1.13:6379"]);
+    let read_pool: Vec<String> = svc.read_pool.iter().map(ToString::to_string).collect();
+    assert_eq!(read_pool, ["198.18.1.12:6379", "198.18.1.13:6379"]);
     assert_eq!(svc.peers.len(), 2);
     assert!(
         svc.peers
@@ -612,19 +613,19 @@ fn status_and_events_show_the_picture_healthy_and_during_a_failover() -> Result<
         || {
             let s = status(&cluster)?;
             let svc = &s.services[0];
-            let settled = svc.master != m1.to_string()
-                && svc.failover_phase == "idle"
+            let settled = svc.master != m1
+                && svc.failover_phase == FailoverPhase::Idle
                 && svc.nodes.iter().all(|n| {
                     if n.addr == svc.master {
-                        n.role == "master"
+                        n.role == NodeRole::Master
                     } else {
-                        n.sdown || (n.master.as_ref() == Some(&svc.master) && n.in_read_pool)
+                        n.sdown || (n.master == Some(svc.master) && n.in_read_pool)
                     }
                 });
             if settled {
-                return Ok(Some(svc.master.clone()));
+                return Ok(Some(svc.master));
             }
-            let score = if svc.failover_phase != "idle" {
+            let score = if svc.failover_phase != FailoverPhase::Idle {
                 3
             } else if svc.odown || svc.nodes.iter().any(|n| n.addr == svc.master && n.sdown) {
                 2
@@ -660,12 +661,12 @@ fn status_and_events_show_the_picture_healthy_and_during_a_failover() -> Result<
     assert!(
         svc.nodes
             .iter()
-            .any(|n| n.addr == m1.to_string() && n.sdown && !n.in_read_pool)
+            .any(|n| n.addr == m1 && n.sdown && !n.in_read_pool)
     );
 
     let switch = format!(
         "+switch-master mymaster 198.18.1.11 6379 {}",
-        m2.replace(':', " ")
+        m2.to_string().replace(':', " ")
     );
     wait_for_text(&events_out, &switch, Duration::from_secs(5))?;
     let followed = std::fs::read_to_string(&events_out)?;

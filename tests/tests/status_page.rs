@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -24,7 +24,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use redis_ha_ctl::{
     http,
     metrics::Metrics,
-    status::{BackendTraffic, DataplaneStatus, NodeStatus, PeerStatus, ServiceStatus, Status},
+    status::{
+        BackendTraffic, DataplaneStatus, FailoverPhase, NodeRole, NodeStatus, PeerStatus,
+        ServiceStatus, Status,
+    },
 };
 use redis_ha_tests::{ChildGuard, ctl_binary, find_program, wait_until, workspace_root};
 
@@ -36,13 +39,17 @@ const REPLICA_DOWN: &str = "198.18.1.13:6379";
 
 /// What an operator would see a few minutes after a failover: c1 owns the data plane, the
 /// old master (.13) is down, .11 was promoted in epoch 2, c2 agrees, c3 is lagging behind.
+fn addr(text: &str) -> SocketAddrV4 {
+    text.parse().unwrap()
+}
+
 fn sample_status() -> Status {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let traffic = |addr: &str, slot, is_master, readable, scale: u64| BackendTraffic {
+    let traffic = |at: &str, slot, is_master, readable, scale: u64| BackendTraffic {
         service: "mymaster".into(),
-        addr: addr.into(),
+        addr: addr(at),
         slot,
         is_master,
         readable,
@@ -56,24 +63,24 @@ fn sample_status() -> Status {
     };
     Status {
         controller: "c1".into(),
-        listen: "198.18.2.1:26379".into(),
+        listen: Some("198.18.2.1:26379".parse().unwrap()),
         at_unix_ms: now,
         services: vec![ServiceStatus {
             name: "mymaster".into(),
-            vip: "198.18.0.100".into(),
+            vip: "198.18.0.100".parse().unwrap(),
             write_port: 6380,
             read_port: 6381,
-            master: MASTER.into(),
+            master: addr(MASTER),
             config_epoch: 2,
             current_epoch: 2,
             quorum: 2,
             down_after_ms: 1000,
-            failover_phase: "idle".into(),
+            failover_phase: FailoverPhase::Idle,
             odown: false,
             nodes: vec![
                 NodeStatus {
-                    addr: MASTER.into(),
-                    role: "master".into(),
+                    addr: addr(MASTER),
+                    role: NodeRole::Master,
                     repl_offset: Some(18_442_150),
                     priority: Some(100),
                     last_ok_ms_ago: Some(37),
@@ -81,9 +88,9 @@ fn sample_status() -> Status {
                     ..NodeStatus::default()
                 },
                 NodeStatus {
-                    addr: REPLICA_UP.into(),
-                    role: "replica".into(),
-                    master: Some(MASTER.into()),
+                    addr: addr(REPLICA_UP),
+                    role: NodeRole::Replica,
+                    master: Some(addr(MASTER)),
                     link_up: Some(true),
                     lag_ms: Some(0),
                     repl_offset: Some(18_442_150),
@@ -94,10 +101,10 @@ fn sample_status() -> Status {
                     ..NodeStatus::default()
                 },
                 NodeStatus {
-                    addr: REPLICA_DOWN.into(),
-                    role: "replica".into(),
+                    addr: addr(REPLICA_DOWN),
+                    role: NodeRole::Replica,
                     sdown: true,
-                    master: Some(MASTER.into()),
+                    master: Some(addr(MASTER)),
                     link_up: Some(false),
                     repl_offset: Some(17_905_332),
                     priority: Some(100),
@@ -105,21 +112,21 @@ fn sample_status() -> Status {
                     ..NodeStatus::default()
                 },
             ],
-            read_pool: vec![REPLICA_UP.into()],
+            read_pool: vec![addr(REPLICA_UP)],
             peers: vec![
                 PeerStatus {
                     id: "c2".into(),
-                    addr: "198.18.2.2:26379".into(),
+                    addr: "198.18.2.2:26379".parse().unwrap(),
                     last_heard_ms_ago: Some(63),
-                    master: Some(MASTER.into()),
+                    master: Some(addr(MASTER)),
                     config_epoch: Some(2),
                     agrees: true,
                 },
                 PeerStatus {
                     id: "c3".into(),
-                    addr: "198.18.2.3:26379".into(),
+                    addr: "198.18.2.3:26379".parse().unwrap(),
                     last_heard_ms_ago: Some(12_400),
-                    master: Some(REPLICA_DOWN.into()),
+                    master: Some(addr(REPLICA_DOWN)),
                     config_epoch: Some(1),
                     agrees: false,
                 },

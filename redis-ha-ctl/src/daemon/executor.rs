@@ -440,7 +440,7 @@ impl<D: Dataplane> Executor<D> {
         let counters = self.traffic.borrow();
         let status = Status {
             controller: self.ctl.id.clone(),
-            listen: self.ctl.listen.to_string(),
+            listen: Some(self.ctl.listen),
             at_unix_ms: unix_ms(),
             services: (0..self.services.len())
                 .map(|i| {

@@ -11,11 +11,12 @@ use crate::{
     config::{PeerConfig, ServiceConfig, backend_slot},
     dataplane::ServiceTarget,
     failover::{
-        ControllerId, FailoverPhase, Hello, Millis, NodeAddr, NodeInfo, PeerMsg, ProbeResult, Role,
-        ServiceMachine,
+        ControllerId, Hello, Millis, NodeAddr, NodeInfo, PeerMsg, ProbeResult, Role, ServiceMachine,
     },
     ha::{HaMachine, net::AddressWorker},
-    status::{BackendTraffic, DataplaneStatus, HaStatus, NodeStatus, PeerStatus, ServiceStatus},
+    status::{
+        BackendTraffic, DataplaneStatus, HaStatus, NodeRole, NodeStatus, PeerStatus, ServiceStatus,
+    },
 };
 
 /// What the executor saw of one node, for the status.
@@ -107,8 +108,8 @@ pub(super) fn service_status(
             let v = view.nodes.get(&addr);
             let info = v.and_then(|v| v.info.as_ref());
             let mut n = NodeStatus {
-                addr: addr.to_string(),
-                role: "unknown".into(),
+                addr,
+                role: NodeRole::Unknown,
                 sdown: m.is_sdown(addr),
                 in_read_pool: target.read_pool.contains(&addr),
                 last_ok_ms_ago: ms_since(v.and_then(|v| v.last_ok)),
@@ -118,12 +119,12 @@ pub(super) fn service_status(
             };
             match info.map(|i| &i.role) {
                 Some(Role::Master { repl_offset }) => {
-                    n.role = "master".into();
+                    n.role = NodeRole::Master;
                     n.repl_offset = Some(*repl_offset);
                 }
                 Some(Role::Replica(r)) => {
-                    n.role = "replica".into();
-                    n.master = Some(r.master.to_string());
+                    n.role = NodeRole::Replica;
+                    n.master = Some(r.master);
                     n.link_up = Some(r.link_up);
                     // Unknown while the link is down (the probe reports "very stale").
                     n.lag_ms = r.link_up.then_some(r.lag_ms);
@@ -143,9 +144,9 @@ pub(super) fn service_status(
             let heard = v.and_then(|v| v.last_heard);
             PeerStatus {
                 id: p.id.clone(),
-                addr: p.addr.to_string(),
+                addr: p.addr,
                 last_heard_ms_ago: ms_since(heard),
-                master: hello.map(|h| h.master.to_string()),
+                master: hello.map(|h| h.master),
                 config_epoch: hello.map(|h| h.config_epoch),
 
                 agrees: hello.is_some_and(|h| {
@@ -156,27 +157,20 @@ pub(super) fn service_status(
         .collect();
     ServiceStatus {
         name: svc.name.clone(),
-        vip: svc.vip.to_string(),
+        vip: svc.vip,
         write_port: svc.write_port,
         read_port: svc.read_port,
         // Sentinel's current master address: the promoted replica from the moment the write
         // port moved to it, before the reconfiguration of the others ends.
-        master: m.advertised_master().to_string(),
+        master: m.advertised_master(),
         config_epoch: m.config_epoch(),
         current_epoch: m.current_epoch(),
         quorum: svc.failover.quorum,
         down_after_ms: svc.failover.down_after_ms,
-        failover_phase: match m.phase() {
-            FailoverPhase::Idle => "idle",
-            FailoverPhase::Election { .. } => "election",
-            FailoverPhase::Sync { .. } => "sync",
-            FailoverPhase::Promotion { .. } => "promotion",
-            FailoverPhase::Reconfiguration { .. } => "reconfiguration",
-        }
-        .to_owned(),
+        failover_phase: m.phase().into(),
         odown: m.is_odown(),
         nodes,
-        read_pool: target.read_pool.iter().map(|a| a.to_string()).collect(),
+        read_pool: target.read_pool.clone(),
         peers,
         failovers: view.failovers,
     }
@@ -200,7 +194,7 @@ pub(super) fn dataplane_status(
                 .unwrap_or_default();
             backends.push(BackendTraffic {
                 service: svc.name.clone(),
-                addr: addr.to_string(),
+                addr: *addr,
                 slot,
                 is_master: t.master == Some(*addr),
                 readable: t.read_pool.contains(addr),
@@ -241,7 +235,7 @@ pub(super) fn ha_status(
         .owning_since()
         .map(|since| unix_ms().saturating_sub(now.saturating_sub(since)));
     Some(HaStatus {
-        role: ha.role().as_str().to_owned(),
+        role: ha.role().into(),
         owner,
         epoch: ha.epoch(),
         addresses: addresses.map_or_else(Vec::new, |a| {

@@ -235,7 +235,12 @@ impl Running {
     }
 
     fn read_pool(&self) -> Vec<String> {
-        self.status.borrow().services[0].read_pool.clone()
+        let status = self.status.borrow();
+        status.services[0]
+            .read_pool
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
     }
 
     async fn stop(self) {
@@ -266,7 +271,7 @@ async fn the_start_writes_the_master_and_pool_to_the_data_plane() {
     );
     let status = running.status.borrow().clone();
     assert_eq!(status.controller, "c1");
-    assert_eq!(status.services[0].master, "198.18.1.11:6379");
+    assert_eq!(status.services[0].master.to_string(), "198.18.1.11:6379");
     running.stop().await;
 }
 
@@ -319,10 +324,13 @@ async fn a_newer_master_from_a_peer_reaches_the_data_plane() {
     assert_eq!(running.dp.master(), Some([198, 18, 1, 12]));
     assert_eq!(running.dp.epoch(), Some(5));
     let status = running.status.borrow().clone();
-    assert_eq!(status.services[0].master, "198.18.1.12:6379");
+    assert_eq!(status.services[0].master.to_string(), "198.18.1.12:6379");
     assert_eq!(status.services[0].config_epoch, 5);
     assert_eq!(
-        status.services[0].peers[0].master.as_deref(),
+        status.services[0].peers[0]
+            .master
+            .map(|m| m.to_string())
+            .as_deref(),
         Some("198.18.1.12:6379")
     );
     let names: Vec<String> = running

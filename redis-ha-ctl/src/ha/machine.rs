@@ -117,25 +117,13 @@ pub enum HaEvent {
     Shutdown,
 }
 
-/// Where this controller stands, for the status.
+/// Where this controller stands; the status shows it as [`crate::status::HaRole`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HaRole {
     Owner,
     Candidate,
     Backup,
     Voter,
-}
-
-impl HaRole {
-    /// As the status shows it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HaRole::Owner => "owner",
-            HaRole::Candidate => "candidate",
-            HaRole::Backup => "backup",
-            HaRole::Voter => "voter",
-        }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,0 +1,229 @@
+//! Prometheus metrics of the controller and its data plane.
+//!
+//! Two kinds of numbers end up on `/metrics`:
+//! - events only the daemon sees as they happen (probes, finished failovers, refused peer
+//!   messages) are counted here, in long-lived `prometheus-client` families;
+//! - everything else (data-plane counters, SDOWN/ODOWN, epochs, peers) is already in the
+//!   [`Status`] the daemon republishes, so it is turned into metrics at scrape time from that
+//!   snapshot. Nothing is kept twice, and a scrape always agrees with `/status.json`.
+//!
+//! Every name starts with `redis_ha_` and carries its unit; label `backend` is a Redis
+//! server's `ip:port` everywhere, so series of the controller's view and the data plane's
+//! traffic join on (`service`, `backend`).
+//!
+//! The first kind is defined and fed here ([`Metrics`], the label sets both kinds share, the
+//! exposition formats); the second is collected from the snapshot in `snapshot`, at each
+//! scrape.
+
+mod snapshot;
+#[cfg(test)]
+pub(crate) mod testdata;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, prometheus_text, text},
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::{Registry, Unit},
+};
+
+use crate::status::Status;
+
+/// Bucket bounds of the probe latency histogram, in seconds: 0.1 ms (a `PING` over loopback
+/// or a quiet LAN) up to 1 s (beyond any sane `down_after_ms` / 2 probe timeout), roughly
+/// 1-2.5-5 per decade so both a healthy LAN and a struggling node are resolved.
+pub const PROBE_BUCKETS_SECONDS: [f64; 13] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// `Content-Type` of [`Format::Prometheus`] (text format 0.0.4).
+pub const PROMETHEUS_CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+/// `Content-Type` of [`Format::OpenMetrics`].
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The reasons [`Metrics::peer_refused`] is called with; exported at 0 from the start so that
+/// `rate()` and alerts see a series before the first refusal.
+pub const PEER_REFUSAL_REASONS: [&str; 4] = ["bad-mac", "unknown-peer", "replay", "malformed"];
+
+/// Exposition format of a scrape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text format 0.0.4: what `curl` users and older scrapers expect.
+    Prometheus,
+    /// OpenMetrics 1.0 text (with `# UNIT` and `# EOF`), which Prometheus asks for in `Accept`.
+    OpenMetrics,
+}
+
+// The label sets of the long-lived families; `snapshot` labels its series of the same
+// backends and reasons with the same sets, so that they join.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    service: String,
+    backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailoverLabels {
+    service: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+fn probe_histogram() -> Histogram {
+    Histogram::new(PROBE_BUCKETS_SECONDS)
+}
+
+/// Counters and histograms fed by the daemon; gauges are taken from a [`Status`] when encoding.
+///
+/// Shared as `Arc<Metrics>` between the daemon (which feeds it) and the HTTP server (which
+/// encodes it); every method takes `&self` (the families lock internally).
+pub struct Metrics {
+    /// Latency of successful probes, per (service, backend).
+    probe_latency: Family<BackendLabels, Histogram, fn() -> Histogram>,
+    /// Probes that got no valid reply (timeout, refused, error reply), per (service, backend).
+    probe_failures: Family<BackendLabels, Counter>,
+    /// Failovers that ended, by outcome ("switched" or a Sentinel abort reason).
+    failovers: Family<FailoverLabels, Counter>,
+    /// Peer datagrams thrown away, by reason.
+    peer_refused: Family<ReasonLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let metrics = Self {
+            probe_latency: Family::new_with_constructor(probe_histogram),
+            probe_failures: Family::default(),
+            failovers: Family::default(),
+            peer_refused: Family::default(),
+        };
+        for reason in PEER_REFUSAL_REASONS {
+            metrics.peer_refused.get_or_create_owned(&ReasonLabels {
+                reason: reason.to_owned(),
+            });
+        }
+        metrics
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// One probe of `node` (`ip:port`) of `service`.
+    pub fn observe_probe(&self, service: &str, node: &str, ok: bool, latency: Duration) {
+        let labels = BackendLabels {
+            service: service.to_owned(),
+            backend: node.to_owned(),
+        };
+        if ok {
+            self.probe_latency
+                .get_or_create(&labels)
+                .observe(latency.as_secs_f64());
+        } else {
+            // A failed probe's "latency" is mostly the timeout: counted, not observed, so the
+            // histogram stays the latency of a working node.
+            self.probe_failures.get_or_create(&labels).inc();
+        }
+    }
+
+    /// A failover this controller led or saw ended: `outcome` is "switched" or the Sentinel
+    /// abort event without its leading '-' (e.g. "failover-abort-not-elected").
+    pub fn failover_finished(&self, service: &str, outcome: &str) {
+        self.failovers
+            .get_or_create(&FailoverLabels {
+                service: service.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A peer datagram was refused (`reason`: "bad-mac", "unknown-peer", "replay", "malformed").
+    pub fn peer_refused(&self, reason: &str) {
+        self.peer_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition (format 0.0.4, [`PROMETHEUS_CONTENT_TYPE`]).
+    pub fn encode(&self, status: &Status) -> String {
+        self.encode_as(status, Format::Prometheus)
+    }
+
+    /// The exposition in `format`.
+    pub fn encode_as(&self, status: &Status, format: Format) -> String {
+        let registry = self.registry(status);
+        let mut out = String::new();
+        let written = match format {
+            Format::Prometheus => prometheus_text::encode(&mut out, &registry),
+            Format::OpenMetrics => text::encode(&mut out, &registry),
+        };
+        // Writing into a String cannot fail; an error here could only come from a label
+        // encoder, and ours are derived.
+        debug_assert!(written.is_ok(), "encoding metrics failed");
+        out
+    }
+
+    /// A registry for one scrape: the long-lived families (shared, by `Clone`) plus gauges and
+    /// counters built from `status`.
+    fn registry(&self, status: &Status) -> Registry {
+        let mut reg = Registry::with_prefix("redis_ha");
+
+        // Series that should exist (at 0) as soon as a node or service is known, so that
+        // `rate()` and `absent()`-style alerts work before the first failure.
+        for svc in &status.services {
+            for node in &svc.nodes {
+                let labels = BackendLabels {
+                    service: svc.name.clone(),
+                    backend: node.addr.to_string(),
+                };
+                self.probe_failures.get_or_create_owned(&labels);
+                self.probe_latency.get_or_create_owned(&labels);
+            }
+            self.failovers.get_or_create_owned(&FailoverLabels {
+                service: svc.name.clone(),
+                outcome: "switched".to_owned(),
+            });
+        }
+
+        reg.register_with_unit(
+            "probe_duration",
+            "Latency of successful probes (PING/INFO replication) of a backend by this controller",
+            Unit::Seconds,
+            self.probe_latency.clone(),
+        );
+        reg.register(
+            "probe_failures",
+            "Probes of a backend that got no valid reply in time",
+            self.probe_failures.clone(),
+        );
+        reg.register(
+            "failovers",
+            "Failovers this controller led or saw end, by outcome (\"switched\" or the Sentinel abort reason)",
+            self.failovers.clone(),
+        );
+        reg.register(
+            "peer_messages_refused",
+            "Peer controller datagrams refused, by reason",
+            self.peer_refused.clone(),
+        );
+
+        snapshot::register(&mut reg, status);
+        reg
+    }
+}

@@ -1,0 +1,133 @@
+//! The Sentinel-compatible API on the controller's `listen` port (TCP; the peer protocol uses
+//! UDP on the same port number), so that `redis-cli -p 26379 SENTINEL ...`, Sentinel-aware
+//! clients (redis-py's `Sentinel`, Jedis, go-redis, ...) and scripts keep working:
+//!
+//! - `PING`, `ECHO`, `QUIT`, `HELLO 2`, `CLIENT SETNAME|SETINFO|GETNAME|ID`, `COMMAND`,
+//!   `INFO [server|sentinel]`, `ROLE`;
+//! - `SENTINEL masters | master | replicas | slaves | sentinels | get-master-addr-by-name |
+//!   failover | ckquorum | myid`, with Sentinel's field names and reply shapes;
+//! - `SUBSCRIBE` / `PSUBSCRIBE` to the event channels, named after the events (`+switch-master`,
+//!   `+sdown`, ...) with Sentinel's payloads;
+//! - redis-ha's own `REDIS-HA STATUS | EVENTS | FAILOVER`, used by `redis-ha-ctl status`,
+//!   `events` and `failover`, and the channel [`JSON_EVENTS_CHANNEL`].
+//!
+//! Everything is answered from the latest [`Status`] snapshot, which the executor republishes
+//! after each step; only a failover request travels to the executor (as a [`ControlRequest`]).
+//!
+//! A request goes through the files of this module in the order mini-redis's `cmd` takes it:
+//! - this file: the listener ([`serve`]) and what the API serves from ([`Api`]);
+//! - `connection`: one client's loop (read, answer every complete request, write) and its
+//!   state (name, subscriptions); it applies each parsed command;
+//! - `command`: a request's words parsed into a typed `Command`, so that arity and
+//!   syntax errors are settled before anything runs;
+//! - `sentinel`: the replies built from the snapshot (`SENTINEL ...`, `INFO`), with Sentinel's
+//!   field names and flags;
+//! - `pubsub`: a connection's subscriptions and how an event is delivered to them;
+//! - `error_reply`: how the daemon's [`ApiError`] answers a RESP client. What the executor
+//!   and the API exchange ([`EventHub`], [`ControlRequest`], [`ApiError`]) is the daemon's, in
+//!   [`crate::daemon::control`].
+
+mod command;
+mod connection;
+mod error_reply;
+mod pubsub;
+mod sentinel;
+#[cfg(test)]
+pub(crate) mod testdata;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+use tokio::{
+    io::AsyncWriteExt as _,
+    net::TcpListener,
+    sync::{Semaphore, mpsc, watch},
+};
+use tracing::{debug, warn};
+
+use crate::{
+    config::ServiceConfig,
+    daemon::control::{ApiError, ControlRequest, EventHub},
+    status::Status,
+};
+use connection::Connection;
+
+/// Subscribers of this channel (exact `SUBSCRIBE` only; patterns do not match it, so that
+/// Sentinel clients doing `PSUBSCRIBE *` see only Sentinel's channels) get every event as an
+/// [`EventRecord`](crate::status::EventRecord) in JSON: what `redis-ha-ctl events --follow`
+/// reads.
+pub const JSON_EVENTS_CHANNEL: &str = "redis-ha:events";
+
+/// Connections served at once; more are told so and closed (Redis's `maxclients`).
+const MAX_CLIENTS: usize = 256;
+/// What `INFO` and `HELLO` report as the server version. Sentinel clients gate features on it
+/// (e.g. `SENTINEL replicas` exists from 5.0); we implement what Sentinel 7.0 answers.
+const REDIS_VERSION: &str = "7.0.0";
+
+/// What the API serves from.
+pub struct Api {
+    /// The services as configured: Sentinel's static fields (failover timeout, parallel syncs).
+    pub services: Vec<ServiceConfig>,
+    /// Per service: a peer heard from within this many ms counts toward the quorum and the
+    /// majority (its reports have not expired); what `SENTINEL CKQUORUM` counts.
+    pub peer_validity_ms: Vec<u64>,
+    /// The executor's latest snapshot.
+    pub status: watch::Receiver<Status>,
+    pub events: Arc<EventHub>,
+    pub control: mpsc::Sender<ControlRequest>,
+    /// Where we listen (`INFO`'s `tcp_port`).
+    pub listen: SocketAddr,
+    pub started: Instant,
+}
+
+impl Api {
+    /// A service's peer validity (see [`Api::peer_validity_ms`]).
+    fn validity(&self, service: &str) -> u64 {
+        self.services
+            .iter()
+            .position(|c| c.name == service)
+            .and_then(|i| self.peer_validity_ms.get(i).copied())
+            .unwrap_or(0)
+    }
+}
+
+/// Accepts connections until the task is dropped.
+pub async fn serve(listener: TcpListener, api: Arc<Api>) {
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let ids = Arc::new(AtomicU64::new(1));
+    loop {
+        let (mut stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // EMFILE and the like: back off instead of spinning.
+                warn!("accepting an API connection: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                let _ = stream
+                    .write_all(b"-ERR max number of clients reached\r\n")
+                    .await;
+            });
+            continue;
+        };
+        let api = api.clone();
+        let id = ids.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Err(e) = Connection::new(id, &api).run(stream).await {
+                debug!(%peer, "API connection ended: {e}");
+            }
+        });
+    }
+}
