@@ -144,7 +144,7 @@ pub fn failover(
     json: bool,
 ) -> anyhow::Result<String> {
     let addr = api_addr(config)?;
-    let bound = timeout_ms.unwrap_or(crate::daemon::DEFAULT_SWITCHOVER_TIMEOUT_MS);
+    let bound = timeout_ms.unwrap_or(crate::config::DEFAULT_SWITCHOVER_TIMEOUT_MS);
     // The controller answers within about three times the switchover's bound.
     let mut conn = connect(addr, Duration::from_millis(bound * 3) + READ_TIMEOUT)?;
     let mut cmd = redis::cmd("REDIS-HA");

@@ -6,7 +6,7 @@ use anyhow::{Context as _, bail};
 use redis_ha_common::{backend_flags, counter, port_kind};
 
 use crate::{
-    config::{Config, DataplaneConfig, ReadFromMaster},
+    config::{Config, DataplaneConfig},
     dataplane::{
         Dataplane as _, ServiceTarget,
         bpf::{Attachment, BpfDataplane},
@@ -304,112 +304,36 @@ fn flow_end_text(end: u16) -> &'static str {
 }
 
 /// Validates a config and prints it as it will be used: every key with its effective value
-/// (defaults filled in), as TOML an operator can diff or reuse, the secret and Redis password
-/// not shown; then, as comments, what follows from it.
+/// (defaults filled in), as TOML an operator can diff or reuse, the secret and Redis passwords
+/// not shown; then, as comments, what the file leaves out and what follows from it.
 pub fn check_config(config: &Path) -> anyhow::Result<String> {
     let cfg = Config::load(config)?;
     Ok(format!(
         "# {}: OK\n{}",
         config.display(),
-        effective_config(&cfg)
+        effective_config(&cfg)?
     ))
 }
 
-/// A TOML string (our values are plain: escape the two characters that matter).
-fn toml_str(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-fn toml_list<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
-    let items: Vec<String> = items
-        .into_iter()
-        .map(|i| toml_str(&i.to_string()))
-        .collect();
-    format!("[{}]", items.join(", "))
-}
-
-/// The effective config as TOML (see [`check_config`]).
-pub fn effective_config(cfg: &Config) -> String {
-    let mut out = String::new();
-    if let Some(dp) = &cfg.dataplane {
-        out += &format!(
-            "\n[dataplane]\ninterfaces = {}\nxdp_mode = {}\npin_dir = {}\n",
-            toml_list(&dp.interfaces),
-            toml_str(&dp.xdp_mode.to_string()),
-            toml_str(&dp.pin_dir.display().to_string()),
-        );
-    }
-    if let Some(c) = &cfg.controller {
-        let peers: Vec<String> = c
-            .peers
-            .iter()
-            .map(|p| {
-                format!(
-                    "{{ id = {}, addr = {} }}",
-                    toml_str(&p.id),
-                    toml_str(&p.addr.to_string())
-                )
-            })
-            .collect();
-        out += &format!(
-            "\n[controller]\nid = {}\nlisten = {}  # TCP: Sentinel-compatible API; UDP: peers\n\
-             peers = [{}]\nsecret = \"<{} characters, not shown>\"\nstate_file = {}\n\
-             probe_interval_ms = {}\n",
-            toml_str(&c.id),
-            toml_str(&c.listen.to_string()),
-            peers.join(", "),
-            c.secret.chars().count(),
-            toml_str(&c.state_file.display().to_string()),
-            c.probe_interval_ms,
-        );
-        match c.metrics_listen {
-            Some(m) => out += &format!("metrics_listen = {}\n", toml_str(&m.to_string())),
-            None => out += "# metrics_listen: not set (no /metrics, no status page)\n",
-        }
-    }
+/// The effective config as TOML (see [`check_config`]), then the data-plane state each
+/// service starts from and the failover facts derived from the config.
+pub fn effective_config(cfg: &Config) -> anyhow::Result<String> {
+    let mut out = cfg
+        .effective_toml()
+        .context("cannot write the config as TOML")?;
+    out += "\n# What follows from it:\n";
     for (i, s) in cfg.services.iter().enumerate() {
-        let f = &s.failover;
-        let read_from_master = match f.read_from_master {
-            ReadFromMaster::Never => "never",
-            ReadFromMaster::Fallback => "fallback",
-            ReadFromMaster::Always => "always",
-        };
-        out += &format!(
-            "\n[[service]]\nname = {}\nvip = {}\nwrite_port = {}\nread_port = {}\n\
-             backends = {}\nquorum = {}\ndown_after_ms = {}\nfailover_timeout_ms = {}\n\
-             parallel_syncs = {}\nmax_replica_lag_ms = {}\nread_from_master = {}\n",
-            toml_str(&s.name),
-            toml_str(&s.vip.to_string()),
-            s.write_port,
-            s.read_port,
-            toml_list(&s.backends),
-            f.quorum,
-            f.down_after_ms,
-            f.failover_timeout_ms,
-            f.parallel_syncs,
-            f.max_replica_lag_ms,
-            toml_str(read_from_master),
-        );
-        match &f.auth {
-            Some(a) => {
-                let user = a
-                    .username
-                    .as_deref()
-                    .map_or(String::new(), |u| format!("username = {}, ", toml_str(u)));
-                out += &format!("auth = {{ {user}password = \"<not shown>\" }}\n");
-            }
-            None => out += "# auth: none (probes and commands do not AUTH)\n",
-        }
         out += &format!(
             "# before any failover: {}\n",
             describe_target(&s.name, &ServiceTarget::initial(i as u32, s))
         );
         if let Some(c) = &cfg.controller {
-            let p = crate::daemon::params(s, c);
+            let p = s.failover_params(c);
             let controllers = c.peers.len() + 1;
             out += &format!(
-                "# derived: {} controllers, failover needs {} votes and quorum {}; peers' reports \
-                 expire after {} ms; a returning old master is demoted after {} ms\n",
+                "# derived: service {}: {} controllers, failover needs {} votes and quorum {}; \
+                 peers' reports expire after {} ms; a returning old master is demoted after {} ms\n",
+                s.name,
                 controllers,
                 // A majority of all controllers, reachable or not.
                 controllers / 2 + 1,
@@ -419,11 +343,13 @@ pub fn effective_config(cfg: &Config) -> String {
             );
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     const CONFIG: &str = r#"
@@ -449,17 +375,20 @@ auth = { username = "ha", password = "hunter2" }
     fn the_effective_config_has_every_default_and_no_secret() {
         let path = Path::new("redis-ha.toml");
         let cfg = Config::parse(path, CONFIG).unwrap();
-        let text = effective_config(&cfg);
+        let text = effective_config(&cfg).unwrap();
         for needle in [
             "xdp_mode = \"auto\"",
             "pin_dir = \"/sys/fs/bpf/redis-ha\"",
+            "client_networks = []",
+            "flow_table_size = 65536",
+            "veth_peer_redirect = true",
             "probe_interval_ms = 100",
             "quorum = 2",
             "down_after_ms = 1000",
             "failover_timeout_ms = 180000",
             "read_from_master = \"fallback\"",
             "secret = \"<23 characters, not shown>\"",
-            "auth = { username = \"ha\", password = \"<not shown>\" }",
+            "[service.auth]\nusername = \"ha\"\npassword = \"<not shown>\"\n",
             "failover needs 2 votes and quorum 2",
         ] {
             assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
@@ -474,5 +403,68 @@ auth = { username = "ha", password = "hunter2" }
             )
             .replace("\"<not shown>\"", "\"hunter2\"");
         assert_eq!(Config::parse(path, &again).unwrap(), cfg);
+    }
+
+    /// (section, key) of every `key = value` line and `[section]` header in `text`, whether
+    /// commented out or not, and of every `# section.key: not set` note.
+    fn keys(text: &str) -> BTreeSet<(String, String)> {
+        let mut out = BTreeSet::new();
+        let mut section = String::new();
+        for line in text.lines() {
+            let line = line.trim_start_matches("# ").trim();
+            if let Some(header) = line.strip_prefix('[') {
+                let name = header.trim_start_matches('[');
+                let name = &name[..name.find(']').unwrap()];
+                // `[[controller.peers]]` is the key `peers` of `[controller]`.
+                if let Some((outer, key)) = name.split_once('.') {
+                    out.insert((outer.into(), key.into()));
+                }
+                section = name.into();
+            } else if let Some((path, _)) = line.split_once(": not set") {
+                let path: String = path
+                    .chars()
+                    .filter(|c| !"[]0123456789".contains(*c))
+                    .collect();
+                let (outer, key) = path.rsplit_once('.').unwrap();
+                out.insert((outer.into(), key.into()));
+            } else if let Some((key, _)) = line.split_once(" = ")
+                && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            {
+                out.insert((section.clone(), key.into()));
+            }
+        }
+        out
+    }
+
+    /// Every key the configuration reference (docs/configuration.md, "Every key") documents
+    /// appears in what check-config prints for the example config: set, left out with its
+    /// meaning, or, for a section the example leaves out, with its default.
+    #[test]
+    fn check_config_of_the_example_shows_every_key_the_reference_documents() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let docs = std::fs::read_to_string(repo.join("docs/configuration.md")).unwrap();
+        let reference = &docs[docs.find("## Every key").unwrap()..];
+        let reference = &reference[reference.find("```toml").unwrap()..];
+        let reference = &reference[..reference[3..].find("```").unwrap()];
+        let documented = keys(reference);
+        assert!(documented.len() > 25, "{documented:?}");
+
+        // The example reads its secret from a file that exists on a deployed host only.
+        let dir = std::env::temp_dir().join(format!("redis-ha-example-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "0123456789abcdef0123\n").unwrap();
+        let example = std::fs::read_to_string(repo.join("deploy/redis-ha.toml.example"))
+            .unwrap()
+            .replace("/etc/redis-ha/secret", &secret.display().to_string());
+        let config = dir.join("redis-ha.toml");
+        std::fs::write(&config, example).unwrap();
+        let shown = check_config(&config);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let shown = shown.unwrap();
+
+        let shown_keys = keys(&shown);
+        let missing: Vec<_> = documented.difference(&shown_keys).collect();
+        assert!(missing.is_empty(), "{missing:?} missing from:\n{shown}");
     }
 }

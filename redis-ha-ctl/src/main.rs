@@ -93,7 +93,9 @@ enum Command {
     /// Validate a config and print it as it will be used.
     ///
     /// Prints every key with its effective value (defaults filled in; secrets not shown), as
-    /// TOML. An error names the file, line, column and key, e.g.
+    /// TOML, then, as comments, what the file leaves out and what follows from it (absent
+    /// sections with their defaults, the starting state, the votes a failover needs). An
+    /// error names the file, line, column and key, e.g.
     /// `redis-ha.toml:9:13: service[0].read_port: ...`; the exit status is then 1.
     ///
     /// Example: redis-ha-ctl check-config /etc/redis-ha/redis-ha.toml

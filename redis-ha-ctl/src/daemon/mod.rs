@@ -55,9 +55,8 @@ use self::{
     traffic::TrafficReader,
 };
 use crate::{
-    config::{Config, ControllerConfig, ReadFromMaster as CfgRead, ServiceConfig},
+    config::Config,
     dataplane::{Dataplane as _, bpf::BpfDataplane},
-    failover::{self, Params},
     ha::net::{AddressWorker, Addresses},
     http,
     metrics::Metrics,
@@ -66,37 +65,6 @@ use crate::{
     sentinel_api::{self, Api},
     status::Status,
 };
-
-/// How long a planned switchover may wait for its target to catch up (and, again, for the
-/// promotion) while writes are paused, unless the request says otherwise.
-pub const DEFAULT_SWITCHOVER_TIMEOUT_MS: u64 = 2_000;
-
-/// The machine's timing, derived from the config. Sentinel's periods are tuned for
-/// `down-after` of tens of seconds; ours scale with the probe interval so that a failover at
-/// `down_after_ms` = 1 s completes well under 1.2 s.
-pub fn params(svc: &ServiceConfig, ctl: &ControllerConfig) -> Params {
-    let f = &svc.failover;
-    let interval = ctl.probe_interval_ms;
-    Params {
-        quorum: f.quorum,
-        down_after_ms: f.down_after_ms,
-        failover_timeout_ms: f.failover_timeout_ms,
-        parallel_syncs: f.parallel_syncs,
-        max_replica_lag_ms: f.max_replica_lag_ms,
-        read_from_master: match f.read_from_master {
-            CfgRead::Never => failover::ReadFromMaster::Never,
-            CfgRead::Fallback => failover::ReadFromMaster::Fallback,
-            CfgRead::Always => failover::ReadFromMaster::Always,
-        },
-        probe_interval_ms: interval,
-        hello_interval_ms: interval,
-        peer_report_validity_ms: (5 * interval).max(f.down_after_ms),
-        election_timeout_ms: f.failover_timeout_ms.min(10_000),
-        max_desync_ms: (f.down_after_ms / 2).clamp(1, 1000),
-        convert_delay_ms: (4 * interval).max(1000),
-        ..Params::default()
-    }
-}
 
 /// `redis-ha-ctl run --config FILE`: loads the config and runs the daemon until SIGINT or
 /// SIGTERM.
@@ -241,7 +209,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         peer_validity_ms: config
             .services
             .iter()
-            .map(|s| params(s, &ctl).peer_report_validity_ms)
+            .map(|s| s.failover_params(&ctl).peer_report_validity_ms)
             .collect(),
         status: status_rx.clone(),
         events: events.clone(),

@@ -7,11 +7,11 @@
 use tokio::{sync::oneshot, time::Instant};
 use tracing::{info, warn};
 
-use super::{
-    DEFAULT_SWITCHOVER_TIMEOUT_MS,
-    control::{ApiError, ControlRequest, SwitchoverReport},
+use super::control::{ApiError, ControlRequest, SwitchoverReport};
+use crate::{
+    config::DEFAULT_SWITCHOVER_TIMEOUT_MS,
+    failover::{Event, ForceRefused, ForcedOutcome},
 };
-use crate::failover::{Event, ForceRefused, ForcedOutcome};
 
 /// An operator's forced failover, from the request to its answer.
 struct Switchover {

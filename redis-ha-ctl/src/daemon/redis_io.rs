@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use tokio::{sync::mpsc, task::JoinSet, time::Instant};
 use tracing::{info, warn};
 
-use super::{executor::Input, params};
+use super::executor::Input;
 use crate::{
     config::{ControllerConfig, RedisAuth, ServiceConfig},
     failover::{self, Event, Millis, NodeAddr, ProbeResult, Role},
@@ -26,7 +26,7 @@ pub(super) fn spawn_probes(
 ) -> anyhow::Result<()> {
     for (i, svc) in services.iter().enumerate() {
         let interval = Duration::from_millis(ctl.probe_interval_ms);
-        let timeout = Duration::from_millis(params(svc, ctl).probe_timeout_ms());
+        let timeout = Duration::from_millis(svc.failover_params(ctl).probe_timeout_ms());
         for node in &svc.backends {
             let mut prober = Prober::new(*node, svc.failover.auth.as_ref(), timeout)
                 .with_context(|| format!("probe client for {node}"))?;

@@ -8,18 +8,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::time::Instant;
 
-use super::{executor::now_ms, params};
+use super::executor::now_ms;
 use crate::{
     config::{Config, ControllerConfig},
     dataplane::{ServiceTarget, Snapshot},
-    failover::{Action, ControllerId, MachineConfig, Millis, Persisted, ServiceMachine},
-    ha::{Candidacy, HaMachine, HaParams},
+    failover::{Action, ControllerId, MachineConfig, Persisted, ServiceMachine},
+    ha::HaMachine,
     persist::StateStore,
 };
-
-/// After a start, a voter waits at least this long (or the node's own `ha.down_after_ms`)
-/// before voting: see [`HaParams::quiet_after_start_ms`].
-const HA_QUIET_AFTER_START_MS: Millis = 1000;
 
 /// The machines a controller starts with, resumed from the state file and the data plane.
 pub(super) struct Machines {
@@ -80,7 +76,7 @@ impl Machines {
                 peers: peer_ids.clone(),
                 master: svc.backends[0],
                 replicas: svc.backends[1..].to_vec(),
-                params: params(svc, ctl),
+                params: svc.failover_params(ctl),
             };
             let (machine, actions) = ServiceMachine::new(mc, persisted, now_ms(start))
                 .with_context(|| format!("service {}", svc.name))?;
@@ -89,22 +85,7 @@ impl Machines {
             first.push((i, actions));
         }
 
-        let ha_params = HaParams {
-            candidacy: cfg.ha.as_ref().map(|h| Candidacy {
-                priority: h.priority,
-                preempt: h.preempt,
-            }),
-            heartbeat_ms: cfg
-                .ha
-                .as_ref()
-                .map_or(ctl.probe_interval_ms, |h| h.heartbeat_ms),
-            down_after_ms: cfg.ha.as_ref().map_or(0, |h| h.down_after_ms),
-            quiet_after_start_ms: cfg
-                .ha
-                .as_ref()
-                .map_or(0, |h| h.down_after_ms)
-                .max(HA_QUIET_AFTER_START_MS),
-        };
+        let ha_params = ctl.ha_params(cfg.ha.as_ref());
         // A candidate's timers (claims, the lease, vacancy) need a fine tick; a voter only
         // answers.
         let ha_tick = Duration::from_millis(if ha_params.candidacy.is_some() {

@@ -1,9 +1,13 @@
 //! Tuning of one service's failover, with Sentinel's defaults.
 
+use serde::{Deserialize, Serialize};
+
 use super::Millis;
 
-/// Whether the read port may send clients to the master.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Whether the read port may send clients to the master. The config's `read_from_master` key
+/// is this type itself (lower-case names), so the machine and the file cannot drift apart.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ReadFromMaster {
     /// Reads only ever go to replicas; with no healthy replica the read port has no backend.
     Never,
@@ -67,7 +71,7 @@ impl Default for Params {
             failover_timeout_ms: 180_000,
             parallel_syncs: 1,
             max_replica_lag_ms: 10_000,
-            read_from_master: ReadFromMaster::Fallback,
+            read_from_master: ReadFromMaster::default(),
             fall: 2,
             rise: 2,
             probe_interval_ms: 1_000,

@@ -1,0 +1,92 @@
+//! The effective config as TOML, for `redis-ha-ctl check-config`: written by serialising the
+//! validated config, so a key added to a section shows up without anyone remembering to print
+//! it.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use serde::Serialize;
+
+use super::{Config, DataplaneConfig, HaConfig};
+
+impl Config {
+    /// Every key with the value it has, defaults filled in, as TOML an operator can diff or
+    /// reuse; the secret and the Redis passwords are replaced by placeholders. Then, as
+    /// comments, what the file leaves out and what that means, with the keys of an absent
+    /// section and their defaults, ready to uncomment.
+    pub fn effective_toml(&self) -> Result<String, toml::ser::Error> {
+        let mut shown = self.clone();
+        if let Some(c) = &mut shown.controller {
+            c.secret = format!("<{} characters, not shown>", c.secret.chars().count());
+        }
+        for s in &mut shown.services {
+            if let Some(auth) = &mut s.failover.auth {
+                auth.password = "<not shown>".into();
+            }
+        }
+        let mut out = toml::to_string(&shown)?;
+
+        let mut unset = String::new();
+        // Writing to a String cannot fail.
+        let mut note =
+            |key: &str, meaning: &str| _ = writeln!(unset, "# {key}: not set: {meaning}");
+        match &self.controller {
+            None => note("[controller]", "this node runs no controller"),
+            Some(c) if c.metrics_listen.is_none() => {
+                note("controller.metrics_listen", "no /metrics, no status page")
+            }
+            Some(_) => {}
+        }
+        for (i, s) in self.services.iter().enumerate() {
+            match &s.failover.auth {
+                None => note(
+                    &format!("service[{i}].auth"),
+                    "probes and commands do not AUTH",
+                ),
+                Some(a) if a.username.is_none() => note(
+                    &format!("service[{i}].auth.username"),
+                    "AUTH with the password alone (requirepass)",
+                ),
+                Some(_) => {}
+            }
+        }
+        if self.dataplane.is_none() {
+            unset += &absent_section(
+                "dataplane",
+                "this node runs no data plane (a controller-only node)",
+                "interfaces",
+                &DataplaneConfig::default(),
+            )?;
+        }
+        if self.ha.is_none() {
+            unset += &absent_section(
+                "ha",
+                "this node never holds the floating addresses",
+                "addresses",
+                &HaConfig::default(),
+            )?;
+        }
+        if !unset.is_empty() {
+            out += "\n# Left out of the file, and what that means:\n";
+            out += &unset;
+        }
+        Ok(out)
+    }
+}
+
+/// A note that section `name` is absent, then the section with its defaults, commented out.
+/// `required` is the key without a default, shown empty.
+fn absent_section(
+    name: &str,
+    meaning: &str,
+    required: &str,
+    defaults: &impl Serialize,
+) -> Result<String, toml::ser::Error> {
+    let toml = toml::to_string(&BTreeMap::from([(name, defaults)]))?;
+    let mut out = format!(
+        "# [{name}]: not set: {meaning}.\n# Its keys, with their defaults ({required} has none):\n"
+    );
+    for line in toml.lines() {
+        out += &format!("# {line}\n");
+    }
+    Ok(out)
+}

@@ -1,0 +1,576 @@
+//! Turning the raw sections into typed values: every rule a config must follow, each
+//! refusal naming the key and pointing at the value (or, for a value left out, its section).
+
+use std::{
+    collections::HashSet,
+    net::{Ipv4Addr, SocketAddrV4},
+    ops::Range,
+    path::PathBuf,
+};
+
+use redis_ha_common::MAX_SERVICES;
+use toml::Spanned;
+
+use super::{
+    Config, ControllerConfig, DataplaneConfig, FLOW_TABLE_RANGE, FailoverConfig, HaAddress,
+    HaConfig, MAX_BACKENDS_PER_SERVICE, PeerConfig, ServiceConfig,
+    load::{RawConfig, RawController, RawDataplane, RawHa, RawService},
+};
+
+/// A validation failure before it is given a file and line.
+pub(super) struct Problem {
+    pub span: Range<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+fn problem<T>(spanned: &Spanned<T>, key: impl Into<String>, message: impl Into<String>) -> Problem {
+    let key = key.into();
+    Problem {
+        span: spanned.span(),
+        message: format!("{key}: {}", message.into()),
+        key,
+    }
+}
+
+/// A key's value as written or, when the file leaves it out, its default, placed at the whole
+/// section: that is where an operator adds the key to fix a problem with it.
+fn or_default<T>(value: &Option<Spanned<T>>, default: T, section: &Range<usize>) -> Spanned<T>
+where
+    T: Clone,
+{
+    value
+        .clone()
+        .unwrap_or_else(|| Spanned::new(section.clone(), default))
+}
+
+/// The config, or the first problem in it.
+pub(super) fn validate(raw: RawConfig) -> Result<Config, Problem> {
+    let dataplane = raw.dataplane.as_ref().map(validate_dataplane).transpose()?;
+    let controller = raw
+        .controller
+        .as_ref()
+        .map(validate_controller)
+        .transpose()?;
+    let ha = raw
+        .ha
+        .as_ref()
+        .map(|ha| validate_ha(ha, dataplane.as_ref(), controller.as_ref()))
+        .transpose()?;
+    if raw.services.is_empty() {
+        return Err(Problem {
+            span: 0..0,
+            key: "service".into(),
+            message: "service: no [[service]] section: at least one service is required".into(),
+        });
+    }
+    if raw.services.len() > MAX_SERVICES as usize {
+        return Err(problem(
+            &raw.services[MAX_SERVICES as usize],
+            "service",
+            format!("at most {MAX_SERVICES} services are supported"),
+        ));
+    }
+    // Without a [controller] section (a data-plane-only node) the quorum is not used.
+    let controllers = controller
+        .as_ref()
+        .map_or(usize::MAX, |c| c.peers.len() + 1);
+    let mut seen = Taken::default();
+    let services = raw
+        .services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| validate_service(i, s, controllers, &mut seen))
+        .collect::<Result<_, _>>()?;
+    Ok(Config {
+        dataplane,
+        controller,
+        ha,
+        services,
+    })
+}
+
+/// What the services so far have taken, which the next may not take again.
+#[derive(Default)]
+struct Taken {
+    names: HashSet<String>,
+    ports: HashSet<(Ipv4Addr, u16)>,
+    backends: HashSet<SocketAddrV4>,
+}
+
+/// `service[i]`; `controllers` bounds its quorum.
+fn validate_service(
+    i: usize,
+    spanned: &Spanned<RawService>,
+    controllers: usize,
+    seen: &mut Taken,
+) -> Result<ServiceConfig, Problem> {
+    let section = spanned.span();
+    let s = spanned.get_ref();
+    let d = FailoverConfig::default();
+    let key = |field: &str| format!("service[{i}].{field}");
+    let name = s.name.get_ref();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(problem(
+            &s.name,
+            key("name"),
+            format!("{name:?} is not a valid name (letters, digits, '-', '_', '.')"),
+        ));
+    }
+    if !seen.names.insert(name.clone()) {
+        return Err(problem(
+            &s.name,
+            key("name"),
+            format!("{name:?} is used twice"),
+        ));
+    }
+    let vip: Ipv4Addr = s.vip.get_ref().parse().map_err(|_| {
+        problem(
+            &s.vip,
+            key("vip"),
+            format!("{:?} is not an IPv4 address", s.vip.get_ref()),
+        )
+    })?;
+    if vip.is_unspecified() || vip.is_broadcast() || vip.is_multicast() {
+        return Err(problem(
+            &s.vip,
+            key("vip"),
+            format!("{vip} cannot be a VIP"),
+        ));
+    }
+    for (field, port) in [("write_port", &s.write_port), ("read_port", &s.read_port)] {
+        if *port.get_ref() == 0 {
+            return Err(problem(port, key(field), "port 0 is not a valid port"));
+        }
+        if !seen.ports.insert((vip, *port.get_ref())) {
+            return Err(problem(
+                port,
+                key(field),
+                format!("{vip}:{} is already used by another port", port.get_ref()),
+            ));
+        }
+    }
+    let list = s.backends.get_ref();
+    if list.is_empty() {
+        return Err(problem(
+            &s.backends,
+            key("backends"),
+            "needs at least one backend",
+        ));
+    }
+    if list.len() > MAX_BACKENDS_PER_SERVICE {
+        return Err(problem(
+            &s.backends,
+            key("backends"),
+            format!("at most {MAX_BACKENDS_PER_SERVICE} backends per service"),
+        ));
+    }
+    let mut addrs = Vec::new();
+    for (j, b) in list.iter().enumerate() {
+        let bkey = format!("service[{i}].backends[{j}]");
+        let addr: SocketAddrV4 = b.get_ref().parse().map_err(|_| {
+            problem(
+                b,
+                bkey.clone(),
+                format!("{:?} is not an IPv4 address:port", b.get_ref()),
+            )
+        })?;
+        if addr.port() == 0 || addr.ip().is_unspecified() {
+            return Err(problem(b, bkey, format!("{addr} is not a usable backend")));
+        }
+        if !seen.backends.insert(addr) {
+            return Err(problem(
+                b,
+                bkey,
+                format!("{addr} is listed twice (a backend serves one service)"),
+            ));
+        }
+        addrs.push(addr);
+    }
+    let quorum = or_default(&s.quorum, d.quorum, &section);
+    let down_after_ms = or_default(&s.down_after_ms, d.down_after_ms, &section);
+    let failover_timeout_ms = or_default(&s.failover_timeout_ms, d.failover_timeout_ms, &section);
+    let parallel_syncs = or_default(&s.parallel_syncs, d.parallel_syncs, &section);
+    let quorum_value = *quorum.get_ref();
+    if quorum_value == 0 || quorum_value > controllers {
+        return Err(problem(
+            &quorum,
+            key("quorum"),
+            format!(
+                "{quorum_value} must be between 1 and the number of controllers ({controllers})"
+            ),
+        ));
+    }
+    let down_after = *down_after_ms.get_ref();
+    if down_after < 50 {
+        return Err(problem(
+            &down_after_ms,
+            key("down_after_ms"),
+            format!(
+                "{down_after} ms is too short to tell a slow reply from a failure (minimum 50)"
+            ),
+        ));
+    }
+    if *failover_timeout_ms.get_ref() < down_after {
+        return Err(problem(
+            &failover_timeout_ms,
+            key("failover_timeout_ms"),
+            "must be at least down_after_ms",
+        ));
+    }
+    if *parallel_syncs.get_ref() == 0 {
+        return Err(problem(
+            &parallel_syncs,
+            key("parallel_syncs"),
+            "must be at least 1",
+        ));
+    }
+    Ok(ServiceConfig {
+        name: name.clone(),
+        vip,
+        write_port: *s.write_port.get_ref(),
+        read_port: *s.read_port.get_ref(),
+        backends: addrs,
+        failover: FailoverConfig {
+            quorum: quorum_value,
+            down_after_ms: down_after,
+            failover_timeout_ms: failover_timeout_ms.into_inner(),
+            parallel_syncs: parallel_syncs.into_inner(),
+            max_replica_lag_ms: s.max_replica_lag_ms.unwrap_or(d.max_replica_lag_ms),
+            read_from_master: s.read_from_master.unwrap_or(d.read_from_master),
+            auth: s.auth.clone(),
+        },
+    })
+}
+
+fn validate_controller(c: &Spanned<RawController>) -> Result<ControllerConfig, Problem> {
+    let raw = c.get_ref();
+    let valid_id = |id: &str| {
+        !id.is_empty()
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    if !valid_id(raw.id.get_ref()) {
+        return Err(problem(
+            &raw.id,
+            "controller.id",
+            format!(
+                "{:?} is not a valid id (letters, digits, '-', '_', '.')",
+                raw.id.get_ref()
+            ),
+        ));
+    }
+    let addr = |v: &Spanned<String>, key: String| {
+        v.get_ref()
+            .parse::<std::net::SocketAddr>()
+            .map_err(|_| problem(v, key, format!("{:?} is not an address:port", v.get_ref())))
+    };
+    let listen = addr(&raw.listen, "controller.listen".into())?;
+    let mut ids = HashSet::from([raw.id.get_ref().clone()]);
+    let mut peers = Vec::new();
+    for (i, p) in raw.peers.iter().enumerate() {
+        let p = p.get_ref();
+        if !valid_id(p.id.get_ref()) || !ids.insert(p.id.get_ref().clone()) {
+            return Err(problem(
+                &p.id,
+                format!("controller.peers[{i}].id"),
+                format!(
+                    "{:?} is invalid or not unique among the controllers",
+                    p.id.get_ref()
+                ),
+            ));
+        }
+        peers.push(PeerConfig {
+            id: p.id.get_ref().clone(),
+            addr: addr(&p.addr, format!("controller.peers[{i}].addr"))?,
+        });
+    }
+    let secret = match (&raw.secret, &raw.secret_file) {
+        (Some(s), None) => s.get_ref().clone(),
+        (None, Some(f)) => std::fs::read_to_string(f.get_ref())
+            .map_err(|e| {
+                problem(
+                    f,
+                    "controller.secret_file",
+                    format!("cannot read {:?}: {e}", f.get_ref()),
+                )
+            })?
+            .trim()
+            .to_owned(),
+        _ => {
+            return Err(Problem {
+                span: c.span(),
+                key: "controller.secret".into(),
+                message: "controller.secret: set exactly one of `secret` and `secret_file`".into(),
+            });
+        }
+    };
+    if secret.len() < 16 {
+        let at = raw
+            .secret
+            .as_ref()
+            .or(raw.secret_file.as_ref())
+            .map_or(c.span(), |s| s.span());
+        return Err(Problem {
+            span: at,
+            key: "controller.secret".into(),
+            message: "controller.secret: use at least 16 characters".into(),
+        });
+    }
+    let probe_interval_ms = or_default(
+        &raw.probe_interval_ms,
+        ControllerConfig::DEFAULT_PROBE_INTERVAL_MS,
+        &c.span(),
+    );
+    let interval = *probe_interval_ms.get_ref();
+    if !(10..=10_000).contains(&interval) {
+        return Err(problem(
+            &probe_interval_ms,
+            "controller.probe_interval_ms",
+            "must be between 10 and 10000",
+        ));
+    }
+    Ok(ControllerConfig {
+        id: raw.id.get_ref().clone(),
+        listen,
+        peers,
+        secret,
+        state_file: raw.state_file.as_ref().map_or_else(
+            || ControllerConfig::default_state_file(raw.id.get_ref()),
+            |p| PathBuf::from(p.get_ref()),
+        ),
+        probe_interval_ms: interval,
+        metrics_listen: raw
+            .metrics_listen
+            .as_ref()
+            .map(|m| addr(m, "controller.metrics_listen".into()))
+            .transpose()?,
+    })
+}
+
+fn validate_ha(
+    ha: &Spanned<RawHa>,
+    dataplane: Option<&DataplaneConfig>,
+    controller: Option<&ControllerConfig>,
+) -> Result<HaConfig, Problem> {
+    let raw = ha.get_ref();
+    let whole = |message: &str| Problem {
+        span: ha.span(),
+        key: "ha".into(),
+        message: format!("ha: {message}"),
+    };
+    let Some(dataplane) = dataplane else {
+        return Err(whole(
+            "needs a [dataplane] section: only a data-plane node can hold the floating addresses",
+        ));
+    };
+    let Some(controller) = controller else {
+        return Err(whole(
+            "needs a [controller] section: the controllers agree which node holds the addresses",
+        ));
+    };
+    if controller.peers.len() == 1 {
+        return Err(whole(
+            "two controllers cannot take over from each other (the holder needs a majority of \
+             all controllers): add a third, vote-only controller to controller.peers",
+        ));
+    }
+    let d = HaConfig::default();
+    let section = ha.span();
+    let priority = or_default(&raw.priority, d.priority.into(), &section);
+    let heartbeat_ms = or_default(&raw.heartbeat_ms, d.heartbeat_ms, &section);
+    let down_after_ms = or_default(&raw.down_after_ms, d.down_after_ms, &section);
+    let priority_value = *priority.get_ref();
+    if !(1..=255).contains(&priority_value) {
+        return Err(problem(
+            &priority,
+            "ha.priority",
+            format!("{priority_value} must be between 1 and 255"),
+        ));
+    }
+    let heartbeat = *heartbeat_ms.get_ref();
+    if !(10..=10_000).contains(&heartbeat) {
+        return Err(problem(
+            &heartbeat_ms,
+            "ha.heartbeat_ms",
+            format!("{heartbeat} must be between 10 and 10000"),
+        ));
+    }
+    let down_after = *down_after_ms.get_ref();
+    if down_after < 3 * heartbeat {
+        return Err(problem(
+            &down_after_ms,
+            "ha.down_after_ms",
+            format!(
+                "{down_after} ms must be at least 3 heartbeats ({} ms): one lost datagram must not move the VIP",
+                3 * heartbeat
+            ),
+        ));
+    }
+    if raw.addresses.get_ref().is_empty() {
+        return Err(problem(
+            &raw.addresses,
+            "ha.addresses",
+            "lists no address: name the VIP (and the backends' gateway) as \"198.18.0.100/24 dev eth0\"",
+        ));
+    }
+    let mut addresses: Vec<HaAddress> = Vec::new();
+    for (i, entry) in raw.addresses.get_ref().iter().enumerate() {
+        let key = format!("ha.addresses[{i}]");
+        let text = entry.get_ref();
+        let bad = || {
+            problem(
+                entry,
+                key.clone(),
+                format!("{text:?} is not like \"198.18.0.100/24 dev eth0\""),
+            )
+        };
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let [net, "dev", interface] = words[..] else {
+            return Err(bad());
+        };
+        let (address, len) = net.split_once('/').ok_or_else(bad)?;
+        let address: Ipv4Addr = address.parse().map_err(|_| bad())?;
+        let prefix_len: u8 = len.parse().map_err(|_| bad())?;
+        if prefix_len > 32 || address.is_unspecified() || address.is_multicast() {
+            return Err(bad());
+        }
+        if !dataplane.interfaces.iter().any(|i| i == interface) {
+            return Err(problem(
+                entry,
+                key,
+                format!(
+                    "{interface:?} is not in dataplane.interfaces: traffic to a floating address must arrive where the XDP program runs"
+                ),
+            ));
+        }
+        if addresses.iter().any(|a| a.address == address) {
+            return Err(problem(entry, key, format!("{address} is listed twice")));
+        }
+        addresses.push(HaAddress {
+            address,
+            prefix_len,
+            interface: interface.to_owned(),
+        });
+    }
+    Ok(HaConfig {
+        priority: priority_value as u8,
+        preempt: raw.preempt.unwrap_or(d.preempt),
+        heartbeat_ms: heartbeat,
+        down_after_ms: down_after,
+        addresses,
+    })
+}
+
+fn validate_dataplane(dp: &Spanned<RawDataplane>) -> Result<DataplaneConfig, Problem> {
+    let raw = dp.get_ref();
+    if raw.interfaces.get_ref().is_empty() {
+        return Err(problem(
+            &raw.interfaces,
+            "dataplane.interfaces",
+            "lists no interface: name those where client packets and backend replies arrive",
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (i, ifname) in raw.interfaces.get_ref().iter().enumerate() {
+        let name = ifname.get_ref();
+        // IFNAMSIZ is 16 including the terminating NUL.
+        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
+            return Err(problem(
+                ifname,
+                format!("dataplane.interfaces[{i}]"),
+                format!("{name:?} is not a valid interface name"),
+            ));
+        }
+        if !seen.insert(name.clone()) {
+            return Err(problem(
+                ifname,
+                format!("dataplane.interfaces[{i}]"),
+                format!("{name:?} is listed twice"),
+            ));
+        }
+    }
+    let d = DataplaneConfig::default();
+    let pin_dir = match &raw.pin_dir {
+        None => d.pin_dir,
+        Some(p) => {
+            let path = PathBuf::from(p.get_ref());
+            if !path.is_absolute() || p.get_ref().contains('.') {
+                return Err(problem(
+                    p,
+                    "dataplane.pin_dir",
+                    format!(
+                        "{:?} must be an absolute path on bpffs without '.' (bpffs refuses it)",
+                        p.get_ref()
+                    ),
+                ));
+            }
+            path
+        }
+    };
+    let client_networks = match &raw.client_networks {
+        None => d.client_networks,
+        Some(list) => client_networks(list)?,
+    };
+    let flow_table_size = match &raw.flow_table_size {
+        None => d.flow_table_size,
+        Some(n) => u32::try_from(*n.get_ref())
+            .ok()
+            .filter(|v| FLOW_TABLE_RANGE.contains(v))
+            .ok_or_else(|| {
+                problem(
+                    n,
+                    "dataplane.flow_table_size",
+                    format!(
+                        "{} entries is out of range: {}..={} (one entry per connection)",
+                        n.get_ref(),
+                        FLOW_TABLE_RANGE.start(),
+                        FLOW_TABLE_RANGE.end()
+                    ),
+                )
+            })?,
+    };
+    Ok(DataplaneConfig {
+        client_networks,
+        flow_table_size,
+        veth_peer_redirect: raw.veth_peer_redirect.unwrap_or(d.veth_peer_redirect),
+        interfaces: raw
+            .interfaces
+            .get_ref()
+            .iter()
+            .map(|s| s.get_ref().clone())
+            .collect(),
+        xdp_mode: raw.xdp_mode.unwrap_or(d.xdp_mode),
+        pin_dir,
+    })
+}
+
+/// `dataplane.client_networks`, each `"198.18.0.0/24"`.
+fn client_networks(list: &[Spanned<String>]) -> Result<Vec<(Ipv4Addr, u8)>, Problem> {
+    let mut client_networks = Vec::new();
+    for (i, net) in list.iter().enumerate() {
+        let bad = || {
+            problem(
+                net,
+                format!("dataplane.client_networks[{i}]"),
+                format!(
+                    "{:?} is not an IPv4 network like \"198.18.0.0/24\"",
+                    net.get_ref()
+                ),
+            )
+        };
+        let (addr, len) = net.get_ref().split_once('/').ok_or_else(bad)?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+        let len: u8 = len.parse().map_err(|_| bad())?;
+        if len > 32 {
+            return Err(bad());
+        }
+        client_networks.push((addr, len));
+    }
+    Ok(client_networks)
+}
