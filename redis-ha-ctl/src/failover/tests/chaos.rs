@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{R1, R2, SERVICE, node, params};
 use crate::failover::{
     Action, Command, ControllerId, Epoch, Event, FailoverPhase, MachineConfig, Millis, NodeAddr,
-    NodeInfo, Params, PeerMsg, Persisted, ProbeResult, ReplicaInfo, Role, ServiceMachine, Vote,
+    Params, PeerMsg, Persisted, ProbeResult, ServiceMachine, Vote,
 };
 
 /// How long the cluster may take to agree on one master once the faults stop.
@@ -513,29 +513,13 @@ impl World {
             return ProbeResult::Failed;
         }
         let r = &self.redis[&node];
-        let role = match r.follows {
-            None => Role::Master {
-                repl_offset: r.offset,
-            },
-            Some(master) => {
-                let link_up = self
-                    .redis
-                    .get(&master)
-                    .is_some_and(|m| m.alive && m.follows.is_none());
-                Role::Replica(ReplicaInfo {
-                    master,
-                    link_up,
-                    link_down_ms: if link_up { 0 } else { 1_000 },
-                    lag_ms: 0,
-                    repl_offset: r.offset,
-                    priority: 100,
-                })
-            }
-        };
-        ProbeResult::Ok(NodeInfo {
-            run_id: Some(format!("run-{}", node.ip())),
-            role,
-        })
+        let master_serves = r.follows.is_some_and(|m| {
+            self.redis
+                .get(&m)
+                .is_some_and(|m| m.alive && m.follows.is_none())
+        });
+        let run_id = format!("run-{}", node.ip());
+        super::simulated_probe(r.follows, master_serves, r.offset, 0, 100, run_id)
     }
 
     fn step(&mut self, i: usize, event: Event) -> Result<(), Violation> {

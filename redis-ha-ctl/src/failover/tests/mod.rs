@@ -87,6 +87,35 @@ fn replica_reply(master: NodeAddr, link_up: bool, repl_offset: u64, priority: u3
     })
 }
 
+/// What a simulated Redis node answers to a probe: a master (`follows` is `None`) or a replica
+/// whose link is up while its master answers as a master (`master_serves`).
+fn simulated_probe(
+    follows: Option<NodeAddr>,
+    master_serves: bool,
+    offset: u64,
+    lag_ms: Millis,
+    priority: u32,
+    run_id: String,
+) -> ProbeResult {
+    let role = match follows {
+        None => Role::Master {
+            repl_offset: offset,
+        },
+        Some(master) => Role::Replica(ReplicaInfo {
+            master,
+            link_up: master_serves,
+            link_down_ms: if master_serves { 0 } else { 1_000 },
+            lag_ms,
+            repl_offset: offset,
+            priority,
+        }),
+    };
+    ProbeResult::Ok(NodeInfo {
+        run_id: Some(run_id),
+        role,
+    })
+}
+
 /// The notices among `actions`, in order.
 fn kinds<'a>(actions: impl IntoIterator<Item = &'a Action>) -> Vec<NoticeKind> {
     actions

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::{M, R1, R2, R3, SERVICE, config};
 use crate::failover::{
-    Action, Command, ControllerId, Epoch, Event, Hello, Millis, NodeAddr, NodeInfo, NoticeKind,
-    Params, PeerMsg, Persisted, ProbeResult, ReplicaInfo, Role, ServiceMachine, Vote,
+    Action, Command, ControllerId, Epoch, Event, Hello, Millis, NodeAddr, NoticeKind, Params,
+    PeerMsg, Persisted, ProbeResult, ServiceMachine, Vote,
 };
 
 /// Time between two rounds (probe every node, then tick), as an executor would.
@@ -249,29 +249,20 @@ impl Sim {
         if !r.alive || self.cut_nodes.contains(&(ctl.clone(), node)) {
             return ProbeResult::Failed;
         }
-        let role = match r.follows {
-            None => Role::Master {
-                repl_offset: r.offset,
-            },
-            Some(master) => {
-                let link_up = self
-                    .redis
-                    .get(&master)
-                    .is_some_and(|m| m.alive && m.follows.is_none());
-                Role::Replica(ReplicaInfo {
-                    master,
-                    link_up,
-                    link_down_ms: if link_up { 0 } else { 1_000 },
-                    lag_ms: r.lag_ms,
-                    repl_offset: r.offset,
-                    priority: r.priority,
-                })
-            }
-        };
-        ProbeResult::Ok(NodeInfo {
-            run_id: Some(format!("run-{}", node.ip())),
-            role,
-        })
+        let master_serves = r.follows.is_some_and(|m| {
+            self.redis
+                .get(&m)
+                .is_some_and(|m| m.alive && m.follows.is_none())
+        });
+        let run_id = format!("run-{}", node.ip());
+        super::simulated_probe(
+            r.follows,
+            master_serves,
+            r.offset,
+            r.lag_ms,
+            r.priority,
+            run_id,
+        )
     }
 
     fn deliver(&mut self, to: &ControllerId, event: Event) {
