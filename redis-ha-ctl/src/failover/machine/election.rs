@@ -86,7 +86,7 @@ impl ServiceMachine {
         // request answered anyway; it ends one way or the other within its timeout.
         if !self.odown
             || !matches!(self.failover, Failover::Idle)
-            || self.failover_elsewhere(now, None)
+            || self.busy_peer(now, None).is_some()
         {
             self.candidacy = None;
             return;
@@ -356,9 +356,5 @@ impl ServiceMachine {
                 }
                 _ => None,
             })
-    }
-
-    pub(super) fn failover_elsewhere(&self, now: Millis, except: Option<&ControllerId>) -> bool {
-        self.busy_peer(now, except).is_some()
     }
 }

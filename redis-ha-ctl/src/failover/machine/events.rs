@@ -93,7 +93,7 @@ impl ServiceMachine {
                 // a peer told us of): two failovers in different epochs at once would promote
                 // two replicas, and the writes the first one takes would be lost. The reply
                 // still carries our vote as it stands, which does not count for this epoch.
-                let busy = self.leads_failover() || self.failover_elsewhere(now, Some(&from));
+                let busy = self.leads_failover() || self.busy_peer(now, Some(&from)).is_some();
                 self.reports.entry(from.clone()).or_default().busy = Some((epoch, now));
                 if busy {
                     if let Some(vote) = self.vote.clone() {
