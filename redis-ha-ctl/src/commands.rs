@@ -6,7 +6,7 @@ use anyhow::{Context as _, bail};
 use redis_ha_common::{backend_flags, counter, port_kind};
 
 use crate::{
-    config::{Config, DataplaneConfig},
+    config::{Config, ConfigError, DataplaneConfig},
     dataplane::{
         Dataplane as _, ServiceTarget,
         bpf::{Attachment, BpfDataplane},
@@ -306,13 +306,29 @@ fn flow_end_text(end: u16) -> &'static str {
 /// Validates a config and prints it as it will be used: every key with its effective value
 /// (defaults filled in), as TOML an operator can diff or reuse, the secret and Redis passwords
 /// not shown; then, as comments, what the file leaves out and what follows from it.
+/// A `secret_file` this host cannot read does not hide the rest: the config is shown, then
+/// the problem, and the check fails, since a daemon on this host would not start.
 pub fn check_config(config: &Path) -> anyhow::Result<String> {
-    let cfg = Config::load(config)?;
-    Ok(format!(
-        "# {}: OK\n{}",
-        config.display(),
-        effective_config(&cfg)?
-    ))
+    let (shown, deferred) = check_config_report(config)?;
+    if deferred.is_empty() {
+        return Ok(format!("# {}: OK\n{shown}", config.display()));
+    }
+    // Shown on stdout like a passing check, so that it can be diffed the same way.
+    print!(
+        "# {}: every key below is valid, but:\n{shown}",
+        config.display()
+    );
+    let problems: Vec<String> = deferred.iter().map(ToString::to_string).collect();
+    bail!(
+        "{}\n(a daemon on this host would not start)",
+        problems.join("\n")
+    )
+}
+
+/// The effective config of `config`, and the problems only the deployed host can mend.
+fn check_config_report(config: &Path) -> anyhow::Result<(String, Vec<ConfigError>)> {
+    let (cfg, deferred) = Config::load_for_check(config)?;
+    Ok((effective_config(&cfg)?, deferred))
 }
 
 /// The effective config as TOML (see [`check_config`]), then the data-plane state each
@@ -449,19 +465,16 @@ auth = { username = "ha", password = "hunter2" }
         let documented = keys(reference);
         assert!(documented.len() > 25, "{documented:?}");
 
-        // The example reads its secret from a file that exists on a deployed host only.
-        let dir = std::env::temp_dir().join(format!("redis-ha-example-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let secret = dir.join("secret");
-        std::fs::write(&secret, "0123456789abcdef0123\n").unwrap();
-        let example = std::fs::read_to_string(repo.join("deploy/redis-ha.toml.example"))
-            .unwrap()
-            .replace("/etc/redis-ha/secret", &secret.display().to_string());
-        let config = dir.join("redis-ha.toml");
-        std::fs::write(&config, example).unwrap();
-        let shown = check_config(&config);
-        std::fs::remove_dir_all(&dir).unwrap();
-        let shown = shown.unwrap();
+        // Run literally: the example's secret file exists on a deployed host only, which
+        // is then the one problem reported, after every key.
+        let example = repo.join("deploy/redis-ha.toml.example");
+        let (shown, deferred) = check_config_report(&example).unwrap();
+        let deferred: Vec<String> = deferred.iter().map(ToString::to_string).collect();
+        assert!(
+            matches!(&deferred[..], [one] if one.contains("controller.secret_file: cannot read \"/etc/redis-ha/secret\"")),
+            "{deferred:?}"
+        );
+        assert!(shown.contains("secret = \"<read from /etc/redis-ha/secret at start>\""));
 
         let shown_keys = keys(&shown);
         let missing: Vec<_> = documented.difference(&shown_keys).collect();

@@ -8,7 +8,7 @@ use toml::Spanned;
 
 use super::{
     Config, RedisAuth, XdpMode,
-    validate::{Problem, validate},
+    validate::{Problem, SecretFiles, validate},
 };
 use crate::failover::ReadFromMaster;
 
@@ -43,24 +43,47 @@ impl Config {
 
     /// Parses and validates config text; `path` is only used in error messages.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let at = |span: Option<std::ops::Range<usize>>, key: String, message: String| {
-            let (line, column) = line_col(text, span.map_or(0, |s| s.start));
-            ConfigError::Invalid {
-                path: path.to_owned(),
-                line,
-                column,
-                key,
-                message,
-            }
-        };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            at(
-                e.span(),
-                String::new(),
-                e.message().trim_end().replace('\n', " "),
-            )
+        Self::parse_with(path, text, SecretFiles::Read)
+    }
+
+    /// Like [`Config::load`] for `check-config`, which may run on another host than the one
+    /// deployed: a `secret_file` that cannot be read here comes back as a problem beside the
+    /// config (whose secret is then empty) instead of hiding every other key.
+    pub fn load_for_check(path: &Path) -> Result<(Config, Vec<ConfigError>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
         })?;
-        validate(raw).map_err(|Problem { span, key, message }| at(Some(span), key, message))
+        let mut deferred = Vec::new();
+        let config = Self::parse_with(path, &text, SecretFiles::Defer(&mut deferred))?;
+        let deferred = deferred
+            .into_iter()
+            .map(|p| invalid(path, &text, p))
+            .collect();
+        Ok((config, deferred))
+    }
+
+    fn parse_with(path: &Path, text: &str, secrets: SecretFiles) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let problem = Problem {
+                span: e.span().unwrap_or(0..0),
+                key: String::new(),
+                message: e.message().trim_end().replace('\n', " "),
+            };
+            invalid(path, text, problem)
+        })?;
+        validate(raw, secrets).map_err(|p| invalid(path, text, p))
+    }
+}
+
+fn invalid(path: &Path, text: &str, Problem { span, key, message }: Problem) -> ConfigError {
+    let (line, column) = line_col(text, span.start);
+    ConfigError::Invalid {
+        path: path.to_owned(),
+        line,
+        column,
+        key,
+        message,
     }
 }
 

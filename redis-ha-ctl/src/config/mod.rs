@@ -146,6 +146,9 @@ pub struct ControllerConfig {
     /// Shared secret authenticating peer messages (HMAC-SHA256). Read from `secret_file`
     /// when the file names one, so it is always written back inline.
     pub secret: String,
+    /// The file the secret was read from, if any: shown by `check-config` instead of the secret.
+    #[serde(skip)]
+    pub secret_file: Option<PathBuf>,
     /// Where the current epoch, votes and known masters are persisted.
     pub state_file: PathBuf,
     /// How often every backend is probed and the view sent to peers.

@@ -16,7 +16,15 @@ impl Config {
     pub fn effective_toml(&self) -> Result<String, toml::ser::Error> {
         let mut shown = self.clone();
         if let Some(c) = &mut shown.controller {
-            c.secret = format!("<{} characters, not shown>", c.secret.chars().count());
+            c.secret = match &c.secret_file {
+                Some(f) if c.secret.is_empty() => format!("<read from {} at start>", f.display()),
+                Some(f) => format!(
+                    "<{} characters read from {}, not shown>",
+                    c.secret.chars().count(),
+                    f.display()
+                ),
+                None => format!("<{} characters, not shown>", c.secret.chars().count()),
+            };
         }
         for s in &mut shown.services {
             if let Some(auth) = &mut s.failover.auth {

@@ -308,7 +308,10 @@ fn a_config_setting_every_key_reads_back_equal_from_its_serialisation() {
     );
     let read = parse(&from_file);
     std::fs::remove_file(&file).unwrap();
-    assert_eq!(read.unwrap(), cfg);
+    let mut read = read.unwrap();
+    let controller = read.controller.as_mut().unwrap();
+    assert_eq!(controller.secret_file.take(), Some(file));
+    assert_eq!(read, cfg);
 }
 
 #[test]

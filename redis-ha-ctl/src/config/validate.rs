@@ -44,13 +44,22 @@ where
         .unwrap_or_else(|| Spanned::new(section.clone(), default))
 }
 
+/// What validation does with a `secret_file` it cannot read.
+pub(super) enum SecretFiles<'a> {
+    /// The daemon needs the secret: an unreadable file is the config's problem.
+    Read,
+    /// `check-config` on another host than the one deployed: the problem is noted here and
+    /// the rest of the config is still checked and shown.
+    Defer(&'a mut Vec<Problem>),
+}
+
 /// The config, or the first problem in it.
-pub(super) fn validate(raw: RawConfig) -> Result<Config, Problem> {
+pub(super) fn validate(raw: RawConfig, secret_files: SecretFiles) -> Result<Config, Problem> {
     let dataplane = raw.dataplane.as_ref().map(validate_dataplane).transpose()?;
     let controller = raw
         .controller
         .as_ref()
-        .map(validate_controller)
+        .map(|c| validate_controller(c, secret_files))
         .transpose()?;
     let ha = raw
         .ha
@@ -247,7 +256,10 @@ fn validate_service(
     })
 }
 
-fn validate_controller(c: &Spanned<RawController>) -> Result<ControllerConfig, Problem> {
+fn validate_controller(
+    c: &Spanned<RawController>,
+    secret_files: SecretFiles,
+) -> Result<ControllerConfig, Problem> {
     let raw = c.get_ref();
     let valid_id = |id: &str| {
         !id.is_empty()
@@ -291,17 +303,24 @@ fn validate_controller(c: &Spanned<RawController>) -> Result<ControllerConfig, P
         });
     }
     let secret = match (&raw.secret, &raw.secret_file) {
-        (Some(s), None) => s.get_ref().clone(),
-        (None, Some(f)) => std::fs::read_to_string(f.get_ref())
-            .map_err(|e| {
-                problem(
+        (Some(s), None) => Some(s.get_ref().clone()),
+        (None, Some(f)) => match std::fs::read_to_string(f.get_ref()) {
+            Ok(s) => Some(s.trim().to_owned()),
+            Err(e) => {
+                let unreadable = problem(
                     f,
                     "controller.secret_file",
                     format!("cannot read {:?}: {e}", f.get_ref()),
-                )
-            })?
-            .trim()
-            .to_owned(),
+                );
+                match secret_files {
+                    SecretFiles::Read => return Err(unreadable),
+                    SecretFiles::Defer(deferred) => {
+                        deferred.push(unreadable);
+                        None
+                    }
+                }
+            }
+        },
         _ => {
             return Err(Problem {
                 span: c.span(),
@@ -310,7 +329,7 @@ fn validate_controller(c: &Spanned<RawController>) -> Result<ControllerConfig, P
             });
         }
     };
-    if secret.len() < 16 {
+    if secret.as_ref().is_some_and(|s| s.len() < 16) {
         let at = raw
             .secret
             .as_ref()
@@ -339,7 +358,8 @@ fn validate_controller(c: &Spanned<RawController>) -> Result<ControllerConfig, P
         id: raw.id.get_ref().clone(),
         listen,
         peers,
-        secret,
+        secret: secret.unwrap_or_default(),
+        secret_file: raw.secret_file.as_ref().map(|f| PathBuf::from(f.get_ref())),
         state_file: raw.state_file.as_ref().map_or_else(
             || ControllerConfig::default_state_file(raw.id.get_ref()),
             |p| PathBuf::from(p.get_ref()),
