@@ -9,7 +9,7 @@ use crate::{
     config::{Config, ConfigError, DataplaneConfig},
     dataplane::{
         Dataplane as _, ServiceTarget,
-        bpf::{Attachment, BpfDataplane},
+        bpf::{Attachment, BpfDataplane, local_addresses},
         sync,
     },
 };
@@ -27,18 +27,20 @@ fn dataplane_of(cfg: &Config, path: &Path) -> anyhow::Result<DataplaneConfig> {
 /// state for the others.
 fn targets(cfg: &Config, dp: &BpfDataplane) -> anyhow::Result<Vec<ServiceTarget>> {
     let snap = dp.snapshot()?;
+    let local = local_addresses();
     Ok(cfg
         .services
         .iter()
         .enumerate()
-        .map(|(i, s)| ServiceTarget::resume(i as u32, s, &snap))
+        .map(|(i, s)| ServiceTarget::resume(i as u32, s, &snap).on_host(&local))
         .collect())
 }
 
 pub fn load(config: &Path) -> anyhow::Result<String> {
     let cfg = Config::load(config)?;
     let dpc = dataplane_of(&cfg, config)?;
-    let (mut dp, attachments) = BpfDataplane::load_and_attach(&dpc)?;
+    let local = cfg.has_local_backend(&local_addresses());
+    let (mut dp, attachments) = BpfDataplane::load_and_attach(&dpc, local)?;
     let t = targets(&cfg, &dp)?;
     let ops = sync(&mut dp, &t)?;
     let mut out = String::new();
