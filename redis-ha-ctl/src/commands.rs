@@ -3,7 +3,7 @@
 use std::{fmt::Write as _, net::SocketAddrV4, path::Path};
 
 use anyhow::{Context as _, bail};
-use redis_ha_common::{backend_flags, counter, port_kind};
+use redis_ha_common::{backend_flags, counter, flow_flags, nat_mode, port_kind};
 
 use crate::{
     config::{Config, ConfigError, DataplaneConfig},
@@ -190,6 +190,18 @@ pub fn maps(config: &Path, flow_limit: usize) -> anyhow::Result<String> {
     let stats: std::collections::BTreeMap<u32, _> = dp.backend_stats()?.into_iter().collect();
     let mut out = String::new();
     writeln!(out, "data plane pinned at {}", dpc.pin_dir.display())?;
+    let (nat, ports_taken) = dp.nat()?;
+    if nat.mode == nat_mode::FULL {
+        writeln!(
+            out,
+            "full NAT from {}, ports {}-{}: {ports_taken} in use",
+            std::net::Ipv4Addr::from(nat.ip),
+            nat.port_min,
+            nat.port_max
+        )?;
+    } else {
+        writeln!(out, "destination NAT (backends see client addresses)")?;
+    }
     for (id, st) in &snap.states {
         let name = cfg
             .services
@@ -273,9 +285,20 @@ pub fn maps(config: &Path, flow_limit: usize) -> anyhow::Result<String> {
         )?;
     }
     for (k, f) in flows {
+        let via = if f.nat_port != 0 {
+            format!(
+                " from {}:{}",
+                std::net::Ipv4Addr::from(f.nat_ip),
+                f.nat_port
+            )
+        } else if f.flags & flow_flags::LOCAL != 0 {
+            " (local)".to_owned()
+        } else {
+            String::new()
+        };
         writeln!(
             out,
-            "  {}:{} > {}:{}  backend {}:{} slot {}{}",
+            "  {}:{} > {}:{}  backend {}:{}{via} slot {}{}",
             std::net::Ipv4Addr::from(k.src_ip),
             k.src_port,
             std::net::Ipv4Addr::from(k.dst_ip),
