@@ -170,3 +170,16 @@ fn fib_ask<C: Frame>(ctx: &C, ip: &Ipv4Hdr, ingress: u32, tot_len: u16) -> Resul
         Err(rc)
     }
 }
+
+/// Notes a packet on a direction that never asks the FIB (a local backend's): the sweep reads
+/// a connection's last activity from its next hops' `resolved_ns`, so it is kept as fresh as
+/// a cached hop would be, written at most once per [`NEXT_HOP_TTL_NS`] (the entry's cache
+/// line is shared with the other CPU's packets). `ifindex` stays 0: nothing is cached.
+#[inline(always)]
+pub fn note_activity(hop: &mut NextHop) {
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if now.wrapping_sub(hop.resolved_ns) >= NEXT_HOP_TTL_NS {
+        hop.resolved_ns = now;
+    }
+}

@@ -19,7 +19,7 @@ use crate::{
     maps::{BACKENDS, NEW_FLOW, READ_RING, SERVICE_STATE, backend_stats, count},
     mem::zero_in_place,
     nat,
-    next_hop::next_hop,
+    next_hop::{next_hop, note_activity},
     packet::{EthHdr, Ipv4Hdr, TcpHdr},
     reset::send_reset,
 };
@@ -52,6 +52,7 @@ pub fn along_flow<C: Frame>(
     let fix = to_backend_addr(ip, tcp, flow.backend_ip, flow.backend_port);
     count_to_backend(ctx, ip, flow.backend, false);
     if flow.flags & flow_flags::LOCAL != 0 {
+        note_activity(&mut flow.to_backend);
         return deliver_locally(ctx, fix.into());
     }
     let fix = Fixes {
@@ -215,6 +216,7 @@ pub fn new_flow<C: Frame>(
     }
     let fix = to_backend_addr(ip, tcp, be.ip, be.port);
     if local {
+        note_activity(&mut flow.to_backend);
         if flows::insert(fkey, &*flow).is_err() {
             count(counter::DROP_INTERNAL);
             return C::DROP;

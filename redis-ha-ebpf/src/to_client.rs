@@ -16,6 +16,7 @@ use crate::{
     frame::Frame,
     maps::{BACKEND_ADDRS, BACKENDS, CLIENT_NETS, SERVICE_STATE, backend_stats, count},
     nat,
+    next_hop::note_activity,
     packet::{EthHdr, Ipv4Hdr, TcpHdr},
 };
 
@@ -257,6 +258,7 @@ pub fn local_reply(ctx: &TcContext, ip: &mut Ipv4Hdr, tcp: &mut TcpHdr) {
         return;
     };
     let closed = closing(ip, tcp, flow, flow_end::BACKEND_FIN);
+    note_activity(&mut flow.to_client);
     let fix = rewrite(
         &mut ip.src,
         &mut tcp.sport,

@@ -267,6 +267,14 @@ fn a_local_backend_is_delivered_to_the_host_and_its_replies_mapped_back_at_egres
             counter: counter::FWD_LOCAL_REPLY,
         };
         dp.step_egress(reply("SYN-ACK", tcp(BE_11, c).flags(SYN | ACK).build()));
+        // Both directions note their activity, as cached next hops would: the controller's
+        // sweep would otherwise take the connection for one that never got an answer.
+        let flow = dp.flow(&key).expect("the connection's entry");
+        assert!(flow.to_backend.resolved_ns != 0 && flow.to_client.resolved_ns != 0);
+        assert_eq!(
+            flow.to_backend.ifindex, 0,
+            "no route is cached for local delivery"
+        );
         dp.step(local("request", tcp(c, WRITE).data(b"PING\r\n").build()));
         dp.step_egress(reply("reply", tcp(BE_11, c).data(b"+PONG\r\n").build()));
 
