@@ -21,6 +21,7 @@ use super::{
     hook::{Hook, Loaded, Pinned, attach_err},
     host, map_err,
     maps::{MapPins, check_pinned_layout, iface_of_key, key_of_iface, map_pins, open_pinned},
+    placement::Placement,
 };
 use crate::{
     config::DataplaneConfig,
@@ -56,13 +57,15 @@ impl BpfDataplane {
     /// never interrupts forwarding), and detaching interfaces no longer configured.
     pub fn load_and_attach(cfg: &DataplaneConfig) -> Result<(Self, Vec<Attachment>), BpfError> {
         host::check_bpffs(&cfg.pin_dir)?;
+        // First, so that a configuration refused leaves nothing behind.
+        let placement = Placement::for_config(cfg)?;
+        let hook = placement.hook();
         let io_err = |what, path: &Path| {
             let path = path.to_owned();
             move |source| BpfError::Io { what, path, source }
         };
         std::fs::create_dir_all(&cfg.pin_dir)
             .map_err(io_err("creating pin directory", &cfg.pin_dir))?;
-        let hook = Hook::for_config(cfg);
         if let Some(pinned) = Hook::pinned(&cfg.pin_dir)
             && pinned != hook
         {
@@ -99,7 +102,7 @@ impl BpfDataplane {
                 });
                 continue;
             }
-            let (fd_link, mode) = prog.attach(iface, cfg.xdp_mode)?;
+            let (fd_link, mode) = prog.attach(iface, placement)?;
             fd_link
                 .pin(&link_pin)
                 .map_err(|e| attach_err(iface, mode, e))?;
