@@ -13,6 +13,10 @@
 //! that native XDP redirected into it. proxy_arp lets backends, which think they share a /24,
 //! reach each other (replication) through the LB's kernel, unless
 //! [`Testbed::separate_replication_network`] gives replication a bridge of its own.
+//!
+//! [`TestbedOptions::bridged_backends`] builds the other common router instead (docker0,
+//! libvirt's virbr0): the LB's veths to the backends are ports of a bridge `rha-T-br`
+//! (198.18.1.1/24), and the data plane's interfaces are the client veth and that bridge.
 
 mod replication_net;
 
@@ -136,7 +140,7 @@ fn base36(mut n: u32) -> String {
 /// How redis-ha-ctl attaches the XDP program (`xdp_mode` in its config).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum XdpMode {
-    /// Native where the driver supports it, else generic.
+    /// Whatever redis-ha-ctl picks for the interfaces (TC on veths and bridges).
     Auto,
     /// In the veth driver (`xdpdrv`).
     #[default]
@@ -187,6 +191,9 @@ pub struct TestbedOptions {
     pub backends: usize,
     /// Written into the generated redis-ha-ctl config.
     pub xdp_mode: XdpMode,
+    /// The backends behind a Linux bridge in the LB namespace, which the data plane attaches
+    /// to instead of the backends' veths (a router with a bridge for its containers or VMs).
+    pub bridged_backends: bool,
 }
 
 impl Default for TestbedOptions {
@@ -196,6 +203,7 @@ impl Default for TestbedOptions {
             tag: unique_tag(),
             backends: 3,
             xdp_mode: XdpMode::Native,
+            bridged_backends: false,
         }
     }
 }
@@ -414,6 +422,9 @@ pub struct Testbed {
     client_interface: String,
     lb: Netns,
     lb_client_interface: String,
+    /// The bridge whose ports are the LB's veths to the backends, if
+    /// [`TestbedOptions::bridged_backends`].
+    backend_bridge: Option<String>,
     backends: Vec<Backend>,
     /// The generated redis-ha-ctl config (inside `dir`).
     config_path: PathBuf,
@@ -430,6 +441,7 @@ impl Testbed {
             tag,
             backends,
             xdp_mode,
+            bridged_backends,
         } = options;
         validate_tag(&tag)?;
         if !(1..=MAX_BACKENDS).contains(&backends) {
@@ -511,6 +523,14 @@ impl Testbed {
             xdp_mode,
         )?;
 
+        let backend_bridge = bridged_backends.then(|| name("br"));
+        if let Some(bridge) = &backend_bridge {
+            lb.ip(&["link", "add", bridge, "type", "bridge"])?;
+            lb.ip(&["addr", "add", &format!("{LB_BACKEND_IP}/24"), "dev", bridge])?;
+            lb.set_sysctl(&format!("net.ipv4.conf.{bridge}.rp_filter"), "0")?;
+            lb.ip(&["link", "set", bridge, "up"])?;
+        }
+
         // Backends: their namespaces and veths, all before any server starts, so replicas
         // find their master reachable.
         let mut planned = Vec::new();
@@ -531,19 +551,26 @@ impl Testbed {
                 "netns",
                 ns.name(),
             ])?;
-            lb.ip(&[
-                "addr",
-                "add",
-                &format!("{LB_BACKEND_IP}/32"),
-                "dev",
-                &lb_interface,
-            ])?;
-            lb.set_sysctl(&format!("net.ipv4.conf.{lb_interface}.rp_filter"), "0")?;
-            // Backends believe they share 198.18.1.0/24: the LB answers their ARP for each
-            // other and routes replication traffic between the veths.
-            lb.set_sysctl(&format!("net.ipv4.conf.{lb_interface}.proxy_arp"), "1")?;
-            lb.ip(&["link", "set", &lb_interface, "up"])?;
-            lb.ip(&["route", "add", &format!("{ip}/32"), "dev", &lb_interface])?;
+            if let Some(bridge) = &backend_bridge {
+                // A bridge port: the backends share the segment, and the bridge holds the
+                // LB's address on it.
+                lb.ip(&["link", "set", &lb_interface, "master", bridge])?;
+                lb.ip(&["link", "set", &lb_interface, "up"])?;
+            } else {
+                lb.ip(&[
+                    "addr",
+                    "add",
+                    &format!("{LB_BACKEND_IP}/32"),
+                    "dev",
+                    &lb_interface,
+                ])?;
+                lb.set_sysctl(&format!("net.ipv4.conf.{lb_interface}.rp_filter"), "0")?;
+                // Backends believe they share 198.18.1.0/24: the LB answers their ARP for
+                // each other and routes replication traffic between the veths.
+                lb.set_sysctl(&format!("net.ipv4.conf.{lb_interface}.proxy_arp"), "1")?;
+                lb.ip(&["link", "set", &lb_interface, "up"])?;
+                lb.ip(&["route", "add", &format!("{ip}/32"), "dev", &lb_interface])?;
+            }
             setup_endpoint(
                 &ns,
                 &interface,
@@ -575,6 +602,7 @@ impl Testbed {
             client_interface,
             lb,
             lb_client_interface,
+            backend_bridge,
             backends: planned,
             dir,
             armed: true,
@@ -625,10 +653,18 @@ impl Testbed {
     }
 
     /// Every LB interface the XDP program attaches to: the client side first, then one per
-    /// backend in order.
+    /// backend in order, or the bridge they are ports of.
     pub fn lb_interfaces(&self) -> Vec<String> {
+        let backend_side = match &self.backend_bridge {
+            Some(bridge) => vec![bridge.clone()],
+            None => self
+                .backends
+                .iter()
+                .map(|b| b.lb_interface.clone())
+                .collect(),
+        };
         std::iter::once(self.lb_client_interface.clone())
-            .chain(self.backends.iter().map(|b| b.lb_interface.clone()))
+            .chain(backend_side)
             .collect()
     }
 

@@ -19,6 +19,7 @@ fn testbed(mode: XdpMode) -> Result<Testbed> {
         tag: unique_tag(),
         backends: 3,
         xdp_mode: mode,
+        bridged_backends: false,
     })?;
     tb.ctl("load", &[])?;
     Ok(tb)
@@ -774,6 +775,7 @@ fn unload_gives_accept_local_back() -> Result<()> {
         tag: unique_tag(),
         backends: 3,
         xdp_mode: XdpMode::Tc,
+        bridged_backends: false,
     })?;
     let [lc, l1, l2, l3] = [
         tb.lb_client_interface().to_owned(),

@@ -49,6 +49,7 @@ pub fn demo(keep: bool, xdp_mode: XdpMode) -> Result<()> {
             tag: TAG.to_owned(),
             backends: 3,
             xdp_mode,
+            bridged_backends: false,
         },
         ..ClusterOptions::default()
     })

@@ -30,6 +30,7 @@ pub fn up(xdp_mode: XdpMode) -> Result<Testbed> {
         tag: TAG.to_owned(),
         backends: 3,
         xdp_mode,
+        bridged_backends: false,
     })?;
     let config = config_path();
     tb.write_config(&config)?;

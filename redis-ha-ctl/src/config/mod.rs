@@ -299,8 +299,10 @@ fn networks<S: Serializer>(nets: &[(Ipv4Addr, u8)], s: S) -> Result<S::Ok, S::Er
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
-    /// The TC hook when every interface is a veth (and the kernel has TCX); otherwise XDP,
-    /// native (driver) mode where the interface supports it, generic (skb) mode elsewhere.
+    /// The TC hook when every interface is a veth (and the kernel has TCX), or when XDP
+    /// cannot transmit through one of them (a bridge, a driver without `ndo_xdp_xmit`);
+    /// otherwise XDP, native (driver) mode where the interface supports it, generic (skb) mode
+    /// elsewhere.
     #[default]
     Auto,
     Native,

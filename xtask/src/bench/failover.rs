@@ -476,6 +476,7 @@ fn seed(down_after_ms: u64) -> Result<Box<dyn Stack>> {
         tag: unique_tag(),
         backends: 3,
         xdp_mode: XdpMode::Native,
+        bridged_backends: false,
     })?;
     let dir = tb
         .config_path()

@@ -205,6 +205,7 @@ fn measure_paths(
         tag: unique_tag(),
         backends: 2,
         xdp_mode,
+        bridged_backends: false,
     })?;
     // Replication off the LB's veths, as replicas share a segment with their master on real
     // hosts. Through the LB, the master's replication streams (twice the bytes of every

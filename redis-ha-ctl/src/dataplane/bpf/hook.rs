@@ -1,7 +1,7 @@
-//! The kernel hook the program runs at, XDP or TC ingress: which one a configuration gets,
-//! and the program at that hook, either just loaded from the embedded object or reopened from
-//! its pin, with the ways to pin, attach and swap it into a link. One program body serves
-//! both hooks; exactly one of the two programs is pinned.
+//! The kernel hook the program runs at, XDP or TC ingress (which one a configuration gets is
+//! `placement`'s), and the program at that hook, either just loaded from the embedded object
+//! or reopened from its pin, with the ways to pin, attach and swap it into a link. One program
+//! body serves both hooks; exactly one of the two programs is pinned.
 
 use std::path::Path;
 
@@ -12,8 +12,10 @@ use aya::programs::{
     xdp::XdpLink,
 };
 
-use super::{BpfError, host};
-use crate::config::{DataplaneConfig, XdpMode};
+use super::{
+    BpfError,
+    placement::{Placement, XdpLinks},
+};
 
 const PROG_PIN: &str = "prog";
 /// The same program built for the TC ingress hook (`xdp_mode = "tc"`); one of the two is
@@ -21,27 +23,13 @@ const PROG_PIN: &str = "prog";
 const PROG_TC_PIN: &str = "prog_tc";
 
 /// The kernel hook the program runs at.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Hook {
     Xdp,
     Tc,
 }
 
 impl Hook {
-    /// The hook `cfg` asks for. `auto` keeps the hook of a data plane already pinned (a
-    /// restart never moves it), and otherwise follows [`auto_hook`].
-    pub(super) fn for_config(cfg: &DataplaneConfig) -> Self {
-        match cfg.xdp_mode {
-            XdpMode::Tc => Self::Tc,
-            XdpMode::Native | XdpMode::Skb => Self::Xdp,
-            XdpMode::Auto => Self::pinned(&cfg.pin_dir).unwrap_or_else(|| {
-                let drivers: Vec<Option<String>> =
-                    cfg.interfaces.iter().map(|i| host::driver_of(i)).collect();
-                auto_hook(&drivers, host::kernel_has_tcx())
-            }),
-        }
-    }
-
     /// The hook of the data plane pinned at `pin_dir`, if any.
     pub(super) fn pinned(pin_dir: &Path) -> Option<Self> {
         [Self::Xdp, Self::Tc]
@@ -63,15 +51,6 @@ impl Hook {
             Self::Tc => "TC ingress",
         }
     }
-}
-
-/// `xdp_mode = "auto"` for a new data plane: the TC hook when every interface is a veth
-/// (containers, testbeds: XDP would copy every packet there first) and the kernel has TCX
-/// links; XDP otherwise, native where the driver has it (one program serves every interface,
-/// so a mix keeps XDP for the NICs' sake).
-fn auto_hook(drivers: &[Option<String>], tcx: bool) -> Hook {
-    let all_veth = !drivers.is_empty() && drivers.iter().all(|d| d.as_deref() == Some("veth"));
-    if all_veth && tcx { Hook::Tc } else { Hook::Xdp }
 }
 
 pub(super) fn attach_err(
@@ -111,20 +90,24 @@ impl Pinned {
         }
     }
 
-    /// Attaches to `iface` and returns the link, to be pinned, and the mode it got.
+    /// Attaches to `iface` as `placement` says and returns the link, to be pinned, and the
+    /// mode it got.
     pub(super) fn attach(
         &mut self,
         iface: &str,
-        mode: XdpMode,
+        placement: Placement,
     ) -> Result<(FdLink, &'static str), BpfError> {
-        match self {
-            Self::Xdp(prog) => {
-                let (id, mode) = attach_xdp(prog, iface, mode)?;
+        match (self, placement) {
+            (Self::Xdp(_), Placement::Tc) | (Self::Tc(_), Placement::Xdp(_)) => {
+                unreachable!("the program is opened for the placement's hook")
+            }
+            (Self::Xdp(prog), Placement::Xdp(links)) => {
+                let (id, mode) = attach_xdp(prog, iface, links)?;
                 let link = prog.take_link(id).map_err(|e| attach_err(iface, mode, e))?;
                 let link = FdLink::try_from(link).map_err(|e| attach_err(iface, mode, e))?;
                 Ok((link, mode))
             }
-            Self::Tc(prog) => {
+            (Self::Tc(prog), Placement::Tc) => {
                 // TCX (kernel 6.6+): a link like XDP's, so it pins and upgrades the same way,
                 // and no qdisc is needed.
                 let id = prog
@@ -197,25 +180,24 @@ impl<'a> Loaded<'a> {
 fn attach_xdp(
     prog: &mut Xdp,
     iface: &str,
-    mode: XdpMode,
+    links: XdpLinks,
 ) -> Result<(aya::programs::xdp::XdpLinkId, &'static str), BpfError> {
-    match mode {
-        XdpMode::Native => prog
+    match links {
+        XdpLinks::Native => prog
             .attach(iface, AyaXdpMode::Driver)
             .map(|id| (id, "native"))
             .map_err(|e| attach_err(iface, "native", e)),
-        XdpMode::Skb => prog
+        XdpLinks::Skb => prog
             .attach(iface, AyaXdpMode::Skb)
             .map(|id| (id, "skb"))
             .map_err(|e| attach_err(iface, "skb", e)),
-        XdpMode::Auto => match prog.attach(iface, AyaXdpMode::Driver) {
+        XdpLinks::NativeElseSkb => match prog.attach(iface, AyaXdpMode::Driver) {
             Ok(id) => Ok((id, "native")),
             Err(_) => prog
                 .attach(iface, AyaXdpMode::Skb)
                 .map(|id| (id, "skb"))
                 .map_err(|e| attach_err(iface, "skb", e)),
         },
-        XdpMode::Tc => unreachable!("the TC hook attaches through Pinned::Tc"),
     }
 }
 
@@ -239,19 +221,4 @@ fn loaded_tc_program(ebpf: &mut aya::Ebpf) -> Result<&mut SchedClassifier, BpfEr
         .map_err(|e| BpfError::Load(Box::new(e)))?;
     prog.load().map_err(|e| BpfError::Load(Box::new(e)))?;
     Ok(prog)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn auto_picks_tc_only_when_every_interface_is_a_veth_and_tcx_exists() {
-        let veth = || Some("veth".to_owned());
-        assert!(auto_hook(&[veth(), veth()], true) == Hook::Tc);
-        assert!(auto_hook(&[veth(), veth()], false) == Hook::Xdp);
-        assert!(auto_hook(&[veth(), Some("mlx5_core".to_owned())], true) == Hook::Xdp);
-        assert!(auto_hook(&[veth(), None], true) == Hook::Xdp);
-        assert!(auto_hook(&[], true) == Hook::Xdp);
-    }
 }

@@ -22,6 +22,7 @@ use super::{
     host, map_err,
     maps::{MapPins, check_pinned_layout, iface_of_key, key_of_iface, map_pins, open_pinned},
     nat,
+    placement::Placement,
 };
 use crate::{
     config::DataplaneConfig,
@@ -63,6 +64,9 @@ impl BpfDataplane {
         local_backend: bool,
     ) -> Result<(Self, Vec<Attachment>), BpfError> {
         host::check_bpffs(&cfg.pin_dir)?;
+        // First, so that a configuration refused leaves nothing behind.
+        let placement = Placement::for_config(cfg)?;
+        let hook = placement.hook();
         // Before anything is attached: a host that cannot translate is refused as it is.
         let nat = nat::nat_config(cfg)?;
         let io_err = |what, path: &Path| {
@@ -71,7 +75,6 @@ impl BpfDataplane {
         };
         std::fs::create_dir_all(&cfg.pin_dir)
             .map_err(io_err("creating pin directory", &cfg.pin_dir))?;
-        let hook = Hook::for_config(cfg);
         if let Some(pinned) = Hook::pinned(&cfg.pin_dir)
             && pinned != hook
         {
@@ -114,7 +117,7 @@ impl BpfDataplane {
                 });
                 continue;
             }
-            let (fd_link, mode) = prog.attach(iface, cfg.xdp_mode)?;
+            let (fd_link, mode) = prog.attach(iface, placement)?;
             fd_link
                 .pin(&link_pin)
                 .map_err(|e| attach_err(iface, mode, e))?;

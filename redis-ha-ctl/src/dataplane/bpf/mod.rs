@@ -11,8 +11,9 @@
 //! - `inspect`: reads for operators and metrics: counters, per-backend stats, the
 //!   connection tables, the Maglev tables;
 //! - `lifecycle`: load, pin, attach, upgrade and unload, reusing what an earlier run pinned;
-//! - `hook`: the kernel hook the program runs at (XDP or TC ingress), choosing it, and loading
-//!   and attaching the program there;
+//! - `placement`: which hook a configuration gets (XDP or TC ingress) and the mode of new XDP
+//!   links, refusing interfaces XDP cannot transmit through;
+//! - `hook`: loading the program for its hook and attaching it there;
 //! - `egress`: the TC egress program that maps a local backend's replies back;
 //! - `nat`: what NAT asks of the host (its addresses, forwarding, reserved ports);
 //! - `host`: what is asked of or set on the host: bpffs, the memlock limit, the kernel
@@ -26,6 +27,7 @@ mod inspect;
 mod lifecycle;
 mod maps;
 mod nat;
+mod placement;
 
 use std::{io, path::PathBuf};
 
@@ -68,6 +70,16 @@ pub enum BpfError {
         pin_dir: PathBuf,
         pinned: &'static str,
         wanted: &'static str,
+    },
+    #[error(
+        "interface {iface} {what} (a packet the program redirects there is dropped without a \
+         trace): {remedy}"
+    )]
+    NoXdpTransmit {
+        iface: String,
+        /// What the interface is, e.g. "is a bridge: XDP cannot transmit through it".
+        what: String,
+        remedy: String,
     },
     #[error("map {name}: {source}")]
     Map {
