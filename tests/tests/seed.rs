@@ -121,6 +121,23 @@ fn the_seed_comes_up_with_one_master_and_one_vip_holder_and_leaves_nothing() -> 
 }
 
 #[test]
+fn a_panic_with_the_seed_up_still_removes_everything() -> Result<()> {
+    require_root();
+    let options = SeedOptions::default();
+    let tag = options.tag.clone();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let seed = SeedCluster::up(options).expect("seed up");
+        // A failed node too: its pinned data plane and stale VIP must go as well.
+        seed.fail_node(1).expect("fail r1");
+        panic!("deliberate panic with seed {} up", seed.tag());
+    }));
+    ensure!(outcome.is_err());
+    let left = leftovers(&namespace_prefix(&tag))?;
+    ensure!(left.is_empty(), "the seed testbed left {left}");
+    Ok(())
+}
+
+#[test]
 fn a_kill_9_of_the_master_gives_exactly_one_new_master() -> Result<()> {
     on_seed(SeedOptions::default(), |seed| {
         ensure!(seed.master()? == 1);
