@@ -84,6 +84,11 @@ pub mod backend_flags {
     /// The backend is in its service's read pool. Read-port connections to a backend
     /// without it are reset on their next packet.
     pub const READABLE: u32 = 1;
+    /// The backend's address is one of this node's own (the redis-server beside the data
+    /// plane, as on the seed's machines): its connections are delivered to the local stack
+    /// with only the destination rewritten, and its replies mapped back at TC egress, in
+    /// either NAT mode. Set per node by the controller.
+    pub const LOCAL: u32 = 2;
 }
 
 /// Value of `BACKENDS[slot]`: where a backend lives.
@@ -145,6 +150,52 @@ pub struct FlowKey {
     pub dst_port: u16,
 }
 
+/// `NatConfig::mode`.
+pub mod nat_mode {
+    /// Only the destination is rewritten: backends see the client's address, and their
+    /// replies must come back through this node (it is their gateway).
+    pub const DESTINATION: u32 = 0;
+    /// The source too becomes this node's address and a port of its range, so that any host
+    /// that can reach the node can be a backend, and any client (on the backends' subnet
+    /// included) a client.
+    pub const FULL: u32 = 1;
+}
+
+/// Value of `NAT[0]`: how this node translates connections to remote backends.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatConfig {
+    /// [`nat_mode`].
+    pub mode: u32,
+    /// Full NAT: the source address of translated connections (one of this node's).
+    pub ip: [u8; 4],
+    /// Full NAT: source ports `port_min ..= port_max` (host order).
+    pub port_min: u16,
+    pub port_max: u16,
+    pub _pad: u32,
+}
+
+/// Key of `NAT_PORTS`: a full-NAT translation as the backend sees it (the node's address is
+/// `NatConfig::ip`), so that a port is unique per backend rather than per node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatKey {
+    pub backend_ip: [u8; 4],
+    pub backend_port: u16,
+    pub nat_port: u16,
+}
+
+/// How many ports a new connection tries before it is refused (`RESET_NAT_EXHAUSTED`): all
+/// of a range this small, a sample of a larger one. Bounded for the verifier.
+pub const NAT_PORT_TRIES: u32 = 32;
+
+/// Bits of [`Flow::flags`].
+pub mod flow_flags {
+    /// The backend is on this node ([`crate::backend_flags::LOCAL`]): the client's packets
+    /// go to the local stack.
+    pub const LOCAL: u16 = 1;
+}
+
 /// Bits of [`Flow::end`].
 pub mod flow_end {
     /// The client sent a FIN.
@@ -175,7 +226,14 @@ pub struct Flow {
     pub service_id: u32,
     /// [`port_kind`] of the VIP port the client connected to.
     pub kind: u32,
-    pub _pad: u32,
+    /// Full NAT: the source port this node gave the connection toward the backend (its
+    /// `NAT_PORTS` entry); 0 when only the destination is rewritten.
+    pub nat_port: u16,
+    /// [`flow_flags`] bits.
+    pub flags: u16,
+    /// Full NAT: the source address toward the backend (`NatConfig::ip` when it was made).
+    pub nat_ip: [u8; 4],
+    pub _pad2: u32,
     /// Where the client's packets went last, so most packets skip the FIB lookup.
     pub to_backend: NextHop,
     /// Where the backend's replies went last. Its `resolved_ns` stays 0 until the backend
@@ -298,8 +356,21 @@ pub mod counter {
     /// same addresses on the backend's side, which TCP cannot tell apart. The new one got a
     /// TCP RST; the client's next attempt comes from another port.
     pub const RESET_PORT_IN_USE: u32 = 16;
+    /// Full NAT: a new connection to a remote backend found no free source port (every port
+    /// tried is in use toward that backend, or the translation table is full): it got a TCP
+    /// RST instead of a translation.
+    pub const RESET_NAT_EXHAUSTED: u32 = 17;
+    /// Full NAT: a client's packet (not a SYN) of a connection this node has no entry for (it
+    /// was translated by a node that has since lost the VIP, or its entry was evicted): it got
+    /// a TCP RST, so the client reconnects at once rather than waiting for a timeout.
+    pub const RESET_NO_FLOW: u32 = 18;
+    /// A client's packet for a backend on this node: destination rewritten, delivered to the
+    /// local stack.
+    pub const FWD_LOCAL: u32 = 19;
+    /// A local backend's reply rewritten back to VIP:port at TC egress.
+    pub const FWD_LOCAL_REPLY: u32 = 20;
     /// Number of counters (size of the `COUNTERS` array).
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 21;
 
     /// Names for display, indexed like the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -320,6 +391,10 @@ pub mod counter {
         "fwd_to_client_no_flow",
         "drop_arp_not_holder",
         "reset_port_in_use",
+        "reset_nat_exhausted",
+        "reset_no_flow",
+        "fwd_local",
+        "fwd_local_reply",
     ];
 }
 
@@ -339,6 +414,9 @@ pub mod map_name {
     pub const FLOATING: &str = "FLOATING";
     pub const PEER_DEVS: &str = "PEER_DEVS";
     pub const ACCEPT_LOCAL: &str = "ACCEPT_LOCAL";
+    pub const NAT: &str = "NAT";
+    pub const NAT_PORTS: &str = "NAT_PORTS";
+    pub const NAT_CURSOR: &str = "NAT_CURSOR";
 }
 
 /// Hash of a client → VIP connection that picks its Maglev table entry.
@@ -372,7 +450,9 @@ const _: () = assert!(size_of::<NetKey>() == 8);
 const _: () = assert!(size_of::<Backend>() == 16);
 const _: () = assert!(size_of::<FlowKey>() == 12);
 const _: () = assert!(size_of::<NextHop>() == 32);
-const _: () = assert!(size_of::<Flow>() == 88);
+const _: () = assert!(size_of::<Flow>() == 96);
+const _: () = assert!(size_of::<NatConfig>() == 16);
+const _: () = assert!(size_of::<NatKey>() == 8);
 const _: () = assert!(size_of::<BackendStats>() == 56);
 
 #[cfg(feature = "user")]
@@ -391,4 +471,6 @@ mod pod {
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for FloatingLease {}
+    unsafe impl aya::Pod for NatConfig {}
+    unsafe impl aya::Pod for NatKey {}
 }

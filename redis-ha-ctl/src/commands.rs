@@ -3,13 +3,13 @@
 use std::{fmt::Write as _, net::SocketAddrV4, path::Path};
 
 use anyhow::{Context as _, bail};
-use redis_ha_common::{backend_flags, counter, port_kind};
+use redis_ha_common::{backend_flags, counter, flow_flags, nat_mode, port_kind};
 
 use crate::{
     config::{Config, ConfigError, DataplaneConfig},
     dataplane::{
         Dataplane as _, ServiceTarget,
-        bpf::{Attachment, BpfDataplane},
+        bpf::{Attachment, BpfDataplane, local_addresses},
         sync,
     },
 };
@@ -27,18 +27,20 @@ fn dataplane_of(cfg: &Config, path: &Path) -> anyhow::Result<DataplaneConfig> {
 /// state for the others.
 fn targets(cfg: &Config, dp: &BpfDataplane) -> anyhow::Result<Vec<ServiceTarget>> {
     let snap = dp.snapshot()?;
+    let local = local_addresses();
     Ok(cfg
         .services
         .iter()
         .enumerate()
-        .map(|(i, s)| ServiceTarget::resume(i as u32, s, &snap))
+        .map(|(i, s)| ServiceTarget::resume(i as u32, s, &snap).on_host(&local))
         .collect())
 }
 
 pub fn load(config: &Path) -> anyhow::Result<String> {
     let cfg = Config::load(config)?;
     let dpc = dataplane_of(&cfg, config)?;
-    let (mut dp, attachments) = BpfDataplane::load_and_attach(&dpc)?;
+    let local = cfg.has_local_backend(&local_addresses());
+    let (mut dp, attachments) = BpfDataplane::load_and_attach(&dpc, local)?;
     let t = targets(&cfg, &dp)?;
     let ops = sync(&mut dp, &t)?;
     let mut out = String::new();
@@ -188,6 +190,18 @@ pub fn maps(config: &Path, flow_limit: usize) -> anyhow::Result<String> {
     let stats: std::collections::BTreeMap<u32, _> = dp.backend_stats()?.into_iter().collect();
     let mut out = String::new();
     writeln!(out, "data plane pinned at {}", dpc.pin_dir.display())?;
+    let (nat, ports_taken) = dp.nat()?;
+    if nat.mode == nat_mode::FULL {
+        writeln!(
+            out,
+            "full NAT from {}, ports {}-{}: {ports_taken} in use",
+            std::net::Ipv4Addr::from(nat.ip),
+            nat.port_min,
+            nat.port_max
+        )?;
+    } else {
+        writeln!(out, "destination NAT (backends see client addresses)")?;
+    }
     for (id, st) in &snap.states {
         let name = cfg
             .services
@@ -271,9 +285,20 @@ pub fn maps(config: &Path, flow_limit: usize) -> anyhow::Result<String> {
         )?;
     }
     for (k, f) in flows {
+        let via = if f.nat_port != 0 {
+            format!(
+                " from {}:{}",
+                std::net::Ipv4Addr::from(f.nat_ip),
+                f.nat_port
+            )
+        } else if f.flags & flow_flags::LOCAL != 0 {
+            " (local)".to_owned()
+        } else {
+            String::new()
+        };
         writeln!(
             out,
-            "  {}:{} > {}:{}  backend {}:{} slot {}{}",
+            "  {}:{} > {}:{}  backend {}:{}{via} slot {}{}",
             std::net::Ipv4Addr::from(k.src_ip),
             k.src_port,
             std::net::Ipv4Addr::from(k.dst_ip),

@@ -5,10 +5,10 @@
 //! follows a connection's end on its entry, so that the entry goes when the connection does.
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
-use redis_ha_common::{Flow, FlowKey, flow_end};
+use redis_ha_common::{Flow, FlowKey, NatKey, flow_end};
 
 use crate::{
-    maps::{FLOWS, FLOWS_SPILL, FLOWS_SPILLED},
+    maps::{FLOWS, FLOWS_SPILL, FLOWS_SPILLED, NAT_PORTS},
     packet::{Ipv4Hdr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpHdr},
 };
 
@@ -54,9 +54,22 @@ pub fn insert(key: &FlowKey, flow: &Flow) -> Result<(), i32> {
     FLOWS_SPILL.insert(key, flow, 0)
 }
 
-/// Removes `key`'s entry; true if there was one.
+/// Removes `key`'s entry, `flow`, and frees its full-NAT source port; true if there was one.
 #[inline(always)]
-pub fn remove(key: &FlowKey) -> bool {
+pub fn remove(key: &FlowKey, flow: &Flow) -> bool {
+    // Read before the removal: `flow` points into the entry, whose memory may be reused then.
+    if flow.nat_port != 0 {
+        let nat = NatKey {
+            backend_ip: flow.backend_ip,
+            backend_port: flow.backend_port,
+            nat_port: flow.nat_port,
+        };
+        // SAFETY: the value is copied out at once. The port is freed only if it still names
+        // this connection: another CPU may have freed and given it to a new one already.
+        if unsafe { NAT_PORTS.get(&nat) }.is_some_and(|owner| owner == key) {
+            _ = NAT_PORTS.remove(&nat);
+        }
+    }
     let main = FLOWS.remove(key).is_ok();
     if !spilling() {
         return main;

@@ -47,12 +47,38 @@ pub fn forward<C: Frame>(
     eth: *mut EthHdr,
     ip: &mut Ipv4Hdr,
     len: u16,
-    fix: TcpFix,
+    fix: Fixes,
     hop: Option<&mut NextHop>,
     fast: u32,
 ) -> u32 {
     let route = next_hop(ctx, ip, len, hop);
     finish(ctx, eth, ip, fix, route, fast)
+}
+
+/// What a rewrite changed, for the TCP checksum: one endpoint (destination NAT, or a reply's
+/// source), or both (full NAT).
+pub struct Fixes {
+    pub first: TcpFix,
+    pub second: Option<TcpFix>,
+}
+
+impl From<TcpFix> for Fixes {
+    fn from(first: TcpFix) -> Self {
+        Fixes {
+            first,
+            second: None,
+        }
+    }
+}
+
+/// Applies `fix` to the TCP checksum; false if the hook could not.
+#[inline(always)]
+pub fn fix_checksum<C: Frame>(ctx: &C, fix: &Fixes) -> bool {
+    ctx.fix_tcp_checksum(&fix.first)
+        && match &fix.second {
+            Some(second) => ctx.fix_tcp_checksum(second),
+            None => true,
+        }
 }
 
 /// The end of a rewritten packet: sent on `route`, or given the action the FIB left
@@ -62,7 +88,7 @@ pub fn finish<C: Frame>(
     ctx: &C,
     eth: *mut EthHdr,
     ip: &mut Ipv4Hdr,
-    fix: TcpFix,
+    fix: Fixes,
     route: Result<Route, u32>,
     fast: u32,
 ) -> u32 {
@@ -76,7 +102,7 @@ pub fn finish<C: Frame>(
     };
     // Last: at the TC hook this is a helper that may move the packet's bytes, after which no
     // pointer into it may be used.
-    if action != C::DROP && !ctx.fix_tcp_checksum(&fix) {
+    if action != C::DROP && !fix_checksum(ctx, &fix) {
         count(counter::DROP_INTERNAL);
         return C::DROP;
     }

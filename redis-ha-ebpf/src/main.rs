@@ -24,6 +24,7 @@ mod forward;
 mod frame;
 mod maps;
 mod mem;
+mod nat;
 mod next_hop;
 mod packet;
 mod reset;
@@ -31,6 +32,7 @@ mod to_backend;
 mod to_client;
 
 use aya_ebpf::{
+    bindings::TC_ACT_OK,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -45,8 +47,9 @@ use redis_ha_common::{FlowKey, ServiceKey, counter, flow_end};
 use crate::{
     arp::arp_guard,
     flows::closing,
+    reset::send_reset,
     to_backend::{along_flow, new_flow},
-    to_client::{backend_of, backend_reply, forget_direct},
+    to_client::{backend_of, backend_reply, forget_direct, local_reply},
 };
 
 /// Entry point. Anything the fast path does not own goes to the kernel (`XDP_PASS`): the
@@ -88,30 +91,7 @@ fn try_redis_ha<C: Frame>(ctx: &C) -> Result<u32, u32> {
         }
         return Err(counter::PASS_NOT_IPV4);
     }
-    let ip: *mut Ipv4Hdr = ptr_at(ctx, IP_OFF).ok_or(counter::PASS_MALFORMED)?;
-    let ip = unsafe { &mut *ip };
-    let ihl = ip.ver_ihl & 0x0f;
-    if ip.ver_ihl >> 4 != 4 || ihl < 5 {
-        return Err(counter::PASS_MALFORMED);
-    }
-    if ip.proto != IPPROTO_TCP {
-        return Err(counter::PASS_NOT_TCP);
-    }
-    // Non-first fragments carry no ports, so fragments of one datagram could not be NATed
-    // consistently; the kernel reassembles them (and owns the VIP address) instead.
-    if u16::from_be_bytes(ip.frag) & IP_MF_OFFSET_MASK != 0 {
-        return Err(counter::PASS_FRAGMENT);
-    }
-    // Options never occur on Redis traffic in practice; the kernel handles the rare one.
-    if ihl != 5 {
-        return Err(counter::PASS_IP_OPTIONS);
-    }
-    let tcp: *mut TcpHdr = ptr_at(ctx, TCP_OFF).ok_or(counter::PASS_MALFORMED)?;
-    let tcp = unsafe { &mut *tcp };
-    if tcp.doff_res >> 4 < 5 || ctx.ip_len(ip) < (Ipv4Hdr::LEN + TcpHdr::LEN) as u32 {
-        return Err(counter::PASS_MALFORMED);
-    }
-
+    let (ip, tcp) = tcp_headers(ctx)?;
     let fkey = FlowKey {
         src_ip: ip.src,
         dst_ip: ip.dst,
@@ -141,7 +121,7 @@ fn try_redis_ha<C: Frame>(ctx: &C) -> Result<u32, u32> {
                 // Last: `flow` points into the entry, which may be reused once removed. The
                 // packet itself no longer needs it (a redirect is carried out after return).
                 // A stale connection's entry is gone already: that one counts as a reset.
-                if flows::remove(&fkey) {
+                if flows::remove(&fkey, flow) {
                     backend_stats(slot, |s| s.flows_closed += 1);
                 }
             }
@@ -156,12 +136,67 @@ fn try_redis_ha<C: Frame>(ctx: &C) -> Result<u32, u32> {
     };
     // SAFETY: the value is copied out before any map update.
     if let Some(svc) = unsafe { SERVICES.get(&key) }.copied() {
+        // Under full NAT the backend knows the connection by the translation of the node that
+        // made it, which no other node can rebuild: a connection this node has no entry for
+        // (the VIP moved here, or its entry was evicted) is over, and the client is told at
+        // once. With destination NAT the backend knows the client's own address, so the
+        // connection simply carries on from here.
+        if !bare_syn && nat::is_full(&nat::config()) {
+            return Ok(send_reset(ctx, eth, counter::RESET_NO_FLOW));
+        }
         return Ok(new_flow(ctx, eth, ip, tcp, &fkey, svc));
     }
     if bare_syn {
         forget_direct(&fkey);
     }
     Err(counter::PASS_NOT_SERVICE)
+}
+
+/// The IPv4 and TCP headers of an IPv4 frame, or why the fast path leaves it alone.
+#[inline(always)]
+fn tcp_headers<C: Frame>(ctx: &C) -> Result<(&'static mut Ipv4Hdr, &'static mut TcpHdr), u32> {
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, IP_OFF).ok_or(counter::PASS_MALFORMED)?;
+    let ip = unsafe { &mut *ip };
+    let ihl = ip.ver_ihl & 0x0f;
+    if ip.ver_ihl >> 4 != 4 || ihl < 5 {
+        return Err(counter::PASS_MALFORMED);
+    }
+    if ip.proto != IPPROTO_TCP {
+        return Err(counter::PASS_NOT_TCP);
+    }
+    // Non-first fragments carry no ports, so fragments of one datagram could not be NATed
+    // consistently; the kernel reassembles them (and owns the VIP address) instead.
+    if u16::from_be_bytes(ip.frag) & IP_MF_OFFSET_MASK != 0 {
+        return Err(counter::PASS_FRAGMENT);
+    }
+    // Options never occur on Redis traffic in practice; the kernel handles the rare one.
+    if ihl != 5 {
+        return Err(counter::PASS_IP_OPTIONS);
+    }
+    let tcp: *mut TcpHdr = ptr_at(ctx, TCP_OFF).ok_or(counter::PASS_MALFORMED)?;
+    // SAFETY: as above.
+    let tcp = unsafe { &mut *tcp };
+    if tcp.doff_res >> 4 < 5 || ctx.ip_len(ip) < (Ipv4Hdr::LEN + TcpHdr::LEN) as u32 {
+        return Err(counter::PASS_MALFORMED);
+    }
+    Ok((ip, tcp))
+}
+
+/// TC egress: the replies of this node's own redis-server to connections that were delivered
+/// to it through a VIP port get their source mapped back to that VIP port. Attached only
+/// where a backend is local. Everything else leaves untouched and uncounted: this hook sees
+/// all the host's own traffic, which the counters are not about.
+#[classifier]
+pub fn redis_ha_egress(ctx: TcContext) -> i32 {
+    frame::pull_headers(&ctx, (TCP_OFF + TcpHdr::LEN) as u32);
+    if let Some(eth) = ptr_at::<EthHdr, _>(&ctx, 0)
+        // SAFETY: ptr_at checked that the header lies inside the packet.
+        && unsafe { (*eth).ether_type } == ETH_P_IPV4
+        && let Ok((ip, tcp)) = tcp_headers(&ctx)
+    {
+        local_reply(&ctx, ip, tcp);
+    }
+    TC_ACT_OK
 }
 
 #[cfg(not(test))]

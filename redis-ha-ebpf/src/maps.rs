@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use redis_ha_common::{
     AddrKey, Backend, BackendStats, FLOW_TABLE_SIZE, FloatingLease, Flow, FlowKey, MAX_BACKENDS,
-    MAX_CLIENT_NETS, MAX_FLOATING, MAX_INTERFACES, MAX_SERVICES, RING_ENTRIES, ServiceKey,
-    ServicePort, ServiceState, counter,
+    MAX_CLIENT_NETS, MAX_FLOATING, MAX_INTERFACES, MAX_SERVICES, NatConfig, NatKey, RING_ENTRIES,
+    ServiceKey, ServicePort, ServiceState, counter,
 };
 
 /// VIP + port → (service, write or read). Written by the controller when services change;
@@ -61,6 +61,32 @@ pub static FLOWS_SPILL: LruHashMap<FlowKey, Flow, { FLOW_TABLE_SIZE as usize }> 
 /// metrics).
 #[btf_map]
 pub static FLOWS_SPILLED: Array<u64, 1> = Array::new();
+
+/// [0]: this node's NAT mode, source address and port range. Written by the controller at
+/// load (all zero: destination NAT only); read for every new connection to a remote backend
+/// and every packet to the node's own address.
+#[btf_map]
+pub static NAT: Array<NatConfig, 1> = Array::new();
+
+/// Full NAT: (backend, source port) → the connection (client → VIP:port) that holds the port,
+/// which is how a backend's reply finds its `FLOWS` entry. Inserted by the program with a
+/// connection's entry (only if absent: that is what makes a port unique per backend), removed
+/// with it; the controller's sweep removes any left without an entry (a spilled entry
+/// evicted). Sized like `FLOWS` at load.
+#[btf_map]
+pub static NAT_PORTS: HashMap<NatKey, FlowKey, { FLOW_TABLE_SIZE as usize }> = HashMap::new();
+
+/// [0]: where this CPU tries its next source port. Consecutive connections take consecutive
+/// ports, so a port comes back into use as late as the range allows: a backend may still hold
+/// the previous connection of that port in TIME_WAIT.
+#[btf_map]
+pub static NAT_CURSOR: PerCpuArray<u32, 1> = PerCpuArray::new();
+
+/// [0]: where a new connection's entry is put together before it is inserted into `FLOWS`.
+/// Program-private scratch space: the entry no longer fits beside the rest of the new
+/// connection's path in the program's 512-byte stack.
+#[btf_map]
+pub static NEW_FLOW: PerCpuArray<Flow, 1> = PerCpuArray::new();
 
 /// backend address → slot, mirroring `BACKENDS`. Written by the controller with each slot;
 /// read for replies that have no `FLOWS` entry.

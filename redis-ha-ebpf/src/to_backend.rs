@@ -7,17 +7,18 @@ use core::mem::MaybeUninit;
 
 use aya_log_ebpf::debug;
 use redis_ha_common::{
-    Flow, FlowKey, RING_SIZE, ServicePort, backend_flags, counter, flow_end, flow_hash, port_kind,
-    ring_index,
+    Flow, FlowKey, RING_SIZE, ServicePort, backend_flags, counter, flow_end, flow_flags, flow_hash,
+    port_kind, ring_index,
 };
 
 use crate::{
     csum::TcpFix,
     flows,
-    forward::{finish, forward, rewrite, wire_len},
+    forward::{Fixes, finish, fix_checksum, forward, rewrite, wire_len},
     frame::Frame,
-    maps::{BACKENDS, READ_RING, SERVICE_STATE, backend_stats, count},
+    maps::{BACKENDS, NEW_FLOW, READ_RING, SERVICE_STATE, backend_stats, count},
     mem::zero_in_place,
+    nat,
     next_hop::next_hop,
     packet::{EthHdr, Ipv4Hdr, TcpHdr},
     reset::send_reset,
@@ -43,13 +44,20 @@ pub fn along_flow<C: Frame>(
         backend_stats(slot, |s| s.flows_reset += 1);
         // The client is told the connection is gone; the backend's late replies then find no
         // entry and go to the kernel, which answers them with a reset.
-        flows::remove(fkey);
+        flows::remove(fkey, flow);
         debug!(ctx, "reset stale flow to backend slot {}", slot);
         return send_reset(ctx, eth, counter::RESET_STALE_FLOW);
     }
     // The entry carries the backend's address: no BACKENDS lookup on this path.
     let fix = to_backend_addr(ip, tcp, flow.backend_ip, flow.backend_port);
     count_to_backend(ctx, ip, flow.backend, false);
+    if flow.flags & flow_flags::LOCAL != 0 {
+        return deliver_locally(ctx, fix.into());
+    }
+    let fix = Fixes {
+        first: fix,
+        second: (flow.nat_port != 0).then(|| from_nat(ip, tcp, flow.nat_ip, flow.nat_port)),
+    };
     let len = wire_len(ctx, ip, tcp);
     forward(
         ctx,
@@ -60,6 +68,25 @@ pub fn along_flow<C: Frame>(
         Some(&mut flow.to_backend),
         counter::FWD_TO_BACKEND,
     )
+}
+
+/// A packet for the redis-server of this node: its destination is already the server's own
+/// address, which the kernel delivers (the FIB has nothing to add).
+#[inline(always)]
+fn deliver_locally<C: Frame>(ctx: &C, fix: Fixes) -> u32 {
+    if !fix_checksum(ctx, &fix) {
+        count(counter::DROP_INTERNAL);
+        return C::DROP;
+    }
+    count(counter::FWD_LOCAL);
+    C::PASS
+}
+
+/// Full NAT, client → backend: the source becomes this node's address and the connection's
+/// port.
+#[inline(always)]
+fn from_nat(ip: &mut Ipv4Hdr, tcp: &mut TcpHdr, addr: [u8; 4], port: u16) -> TcpFix {
+    rewrite(&mut ip.src, &mut tcp.sport, addr, port, &mut ip.check)
 }
 
 /// Client → backend: the destination becomes the backend's address.
@@ -142,24 +169,72 @@ pub fn new_flow<C: Frame>(
             if o.end & flow_end::RST == 0 {
                 return send_reset(ctx, eth, counter::RESET_PORT_IN_USE);
             }
-            flows::remove(&other);
+            flows::remove(&other, o);
         }
     }
-    let mut value = MaybeUninit::uninit();
-    // SAFETY: all-zero is a valid Flow; its next hops then say "nothing cached".
-    let flow: &mut Flow = unsafe { zero_in_place(&mut value) };
+    let local = be.flags & backend_flags::LOCAL != 0;
+    let nat = nat::config();
+    let mut nat_port = 0;
+    if !local && nat::is_full(nat) {
+        // A retransmitted SYN keeps the port its first copy took, so that the backend sees
+        // the same connection again rather than a second one from another port.
+        match flows::get(fkey) {
+            Some(old) if old.backend == slot && old.nat_port != 0 && old.nat_ip == nat.ip => {
+                nat_port = old.nat_port;
+            }
+            Some(old) => {
+                flows::remove(fkey, old);
+            }
+            None => {}
+        }
+        if nat_port == 0 {
+            match nat::take_port(nat, fkey, be.ip, be.port) {
+                Some(port) => nat_port = port,
+                None => return send_reset(ctx, eth, counter::RESET_NAT_EXHAUSTED),
+            }
+        }
+    }
+    let Some(value) = NEW_FLOW.get_ptr_mut(0) else {
+        count(counter::DROP_INTERNAL);
+        return C::DROP;
+    };
+    // SAFETY: this CPU's scratch entry, which nothing else uses during this run; all-zero is
+    // a valid Flow, whose next hops then say "nothing cached".
+    let flow: &mut Flow = unsafe { zero_in_place(&mut *(value as *mut MaybeUninit<Flow>)) };
     flow.backend = slot;
     flow.service_id = svc.service_id;
     flow.kind = svc.kind;
     flow.backend_ip = be.ip;
     flow.backend_port = be.port;
+    if local {
+        flow.flags = flow_flags::LOCAL;
+    }
+    if nat_port != 0 {
+        flow.nat_ip = nat.ip;
+        flow.nat_port = nat_port;
+    }
     let fix = to_backend_addr(ip, tcp, be.ip, be.port);
+    if local {
+        if flows::insert(fkey, &*flow).is_err() {
+            count(counter::DROP_INTERNAL);
+            return C::DROP;
+        }
+        count_to_backend(ctx, ip, slot, true);
+        return deliver_locally(ctx, fix.into());
+    }
+    let fix = Fixes {
+        first: fix,
+        second: (nat_port != 0).then(|| from_nat(ip, tcp, nat.ip, nat_port)),
+    };
     // The connection's entry starts with this packet's next hop, so its next packets skip
     // the FIB. A failed lookup leaves it empty (the kernel resolves the neighbour, and the
     // next packet asks again); the connection is remembered either way. An entry of the same
     // key is this connection's own (a retransmitted SYN, a reused port) and is replaced.
     let route = next_hop(ctx, ip, wire_len(ctx, ip, tcp), Some(&mut flow.to_backend));
     if flows::insert(fkey, &*flow).is_err() {
+        if nat_port != 0 {
+            nat::give_back(be.ip, be.port, nat_port);
+        }
         count(counter::DROP_INTERNAL);
         return C::DROP;
     }

@@ -4,15 +4,18 @@
 //! state when it goes to a client network. Also the upkeep of those lookups when a client
 //! connects to a backend directly.
 
+use aya_ebpf::programs::TcContext;
 use redis_ha_common::{
     AddrKey, Flow, FlowKey, NextHop, ServiceState, backend_flags, counter, flow_end,
 };
 
 use crate::{
+    csum::TcpFix,
     flows::{self, closing},
-    forward::{forward, rewrite, wire_len},
+    forward::{Fixes, forward, rewrite, wire_len},
     frame::Frame,
-    maps::{BACKEND_ADDRS, BACKENDS, CLIENT_NETS, SERVICE_STATE, backend_stats},
+    maps::{BACKEND_ADDRS, BACKENDS, CLIENT_NETS, SERVICE_STATE, backend_stats, count},
+    nat,
     packet::{EthHdr, Ipv4Hdr, TcpHdr},
 };
 
@@ -22,9 +25,9 @@ use crate::{
 #[inline(always)]
 pub fn forget_direct(fkey: &FlowKey) {
     if let Some(owner) = backend_of(fkey.dst_ip, fkey.dst_port)
-        && let Some((key, _)) = reply_flow(fkey.src_ip, fkey.src_port, &owner)
+        && let Some((key, flow)) = reply_flow(fkey.src_ip, fkey.src_port, &owner)
     {
-        flows::remove(&key);
+        flows::remove(&key, flow);
     }
 }
 
@@ -32,6 +35,8 @@ pub fn forget_direct(fkey: &FlowKey) {
 pub struct Owner {
     slot: u32,
     readable: bool,
+    /// The backend is this node's own redis-server.
+    pub local: bool,
     state: ServiceState,
 }
 
@@ -45,6 +50,7 @@ pub fn backend_of(ip: [u8; 4], port: u16) -> Option<Owner> {
     Some(Owner {
         slot,
         readable: be.flags & backend_flags::READABLE != 0,
+        local: be.flags & backend_flags::LOCAL != 0,
         state,
     })
 }
@@ -91,6 +97,45 @@ pub fn backend_reply<C: Frame>(
     fkey: &FlowKey,
     owner: Owner,
 ) -> Result<u32, u32> {
+    let nat = nat::config();
+    if nat::is_full(nat) {
+        // Only replies to this node's own address can be translations; anything else from a
+        // backend (replication, probes between the nodes) is not ours to touch.
+        if fkey.dst_ip != nat.ip || fkey.dst_port < nat.port_min || fkey.dst_port > nat.port_max {
+            return Err(counter::PASS_NOT_SERVICE);
+        }
+        let Some((key, flow)) = nat::reply_flow(fkey.src_ip, fkey.src_port, fkey.dst_port) else {
+            return Err(counter::PASS_NOT_SERVICE);
+        };
+        let closed = closing(ip, tcp, flow, flow_end::BACKEND_FIN);
+        // The client's address first: the next hop is looked up for it.
+        let to_client_addr = rewrite(
+            &mut ip.dst,
+            &mut tcp.dport,
+            key.src_ip,
+            key.src_port,
+            &mut ip.check,
+        );
+        let reply = Reply {
+            nat_ip: key.dst_ip,
+            nat_port: key.dst_port,
+            backend: owner.slot,
+        };
+        let action = to_client(
+            ctx,
+            eth,
+            ip,
+            tcp,
+            reply,
+            Some(to_client_addr),
+            Some(&mut flow.to_client),
+            counter::FWD_TO_CLIENT,
+        );
+        if closed && flows::remove(&key, flow) {
+            backend_stats(owner.slot, |s| s.flows_closed += 1);
+        }
+        return Ok(action);
+    }
     if let Some((key, flow)) = reply_flow(fkey.dst_ip, fkey.dst_port, &owner) {
         let closed = closing(ip, tcp, flow, flow_end::BACKEND_FIN);
         let reply = Reply {
@@ -104,11 +149,12 @@ pub fn backend_reply<C: Frame>(
             ip,
             tcp,
             reply,
+            None,
             Some(&mut flow.to_client),
             counter::FWD_TO_CLIENT,
         );
         // Last, as for the client's packets.
-        if closed && flows::remove(&key) {
+        if closed && flows::remove(&key, flow) {
             backend_stats(owner.slot, |s| s.flows_closed += 1);
         }
         return Ok(action);
@@ -120,6 +166,7 @@ pub fn backend_reply<C: Frame>(
             ip,
             tcp,
             reply,
+            None,
             None,
             counter::FWD_TO_CLIENT_NO_FLOW,
         )),
@@ -158,15 +205,18 @@ struct Reply {
     backend: u32,
 }
 
-/// Backend → client reply: the source becomes VIP:port again. `hop`: the connection's cached
-/// next hop, if it has an entry.
+/// Backend → client reply: the source becomes VIP:port again. `dst_fix`: what a full-NAT
+/// reply's destination rewrite changed; `hop`: the connection's cached next hop, if it has an
+/// entry.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn to_client<C: Frame>(
     ctx: &C,
     eth: *mut EthHdr,
     ip: &mut Ipv4Hdr,
     tcp: &mut TcpHdr,
     reply: Reply,
+    dst_fix: Option<TcpFix>,
     hop: Option<&mut NextHop>,
     fast: u32,
 ) -> u32 {
@@ -184,6 +234,49 @@ fn to_client<C: Frame>(
         s.packets_out += packets;
         s.bytes_out += bytes;
     });
+    let fix = Fixes {
+        first: fix,
+        second: dst_fix,
+    };
     let len = wire_len(ctx, ip, tcp);
     forward(ctx, eth, ip, len, fix, hop, fast)
+}
+
+/// TC egress, a reply of this node's own redis-server: if it belongs to a connection that was
+/// delivered to it through a VIP port, its source becomes that VIP port again. The kernel has
+/// routed it already, so only the header changes.
+#[inline(always)]
+pub fn local_reply(ctx: &TcContext, ip: &mut Ipv4Hdr, tcp: &mut TcpHdr) {
+    let Some(owner) = backend_of(ip.src, u16::from_be_bytes(tcp.sport)) else {
+        return;
+    };
+    if !owner.local {
+        return;
+    }
+    let Some((key, flow)) = reply_flow(ip.dst, u16::from_be_bytes(tcp.dport), &owner) else {
+        return;
+    };
+    let closed = closing(ip, tcp, flow, flow_end::BACKEND_FIN);
+    let fix = rewrite(
+        &mut ip.src,
+        &mut tcp.sport,
+        owner.state.vip,
+        key.dst_port,
+        &mut ip.check,
+    );
+    let bytes = ctx.ip_len(ip) as u64;
+    let packets = ctx.wire_packets();
+    // Last use of the headers: the checksum helper may move the packet's bytes.
+    if !ctx.fix_tcp_checksum(&fix) {
+        count(counter::DROP_INTERNAL);
+        return;
+    }
+    backend_stats(owner.slot, |s| {
+        s.packets_out += packets;
+        s.bytes_out += bytes;
+    });
+    count(counter::FWD_LOCAL_REPLY);
+    if closed && flows::remove(&key, flow) {
+        backend_stats(owner.slot, |s| s.flows_closed += 1);
+    }
 }

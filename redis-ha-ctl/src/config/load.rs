@@ -118,6 +118,9 @@ pub(super) struct RawDataplane {
     /// Signed, so that a negative size gets our range message rather than serde's.
     pub flow_table_size: Option<Spanned<i64>>,
     pub veth_peer_redirect: Option<bool>,
+    pub nat: Option<super::NatMode>,
+    pub nat_address: Option<Spanned<String>>,
+    pub nat_ports: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -13,6 +13,7 @@
 //! check-config shows what validation filled in.
 
 mod load;
+mod nat;
 mod show;
 mod validate;
 
@@ -29,6 +30,7 @@ use redis_ha_common::{MAX_BACKENDS, MAX_SERVICES};
 use serde::{Deserialize, Serialize, Serializer};
 
 pub use load::ConfigError;
+pub use nat::{NatMode, NatPorts};
 
 use crate::{
     failover::{self, Millis, ReadFromMaster},
@@ -258,6 +260,14 @@ pub struct DataplaneConfig {
     /// namespace straight to the peer (`bpf_redirect_peer`). Off: every packet is transmitted
     /// by the egress veth, so `tcpdump` on it sees them (at some cost per packet).
     pub veth_peer_redirect: bool,
+    /// Which addresses a forwarded connection gets rewritten (see [`NatMode`]).
+    pub nat: NatMode,
+    /// Full NAT: the source address toward backends. Unset: the first IPv4 address of the
+    /// first interface, found at load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nat_address: Option<Ipv4Addr>,
+    /// Full NAT: the source ports toward backends, one connection per port and backend.
+    pub nat_ports: NatPorts,
 }
 
 impl Default for DataplaneConfig {
@@ -274,6 +284,9 @@ impl Default for DataplaneConfig {
             flow_table_size: redis_ha_common::FLOW_TABLE_SIZE,
             // Faster, and only a packet capture on the LB's own veth end notices it.
             veth_peer_redirect: true,
+            nat: NatMode::Destination,
+            nat_address: None,
+            nat_ports: NatPorts::DEFAULT,
         }
     }
 }
@@ -357,6 +370,14 @@ pub fn backend_slot(service_id: u32, backend_index: usize) -> u32 {
 }
 
 impl Config {
+    /// Whether a backend of some service is one of `host_addresses` (this node's own).
+    pub fn has_local_backend(&self, host_addresses: &std::collections::BTreeSet<Ipv4Addr>) -> bool {
+        self.services
+            .iter()
+            .flat_map(|s| &s.backends)
+            .any(|b| host_addresses.contains(b.ip()))
+    }
+
     pub fn service(&self, name: &str) -> Option<(u32, &ServiceConfig)> {
         self.services
             .iter()

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::Serialize;
 
-use super::{Config, DataplaneConfig, HaConfig};
+use super::{Config, DataplaneConfig, HaConfig, NatMode};
 
 impl Config {
     /// Every key with the value it has, defaults filled in, as TOML an operator can diff or
@@ -43,6 +43,18 @@ impl Config {
                 note("controller.metrics_listen", "no /metrics, no status page")
             }
             Some(_) => {}
+        }
+        if let Some(dp) = &self.dataplane
+            && dp.nat_address.is_none()
+        {
+            let meaning = match dp.nat {
+                NatMode::Full => format!(
+                    "translated connections come from the first IPv4 address of {}, found at load",
+                    dp.interfaces[0]
+                ),
+                NatMode::Destination => "used only with nat = \"full\"".to_owned(),
+            };
+            note("dataplane.nat_address", &meaning);
         }
         for (i, s) in self.services.iter().enumerate() {
             match &s.failover.auth {

@@ -209,6 +209,9 @@ pin_dir = "/sys/fs/bpf/other"
 client_networks = ["198.18.0.0/24", "10.0.0.0/8"]
 flow_table_size = 200000
 veth_peer_redirect = false
+nat = "full"
+nat_address = "198.18.1.1"
+nat_ports = "40000-40999"
 
 [controller]
 id = "lb1"
@@ -288,6 +291,7 @@ fn a_config_setting_every_key_reads_back_equal_from_its_serialisation() {
     assert!(dp.xdp_mode != dd.xdp_mode && dp.pin_dir != dd.pin_dir);
     assert!(dp.client_networks != dd.client_networks && dp.flow_table_size != dd.flow_table_size);
     assert!(dp.veth_peer_redirect != dd.veth_peer_redirect);
+    assert!(dp.nat != dd.nat && dp.nat_address.is_some() && dp.nat_ports != dd.nat_ports);
     assert!(ctl.probe_interval_ms != ControllerConfig::DEFAULT_PROBE_INTERVAL_MS);
     assert!(ctl.state_file != ControllerConfig::default_state_file(&ctl.id));
     assert!(ha.priority != hd.priority && ha.preempt != hd.preempt);
@@ -380,4 +384,57 @@ fn the_effective_toml_hides_secrets_and_shows_what_is_left_out() {
         .collect();
     let written = toml::to_string(&BTreeMap::from([("ha", HaConfig::default())])).unwrap();
     assert_eq!(key_paths(&template), key_paths(&written));
+}
+
+#[test]
+fn full_nat_ports_must_be_a_range_clear_of_every_service_port() {
+    let full = |extra: &str| {
+        GOOD.replace(
+            "xdp_mode = \"native\"",
+            &format!("xdp_mode = \"native\"\nnat = \"full\"\n{extra}"),
+        )
+    };
+    let c = parse(&full("")).unwrap().dataplane.unwrap();
+    assert_eq!(
+        (c.nat, c.nat_ports, c.nat_address),
+        (NatMode::Full, NatPorts::DEFAULT, None)
+    );
+
+    let (line, key, msg) = err(&full("nat_ports = \"6000-6379\""));
+    assert_eq!((line, key.as_str()), (6, "dataplane.nat_ports"));
+    assert!(
+        msg.contains("6379") && msg.contains("service[0].backends[0]"),
+        "{msg}"
+    );
+    let (_, key, msg) = err(&full("nat_ports = \"6380-6380\""));
+    assert!(
+        key == "dataplane.nat_ports" && msg.contains("write_port"),
+        "{msg}"
+    );
+    for bad in ["\"40000\"", "\"5-900\"", "\"50000-40000\"", "\"x-y\""] {
+        let (_, key, msg) = err(&full(&format!("nat_ports = {bad}")));
+        assert_eq!(key, "dataplane.nat_ports", "{bad}: {msg}");
+    }
+    // The same range is fine with destination NAT, which uses no source ports.
+    assert!(
+        parse(&GOOD.replace(
+            "xdp_mode = \"native\"",
+            "xdp_mode = \"native\"\nnat_ports = \"6000-7000\""
+        ))
+        .is_ok()
+    );
+
+    let (_, key, msg) = err(&full("nat_address = \"198.18.0.300\""));
+    assert!(
+        key == "dataplane.nat_address" && msg.contains("not an IPv4"),
+        "{msg}"
+    );
+    let (_, key, msg) = err(&GOOD.replace(
+        "xdp_mode = \"native\"",
+        "xdp_mode = \"native\"\nnat_address = \"198.18.0.1\"",
+    ));
+    assert!(
+        key == "dataplane.nat_address" && msg.contains("only used with nat = \"full\""),
+        "{msg}"
+    );
 }

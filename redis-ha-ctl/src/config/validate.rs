@@ -13,8 +13,9 @@ use toml::Spanned;
 
 use super::{
     Config, ControllerConfig, DataplaneConfig, FLOW_TABLE_RANGE, FailoverConfig, HaAddress,
-    HaConfig, MAX_BACKENDS_PER_SERVICE, PeerConfig, ServiceConfig,
+    HaConfig, MAX_BACKENDS_PER_SERVICE, NatMode, PeerConfig, ServiceConfig,
     load::{RawConfig, RawController, RawDataplane, RawHa, RawService},
+    nat,
 };
 
 /// A validation failure before it is given a file and line.
@@ -90,7 +91,17 @@ pub(super) fn validate(raw: RawConfig, secret_files: SecretFiles) -> Result<Conf
         .iter()
         .enumerate()
         .map(|(i, s)| validate_service(i, s, controllers, &mut seen))
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
+    if let (Some(dp), Some(raw_dp)) = (&dataplane, &raw.dataplane)
+        && dp.nat == NatMode::Full
+    {
+        let at = raw_dp
+            .get_ref()
+            .nat_ports
+            .as_ref()
+            .map_or(raw_dp.span(), Spanned::span);
+        nat::check_ports_clear(dp.nat_ports, &services, at)?;
+    }
     Ok(Config {
         dataplane,
         controller,
@@ -555,7 +566,22 @@ fn validate_dataplane(dp: &Spanned<RawDataplane>) -> Result<DataplaneConfig, Pro
                 )
             })?,
     };
+    let nat = raw.nat.unwrap_or(d.nat);
+    let nat_address = raw
+        .nat_address
+        .as_ref()
+        .map(|a| nat::parse_address(a, nat))
+        .transpose()?;
+    let nat_ports = raw
+        .nat_ports
+        .as_ref()
+        .map(nat::parse_ports)
+        .transpose()?
+        .unwrap_or(d.nat_ports);
     Ok(DataplaneConfig {
+        nat,
+        nat_address,
+        nat_ports,
         client_networks,
         flow_table_size,
         veth_peer_redirect: raw.veth_peer_redirect.unwrap_or(d.veth_peer_redirect),

@@ -35,7 +35,7 @@ mod warmup;
 #[cfg(test)]
 mod tests;
 
-use std::{future::Future, path::Path, sync::Arc, time::SystemTime};
+use std::{collections::BTreeSet, future::Future, path::Path, sync::Arc, time::SystemTime};
 
 use anyhow::Context as _;
 use tokio::{
@@ -56,7 +56,10 @@ use self::{
 };
 use crate::{
     config::Config,
-    dataplane::{Dataplane as _, bpf::BpfDataplane},
+    dataplane::{
+        Dataplane as _,
+        bpf::{BpfDataplane, local_addresses},
+    },
     ha::net::{AddressWorker, Addresses},
     http,
     metrics::Metrics,
@@ -116,9 +119,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     let store = StateStore::open(&ctl.state_file)?;
     let mut attached = None;
+    // Only a node with a data plane delivers to its own redis-server.
+    let local = match &config.dataplane {
+        Some(_) => local_addresses(),
+        None => BTreeSet::new(),
+    };
     let mut dataplane = match &config.dataplane {
         Some(dpc) => {
-            let (dp, attachments) = BpfDataplane::load_and_attach(dpc)?;
+            let (dp, attachments) =
+                BpfDataplane::load_and_attach(dpc, config.has_local_backend(&local))?;
             let mut interfaces = Vec::new();
             for a in &attachments {
                 info!(
@@ -142,7 +151,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Some(dp) => Some(dp.snapshot()?),
         None => None,
     };
-    let machines = Machines::start(&config, &ctl, &store, snapshot.as_ref(), start)?;
+    let machines = Machines::start(&config, &ctl, &store, snapshot.as_ref(), &local, start)?;
 
     if let Some(dp) = dataplane.as_mut() {
         // Until elected, the program drops ARP requests for the floating addresses; without

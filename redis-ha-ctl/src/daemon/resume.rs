@@ -3,7 +3,7 @@
 //! controller, or an operator, may have advanced them), and the floating addresses' ownership
 //! machine.
 
-use std::time::Duration;
+use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
 use anyhow::Context as _;
 use tokio::time::Instant;
@@ -35,6 +35,7 @@ impl Machines {
         ctl: &ControllerConfig,
         store: &StateStore,
         snapshot: Option<&Snapshot>,
+        local: &BTreeSet<Ipv4Addr>,
         start: Instant,
     ) -> anyhow::Result<Self> {
         let targets: Vec<ServiceTarget> = cfg
@@ -45,6 +46,7 @@ impl Machines {
                 Some(snap) => ServiceTarget::resume(i as u32, s, snap),
                 None => ServiceTarget::initial(i as u32, s),
             })
+            .map(|t| t.on_host(local))
             .collect();
         let peer_ids: Vec<ControllerId> = ctl
             .peers

@@ -171,7 +171,15 @@ impl Running {
         let start = Instant::now();
         let store = StateStore::open(&ctl.state_file).unwrap();
         let snapshot = dp.snapshot().unwrap();
-        let machines = Machines::start(&cfg, &ctl, &store, Some(&snapshot), start).unwrap();
+        let machines = Machines::start(
+            &cfg,
+            &ctl,
+            &store,
+            Some(&snapshot),
+            &Default::default(),
+            start,
+        )
+        .unwrap();
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let peer_ids = ctl.peers.iter().map(|p| p.id.clone()).collect();
         let codec = PeerCodec::new(&ctl.id, &ctl.secret, peer_ids, 1);

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use redis_ha_common::{Backend, ServiceState};
+use redis_ha_common::{Backend, NatConfig, ServiceState};
 
 use super::{Dataplane, MapOp, Snapshot};
 
@@ -22,6 +22,8 @@ pub struct MemDataplane {
     pub peer_devs: BTreeSet<u32>,
     /// `ACCEPT_LOCAL`: interface key → the value saved before the first load.
     pub accept_local: BTreeMap<[u8; 16], u32>,
+    /// `NAT[0]`.
+    pub nat: NatConfig,
 }
 
 impl MemDataplane {
@@ -119,6 +121,7 @@ impl Dataplane for MemDataplane {
             MapOp::ForgetAcceptLocal { iface } => {
                 self.accept_local.remove(iface);
             }
+            MapOp::SetNat { nat } => self.nat = *nat,
         }
         Ok(())
     }

@@ -29,7 +29,9 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
 };
 
-use redis_ha_common::{Backend, ServiceKey, ServicePort, ServiceState, backend_flags, port_kind};
+use redis_ha_common::{
+    Backend, NatConfig, ServiceKey, ServicePort, ServiceState, backend_flags, port_kind,
+};
 
 use crate::{
     config::{ServiceConfig, backend_slot},
@@ -50,6 +52,9 @@ pub struct ServiceTarget {
     pub read_pool: Vec<SocketAddrV4>,
     /// Failover epoch of `master`; the maps never go back to an older one.
     pub epoch: u64,
+    /// The backends that are this node's own addresses ([`backend_flags::LOCAL`]): empty
+    /// until [`Self::on_host`] says.
+    pub local: BTreeSet<Ipv4Addr>,
 }
 
 impl ServiceTarget {
@@ -65,7 +70,20 @@ impl ServiceTarget {
             master: svc.backends.first().copied(),
             read_pool: svc.backends.iter().skip(1).copied().collect(),
             epoch: 0,
+            local: BTreeSet::new(),
         }
+    }
+
+    /// The same target on a host whose own addresses are `addresses`: its backends among
+    /// them are delivered to locally.
+    pub fn on_host(mut self, addresses: &BTreeSet<Ipv4Addr>) -> Self {
+        self.local = self
+            .backends
+            .iter()
+            .map(|b| *b.ip())
+            .filter(|ip| addresses.contains(ip))
+            .collect();
+        self
     }
 
     /// The target a running data plane already serves for this service, when its maps hold
@@ -199,6 +217,10 @@ pub enum MapOp {
     ForgetAcceptLocal {
         iface: [u8; 16],
     },
+    /// `NAT[0] = nat`: how new connections are translated (existing ones keep theirs).
+    SetNat {
+        nat: NatConfig,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -262,6 +284,10 @@ pub fn plan(current: &Snapshot, targets: &[ServiceTarget]) -> Result<Vec<MapOp>,
                 service_id: t.id,
                 flags: if pool.contains(&slot) {
                     backend_flags::READABLE
+                } else {
+                    0
+                } | if t.local.contains(addr.ip()) {
+                    backend_flags::LOCAL
                 } else {
                     0
                 },

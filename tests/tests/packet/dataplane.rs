@@ -15,8 +15,8 @@ use aya::{
     },
 };
 use redis_ha_common::{
-    AddrKey, Backend, BackendStats, FloatingLease, Flow, FlowKey, RING_SIZE, ServiceKey,
-    ServicePort, ServiceState, backend_flags, counter, map_name, ring_index,
+    AddrKey, Backend, BackendStats, FloatingLease, Flow, FlowKey, NatConfig, NatKey, RING_SIZE,
+    ServiceKey, ServicePort, ServiceState, backend_flags, counter, map_name, nat_mode, ring_index,
 };
 
 use crate::{
@@ -193,6 +193,14 @@ impl Dataplane {
                 prog.load().expect("verifier accepts redis_ha_tc");
             }
         }
+        // The egress program shares the object's maps; loaded at either hook, since a node
+        // with a local backend runs it beside XDP as well as beside TC ingress.
+        let egress: &mut SchedClassifier = bpf
+            .program_mut("redis_ha_egress")
+            .expect("program redis_ha_egress in the object")
+            .try_into()
+            .expect("redis_ha_egress is a TC classifier");
+        egress.load().expect("verifier accepts redis_ha_egress");
         let mut take = |name: &str| {
             bpf.take_map(name)
                 .unwrap_or_else(|| panic!("map {name} in the object"))
@@ -299,9 +307,44 @@ impl Dataplane {
             .expect("insert CLIENT_NETS");
     }
 
+    /// `NAT[0]`: full NAT from `ip`, source ports `first..=last`.
+    pub fn set_full_nat(&mut self, ip: std::net::Ipv4Addr, first: u16, last: u16) {
+        let mut map: Array<&mut MapData, NatConfig> =
+            Array::try_from(self.bpf.map_mut(map_name::NAT).expect("NAT")).expect("NAT type");
+        let nat = NatConfig {
+            mode: nat_mode::FULL,
+            ip: ip.octets(),
+            port_min: first,
+            port_max: last,
+            _pad: 0,
+        };
+        map.set(0, nat, 0).expect("set NAT");
+    }
+
+    /// The connection holding full-NAT port `port` toward `backend`.
+    pub fn nat_port_owner(&self, backend: SocketAddrV4, port: u16) -> Option<FlowKey> {
+        let map: HashMap<&MapData, NatKey, FlowKey> =
+            HashMap::try_from(self.bpf.map(map_name::NAT_PORTS).expect("NAT_PORTS"))
+                .expect("NAT_PORTS type");
+        let key = NatKey {
+            backend_ip: backend.ip().octets(),
+            backend_port: backend.port(),
+            nat_port: port,
+        };
+        map.get(&key, 0).ok()
+    }
+
+    /// Marks `slot` as this host's own redis-server (`backend_flags::LOCAL`).
+    pub fn set_local(&mut self, slot: u32) {
+        let mut be = self.backends.get(&slot, 0).expect("get BACKENDS");
+        be.flags |= backend_flags::LOCAL;
+        self.backends.set(slot, be, 0).expect("set BACKENDS");
+    }
+
     pub fn set_readable(&mut self, slot: u32, readable: bool) {
         let mut be = self.backends.get(&slot, 0).expect("get BACKENDS");
-        be.flags = if readable { backend_flags::READABLE } else { 0 };
+        be.flags = (be.flags & !backend_flags::READABLE)
+            | if readable { backend_flags::READABLE } else { 0 };
         self.backends.set(slot, be, 0).expect("set BACKENDS");
     }
 
@@ -408,6 +451,18 @@ impl Dataplane {
         repeat: u32,
         gso: Option<Gso>,
     ) -> Result<Run, ProgramError> {
+        self.try_run_prog(frame, ingress, repeat, gso, false)
+    }
+
+    /// `egress`: the TC egress program instead of the hook's own.
+    fn try_run_prog(
+        &self,
+        frame: &[u8],
+        ingress: Ingress,
+        repeat: u32,
+        gso: Option<Gso>,
+        egress: bool,
+    ) -> Result<Run, ProgramError> {
         assert!(
             gso.is_none() || matches!(self.hook, Hook::Tc),
             "segmentation offload exists only at the TC hook"
@@ -416,6 +471,10 @@ impl Dataplane {
         let xdp_ctx;
         let tc_ctx;
         let ctx: &[u8] = match self.hook {
+            _ if egress => {
+                tc_ctx = sk_buff_ctx(ingress_ifindex, gso);
+                &tc_ctx
+            }
             Hook::Xdp => {
                 xdp_ctx = XdpMd {
                     data: 0,
@@ -440,6 +499,15 @@ impl Dataplane {
             ..Default::default()
         };
         let (res, action): (TestRunResult, fn(u32) -> u32) = match self.hook {
+            _ if egress => {
+                let prog: &SchedClassifier = self
+                    .bpf
+                    .program("redis_ha_egress")
+                    .expect("program redis_ha_egress")
+                    .try_into()
+                    .expect("TC classifier");
+                (prog.test_run(options)?, tc_as_xdp)
+            }
             Hook::Xdp => {
                 let prog: &Xdp = self
                     .bpf
@@ -502,9 +570,18 @@ impl Dataplane {
     }
 
     fn check_gso(&self, case: &Case, gso: Option<Gso>) -> Result<Option<Run>, String> {
+        self.check_prog(case, gso, false)
+    }
+
+    fn check_prog(
+        &self,
+        case: &Case,
+        gso: Option<Gso>,
+        egress: bool,
+    ) -> Result<Option<Run>, String> {
         let expected = case.expect.outputs(&case.frame)?;
         let before = self.counters();
-        let run = match self.try_run_gso(&case.frame, Ingress::Wire, 1, gso) {
+        let run = match self.try_run_prog(&case.frame, Ingress::Wire, 1, gso, egress) {
             Ok(run) => run,
             Err(ProgramError::SyscallError(e))
                 if case.frame.len() < self.shortest_run()
@@ -550,7 +627,11 @@ impl Dataplane {
                 )
             })
             .collect();
-        let want = vec![format!("{} +1", counter::NAMES[case.counter as usize])];
+        let want = if case.counter == NO_COUNTER {
+            Vec::new()
+        } else {
+            vec![format!("{} +1", counter::NAMES[case.counter as usize])]
+        };
         if moved != want {
             errors.push(format!("counters: expected {want:?} only, got {moved:?}"));
         }
@@ -589,6 +670,16 @@ impl Dataplane {
         }
     }
 
+    /// [`Self::step`] through the TC egress program (the replies of a local backend).
+    #[track_caller]
+    pub fn step_egress(&self, case: Case) -> Run {
+        match self.check_prog(&case, None, true) {
+            Ok(Some(run)) => run,
+            Ok(None) => panic!("case `{}`: the kernel refused to run the frame", case.name),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
     /// Runs independent cases and reports every failure together.
     #[track_caller]
     pub fn table(&self, cases: &[Case]) {
@@ -618,6 +709,9 @@ impl Dataplane {
     }
 }
 
+/// [`Case::counter`] of a packet no counter may count (the egress program's passes).
+pub const NO_COUNTER: u32 = u32::MAX;
+
 /// One row of a table: a frame, what the program must return, what the frame must look like
 /// afterwards, and which counter (alone) must move by one.
 pub struct Case {
@@ -640,6 +734,14 @@ pub enum Expect {
     ToClient(SocketAddrV4),
     /// Destination replaced by `backend`, but handed to the kernel: TTL and MACs untouched.
     RewrittenOnly(SocketAddrV4),
+    /// Full NAT: both endpoints replaced, forwarded toward `dst` (TTL − 1, MACs from the FIB).
+    Translated {
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+    },
+    /// Source replaced by `src`, nothing else (a local backend's reply at TC egress, which
+    /// the kernel has routed already).
+    SourceOnly(SocketAddrV4),
     /// A bare RST+ACK from the segment's destination back to its sender (RFC 793 reset
     /// generation), MACs swapped, so the client fails fast.
     Reset,
@@ -685,6 +787,12 @@ impl Expect {
                 forwarded(&mut f, client);
             }
             Expect::RewrittenOnly(backend) => f.dst = backend,
+            Expect::Translated { src, dst } => {
+                f.src = src;
+                f.dst = dst;
+                forwarded(&mut f, dst);
+            }
+            Expect::SourceOnly(src) => f.src = src,
             Expect::Reset => {
                 let syn_fin = u32::from(f.flags & tcp_flags::SYN != 0)
                     + u32::from(f.flags & tcp_flags::FIN != 0);

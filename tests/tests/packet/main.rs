@@ -17,6 +17,7 @@ mod dataplane;
 mod fib;
 mod forward;
 mod frame;
+mod full_nat;
 mod measure;
 mod netns;
 mod next_hop;

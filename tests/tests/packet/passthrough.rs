@@ -122,100 +122,106 @@ fn non_vip_traffic_passes_byte_for_byte() {
 
 #[test]
 fn malformed_input_passes_untouched_and_is_counted() {
+    // In either NAT mode: full NAT reads more of the packet (its ports, the node's address).
     at_every_hook(|tb, hook| {
-        let dp = standard(tb, hook);
-        let syn = damaged(|_| {});
-        dp.table(&[
-            pass(
-                "truncated Ethernet (10 bytes)",
-                syn[..10].to_vec(),
-                counter::PASS_MALFORMED,
-            ),
-            pass(
-                "Ethernet header only",
-                syn[..ETH_LEN].to_vec(),
-                counter::PASS_MALFORMED,
-            ),
-            pass(
-                "truncated IPv4 (Ethernet + 10 bytes)",
-                syn[..ETH_LEN + 10].to_vec(),
-                counter::PASS_MALFORMED,
-            ),
-            pass(
-                "IPv4 header one byte short",
-                syn[..ETH_LEN + IPV4_LEN - 1].to_vec(),
-                counter::PASS_MALFORMED,
-            ),
-            pass(
-                "truncated TCP to the VIP port (10 of 20 bytes)",
-                syn[..off::TCP + 10].to_vec(),
-                counter::PASS_MALFORMED,
-            ),
-            pass(
-                "TCP header one byte short",
-                syn[..off::TCP + 19].to_vec(),
-                counter::PASS_MALFORMED,
-            ),
-            pass(
-                "IP options (IHL=6, router alert) to the VIP port",
-                tcp(client(45000), WRITE)
-                    .syn()
-                    .ip_options(&[0x94, 0x04, 0x00, 0x00])
-                    .build(),
-                counter::PASS_IP_OPTIONS,
-            ),
-            pass(
-                "first fragment (MF) to the VIP port",
-                tcp(client(45000), WRITE).syn().frag(IP_MF).build(),
-                counter::PASS_FRAGMENT,
-            ),
-            pass(
-                "non-first fragment (offset 185) to the VIP port",
-                tcp(client(45000), WRITE).data(b"x").frag(185).build(),
-                counter::PASS_FRAGMENT,
-            ),
-            pass(
-                "IHL=3",
-                damaged(|f| {
-                    f[off::VER_IHL] = 0x43;
-                    refresh_ipv4_checksum(f);
-                }),
-                counter::PASS_MALFORMED,
-            ),
-            pass(
-                "IP version 6 with ethertype IPv4",
-                damaged(|f| {
-                    f[off::VER_IHL] = 0x65;
-                    refresh_ipv4_checksum(f);
-                }),
-                counter::PASS_MALFORMED,
-            ),
-            pass(
-                "TCP data offset 4",
-                damaged(|f| f[off::TCP_DOFF] = 4 << 4),
-                counter::PASS_MALFORMED,
-            ),
-            pass(
-                "TCP data offset 0",
-                damaged(|f| f[off::TCP_DOFF] = 0),
-                counter::PASS_MALFORMED,
-            ),
-            pass(
-                "tot_len 39 (one byte short of IP + TCP headers)",
-                damaged(|f| {
-                    f[off::TOT_LEN..off::TOT_LEN + 2].copy_from_slice(&39u16.to_be_bytes());
-                    refresh_ipv4_checksum(f);
-                }),
-                counter::PASS_MALFORMED,
-            ),
-            pass(
-                "tot_len 20 (IP header only)",
-                damaged(|f| {
-                    f[off::TOT_LEN..off::TOT_LEN + 2].copy_from_slice(&20u16.to_be_bytes());
-                    refresh_ipv4_checksum(f);
-                }),
-                counter::PASS_MALFORMED,
-            ),
-        ]);
+        for full_nat in [false, true] {
+            let mut dp = standard(tb, hook);
+            if full_nat {
+                dp.set_full_nat(std::net::Ipv4Addr::new(198, 18, 1, 1), 50000, 50999);
+            }
+            let syn = damaged(|_| {});
+            dp.table(&[
+                pass(
+                    "truncated Ethernet (10 bytes)",
+                    syn[..10].to_vec(),
+                    counter::PASS_MALFORMED,
+                ),
+                pass(
+                    "Ethernet header only",
+                    syn[..ETH_LEN].to_vec(),
+                    counter::PASS_MALFORMED,
+                ),
+                pass(
+                    "truncated IPv4 (Ethernet + 10 bytes)",
+                    syn[..ETH_LEN + 10].to_vec(),
+                    counter::PASS_MALFORMED,
+                ),
+                pass(
+                    "IPv4 header one byte short",
+                    syn[..ETH_LEN + IPV4_LEN - 1].to_vec(),
+                    counter::PASS_MALFORMED,
+                ),
+                pass(
+                    "truncated TCP to the VIP port (10 of 20 bytes)",
+                    syn[..off::TCP + 10].to_vec(),
+                    counter::PASS_MALFORMED,
+                ),
+                pass(
+                    "TCP header one byte short",
+                    syn[..off::TCP + 19].to_vec(),
+                    counter::PASS_MALFORMED,
+                ),
+                pass(
+                    "IP options (IHL=6, router alert) to the VIP port",
+                    tcp(client(45000), WRITE)
+                        .syn()
+                        .ip_options(&[0x94, 0x04, 0x00, 0x00])
+                        .build(),
+                    counter::PASS_IP_OPTIONS,
+                ),
+                pass(
+                    "first fragment (MF) to the VIP port",
+                    tcp(client(45000), WRITE).syn().frag(IP_MF).build(),
+                    counter::PASS_FRAGMENT,
+                ),
+                pass(
+                    "non-first fragment (offset 185) to the VIP port",
+                    tcp(client(45000), WRITE).data(b"x").frag(185).build(),
+                    counter::PASS_FRAGMENT,
+                ),
+                pass(
+                    "IHL=3",
+                    damaged(|f| {
+                        f[off::VER_IHL] = 0x43;
+                        refresh_ipv4_checksum(f);
+                    }),
+                    counter::PASS_MALFORMED,
+                ),
+                pass(
+                    "IP version 6 with ethertype IPv4",
+                    damaged(|f| {
+                        f[off::VER_IHL] = 0x65;
+                        refresh_ipv4_checksum(f);
+                    }),
+                    counter::PASS_MALFORMED,
+                ),
+                pass(
+                    "TCP data offset 4",
+                    damaged(|f| f[off::TCP_DOFF] = 4 << 4),
+                    counter::PASS_MALFORMED,
+                ),
+                pass(
+                    "TCP data offset 0",
+                    damaged(|f| f[off::TCP_DOFF] = 0),
+                    counter::PASS_MALFORMED,
+                ),
+                pass(
+                    "tot_len 39 (one byte short of IP + TCP headers)",
+                    damaged(|f| {
+                        f[off::TOT_LEN..off::TOT_LEN + 2].copy_from_slice(&39u16.to_be_bytes());
+                        refresh_ipv4_checksum(f);
+                    }),
+                    counter::PASS_MALFORMED,
+                ),
+                pass(
+                    "tot_len 20 (IP header only)",
+                    damaged(|f| {
+                        f[off::TOT_LEN..off::TOT_LEN + 2].copy_from_slice(&20u16.to_be_bytes());
+                        refresh_ipv4_checksum(f);
+                    }),
+                    counter::PASS_MALFORMED,
+                ),
+            ]);
+        }
     });
 }

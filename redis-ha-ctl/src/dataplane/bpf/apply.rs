@@ -3,17 +3,18 @@
 //! slot filled before anything points at it, a new list entry before a stale one goes) is the
 //! order the kernel sees.
 //!
-//! One write is no `MapOp`: the connection-table sweep ([`BpfDataplane::sweep_flows`]).
+//! One write is no `MapOp`: the connection-table sweep ([`BpfDataplane::sweep_flows`]), with
+//! the full-NAT ports it frees.
 //! `FLOWS` belongs to the program, which adds and rewrites entries on every packet; the sweep
 //! removes an entry only if it is still as it was read, which a plain write cannot say, and
 //! nothing the planners order ever points at a connection entry.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use aya::maps::{MapInfo, lpm_trie::Key};
+use aya::maps::{MapError, MapInfo, lpm_trie::Key};
 use redis_ha_common::{
-    AddrKey, Backend, FloatingLease, Flow, FlowKey, MAX_BACKENDS, MAX_SERVICES, ServiceState,
-    map_name, ring_index,
+    AddrKey, Backend, FloatingLease, Flow, FlowKey, MAX_BACKENDS, MAX_SERVICES, NatKey,
+    ServiceState, map_name, ring_index,
 };
 
 use super::{BpfDataplane, BpfError, map_err};
@@ -168,6 +169,7 @@ impl Dataplane for BpfDataplane {
                 .accept_local
                 .remove(iface)
                 .map_err(map_err(map_name::ACCEPT_LOCAL)),
+            MapOp::SetNat { nat } => self.nat.set(0, nat, 0).map_err(map_err(map_name::NAT)),
         }
     }
 }
@@ -178,6 +180,8 @@ pub struct FlowSweep {
     /// Entries left in both tables.
     pub entries: usize,
     pub removed: usize,
+    /// Full-NAT source ports freed because no connection entry held them any more.
+    pub ports_freed: usize,
 }
 
 impl BpfDataplane {
@@ -200,13 +204,71 @@ impl BpfDataplane {
             // is a packet's worth of time; the worst case is a connection re-admitted by its
             // next packet, as after an LRU eviction.)
             let now = self.flows.get(&key, 0).ok();
-            if now.is_some() && now.as_ref() == read.get(&key) && self.flows.remove(&key).is_ok() {
+            if let Some(flow) = now
+                && Some(&flow) == read.get(&key)
+                && self.flows.remove(&key).is_ok()
+            {
                 removed += 1;
+                if flow.nat_port != 0 {
+                    self.free_nat_port(&key, &flow)?;
+                }
             }
         }
+        let ports_freed = self.sweep_nat_ports()?;
         Ok(FlowSweep {
             entries: entries.len() - removed + spilled,
             removed,
+            ports_freed,
         })
+    }
+
+    /// Frees the full-NAT port of `flow`, whose entry at `key` the sweep removed, if the port
+    /// still names that connection.
+    fn free_nat_port(&mut self, key: &FlowKey, flow: &Flow) -> Result<(), BpfError> {
+        let nat = NatKey {
+            backend_ip: flow.backend_ip,
+            backend_port: flow.backend_port,
+            nat_port: flow.nat_port,
+        };
+        if self.nat_ports.get(&nat, 0).ok().as_ref() == Some(key) {
+            match self.nat_ports.remove(&nat) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(map_name::NAT_PORTS)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Frees the full-NAT ports no connection entry holds any more (an entry the spill
+    /// table evicted, or replaced by a connection that took another port). A port is freed
+    /// only when a second pass finds it still held by nobody: the program takes a port just
+    /// before it inserts the connection's entry, and a pass must not catch it in between.
+    fn sweep_nat_ports(&mut self) -> Result<usize, BpfError> {
+        let taken: Vec<(NatKey, FlowKey)> = self.nat_ports.iter().filter_map(Result::ok).collect();
+        let held = |nat: &NatKey, key: &FlowKey| {
+            let flow = self
+                .flows
+                .get(key, 0)
+                .or_else(|_| self.flows_spill.get(key, 0));
+            flow.is_ok_and(|f| {
+                f.nat_port == nat.nat_port
+                    && f.backend_ip == nat.backend_ip
+                    && f.backend_port == nat.backend_port
+            })
+        };
+        let orphans: HashSet<(NatKey, FlowKey)> = taken
+            .into_iter()
+            .filter(|(nat, key)| !held(nat, key))
+            .collect();
+        let mut freed = 0;
+        for (nat, key) in orphans.intersection(&self.nat_orphans) {
+            if self.nat_ports.get(nat, 0).ok().as_ref() == Some(key)
+                && self.nat_ports.remove(nat).is_ok()
+            {
+                freed += 1;
+            }
+        }
+        self.nat_orphans = orphans;
+        Ok(freed)
     }
 }

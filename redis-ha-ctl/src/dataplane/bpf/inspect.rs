@@ -3,7 +3,7 @@
 //! Nothing here writes, and nothing here feeds a planner.
 
 use redis_ha_common::{
-    BackendStats, Flow, FlowKey, MAX_BACKENDS, RING_SIZE, counter, map_name, ring_index,
+    BackendStats, Flow, FlowKey, MAX_BACKENDS, NatConfig, RING_SIZE, counter, map_name, ring_index,
 };
 
 use super::{BpfDataplane, BpfError, map_err};
@@ -71,6 +71,13 @@ impl BpfDataplane {
             .get(&0, 0)
             .map_err(map_err(map_name::FLOWS_SPILLED))?;
         Ok((since != 0).then_some(since))
+    }
+
+    /// This node's NAT settings, and how many full-NAT ports connections hold now.
+    pub fn nat(&self) -> Result<(NatConfig, usize), BpfError> {
+        let nat = self.nat.get(&0, 0).map_err(map_err(map_name::NAT))?;
+        let taken = self.nat_ports.keys().filter(Result::is_ok).count();
+        Ok((nat, taken))
     }
 
     /// One of a service's Maglev tables (for inspection).

@@ -17,10 +17,11 @@ use aya::{
 use redis_ha_common::map_name;
 
 use super::{
-    BpfDataplane, BpfError,
+    BpfDataplane, BpfError, egress,
     hook::{Hook, Loaded, Pinned, attach_err},
     host, map_err,
     maps::{MapPins, check_pinned_layout, iface_of_key, key_of_iface, map_pins, open_pinned},
+    nat,
 };
 use crate::{
     config::DataplaneConfig,
@@ -54,8 +55,16 @@ impl BpfDataplane {
     /// Makes sure the program is loaded, pinned and attached to every configured interface of
     /// the current network namespace, reusing whatever an earlier run pinned (so restarting
     /// never interrupts forwarding), and detaching interfaces no longer configured.
-    pub fn load_and_attach(cfg: &DataplaneConfig) -> Result<(Self, Vec<Attachment>), BpfError> {
+    ///
+    /// `local_backend`: a backend is this host's own redis-server, whose replies the egress
+    /// program maps back (see `egress`).
+    pub fn load_and_attach(
+        cfg: &DataplaneConfig,
+        local_backend: bool,
+    ) -> Result<(Self, Vec<Attachment>), BpfError> {
         host::check_bpffs(&cfg.pin_dir)?;
+        // Before anything is attached: a host that cannot translate is refused as it is.
+        let nat = nat::nat_config(cfg)?;
         let io_err = |what, path: &Path| {
             let path = path.to_owned();
             move |source| BpfError::Io { what, path, source }
@@ -78,13 +87,19 @@ impl BpfDataplane {
         check_pinned_layout(&cfg.pin_dir, !prog_pin.exists())?;
         warn_if_flows_resized(cfg);
 
+        let mut loaded = None;
         if !prog_pin.exists() {
             let (mut ebpf, pins) = load_on_pinned_maps(cfg)?;
             Loaded::verified(hook, &mut ebpf)?
                 .pin(&prog_pin)
                 .map_err(|e| BpfError::Load(Box::new(e)))?;
             pin_new_maps(&ebpf, &pins)?;
+            loaded = Some(ebpf);
         }
+        let egress_on: &[String] = if local_backend { &cfg.interfaces } else { &[] };
+        egress::set_attached(&cfg.pin_dir, egress_on, loaded.as_mut(), || {
+            load_on_pinned_maps(cfg).map(|(ebpf, _)| ebpf)
+        })?;
         let mut prog = Pinned::open(hook, &prog_pin)?;
 
         let mut attachments = Vec::new();
@@ -110,12 +125,13 @@ impl BpfDataplane {
                 peer_redirect: false,
             });
         }
-        for (iface, path) in pinned_links(&cfg.pin_dir)? {
+        for (iface, path) in pinned_links(&cfg.pin_dir, LINK_PREFIX)? {
             if !cfg.interfaces.contains(&iface) {
                 detach(&path)?;
             }
         }
         let mut dp = Self::open(&cfg.pin_dir)?;
+        dp.apply(&MapOp::SetNat { nat })?;
         set_accept_local(&mut dp, &cfg.interfaces)?;
         dp.set_client_networks(&cfg.client_networks)?;
         let peers = redirect_to_veth_peers(&mut dp, cfg, hook)?;
@@ -132,10 +148,11 @@ impl BpfDataplane {
             return Err(BpfError::NotLoaded(pin_dir.to_owned()));
         }
         let mut detached = Vec::new();
-        for (iface, path) in pinned_links(pin_dir)? {
+        for (iface, path) in pinned_links(pin_dir, LINK_PREFIX)? {
             detach(&path)?;
             detached.push(iface);
         }
+        egress::detach_all(pin_dir)?;
         // Read straight from the pin: the other maps may be another version's, which does not
         // matter for giving the sysctls back. A data plane older than the map saved nothing.
         let mut restored = Vec::new();
@@ -181,7 +198,7 @@ impl BpfDataplane {
         let mut prog = Loaded::verified(hook, &mut ebpf)?;
         let new_id = prog.id().map_err(|e| load_err(&e))?;
         let mut switched = Vec::new();
-        for (iface, path) in pinned_links(&cfg.pin_dir)? {
+        for (iface, path) in pinned_links(&cfg.pin_dir, LINK_PREFIX)? {
             let pinned =
                 PinnedLink::from_pin(&path).map_err(|e| attach_err(&iface, "pinned", e))?;
             // The kernel link, and so its pin and attach mode, stay; only its program changes.
@@ -196,9 +213,14 @@ impl BpfDataplane {
         prog.pin(&prog_pin)
             .map_err(|e| BpfError::Load(Box::new(e)))?;
         pin_new_maps(&ebpf, &pins)?;
-        // A version before PEER_DEVS existed leaves it empty; the configuration may also have
-        // changed.
-        redirect_to_veth_peers(&mut Self::open(&cfg.pin_dir)?, cfg, hook)?;
+        egress::upgrade(&cfg.pin_dir, &mut ebpf)?;
+        // A version before PEER_DEVS or NAT existed leaves them empty; the configuration may
+        // also have changed.
+        let mut dp = Self::open(&cfg.pin_dir)?;
+        redirect_to_veth_peers(&mut dp, cfg, hook)?;
+        dp.apply(&MapOp::SetNat {
+            nat: nat::nat_config(cfg)?,
+        })?;
         Ok((switched, old_id, new_id))
     }
 }
@@ -248,7 +270,11 @@ fn redirect_to_veth_peers(
     Ok(peers.into_iter().map(|(name, _)| name).collect())
 }
 
-fn pinned_links(pin_dir: &Path) -> Result<Vec<(String, PathBuf)>, BpfError> {
+/// The links pinned under `pin_dir` whose pin names start with `prefix`, by interface.
+pub(super) fn pinned_links(
+    pin_dir: &Path,
+    prefix: &str,
+) -> Result<Vec<(String, PathBuf)>, BpfError> {
     let entries = std::fs::read_dir(pin_dir).map_err(|source| BpfError::Io {
         what: "listing",
         path: pin_dir.to_owned(),
@@ -258,14 +284,14 @@ fn pinned_links(pin_dir: &Path) -> Result<Vec<(String, PathBuf)>, BpfError> {
         .filter_map(Result::ok)
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            let iface = name.strip_prefix(LINK_PREFIX)?.to_owned();
+            let iface = name.strip_prefix(prefix)?.to_owned();
             Some((iface, e.path()))
         })
         .collect())
 }
 
 /// Unpinning drops the last reference to the link, which detaches the program.
-fn detach(path: &Path) -> Result<(), BpfError> {
+pub(super) fn detach(path: &Path) -> Result<(), BpfError> {
     let link = PinnedLink::from_pin(path).map_err(|e| BpfError::Io {
         what: "opening pinned link",
         path: path.to_owned(),
@@ -288,6 +314,8 @@ fn load_on_pinned_maps(cfg: &DataplaneConfig) -> Result<(aya::Ebpf, MapPins), Bp
     // Only a map created now takes this size: a pinned one is reused as it is.
     loader.map_max_entries(map_name::FLOWS, cfg.flow_table_size);
     loader.map_max_entries(map_name::FLOWS_SPILL, cfg.flow_table_size);
+    // One source port per connection at most.
+    loader.map_max_entries(map_name::NAT_PORTS, cfg.flow_table_size);
     for (name, path) in &pins {
         loader.map_pin_path(name, path.as_path());
     }

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapInfo, PerCpuArray};
 use redis_ha_common::{
-    AddrKey, Backend, BackendStats, FloatingLease, Flow, FlowKey, ServiceKey, ServicePort,
-    ServiceState, map_name,
+    AddrKey, Backend, BackendStats, FloatingLease, Flow, FlowKey, NatConfig, NatKey, ServiceKey,
+    ServicePort, ServiceState, map_name,
 };
 
 use super::{BpfError, map_err};
@@ -50,6 +50,12 @@ pub struct BpfDataplane {
     pub(super) peer_devs: HashMap<MapData, u32, u32>,
     /// `ACCEPT_LOCAL`: interface → its `accept_local` before the first load.
     pub(super) accept_local: HashMap<MapData, [u8; 16], u32>,
+    /// `NAT`: this node's NAT mode, source address and ports.
+    pub(super) nat: Array<MapData, NatConfig>,
+    /// `NAT_PORTS`: full-NAT (backend, source port) → connection.
+    pub(super) nat_ports: HashMap<MapData, NatKey, FlowKey>,
+    /// Ports the last sweep found held by no connection, freed if the next finds them so too.
+    pub(super) nat_orphans: std::collections::HashSet<(NatKey, FlowKey)>,
 }
 
 impl BpfDataplane {
@@ -89,6 +95,10 @@ impl BpfDataplane {
                 .map_err(map_err(map_name::PEER_DEVS))?,
             accept_local: HashMap::try_from(open(map_name::ACCEPT_LOCAL)?)
                 .map_err(map_err(map_name::ACCEPT_LOCAL))?,
+            nat: Array::try_from(open(map_name::NAT)?).map_err(map_err(map_name::NAT))?,
+            nat_ports: HashMap::try_from(open(map_name::NAT_PORTS)?)
+                .map_err(map_err(map_name::NAT_PORTS))?,
+            nat_orphans: Default::default(),
         })
     }
 
@@ -122,6 +132,8 @@ pub(super) fn map_pins(pin_dir: &Path) -> MapPins {
         map_name::FLOATING,
         map_name::PEER_DEVS,
         map_name::ACCEPT_LOCAL,
+        map_name::NAT,
+        map_name::NAT_PORTS,
     ]
     .into_iter()
     .map(|n| (n, pin_dir.join(n)))
@@ -160,7 +172,7 @@ pub(super) fn check_pinned_layout(pin_dir: &Path, missing_ok: bool) -> Result<()
         let info = MapInfo::from_pin(&path).map_err(map_err(name))?;
         let mut want = (def.key_size(), def.value_size(), def.max_entries());
         let got = (info.key_size(), info.value_size(), info.max_entries());
-        if name == map_name::FLOWS || name == map_name::FLOWS_SPILL {
+        if [map_name::FLOWS, map_name::FLOWS_SPILL, map_name::NAT_PORTS].contains(&name) {
             // Sized at load time from `flow_table_size`; any size reads the same.
             want.2 = got.2;
         }

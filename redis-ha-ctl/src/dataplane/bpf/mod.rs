@@ -13,15 +13,19 @@
 //! - `lifecycle`: load, pin, attach, upgrade and unload, reusing what an earlier run pinned;
 //! - `hook`: the kernel hook the program runs at (XDP or TC ingress), choosing it, and loading
 //!   and attaching the program there;
+//! - `egress`: the TC egress program that maps a local backend's replies back;
+//! - `nat`: what NAT asks of the host (its addresses, forwarding, reserved ports);
 //! - `host`: what is asked of or set on the host: bpffs, the memlock limit, the kernel
 //!   release, an interface's driver, veth peers (netlink), the `accept_local` sysctls.
 
 mod apply;
+mod egress;
 mod hook;
 mod host;
 mod inspect;
 mod lifecycle;
 mod maps;
+mod nat;
 
 use std::{io, path::PathBuf};
 
@@ -30,6 +34,7 @@ use aya::maps::MapError;
 pub use apply::FlowSweep;
 pub use lifecycle::{Attachment, Unloaded};
 pub use maps::BpfDataplane;
+pub use nat::{NatSetupError, local_addresses};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
@@ -84,6 +89,8 @@ pub enum BpfError {
         pin_dir: PathBuf,
         name: &'static str,
     },
+    #[error(transparent)]
+    Nat(#[from] NatSetupError),
 }
 
 /// Turns an aya error on the map `name` into ours.
