@@ -44,10 +44,9 @@ use crate::testbed::{
 };
 
 /// Whether the generated configs ask for full NAT (`[dataplane] nat = "full"`, `nat_address`,
-/// `nat_ports`). Off until the data plane knows these keys: its config parser refuses them.
-/// Without full NAT, traffic through the VIP cannot work on this topology (a backend answers
-/// the client directly, from its own address), so the tests that need it are `#[ignore]`d.
-pub const FULL_NAT: bool = false;
+/// `nat_ports`). Without it, traffic through the VIP cannot work on this topology: a backend
+/// answers the client directly, from its own address.
+pub const FULL_NAT: bool = true;
 /// Machines in the seed: r1, r2, r3.
 pub const NODES: usize = 3;
 /// The seed's subnet: nodes, the VIP, the same-subnet client and the router.

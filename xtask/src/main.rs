@@ -43,18 +43,18 @@ enum Task {
         #[command(subcommand)]
         action: TestbedAction,
     },
-    /// A failover, end to end: the testbed with the data plane and three controllers; a write
-    /// and some reads through the VIP; status and maps; then `kill -9` of the master, with the
-    /// controllers' Sentinel events as they happen, how long writes through the VIP were
-    /// refused, the promoted replica answering the write port with the data written before
-    /// the crash; the maps again.
+    /// A failover, end to end. With `--topology default`: the LB-node testbed, its data plane
+    /// and three controllers; a write and some reads through the VIP; status and maps; then
+    /// `kill -9` of the master, with the controllers' Sentinel events as they happen, how long
+    /// writes through the VIP were refused, the promoted replica answering the write port
+    /// with the data written before the crash; the maps again.
     ///
-    /// With `--topology seed`: the seed's three machines, each with redis-server, controller
-    /// and data plane; writes and reads through the VIP from a client on the subnet and one
+    /// With `--topology seed` (the default while the harness asks for full NAT, `FULL_NAT` in
+    /// tests/src/seed.rs): the seed's three machines, each with redis-server, controller and
+    /// data plane; writes and reads through the VIP from a client on the subnet and one
     /// behind a router, then a kill -9 of the master and the loss of the node holding the
     /// VIP, each with the write gap, who is master, who holds the VIP and the acknowledged
-    /// writes lost. It needs the data plane's full NAT; it becomes the default once the
-    /// harness turns full NAT on (`FULL_NAT` in tests/src/seed.rs).
+    /// writes lost.
     Demo {
         /// Leave it all running afterwards (testbed, data plane, the three controllers; the
         /// old master stays dead); `cargo xtask testbed down` removes it.
