@@ -363,29 +363,9 @@ impl HaCluster {
             sw.ip(&["link", "add", bridge, "type", "bridge"])?;
             sw.ip(&["link", "set", bridge, "up"])?;
         }
-        // Veth `inside` in `ns`, its peer `port` on `bridge` in the switch.
-        let plug = |ns: &Netns, inside: &str, port: &str, bridge: &str| -> Result<()> {
-            sw.ip(&[
-                "link",
-                "add",
-                port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                inside,
-                "netns",
-                ns.name(),
-            ])?;
-            sw.ip(&["link", "set", port, "master", bridge])?;
-            sw.ip(&["link", "set", port, "up"])
-                .map(drop)
-                .with_context(|| format!("plugging {inside} of {} into {bridge}", ns.name()))
-        };
-
         let client = Netns::create(&name("client"))?;
         let client_interface = name("c");
-        plug(&client, &client_interface, &name("pc"), &client_bridge)?;
+        plug(&sw, &client, &client_interface, &name("pc"), &client_bridge)?;
         setup_on_link_endpoint(&client, &client_interface, CLIENT_IP, options.xdp_mode)?;
 
         let mut lbs = Vec::new();
@@ -400,12 +380,14 @@ impl HaCluster {
                 ns,
             };
             plug(
+                &sw,
                 &node.ns,
                 &node.client_interface,
                 &node.switch_ports[0],
                 &client_bridge,
             )?;
             plug(
+                &sw,
                 &node.ns,
                 &node.backend_interface,
                 &node.switch_ports[1],
@@ -424,7 +406,7 @@ impl HaCluster {
             let ns = Netns::create(&name(&format!("r{n}")))?;
             let interface = name(&format!("r{n}"));
             let port = name(&format!("s{n}"));
-            plug(&ns, &interface, &port, &backend_bridge)?;
+            plug(&sw, &ns, &interface, &port, &backend_bridge)?;
             setup_endpoint(
                 &ns,
                 &interface,
@@ -445,7 +427,7 @@ impl HaCluster {
         }
 
         let k3 = Netns::create(&name("k3"))?;
-        plug(&k3, &name("k3"), &name("pk"), &backend_bridge)?;
+        plug(&sw, &k3, &name("k3"), &name("pk"), &backend_bridge)?;
         k3.ip(&[
             "addr",
             "add",
@@ -964,9 +946,34 @@ fn controller_listen(ctl: usize) -> SocketAddrV4 {
     SocketAddrV4::new(ip, PEER_PORT)
 }
 
+/// A veth `inside` in `ns`, its peer `port` on `bridge` in the switch namespace `sw`, the port up.
+pub(crate) fn plug(sw: &Netns, ns: &Netns, inside: &str, port: &str, bridge: &str) -> Result<()> {
+    sw.ip(&[
+        "link",
+        "add",
+        port,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        inside,
+        "netns",
+        ns.name(),
+    ])?;
+    sw.ip(&["link", "set", port, "master", bridge])?;
+    sw.ip(&["link", "set", port, "up"])
+        .map(drop)
+        .with_context(|| format!("plugging {inside} of {} into {bridge}", ns.name()))
+}
+
 /// The client: its address on the client segment, no gateway (the VIP is on-link, and it must
 /// reach the backends only through the VIP).
-fn setup_on_link_endpoint(ns: &Netns, interface: &str, ip: Ipv4Addr, mode: XdpMode) -> Result<()> {
+pub(crate) fn setup_on_link_endpoint(
+    ns: &Netns,
+    interface: &str,
+    ip: Ipv4Addr,
+    mode: XdpMode,
+) -> Result<()> {
     ns.ip(&[
         "addr",
         "add",
@@ -1051,7 +1058,7 @@ fn cidr_addr(cidr: &str) -> Option<Ipv4Addr> {
     cidr.split('/').next()?.parse().ok()
 }
 
-fn parse_inet(out: &str) -> Vec<Ipv4Addr> {
+pub(crate) fn parse_inet(out: &str) -> Vec<Ipv4Addr> {
     address_lines(out)
         .filter_map(|(_, cidr)| cidr_addr(cidr))
         .collect()

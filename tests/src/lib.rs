@@ -10,6 +10,9 @@
 //!   their logs, state files and the data plane's view (`maps`);
 //! - [`ha`]: [`HaCluster`] — two data-plane nodes on bridged segments, the floating VIP and
 //!   gateway, three controllers, and the failure knobs of LB high availability;
+//! - [`seed`]: [`SeedCluster`] — the seed's own shape: three machines on one subnet, each with
+//!   a redis-server, a controller and the data plane, the VIP held by one of them; a
+//!   same-subnet and a routed client; and its failover trials ([`seed::trial`]);
 //! - [`trial`]: traffic through the VIP and the failover trial ([`run_trial`]): gap, lost
 //!   acknowledged writes, writes reaching the old master;
 //! - this file: finding the redis-ha-ctl binary and checking for root.
@@ -21,6 +24,7 @@ pub mod cluster;
 pub mod ha;
 pub mod netns;
 pub mod process;
+pub mod seed;
 pub mod testbed;
 pub mod trial;
 
@@ -36,6 +40,7 @@ pub use netns::{
 pub use process::{
     ChildGuard, GiveUp, ProcessSlot, describe, output_within, run, run_within, wait_until,
 };
+pub use seed::{FULL_NAT, SeedCluster, SeedNode, SeedOptions};
 pub use testbed::{Backend, Testbed, TestbedOptions, XdpMode, unique_tag};
 pub use trial::{Fault, TrafficLoop, TrialOptions, TrialOutcome, run_trial};
 

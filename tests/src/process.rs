@@ -175,9 +175,27 @@ pub struct ChildGuard {
 }
 
 impl ChildGuard {
-    /// Spawns `cmd` as is (the caller chooses where its output goes).
+    /// Spawns `cmd` as is (the caller chooses where its output goes), without any file
+    /// descriptor of ours beyond stdin, stdout and stderr.
     pub fn spawn(cmd: &mut Command) -> Result<Self> {
+        use std::os::unix::process::CommandExt as _;
         let what = describe(cmd);
+        // A server left running (`testbed up`, `demo --keep`) would otherwise keep what it
+        // inherited open for its whole life: the lock of `flock LOCKFILE cargo xtask testbed
+        // up` would stay held until the testbed is taken down. Marked close-on-exec rather
+        // than closed, so the pipe std uses to report a failed exec still works.
+        // SAFETY: close_range(2) is async-signal-safe and touches no memory of this process.
+        unsafe {
+            cmd.pre_exec(|| {
+                // Kernels before 5.11 lack it: the child then inherits as before.
+                libc::close_range(
+                    3,
+                    libc::c_uint::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+                );
+                Ok(())
+            });
+        }
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start `{what}`"))?;

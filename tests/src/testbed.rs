@@ -242,9 +242,37 @@ impl Backend {
         dir: PathBuf,
         extra_args: &[&str],
     ) -> Result<Backend> {
+        let replica_of = (n > 1).then(|| backend_ip(1));
+        Self::at(
+            n,
+            backend_ip(n),
+            replica_of,
+            ns,
+            interface,
+            lb_interface,
+            dir,
+            extra_args,
+        )
+    }
+
+    /// [`Self::new`] for a topology with its own addressing: the server binds `ip` (and
+    /// 127.0.0.1) and, with `replica_of`, replicates that address.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one constructor for every topology; each argument is a distinct part of the wiring"
+    )]
+    pub(crate) fn at(
+        n: usize,
+        ip: Ipv4Addr,
+        replica_of: Option<Ipv4Addr>,
+        ns: Netns,
+        interface: String,
+        lb_interface: String,
+        dir: PathBuf,
+        extra_args: &[&str],
+    ) -> Result<Backend> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let ip = backend_ip(n);
-        let mut args = redis_args(ip, &dir, (n > 1).then(|| backend_ip(1)));
+        let mut args = redis_args(ip, &dir, replica_of);
         args.extend(extra_args.iter().map(|a| (*a).to_owned()));
         Ok(Backend {
             index: n,
@@ -834,8 +862,8 @@ impl Testbed {
 
 /// Waits (bounded) until every backend after the first reports `master_link_status:up` and the
 /// first counts them all.
-pub(crate) fn wait_replication(backends: &[Backend]) -> Result<()> {
-    for replica in &backends[1..] {
+pub(crate) fn wait_replication<B: std::borrow::Borrow<Backend>>(backends: &[B]) -> Result<()> {
+    for replica in backends[1..].iter().map(B::borrow) {
         wait_until(
             &format!("backend {} to sync with the master", replica.index),
             REPLICATION_TIMEOUT,
@@ -852,7 +880,7 @@ pub(crate) fn wait_replication(backends: &[Backend]) -> Result<()> {
         REPLICATION_TIMEOUT,
         POLL_INTERVAL,
         || {
-            let info = backends[0].redis_cli(&["INFO", "replication"])?;
+            let info = backends[0].borrow().redis_cli(&["INFO", "replication"])?;
             Ok(info.contains(&expected).then_some(()))
         },
     )

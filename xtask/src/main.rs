@@ -6,6 +6,7 @@
 mod bench;
 mod build_load;
 mod demo;
+mod demo_seed;
 mod prerequisites;
 mod test;
 mod testbed;
@@ -15,7 +16,7 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
-use redis_ha_tests::XdpMode;
+use redis_ha_tests::{FULL_NAT, XdpMode};
 
 #[derive(Parser)]
 #[command(about = "redis-ha developer tasks", disable_help_subcommand = true)]
@@ -42,19 +43,30 @@ enum Task {
         #[command(subcommand)]
         action: TestbedAction,
     },
-    /// A failover, end to end: the testbed with the data plane and three controllers; a write
-    /// and some reads through the VIP; status and maps; then `kill -9` of the master, with the
-    /// controllers' Sentinel events as they happen, how long writes through the VIP were
-    /// refused, the promoted replica answering the write port with the data written before
-    /// the crash; the maps again.
+    /// A failover, end to end. With `--topology default`: the LB-node testbed, its data plane
+    /// and three controllers; a write and some reads through the VIP; status and maps; then
+    /// `kill -9` of the master, with the controllers' Sentinel events as they happen, how long
+    /// writes through the VIP were refused, the promoted replica answering the write port
+    /// with the data written before the crash; the maps again.
+    ///
+    /// With `--topology seed` (the default while the harness asks for full NAT, `FULL_NAT` in
+    /// tests/src/seed.rs): the seed's three machines, each with redis-server, controller and
+    /// data plane; writes and reads through the VIP from a client on the subnet and one
+    /// behind a router, then a kill -9 of the master and the loss of the node holding the
+    /// VIP, each with the write gap, who is master, who holds the VIP and the acknowledged
+    /// writes lost.
     Demo {
         /// Leave it all running afterwards (testbed, data plane, the three controllers; the
         /// old master stays dead); `cargo xtask testbed down` removes it.
         #[arg(long)]
         keep: bool,
-        /// Data-plane hook written into the config: auto, native or skb (XDP), or tc.
-        #[arg(long, default_value = "native")]
-        xdp_mode: XdpMode,
+        /// default: an LB node in front of the backends. seed: the seed's own shape.
+        #[arg(long, value_enum, default_value_t = if FULL_NAT { Topology::Seed } else { Topology::Default })]
+        topology: Topology,
+        /// Data-plane hook written into the config: auto, native or skb (XDP), or tc. Default:
+        /// native, or auto with --topology seed.
+        #[arg(long)]
+        xdp_mode: Option<XdpMode>,
     },
     /// Every test of the workspace (as root, one at a time), then a check for leaked namespaces.
     Test,
@@ -96,9 +108,15 @@ enum Task {
 enum TestbedAction {
     /// Build the testbed (tag `tb`) and leave it running.
     Up {
-        /// Data-plane hook written into the config: auto, native or skb (XDP), or tc.
-        #[arg(long, default_value = "native")]
-        xdp_mode: XdpMode,
+        /// default: LB nodes in front of the backends (their gateway). seed: the stack redis-ha
+        /// replaces, three machines on one subnet, each running redis-server, a controller and
+        /// the data plane, with the VIP held by one of them.
+        #[arg(long, value_enum, default_value_t = Topology::Default)]
+        topology: Topology,
+        /// Data-plane hook written into the config: auto, native or skb (XDP), or tc. Default:
+        /// native, or auto with --topology seed.
+        #[arg(long)]
+        xdp_mode: Option<XdpMode>,
         /// 1: one LB with routed veths (the data plane is loaded by hand). 2: two LB nodes on
         /// bridged segments with three controllers running, the floating VIP held by one LB.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
@@ -110,6 +128,12 @@ enum TestbedAction {
     },
     /// Remove the testbed: its namespaces, processes, pins and files.
     Down,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Topology {
+    Default,
+    Seed,
 }
 
 fn main() -> ExitCode {
@@ -135,11 +159,23 @@ fn run(task: Task) -> Result<()> {
         Task::Testbed {
             action:
                 TestbedAction::Up {
+                    topology,
                     xdp_mode,
                     lb_nodes,
                     no_ha,
                 },
         } => {
+            if topology == Topology::Seed {
+                if lb_nodes != 1 || no_ha {
+                    bail!("--lb-nodes and --no-ha do not apply to --topology seed");
+                }
+                let seed = testbed::up_seed(xdp_mode.unwrap_or(XdpMode::Auto))?;
+                let usage = testbed::seed_usage(&seed);
+                seed.keep();
+                println!("{usage}");
+                return Ok(());
+            }
+            let xdp_mode = xdp_mode.unwrap_or(XdpMode::Native);
             if lb_nodes == 2 {
                 let ha = testbed::up_ha(xdp_mode, !no_ha)?;
                 ha.keep();
@@ -157,7 +193,16 @@ fn run(task: Task) -> Result<()> {
         Task::Testbed {
             action: TestbedAction::Down,
         } => testbed::down(),
-        Task::Demo { keep, xdp_mode } => demo::demo(keep, xdp_mode),
+        Task::Demo {
+            keep,
+            topology: Topology::Seed,
+            xdp_mode,
+        } => demo_seed::demo(keep, xdp_mode.unwrap_or(XdpMode::Auto)),
+        Task::Demo {
+            keep,
+            topology: Topology::Default,
+            xdp_mode,
+        } => demo::demo(keep, xdp_mode.unwrap_or(XdpMode::Native)),
         Task::Test => test::test(),
         Task::Bench {
             quick,

@@ -1,14 +1,16 @@
 //! `cargo xtask testbed up|down`: the testbed with the fixed tag `tb`, for manual work: the
-//! single-LB [`Testbed`] by default, the two-LB [`HaCluster`] with `--lb-nodes 2`.
+//! single-LB [`Testbed`] by default, the two-LB [`HaCluster`] with `--lb-nodes 2`, the seed's
+//! three machines on one subnet ([`SeedCluster`]) with `--topology seed`.
 
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
 use redis_ha_tests::ha::{GATEWAY, K3_IP};
+use redis_ha_tests::seed::{ROUTED_CLIENT_IP, ROUTED_GATEWAY, ROUTER_IP, SEED_NETWORK};
 use redis_ha_tests::testbed::{VIP, namespace_prefix};
 use redis_ha_tests::{
-    HaCluster, HaOptions, Testbed, TestbedOptions, XdpMode, cleanup_prefix, ctl_binary, is_root,
-    target_dir,
+    FULL_NAT, HaCluster, HaOptions, SeedCluster, SeedOptions, Testbed, TestbedOptions, XdpMode,
+    cleanup_prefix, ctl_binary, is_root, target_dir,
 };
 
 /// The manual testbed's tag: its namespaces are `rha-tb-*`.
@@ -184,7 +186,123 @@ pub fn print_ha_usage(ha_section: bool) {
     println!("    tear it down:          cargo xtask testbed down");
 }
 
-/// `cargo xtask testbed down`: either testbed (both use the `rha-tb-` namespaces and the
+/// Builds the `tb` seed testbed: three nodes, each with a redis-server, a controller and the
+/// data plane, the VIP held by one; a client on the subnet and one behind a router. Dropping
+/// the result tears it down; call `keep()` to leave it running.
+pub fn up_seed(xdp_mode: XdpMode) -> Result<SeedCluster> {
+    // The controllers must match the source; REDIS_HA_CTL names a binary to use instead.
+    if std::env::var_os("REDIS_HA_CTL").is_none_or(|p| p.is_empty()) {
+        crate::build_load::build()?;
+    }
+    println!(
+        "==> building seed testbed {TAG} (namespaces {}*) with {}",
+        namespace_prefix(TAG),
+        ctl_binary()?.display()
+    );
+    let seed = SeedCluster::up(SeedOptions {
+        tag: TAG.to_owned(),
+        xdp_mode,
+        ..SeedOptions::default()
+    })?;
+    let master = seed.master()?;
+    let holder = seed.holder()?;
+    println!(
+        "    switch  {} (bridge {}, {SEED_NETWORK})",
+        seed.switch().name(),
+        seed.bridge()
+    );
+    for node in seed.nodes() {
+        let n = node.index();
+        let mut roles = vec![if n == master {
+            "redis master"
+        } else {
+            "redis replica"
+        }];
+        if n == holder {
+            roles.push("holds the VIP");
+        }
+        println!(
+            "    r{n}      {} ({} {} on {}: redis-server :6379, controller r{n} :26379, \
+             data plane; {})",
+            node.netns().name(),
+            node.ip(),
+            node.mac()?,
+            node.interface(),
+            roles.join(", ")
+        );
+    }
+    println!(
+        "    client  {} ({} on the subnet)",
+        seed.client().name(),
+        redis_ha_tests::testbed::CLIENT_IP
+    );
+    println!(
+        "    router  {} ({ROUTER_IP}, {ROUTED_GATEWAY})",
+        seed.router().name()
+    );
+    println!(
+        "    routed  {} ({ROUTED_CLIENT_IP}, via the router)",
+        seed.routed_client().name()
+    );
+    let o = seed.options();
+    println!(
+        "    xdp_mode = \"{}\", full NAT {}, down_after_ms {}, ha.down_after_ms {}; configs and logs in {}/controllers",
+        o.xdp_mode,
+        if o.full_nat { "on" } else { "off" },
+        o.down_after_ms,
+        o.ha_down_after_ms,
+        seed.dir().display()
+    );
+    Ok(seed)
+}
+
+/// How to use the seed testbed left running.
+pub fn seed_usage(seed: &SeedCluster) -> String {
+    let prefix = namespace_prefix(TAG);
+    let client = format!("ip netns exec {}", seed.client().name());
+    let routed = format!("ip netns exec {}", seed.routed_client().name());
+    let ctl = ctl_binary().map_or_else(|_| "redis-ha-ctl".into(), |p| p.display().to_string());
+    let configs = seed.dir().join("controllers");
+    let mut lines = vec![
+        format!("==> seed testbed {TAG} is up"),
+        format!("    write port (master):   {client} redis-cli -h {VIP} -p 6380"),
+        format!("    read port (replicas):  {client} redis-cli -h {VIP} -p 6381"),
+        format!("    from the routed client: {routed} redis-cli -h {VIP} -p 6380"),
+        format!(
+            "    Sentinel API:          {client} redis-cli -h 198.18.0.11 -p 26379 SENTINEL get-master-addr-by-name mymaster"
+        ),
+        format!(
+            "    controller status:     nsenter --net=/var/run/netns/{prefix}r1 {ctl} status --config {}/r1.toml   (r2, r3 alike)",
+            configs.display()
+        ),
+        format!(
+            "    a data plane's maps:   nsenter --net=/var/run/netns/{prefix}r1 {ctl} maps --config {}/r1.toml",
+            configs.display()
+        ),
+        format!(
+            "    who holds the VIP:     for n in 1 2 3; do ip -n {prefix}r$n -br -4 addr show dev {prefix}r$n; done"
+        ),
+        format!(
+            "    kill -9 r1's redis:    kill -9 $(ip netns pids {prefix}r1 | xargs ps -o pid= -o comm= -p | awk '/redis-server/ {{print $1}}')"
+        ),
+        format!(
+            "    lose node r1:          ip -n {prefix}sw link set {prefix}s1 down; kill -9 $(ip netns pids {prefix}r1)"
+        ),
+        format!("    controller logs:       {}/*.log", configs.display()),
+        "    tear it down:          cargo xtask testbed down".to_owned(),
+    ];
+    if !FULL_NAT {
+        lines.push(
+            "    note: traffic through the VIP needs the data plane's full NAT, which the configs \
+             do not ask for yet (FULL_NAT in tests/src/seed.rs); until then the holder answers \
+             ARP for the VIP but redis-cli through it gets no answer"
+                .to_owned(),
+        );
+    }
+    lines.join("\n")
+}
+
+/// `cargo xtask testbed down`: any of the testbeds (all use the `rha-tb-` namespaces and the
 /// `redis-ha-tb` pin and temporary directories).
 pub fn down() -> Result<()> {
     if !is_root() {
