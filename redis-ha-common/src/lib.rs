@@ -150,6 +150,15 @@ pub struct FlowKey {
     pub dst_port: u16,
 }
 
+/// Value of `IF_MACS` (keyed by ifindex): a data-plane interface's own MAC, against which the
+/// XDP program tells frames for this host from frames a switch flooded to every port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InterfaceMac {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
 /// `NatConfig::mode`.
 pub mod nat_mode {
     /// Only the destination is rewritten: backends see the client's address, and their
@@ -369,8 +378,12 @@ pub mod counter {
     pub const FWD_LOCAL: u32 = 19;
     /// A local backend's reply rewritten back to VIP:port at TC egress.
     pub const FWD_LOCAL_REPLY: u32 = 20;
+    /// A frame for another host's MAC (a switch flooded it to every port) that would have
+    /// started a connection or been rewritten without one: passed untouched, the kernel drops
+    /// it. Only the host it is addressed to acts on it.
+    pub const PASS_NOT_FOR_HOST: u32 = 21;
     /// Number of counters (size of the `COUNTERS` array).
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 22;
 
     /// Names for display, indexed like the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -395,6 +408,7 @@ pub mod counter {
         "reset_no_flow",
         "fwd_local",
         "fwd_local_reply",
+        "pass_not_for_host",
     ];
 }
 
@@ -417,6 +431,7 @@ pub mod map_name {
     pub const NAT: &str = "NAT";
     pub const NAT_PORTS: &str = "NAT_PORTS";
     pub const NAT_CURSOR: &str = "NAT_CURSOR";
+    pub const IF_MACS: &str = "IF_MACS";
 }
 
 /// Hash of a client → VIP connection that picks its Maglev table entry.
@@ -453,6 +468,7 @@ const _: () = assert!(size_of::<NextHop>() == 32);
 const _: () = assert!(size_of::<Flow>() == 96);
 const _: () = assert!(size_of::<NatConfig>() == 16);
 const _: () = assert!(size_of::<NatKey>() == 8);
+const _: () = assert!(size_of::<InterfaceMac>() == 8);
 const _: () = assert!(size_of::<BackendStats>() == 56);
 
 #[cfg(feature = "user")]
@@ -473,4 +489,5 @@ mod pod {
     unsafe impl aya::Pod for FloatingLease {}
     unsafe impl aya::Pod for NatConfig {}
     unsafe impl aya::Pod for NatKey {}
+    unsafe impl aya::Pod for InterfaceMac {}
 }

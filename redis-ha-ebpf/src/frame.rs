@@ -15,7 +15,8 @@ use aya_ebpf::{
 
 use crate::{
     csum::{TcpFix, csum_replace2, csum_replace4},
-    packet::{IP_OFF, Ipv4Hdr, TCP_OFF, TcpHdr},
+    maps::IF_MACS,
+    packet::{EthHdr, IP_OFF, Ipv4Hdr, TCP_OFF, TcpHdr},
 };
 
 /// Where the TCP checksum field sits in the frame.
@@ -30,6 +31,11 @@ pub trait Frame: EbpfContext {
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
     fn ingress_ifindex(&self) -> u32;
+    /// Whether the frame is addressed to this host: broadcast, multicast or its own MAC. On a
+    /// shared segment a switch floods a frame for a MAC it has not learnt (or has just
+    /// forgotten, as when a node's port goes down) to every port, and every node's program
+    /// sees it; only the host it is for may act on it.
+    fn for_this_host(&self, eth: &EthHdr) -> bool;
     /// The payload size of each segment a segmentation-offload packet (a local sender's
     /// TSO/GSO, or GRO on a NIC) is cut into on the way out; 0 for a plain packet.
     fn gso_size(&self) -> u32;
@@ -63,6 +69,22 @@ impl Frame for XdpContext {
     #[inline(always)]
     fn ingress_ifindex(&self) -> u32 {
         XdpContext::ingress_ifindex(self) as u32
+    }
+
+    /// The driver has not classified the frame yet: compared with the interface's MAC, which
+    /// the controller writes at attach (`IF_MACS`; an interface it has no entry for takes
+    /// everything, as before).
+    #[inline(always)]
+    fn for_this_host(&self, eth: &EthHdr) -> bool {
+        if eth.dst[0] & 1 != 0 {
+            return true;
+        }
+        // SAFETY: the value is copied out at once.
+        let ifindex = Frame::ingress_ifindex(self);
+        match unsafe { IF_MACS.get(&ifindex) } {
+            Some(mac) => mac.mac == eth.dst,
+            None => true,
+        }
     }
 
     /// A frame in the driver is one wire packet (no multi-buffer here).
@@ -131,6 +153,14 @@ impl Frame for TcContext {
     }
 
     #[inline(always)]
+    /// The kernel classified the frame when it received it (`eth_type_trans`).
+    #[inline(always)]
+    fn for_this_host(&self, _eth: &EthHdr) -> bool {
+        const PACKET_OTHERHOST: u32 = 3;
+        // SAFETY: the context pointer is the kernel's __sk_buff for this run.
+        unsafe { (*self.skb.skb).pkt_type != PACKET_OTHERHOST }
+    }
+
     fn ingress_ifindex(&self) -> u32 {
         // At the ingress hook the skb's own device is the one it arrived on; unlike
         // `ingress_ifindex` it is also set for a packet a test run injects.

@@ -136,6 +136,10 @@ fn try_redis_ha<C: Frame>(ctx: &C) -> Result<u32, u32> {
     };
     // SAFETY: the value is copied out before any map update.
     if let Some(svc) = unsafe { SERVICES.get(&key) }.copied() {
+        // SAFETY: ptr_at checked the header at the start.
+        if !ctx.for_this_host(unsafe { &*eth }) {
+            return Err(counter::PASS_NOT_FOR_HOST);
+        }
         // Under full NAT the backend knows the connection by the translation of the node that
         // made it, which no other node can rebuild: a connection this node has no entry for
         // (the VIP moved here, or its entry was evicted) is over, and the client is told at

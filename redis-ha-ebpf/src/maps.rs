@@ -7,9 +7,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use redis_ha_common::{
-    AddrKey, Backend, BackendStats, FLOW_TABLE_SIZE, FloatingLease, Flow, FlowKey, MAX_BACKENDS,
-    MAX_CLIENT_NETS, MAX_FLOATING, MAX_INTERFACES, MAX_SERVICES, NatConfig, NatKey, RING_ENTRIES,
-    ServiceKey, ServicePort, ServiceState, counter,
+    AddrKey, Backend, BackendStats, FLOW_TABLE_SIZE, FloatingLease, Flow, FlowKey, InterfaceMac,
+    MAX_BACKENDS, MAX_CLIENT_NETS, MAX_FLOATING, MAX_INTERFACES, MAX_SERVICES, NatConfig, NatKey,
+    RING_ENTRIES, ServiceKey, ServicePort, ServiceState, counter,
 };
 
 /// VIP + port → (service, write or read). Written by the controller when services change;
@@ -61,6 +61,13 @@ pub static FLOWS_SPILL: LruHashMap<FlowKey, Flow, { FLOW_TABLE_SIZE as usize }> 
 /// metrics).
 #[btf_map]
 pub static FLOWS_SPILLED: Array<u64, 1> = Array::new();
+
+/// ifindex of a data-plane interface → its MAC. Written by the controller when it attaches;
+/// read at XDP for a frame that would start a connection or be rewritten without one, so that
+/// a frame a switch flooded here for another host is left alone (at TC the kernel says so
+/// itself). No entry: the interface takes every frame.
+#[btf_map]
+pub static IF_MACS: HashMap<u32, InterfaceMac, { MAX_INTERFACES as usize }> = HashMap::new();
 
 /// [0]: this node's NAT mode, source address and port range. Written by the controller at
 /// load (all zero: destination NAT only); read for every new connection to a remote backend

@@ -160,6 +160,10 @@ pub fn backend_reply<C: Frame>(
         }
         return Ok(action);
     }
+    // SAFETY: the caller checked the header.
+    if !ctx.for_this_host(unsafe { &*eth }) {
+        return Err(counter::PASS_NOT_FOR_HOST);
+    }
     match reply_without_flow(fkey, &owner) {
         Some(reply) => Ok(to_client(
             ctx,

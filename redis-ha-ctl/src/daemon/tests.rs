@@ -144,6 +144,10 @@ impl Dataplane for SharedDataplane {
         self.0.lock().unwrap().saved_accept_local()
     }
 
+    fn interface_macs(&self) -> Result<BTreeMap<u32, [u8; 6]>, Self::Error> {
+        self.0.lock().unwrap().interface_macs()
+    }
+
     fn apply(&mut self, op: &MapOp) -> Result<(), Self::Error> {
         self.0.lock().unwrap().apply(op)
     }

@@ -55,6 +55,18 @@ pub fn plan_peer_devs(current: &BTreeSet<u32>, ifindexes: &[u32]) -> Vec<MapOp> 
     )
 }
 
+pub fn plan_interface_macs(
+    current: &BTreeMap<u32, [u8; 6]>,
+    macs: &[(u32, [u8; 6])],
+) -> Vec<MapOp> {
+    exact(
+        current,
+        &macs.iter().copied().collect(),
+        |ifindex, mac| MapOp::SetInterfaceMac { ifindex, mac },
+        |ifindex| MapOp::RemoveInterfaceMac { ifindex },
+    )
+}
+
 /// A set as a map whose values say nothing.
 fn present<K: Ord + Copy>(set: &BTreeSet<K>) -> BTreeMap<K, ()> {
     set.iter().map(|k| (*k, ())).collect()

@@ -24,6 +24,8 @@ pub struct MemDataplane {
     pub accept_local: BTreeMap<[u8; 16], u32>,
     /// `NAT[0]`.
     pub nat: NatConfig,
+    /// `IF_MACS`: ifindex → MAC.
+    pub if_macs: BTreeMap<u32, [u8; 6]>,
 }
 
 impl MemDataplane {
@@ -66,6 +68,10 @@ impl Dataplane for MemDataplane {
 
     fn saved_accept_local(&self) -> Result<BTreeMap<[u8; 16], u32>, Self::Error> {
         Ok(self.accept_local.clone())
+    }
+
+    fn interface_macs(&self) -> Result<BTreeMap<u32, [u8; 6]>, Self::Error> {
+        Ok(self.if_macs.clone())
     }
 
     fn apply(&mut self, op: &MapOp) -> Result<(), Self::Error> {
@@ -122,6 +128,12 @@ impl Dataplane for MemDataplane {
                 self.accept_local.remove(iface);
             }
             MapOp::SetNat { nat } => self.nat = *nat,
+            MapOp::SetInterfaceMac { ifindex, mac } => {
+                self.if_macs.insert(*ifindex, *mac);
+            }
+            MapOp::RemoveInterfaceMac { ifindex } => {
+                self.if_macs.remove(ifindex);
+            }
         }
         Ok(())
     }
@@ -170,6 +182,9 @@ mod tests {
         }
         fn saved_accept_local(&self) -> Result<BTreeMap<[u8; 16], u32>, Self::Error> {
             self.dp.saved_accept_local()
+        }
+        fn interface_macs(&self) -> Result<BTreeMap<u32, [u8; 6]>, Self::Error> {
+            self.dp.interface_macs()
         }
         fn apply(&mut self, op: &MapOp) -> Result<(), Self::Error> {
             self.dp.apply(op)?;

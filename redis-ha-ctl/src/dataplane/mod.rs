@@ -221,6 +221,14 @@ pub enum MapOp {
     SetNat {
         nat: NatConfig,
     },
+    /// `IF_MACS[ifindex] = mac`: the data-plane interface's own MAC.
+    SetInterfaceMac {
+        ifindex: u32,
+        mac: [u8; 6],
+    },
+    RemoveInterfaceMac {
+        ifindex: u32,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -411,6 +419,8 @@ pub trait Dataplane {
     fn peer_devices(&self) -> Result<BTreeSet<u32>, Self::Error>;
     /// `ACCEPT_LOCAL`: NUL-padded interface name → the value saved before the first load.
     fn saved_accept_local(&self) -> Result<BTreeMap<[u8; 16], u32>, Self::Error>;
+    /// `IF_MACS`: ifindex → MAC.
+    fn interface_macs(&self) -> Result<BTreeMap<u32, [u8; 6]>, Self::Error>;
     fn apply(&mut self, op: &MapOp) -> Result<(), Self::Error>;
 
     /// Makes `FLOATING` hold exactly `addresses`, each answering ARP until `until_ns`
@@ -428,6 +438,12 @@ pub trait Dataplane {
     /// network listed both before and after never disappears in between).
     fn set_client_networks(&mut self, nets: &[(Ipv4Addr, u8)]) -> Result<(), Self::Error> {
         let ops = lists::plan_client_nets(&self.client_networks()?, nets);
+        apply_all(self, &ops)
+    }
+
+    /// Makes `IF_MACS` hold exactly `macs` (ifindex, MAC), new ones first.
+    fn set_interface_macs(&mut self, macs: &[(u32, [u8; 6])]) -> Result<(), Self::Error> {
+        let ops = lists::plan_interface_macs(&self.interface_macs()?, macs);
         apply_all(self, &ops)
     }
 

@@ -15,13 +15,14 @@ use aya::{
     },
 };
 use redis_ha_common::{
-    AddrKey, Backend, BackendStats, FloatingLease, Flow, FlowKey, NatConfig, NatKey, RING_SIZE,
-    ServiceKey, ServicePort, ServiceState, backend_flags, counter, map_name, nat_mode, ring_index,
+    AddrKey, Backend, BackendStats, FloatingLease, Flow, FlowKey, InterfaceMac, NatConfig, NatKey,
+    RING_SIZE, ServiceKey, ServicePort, ServiceState, backend_flags, counter, map_name, nat_mode,
+    ring_index,
 };
 
 use crate::{
     frame::{ETH_LEN, Tcp4, diff, tcp_flags},
-    netns::{Testbed, device_mac, neighbour_mac},
+    netns::{CLI_DEV_MAC, SRV_DEV_MAC, Testbed, device_mac, neighbour_mac},
 };
 
 pub const XDP_ABORTED: u32 = 0;
@@ -216,7 +217,7 @@ impl Dataplane {
         let backend_stats =
             PerCpuArray::try_from(take(map_name::BACKEND_STATS)).expect("BACKEND_STATS type");
         let counters = PerCpuArray::try_from(take(map_name::COUNTERS)).expect("COUNTERS type");
-        Dataplane {
+        let mut dp = Dataplane {
             bpf,
             hook,
             services,
@@ -230,7 +231,31 @@ impl Dataplane {
             counters,
             cli_ifindex: tb.cli_ifindex,
             srv_ifindex: tb.srv_ifindex,
+        };
+        // As the controller writes them at attach.
+        dp.set_interface_mac(tb.cli_ifindex, CLI_DEV_MAC);
+        dp.set_interface_mac(tb.srv_ifindex, SRV_DEV_MAC);
+        dp
+    }
+
+    /// Empties `IF_MACS`: every interface then takes every frame.
+    pub fn forget_interface_macs(&mut self) {
+        let mut map: HashMap<&mut MapData, u32, InterfaceMac> =
+            HashMap::try_from(self.bpf.map_mut(map_name::IF_MACS).expect("IF_MACS"))
+                .expect("IF_MACS type");
+        let keys: Vec<u32> = map.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            map.remove(&k).expect("remove IF_MACS");
         }
+    }
+
+    /// `IF_MACS[ifindex] = mac`.
+    pub fn set_interface_mac(&mut self, ifindex: u32, mac: [u8; 6]) {
+        let mut map: HashMap<&mut MapData, u32, InterfaceMac> =
+            HashMap::try_from(self.bpf.map_mut(map_name::IF_MACS).expect("IF_MACS"))
+                .expect("IF_MACS type");
+        map.insert(ifindex, InterfaceMac { mac, _pad: [0; 2] }, 0)
+            .expect("insert IF_MACS");
     }
 
     pub fn add_port(&mut self, vip: SocketAddrV4, service_id: u32, kind: u32) {

@@ -89,7 +89,10 @@ fn forwarding_disabled_is_dropped_as_documented() {
 fn default_ingress_loopback_also_forwards() {
     at_every_hook(|tb, hook| {
         let dp = standard(tb, hook);
-        let frame = tcp(client(46005), WRITE).syn().build();
+        // Addressed to the loopback's MAC (all zero), which the kernel takes the frame for.
+        let mut syn = tcp(client(46005), WRITE).syn();
+        syn.eth_dst = [0; 6];
+        let frame = syn.build();
         let expected = Expect::ToBackend(BE_11)
             .outputs(&frame)
             .expect("expectation")

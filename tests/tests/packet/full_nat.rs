@@ -303,3 +303,35 @@ fn a_local_backend_is_delivered_to_the_host_and_its_replies_mapped_back_at_egres
         assert_eq!(dp.flow(&key), None);
     });
 }
+
+#[test]
+fn a_frame_flooded_here_for_another_host_starts_nothing() {
+    // A switch floods a frame for a MAC it has not learnt (or just forgot, as when a node's
+    // port goes down) to every port: the VIP holder's client traffic then reaches the other
+    // nodes too, whose programs must leave it alone, or two nodes would translate one SYN.
+    at_every_hook(|tb, hook| {
+        let dp = full_nat(tb, hook, FIRST, LAST);
+        let elsewhere = [0x02, 0x55, 0, 0, 0, 0x99];
+        let c = client(40001);
+        let for_another = |frame: Tcp4| {
+            let mut frame = frame;
+            frame.eth_dst = elsewhere;
+            frame.build()
+        };
+        dp.table(&[
+            untouched(
+                "SYN for another host",
+                for_another(tcp(c, WRITE).syn()),
+                counter::PASS_NOT_FOR_HOST,
+            ),
+            untouched(
+                "data for another host, no entry",
+                for_another(tcp(c, WRITE).data(b"x")),
+                counter::PASS_NOT_FOR_HOST,
+            ),
+        ]);
+        assert_eq!(dp.flow(&flow_key(c, WRITE)), None);
+        // The same SYN addressed to this host starts the connection.
+        open(&dp, c, BE_11);
+    });
+}

@@ -159,6 +159,10 @@ fn measure_at(tb: &Testbed, hook: Hook, part: Part) -> Vec<String> {
     if hook == Hook::Xdp {
         dp.attach_idle(IDLE_DEV);
     }
+    // A run of `repeat` reuses one buffer, whose MACs the program rewrote the first time: at
+    // XDP the later runs would be frames for another host. Without `IF_MACS` every frame is
+    // taken, so each run takes the path measured.
+    dp.forget_interface_macs();
     let prefix = if hook == Hook::Tc { "TC: " } else { "" };
     dp.add_port(WRITE, SID, port_kind::WRITE);
     dp.add_port(READ, SID, port_kind::READ);

@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use aya::maps::{MapError, MapInfo, lpm_trie::Key};
 use redis_ha_common::{
-    AddrKey, Backend, FloatingLease, Flow, FlowKey, MAX_BACKENDS, MAX_SERVICES, NatKey,
-    ServiceState, map_name, ring_index,
+    AddrKey, Backend, FloatingLease, Flow, FlowKey, InterfaceMac, MAX_BACKENDS, MAX_SERVICES,
+    NatKey, ServiceState, map_name, ring_index,
 };
 
 use super::{BpfDataplane, BpfError, map_err};
@@ -77,6 +77,15 @@ impl Dataplane for BpfDataplane {
 
     fn saved_accept_local(&self) -> Result<BTreeMap<[u8; 16], u32>, BpfError> {
         Ok(self.accept_local.iter().filter_map(Result::ok).collect())
+    }
+
+    fn interface_macs(&self) -> Result<BTreeMap<u32, [u8; 6]>, BpfError> {
+        Ok(self
+            .if_macs
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(i, m)| (i, m.mac))
+            .collect())
     }
 
     fn apply(&mut self, op: &MapOp) -> Result<(), BpfError> {
@@ -169,6 +178,21 @@ impl Dataplane for BpfDataplane {
                 .accept_local
                 .remove(iface)
                 .map_err(map_err(map_name::ACCEPT_LOCAL)),
+            MapOp::SetInterfaceMac { ifindex, mac } => self
+                .if_macs
+                .insert(
+                    ifindex,
+                    InterfaceMac {
+                        mac: *mac,
+                        _pad: [0; 2],
+                    },
+                    0,
+                )
+                .map_err(map_err(map_name::IF_MACS)),
+            MapOp::RemoveInterfaceMac { ifindex } => self
+                .if_macs
+                .remove(ifindex)
+                .map_err(map_err(map_name::IF_MACS)),
             MapOp::SetNat { nat } => self.nat.set(0, nat, 0).map_err(map_err(map_name::NAT)),
         }
     }

@@ -213,6 +213,46 @@ pub(super) fn write_accept_local(iface: &str, value: u32) -> Result<bool, BpfErr
     Ok(true)
 }
 
+/// (ifindex, MAC) of each of `interfaces` in the current network namespace, asked of the
+/// kernel (`SIOCGIFHWADDR`; sysfs would show the namespace that mounted it). An interface
+/// without an Ethernet address is left out: the program then takes every frame on it.
+pub(super) fn interface_macs(interfaces: &[String]) -> Vec<(u32, [u8; 6])> {
+    interfaces.iter().filter_map(|i| interface_mac(i)).collect()
+}
+
+fn interface_mac(iface: &str) -> Option<(u32, [u8; 6])> {
+    let name = std::ffi::CString::new(iface).ok()?;
+    // SAFETY: a NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 || iface.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: all-zero is a valid ifreq; the name fits (checked above) and stays
+    // NUL-terminated; the ioctl writes the hardware address into the union; the socket is
+    // closed below.
+    unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (d, s) in req.ifr_name.iter_mut().zip(iface.as_bytes()) {
+            *d = *s as libc::c_char;
+        }
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let rc = libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req);
+        libc::close(fd);
+        let addr = req.ifr_ifru.ifru_hwaddr;
+        if rc != 0 || addr.sa_family != libc::ARPHRD_ETHER {
+            return None;
+        }
+        let mut mac = [0u8; 6];
+        for (d, s) in mac.iter_mut().zip(addr.sa_data.iter()) {
+            *d = *s as u8;
+        }
+        Some((ifindex, mac))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -135,6 +135,7 @@ impl BpfDataplane {
         }
         let mut dp = Self::open(&cfg.pin_dir)?;
         dp.apply(&MapOp::SetNat { nat })?;
+        dp.set_interface_macs(&host::interface_macs(&cfg.interfaces))?;
         set_accept_local(&mut dp, &cfg.interfaces)?;
         dp.set_client_networks(&cfg.client_networks)?;
         let peers = redirect_to_veth_peers(&mut dp, cfg, hook)?;
@@ -221,6 +222,7 @@ impl BpfDataplane {
         // also have changed.
         let mut dp = Self::open(&cfg.pin_dir)?;
         redirect_to_veth_peers(&mut dp, cfg, hook)?;
+        dp.set_interface_macs(&host::interface_macs(&cfg.interfaces))?;
         dp.apply(&MapOp::SetNat {
             nat: nat::nat_config(cfg)?,
         })?;

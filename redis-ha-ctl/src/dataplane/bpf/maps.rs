@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapInfo, PerCpuArray};
 use redis_ha_common::{
-    AddrKey, Backend, BackendStats, FloatingLease, Flow, FlowKey, NatConfig, NatKey, ServiceKey,
-    ServicePort, ServiceState, map_name,
+    AddrKey, Backend, BackendStats, FloatingLease, Flow, FlowKey, InterfaceMac, NatConfig, NatKey,
+    ServiceKey, ServicePort, ServiceState, map_name,
 };
 
 use super::{BpfError, map_err};
@@ -50,6 +50,8 @@ pub struct BpfDataplane {
     pub(super) peer_devs: HashMap<MapData, u32, u32>,
     /// `ACCEPT_LOCAL`: interface → its `accept_local` before the first load.
     pub(super) accept_local: HashMap<MapData, [u8; 16], u32>,
+    /// `IF_MACS`: data-plane interface → its MAC.
+    pub(super) if_macs: HashMap<MapData, u32, InterfaceMac>,
     /// `NAT`: this node's NAT mode, source address and ports.
     pub(super) nat: Array<MapData, NatConfig>,
     /// `NAT_PORTS`: full-NAT (backend, source port) → connection.
@@ -96,6 +98,8 @@ impl BpfDataplane {
             accept_local: HashMap::try_from(open(map_name::ACCEPT_LOCAL)?)
                 .map_err(map_err(map_name::ACCEPT_LOCAL))?,
             nat: Array::try_from(open(map_name::NAT)?).map_err(map_err(map_name::NAT))?,
+            if_macs: HashMap::try_from(open(map_name::IF_MACS)?)
+                .map_err(map_err(map_name::IF_MACS))?,
             nat_ports: HashMap::try_from(open(map_name::NAT_PORTS)?)
                 .map_err(map_err(map_name::NAT_PORTS))?,
             nat_orphans: Default::default(),
@@ -134,6 +138,7 @@ pub(super) fn map_pins(pin_dir: &Path) -> MapPins {
         map_name::ACCEPT_LOCAL,
         map_name::NAT,
         map_name::NAT_PORTS,
+        map_name::IF_MACS,
     ]
     .into_iter()
     .map(|n| (n, pin_dir.join(n)))
