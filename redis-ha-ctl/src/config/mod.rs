@@ -12,6 +12,7 @@
 //! Those are the only places a default is stated: validation fills from them, and
 //! check-config shows what validation filled in.
 
+mod dataplane;
 mod load;
 mod nat;
 mod show;

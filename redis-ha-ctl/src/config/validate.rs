@@ -12,9 +12,9 @@ use redis_ha_common::MAX_SERVICES;
 use toml::Spanned;
 
 use super::{
-    Config, ControllerConfig, DataplaneConfig, FLOW_TABLE_RANGE, FailoverConfig, HaAddress,
-    HaConfig, MAX_BACKENDS_PER_SERVICE, NatMode, PeerConfig, ServiceConfig,
-    load::{RawConfig, RawController, RawDataplane, RawHa, RawService},
+    Config, ControllerConfig, DataplaneConfig, FailoverConfig, HaAddress, HaConfig,
+    MAX_BACKENDS_PER_SERVICE, NatMode, PeerConfig, ServiceConfig,
+    load::{RawConfig, RawController, RawHa, RawService},
     nat,
 };
 
@@ -25,7 +25,11 @@ pub(super) struct Problem {
     pub message: String,
 }
 
-fn problem<T>(spanned: &Spanned<T>, key: impl Into<String>, message: impl Into<String>) -> Problem {
+pub(super) fn problem<T>(
+    spanned: &Spanned<T>,
+    key: impl Into<String>,
+    message: impl Into<String>,
+) -> Problem {
     let key = key.into();
     Problem {
         span: spanned.span(),
@@ -56,7 +60,11 @@ pub(super) enum SecretFiles<'a> {
 
 /// The config, or the first problem in it.
 pub(super) fn validate(raw: RawConfig, secret_files: SecretFiles) -> Result<Config, Problem> {
-    let dataplane = raw.dataplane.as_ref().map(validate_dataplane).transpose()?;
+    let dataplane = raw
+        .dataplane
+        .as_ref()
+        .map(super::dataplane::validate_dataplane)
+        .transpose()?;
     let controller = raw
         .controller
         .as_ref()
@@ -496,127 +504,4 @@ fn validate_ha(
         down_after_ms: down_after,
         addresses,
     })
-}
-
-fn validate_dataplane(dp: &Spanned<RawDataplane>) -> Result<DataplaneConfig, Problem> {
-    let raw = dp.get_ref();
-    if raw.interfaces.get_ref().is_empty() {
-        return Err(problem(
-            &raw.interfaces,
-            "dataplane.interfaces",
-            "lists no interface: name those where client packets and backend replies arrive",
-        ));
-    }
-    let mut seen = HashSet::new();
-    for (i, ifname) in raw.interfaces.get_ref().iter().enumerate() {
-        let name = ifname.get_ref();
-        // IFNAMSIZ is 16 including the terminating NUL.
-        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
-            return Err(problem(
-                ifname,
-                format!("dataplane.interfaces[{i}]"),
-                format!("{name:?} is not a valid interface name"),
-            ));
-        }
-        if !seen.insert(name.clone()) {
-            return Err(problem(
-                ifname,
-                format!("dataplane.interfaces[{i}]"),
-                format!("{name:?} is listed twice"),
-            ));
-        }
-    }
-    let d = DataplaneConfig::default();
-    let pin_dir = match &raw.pin_dir {
-        None => d.pin_dir,
-        Some(p) => {
-            let path = PathBuf::from(p.get_ref());
-            if !path.is_absolute() || p.get_ref().contains('.') {
-                return Err(problem(
-                    p,
-                    "dataplane.pin_dir",
-                    format!(
-                        "{:?} must be an absolute path on bpffs without '.' (bpffs refuses it)",
-                        p.get_ref()
-                    ),
-                ));
-            }
-            path
-        }
-    };
-    let client_networks = match &raw.client_networks {
-        None => d.client_networks,
-        Some(list) => client_networks(list)?,
-    };
-    let flow_table_size = match &raw.flow_table_size {
-        None => d.flow_table_size,
-        Some(n) => u32::try_from(*n.get_ref())
-            .ok()
-            .filter(|v| FLOW_TABLE_RANGE.contains(v))
-            .ok_or_else(|| {
-                problem(
-                    n,
-                    "dataplane.flow_table_size",
-                    format!(
-                        "{} entries is out of range: {}..={} (one entry per connection)",
-                        n.get_ref(),
-                        FLOW_TABLE_RANGE.start(),
-                        FLOW_TABLE_RANGE.end()
-                    ),
-                )
-            })?,
-    };
-    let nat = raw.nat.unwrap_or(d.nat);
-    let nat_address = raw
-        .nat_address
-        .as_ref()
-        .map(|a| nat::parse_address(a, nat))
-        .transpose()?;
-    let nat_ports = raw
-        .nat_ports
-        .as_ref()
-        .map(nat::parse_ports)
-        .transpose()?
-        .unwrap_or(d.nat_ports);
-    Ok(DataplaneConfig {
-        nat,
-        nat_address,
-        nat_ports,
-        client_networks,
-        flow_table_size,
-        veth_peer_redirect: raw.veth_peer_redirect.unwrap_or(d.veth_peer_redirect),
-        interfaces: raw
-            .interfaces
-            .get_ref()
-            .iter()
-            .map(|s| s.get_ref().clone())
-            .collect(),
-        xdp_mode: raw.xdp_mode.unwrap_or(d.xdp_mode),
-        pin_dir,
-    })
-}
-
-/// `dataplane.client_networks`, each `"198.18.0.0/24"`.
-fn client_networks(list: &[Spanned<String>]) -> Result<Vec<(Ipv4Addr, u8)>, Problem> {
-    let mut client_networks = Vec::new();
-    for (i, net) in list.iter().enumerate() {
-        let bad = || {
-            problem(
-                net,
-                format!("dataplane.client_networks[{i}]"),
-                format!(
-                    "{:?} is not an IPv4 network like \"198.18.0.0/24\"",
-                    net.get_ref()
-                ),
-            )
-        };
-        let (addr, len) = net.get_ref().split_once('/').ok_or_else(bad)?;
-        let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
-        let len: u8 = len.parse().map_err(|_| bad())?;
-        if len > 32 {
-            return Err(bad());
-        }
-        client_networks.push((addr, len));
-    }
-    Ok(client_networks)
 }
