@@ -152,7 +152,6 @@ impl Frame for TcContext {
         TcContext::data_end(self)
     }
 
-    #[inline(always)]
     /// The kernel classified the frame when it received it (`eth_type_trans`).
     #[inline(always)]
     fn for_this_host(&self, _eth: &EthHdr) -> bool {
@@ -161,6 +160,7 @@ impl Frame for TcContext {
         unsafe { (*self.skb.skb).pkt_type != PACKET_OTHERHOST }
     }
 
+    #[inline(always)]
     fn ingress_ifindex(&self) -> u32 {
         // At the ingress hook the skb's own device is the one it arrived on; unlike
         // `ingress_ifindex` it is also set for a packet a test run injects.
