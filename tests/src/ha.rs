@@ -35,7 +35,7 @@ use crate::process::{ChildGuard, run_within, wait_until};
 use crate::testbed::{
     Backend, CLIENT_IP, DirGuard, LB_BACKEND_IP, READ_PORT, SERVICE_NAME, VIP, WRITE_PORT, XdpMode,
     backend_ip, namespace_prefix, pin_dir, setup_endpoint, temp_dir, toml_string, unique_tag,
-    validate_tag, wait_replication,
+    wait_replication,
 };
 
 /// The backends' gateway, floating with the VIP.
@@ -322,21 +322,7 @@ impl HaCluster {
     /// [`HaOptions::ha_section`], until exactly one LB holds the floating addresses). Needs
     /// root.
     pub fn up(options: HaOptions) -> Result<HaCluster> {
-        validate_tag(&options.tag)?;
-        if options.secret.len() < 16 {
-            bail!("the peer secret must have at least 16 characters");
-        }
-        if !crate::is_root() {
-            bail!("building a testbed needs root (network namespaces, veths): run as root");
-        }
-        for program in ["ip", "nsenter", "ethtool", "redis-server", "redis-cli"] {
-            if crate::find_program(program).is_none() {
-                bail!(
-                    "`{program}` is not installed: run `cargo xtask build` (it installs the prerequisites)"
-                );
-            }
-        }
-        crate::ctl_binary()?;
+        crate::testbed::check_can_build(&options.tag, &options.secret)?;
         let tag = options.tag.clone();
         let prefix = namespace_prefix(&tag);
         let stale = leftovers(&prefix)?;

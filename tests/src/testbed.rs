@@ -979,3 +979,24 @@ fn redis_args(ip: Ipv4Addr, dir: &Path, replica_of: Option<Ipv4Addr>) -> Vec<Str
 pub(crate) fn toml_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
+
+/// What building a testbed with controllers needs before anything is created: a valid tag, a
+/// peer secret the controllers accept, root, the programs it runs and the redis-ha-ctl binary.
+pub(crate) fn check_can_build(tag: &str, secret: &str) -> Result<()> {
+    validate_tag(tag)?;
+    if secret.len() < 16 {
+        bail!("the peer secret must have at least 16 characters");
+    }
+    if !crate::is_root() {
+        bail!("building a testbed needs root (network namespaces, veths): run as root");
+    }
+    for program in ["ip", "nsenter", "ethtool", "redis-server", "redis-cli"] {
+        if crate::find_program(program).is_none() {
+            bail!(
+                "`{program}` is not installed: run `cargo xtask build` (it installs the prerequisites)"
+            );
+        }
+    }
+    crate::ctl_binary()?;
+    Ok(())
+}

@@ -17,7 +17,7 @@ use crate::ha::{plug, setup_on_link_endpoint};
 use crate::netns::{Netns, leftovers};
 use crate::testbed::{
     Backend, CLIENT_IP, DirGuard, READ_PORT, SERVICE_NAME, VIP, WRITE_PORT, XdpMode,
-    namespace_prefix, pin_dir, temp_dir, toml_string, validate_tag, wait_replication,
+    namespace_prefix, pin_dir, temp_dir, toml_string, wait_replication,
 };
 
 impl SeedCluster {
@@ -25,21 +25,7 @@ impl SeedCluster {
     /// router; starts the controllers and waits until the service is healthy with one VIP
     /// holder. Needs root.
     pub fn up(options: SeedOptions) -> Result<SeedCluster> {
-        validate_tag(&options.tag)?;
-        if options.secret.len() < 16 {
-            bail!("the peer secret must have at least 16 characters");
-        }
-        if !crate::is_root() {
-            bail!("building a testbed needs root (network namespaces, veths): run as root");
-        }
-        for program in ["ip", "nsenter", "ethtool", "redis-server", "redis-cli"] {
-            if crate::find_program(program).is_none() {
-                bail!(
-                    "`{program}` is not installed: run `cargo xtask build` (it installs the prerequisites)"
-                );
-            }
-        }
-        crate::ctl_binary()?;
+        crate::testbed::check_can_build(&options.tag, &options.secret)?;
         let tag = options.tag.clone();
         let prefix = namespace_prefix(&tag);
         let stale = leftovers(&prefix)?;
