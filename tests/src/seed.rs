@@ -94,6 +94,10 @@ pub struct SeedOptions {
     pub ha_down_after_ms: u64,
     /// The shared peer secret (at least 16 characters).
     pub secret: String,
+    /// Start the controllers (and so the data plane). Off for the bench's run of the stack
+    /// redis-ha replaces on the same machines: the controllers' configs are still written (so
+    /// `redis-ha-ctl unload` can clean a node), but nothing of redis-ha runs.
+    pub start_controllers: bool,
 }
 
 impl Default for SeedOptions {
@@ -110,6 +114,7 @@ impl Default for SeedOptions {
             heartbeat_ms: 50,
             ha_down_after_ms: 200,
             secret: "redis-ha-e2e-shared-secret".to_owned(),
+            start_controllers: true,
         }
     }
 }
@@ -423,12 +428,17 @@ impl SeedCluster {
             node.netns()
                 .ip(&["addr", "del", &vip, "dev", node.interface()])?;
         }
-        self.ctl(n, "unload", &[], CTL_TIMEOUT)
-            .with_context(|| format!("unloading the data plane of r{n}"))?;
+        if self.options.start_controllers {
+            self.ctl(n, "unload", &[], CTL_TIMEOUT)
+                .with_context(|| format!("unloading the data plane of r{n}"))?;
+        }
         self.sw.ip(&["link", "set", node.switch_port(), "up"])?;
         self.failed.lock().unwrap_or_else(|e| e.into_inner())[n - 1] = false;
         node.redis.start()?;
-        self.controller(n).start()
+        if self.options.start_controllers {
+            self.controller(n).start()?;
+        }
+        Ok(())
     }
 
     /// Waits (bounded) until the service is whole among the nodes that are up: every running

@@ -98,9 +98,15 @@ enum Task {
         /// default here; on a NIC with native XDP, native is the one to use.
         #[arg(long, default_value = "tc")]
         xdp_mode: XdpMode,
-        /// Output directory (default <workspace>/bench-results).
+        /// Output directory (default <workspace>/bench-results, or bench-results/seed with
+        /// --topology seed).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// default: the LB-node testbed. seed: the seed's three machines, redis-ha against the
+        /// seed's own Sentinel + HAProxy + keepalived there (failover: 10 trials per fault by
+        /// default, --trials N).
+        #[arg(long, value_enum, default_value_t = Topology::Default)]
+        topology: Topology,
     },
 }
 
@@ -213,7 +219,9 @@ fn run(task: Task) -> Result<()> {
             skip_failover,
             xdp_mode,
             out,
+            topology,
         } => bench::bench(bench::Options {
+            seed: topology == Topology::Seed,
             xdp_mode,
             quick,
             repeats,

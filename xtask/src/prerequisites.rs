@@ -27,6 +27,8 @@ const DEBIAN_PROGRAMS: &[(&str, &str)] = &[
     // `cargo xtask bench` runs the seed stack it compares redis-ha with.
     ("haproxy", "haproxy"),
     ("redis-sentinel", "redis-sentinel"),
+    // `cargo xtask bench --topology seed` moves the seed stack's VIP with it (for Pacemaker).
+    ("keepalived", "keepalived"),
     // tests/tests/status_page.rs loads the status page in headless Chromium.
     ("chromium", "chromium"),
 ];

@@ -157,6 +157,9 @@ impl SeedCluster {
         // redis-ha-ctl checks that the parent of its pin directory is on bpffs.
         let pins = pin_dir(&tag);
         std::fs::create_dir_all(&pins).with_context(|| format!("creating {}", pins.display()))?;
+        if !cluster.options.start_controllers {
+            return Ok(cluster);
+        }
         for c in &cluster.controllers {
             c.start()?;
         }

@@ -438,7 +438,7 @@ impl Stack for RedisHa {
 // The seed: a redis-sentinel in every backend's namespace (as the seed runs one on every
 // Redis host) and HAProxy in the LB namespace; no XDP program anywhere.
 
-const SENTINEL_PORT: u16 = 26379;
+pub const SENTINEL_PORT: u16 = 26379;
 
 struct Seed {
     /// Declared first: the processes go before the namespaces they run in.
@@ -450,7 +450,7 @@ struct Seed {
 /// Debian 12's /etc/redis/sentinel.conf with the seed's three changes (monitor the master
 /// with quorum 2, down-after 1000 ms, protected-mode no, which Debian already has), run in
 /// the foreground with its log on stdout and its state in `dir`.
-fn sentinel_config(dir: &Path, master: Ipv4Addr, down_after_ms: u64) -> String {
+pub fn sentinel_config(dir: &Path, master: Ipv4Addr, down_after_ms: u64) -> String {
     format!(
         "protected-mode no
 port {SENTINEL_PORT}

@@ -31,8 +31,9 @@ pub const HAPROXY_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 101);
 pub const WRITE_PORT: u16 = 6380;
 pub const READ_PORT: u16 = 6381;
 
-/// The seed's HAProxy config for backends `servers` (redis1, redis2, ...), files under `dir`.
-pub fn config(servers: &[Ipv4Addr], dir: &Path) -> String {
+/// The seed's HAProxy config for backends `servers` (redis1, redis2, ...), files under `dir`,
+/// its frontends bound to `bind` (`*` as in the seed, or an address).
+pub fn config(servers: &[Ipv4Addr], bind: &str, dir: &Path) -> String {
     let servers_block = servers
         .iter()
         .enumerate()
@@ -92,7 +93,7 @@ backend redis_write
 
 {servers_block}
 frontend redis-write
-    bind {HAPROXY_VIP}:{WRITE_PORT}
+    bind {bind}:{WRITE_PORT}
     mode tcp
 
     option  tcpka
@@ -102,7 +103,7 @@ frontend redis-write
     default_backend redis_write
 
 frontend redis-read
-    bind {HAPROXY_VIP}:{READ_PORT}
+    bind {bind}:{READ_PORT}
     mode tcp
 
     option  tcpka
@@ -162,6 +163,8 @@ pub struct HaProxy {
     _log: LogSink,
     stats_socket: PathBuf,
     lb: String,
+    /// Whether [`HAPROXY_VIP`] was added for it (removed again on drop).
+    owns_vip: bool,
 }
 
 /// One server line of `show stat`.
@@ -184,15 +187,30 @@ impl HaProxy {
     /// connections to replicas (a seed-stack behaviour of its own: writes fail with READONLY
     /// after every HAProxy restart).
     pub fn start(lb: &Netns, servers: &[Ipv4Addr], dir: &Path) -> Result<HaProxy> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let cfg_path = dir.join("haproxy.cfg");
-        std::fs::write(&cfg_path, config(servers, dir))
-            .with_context(|| format!("writing {}", cfg_path.display()))?;
-        let log = LogSink::start(&dir.join("log.sock"))?;
         let have_vip = lb.ip(&["-4", "addr", "show", "dev", "lo"])?;
         if !have_vip.contains(&format!("{HAPROXY_VIP}/32")) {
             lb.ip(&["addr", "add", &format!("{HAPROXY_VIP}/32"), "dev", "lo"])?;
         }
+        let mut proxy = Self::start_bound(lb, servers, &HAPROXY_VIP.to_string(), dir)?;
+        proxy.owns_vip = true;
+        Ok(proxy)
+    }
+
+    /// HAProxy with the seed's config bound to `bind` (`*` on the seed's machines, where the
+    /// VIP comes and goes with keepalived and a wildcard listener takes it whenever it is
+    /// there), in namespace `ns`; waits as [`Self::start`] does.
+    pub fn start_bound(
+        ns: &Netns,
+        servers: &[Ipv4Addr],
+        bind: &str,
+        dir: &Path,
+    ) -> Result<HaProxy> {
+        let lb = ns;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let cfg_path = dir.join("haproxy.cfg");
+        std::fs::write(&cfg_path, config(servers, bind, dir))
+            .with_context(|| format!("writing {}", cfg_path.display()))?;
+        let log = LogSink::start(&dir.join("log.sock"))?;
         let out = std::fs::File::create(dir.join("haproxy.out"))?;
         let mut cmd = lb.command("haproxy");
         // -db: foreground, no master-worker fork, so the child's pid is HAProxy's own.
@@ -207,6 +225,7 @@ impl HaProxy {
             _log: log,
             stats_socket: dir.join("admin.sock"),
             lb: lb.name().to_owned(),
+            owns_vip: false,
         };
         let out_path = dir.join("haproxy.out");
         wait_until(
@@ -293,6 +312,9 @@ impl HaProxy {
 impl Drop for HaProxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
+        if !self.owns_vip {
+            return;
+        }
         let _ = redis_ha_tests::netns_command(&self.lb, "ip")
             .args(["addr", "del", &format!("{HAPROXY_VIP}/32"), "dev", "lo"])
             .stdout(Stdio::null())
@@ -308,7 +330,7 @@ mod tests {
     #[test]
     fn config_keeps_the_seed_settings() {
         let ips = [Ipv4Addr::new(198, 18, 1, 11), Ipv4Addr::new(198, 18, 1, 12)];
-        let cfg = config(&ips, Path::new("/tmp/x"));
+        let cfg = config(&ips, "198.18.0.101", Path::new("/tmp/x"));
         assert_eq!(
             cfg.matches("server redis1 198.18.1.11:6379 check inter 1s fall 1 rise 1")
                 .count(),

@@ -8,7 +8,10 @@
 //! - [`paths`]: parts 1–3, throughput, latency and LB CPU per path;
 //! - [`packet`]: part 4, ns/packet through BPF_PROG_TEST_RUN (the packet test's measurement);
 //! - [`failover`]: part 5, the failover trials against both stacks;
-//! - [`report`]: the stdout table, `bench-results/` (JSON, Markdown, SVG).
+//! - [`report`]: the stdout table, `bench-results/` (JSON, Markdown, SVG);
+//! - `--topology seed`: [`seed_stack`] (the seed's Sentinel + HAProxy + keepalived on the seed
+//!   topology), [`seed_paths`] (throughput there), [`seed_failover`] and its [`seed_writer`]
+//!   (the three faults on both stacks), reported by `report::seed`.
 //!
 //! Numbers are only compared within one run; the report names the machine they came from.
 
@@ -17,6 +20,10 @@ mod haproxy;
 mod packet;
 mod paths;
 mod report;
+mod seed_failover;
+mod seed_paths;
+mod seed_stack;
+mod seed_writer;
 mod svg;
 mod workload;
 mod xdp;
@@ -46,6 +53,8 @@ pub struct Options {
     pub out: Option<PathBuf>,
     /// The command line, for the report.
     pub command: String,
+    /// Run on the seed's topology against the seed's own stack (`--topology seed`).
+    pub seed: bool,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -92,6 +101,9 @@ pub fn bench(options: Options) -> Result<()> {
     let machine = report::Machine::probe();
     println!("==> bench on {}", machine.one_line());
 
+    if options.seed {
+        return bench_seed(&options, ctl, machine, started);
+    }
     let repeats = options.repeats.unwrap_or(if options.quick { 3 } else { 9 });
     let trials = options.trials.unwrap_or(if options.quick { 1 } else { 5 });
 
@@ -145,6 +157,60 @@ pub fn bench(options: Options) -> Result<()> {
     println!("{summary}");
     println!(
         "==> wrote {} (results.json, summary.md, *.svg) in {:.0} s",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `--topology seed`: throughput and failover on the seed's topology, redis-ha against the
+/// seed's Sentinel + HAProxy + keepalived. Defaults: 2 repeats and 1 trial (--quick), else 5
+/// repeats and 10 trials (the N); results under `bench-results/seed/`.
+fn bench_seed(
+    options: &Options,
+    ctl: CtlInfo,
+    machine: report::Machine,
+    started: Instant,
+) -> Result<()> {
+    let repeats = options.repeats.unwrap_or(if options.quick { 2 } else { 5 });
+    let trials = options.trials.unwrap_or(if options.quick { 1 } else { 10 });
+    let paths = if options.skip_paths {
+        Err("skipped (--skip-paths)".to_owned())
+    } else {
+        seed_paths::measure(options.quick, repeats, options.xdp_mode).map_err(|e| format!("{e:#}"))
+    };
+    if let Err(e) = &paths {
+        println!("    paths: {e}");
+    }
+    check_interrupted()?;
+    let failover = if options.skip_failover {
+        Err("skipped (--skip-failover)".to_owned())
+    } else {
+        Ok(seed_failover::measure(trials, options.xdp_mode))
+    };
+    check_interrupted()?;
+    let results = report::seed::SeedResults {
+        machine,
+        load_after: report::loadavg(),
+        command: options.command.clone(),
+        ctl,
+        took: started.elapsed(),
+        repeats,
+        trials,
+        xdp_mode: options.xdp_mode.as_str().to_owned(),
+        paths,
+        failover,
+    };
+    let out = options.out.clone().unwrap_or_else(|| {
+        redis_ha_tests::workspace_root()
+            .join("bench-results")
+            .join("seed")
+    });
+    let summary = report::seed::write(&results, &out)?;
+    println!();
+    println!("{summary}");
+    println!(
+        "==> wrote {} (results.json, summary.md) in {:.0} s",
         out.display(),
         started.elapsed().as_secs_f64()
     );

@@ -18,6 +18,7 @@ use super::svg;
 
 mod markdown;
 mod plots;
+pub mod seed;
 
 use markdown::markdown;
 use plots::plots;
