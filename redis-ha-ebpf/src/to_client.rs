@@ -99,7 +99,9 @@ pub fn backend_reply<C: Frame>(
     owner: Owner,
 ) -> Result<u32, u32> {
     let nat = nat::config();
-    if nat::is_full(nat) {
+    // The connection the reply belongs to and, under full NAT, what rewriting its destination
+    // back to the client changed.
+    let (key, flow, dst_fix) = if nat::is_full(nat) {
         // Only replies to this node's own address can be translations; anything else from a
         // backend (replication, probes between the nodes) is not ours to touch.
         if fkey.dst_ip != nat.ip || fkey.dst_port < nat.port_min || fkey.dst_port > nat.port_max {
@@ -108,75 +110,58 @@ pub fn backend_reply<C: Frame>(
         let Some((key, flow)) = nat::reply_flow(fkey.src_ip, fkey.src_port, fkey.dst_port) else {
             return Err(counter::PASS_NOT_SERVICE);
         };
-        let closed = closing(ip, tcp, flow, flow_end::BACKEND_FIN);
         // The client's address first: the next hop is looked up for it.
-        let to_client_addr = rewrite(
+        let fix = rewrite(
             &mut ip.dst,
             &mut tcp.dport,
             key.src_ip,
             key.src_port,
             &mut ip.check,
         );
-        let reply = Reply {
-            nat_ip: key.dst_ip,
-            nat_port: key.dst_port,
-            backend: owner.slot,
-        };
-        let action = to_client(
-            ctx,
-            eth,
-            ip,
-            tcp,
-            reply,
-            Some(to_client_addr),
-            Some(&mut flow.to_client),
-            counter::FWD_TO_CLIENT,
-        );
-        if closed && flows::remove(&key, flow) {
-            backend_stats(owner.slot, |s| s.flows_closed += 1);
+        (key, flow, Some(fix))
+    } else if let Some((key, flow)) = reply_flow(fkey.dst_ip, fkey.dst_port, &owner) {
+        (key, flow, None)
+    } else {
+        // SAFETY: the caller checked the header.
+        if !ctx.for_this_host(unsafe { &*eth }) {
+            return Err(counter::PASS_NOT_FOR_HOST);
         }
-        return Ok(action);
-    }
-    if let Some((key, flow)) = reply_flow(fkey.dst_ip, fkey.dst_port, &owner) {
-        let closed = closing(ip, tcp, flow, flow_end::BACKEND_FIN);
-        let reply = Reply {
-            nat_ip: owner.state.vip,
-            nat_port: key.dst_port,
-            backend: owner.slot,
+        return match reply_without_flow(fkey, &owner) {
+            Some(reply) => Ok(to_client(
+                ctx,
+                eth,
+                ip,
+                tcp,
+                reply,
+                None,
+                None,
+                counter::FWD_TO_CLIENT_NO_FLOW,
+            )),
+            None => Err(counter::PASS_NOT_SERVICE),
         };
-        let action = to_client(
-            ctx,
-            eth,
-            ip,
-            tcp,
-            reply,
-            None,
-            Some(&mut flow.to_client),
-            counter::FWD_TO_CLIENT,
-        );
-        // Last, as for the client's packets.
-        if closed && flows::remove(&key, flow) {
-            backend_stats(owner.slot, |s| s.flows_closed += 1);
-        }
-        return Ok(action);
+    };
+    let closed = closing(ip, tcp, flow, flow_end::BACKEND_FIN);
+    // The connection's key names the VIP port it was made to.
+    let reply = Reply {
+        nat_ip: key.dst_ip,
+        nat_port: key.dst_port,
+        backend: owner.slot,
+    };
+    let action = to_client(
+        ctx,
+        eth,
+        ip,
+        tcp,
+        reply,
+        dst_fix,
+        Some(&mut flow.to_client),
+        counter::FWD_TO_CLIENT,
+    );
+    // Last, as for the client's packets.
+    if closed && flows::remove(&key, flow) {
+        backend_stats(owner.slot, |s| s.flows_closed += 1);
     }
-    // SAFETY: the caller checked the header.
-    if !ctx.for_this_host(unsafe { &*eth }) {
-        return Err(counter::PASS_NOT_FOR_HOST);
-    }
-    match reply_without_flow(fkey, &owner) {
-        Some(reply) => Ok(to_client(
-            ctx,
-            eth,
-            ip,
-            tcp,
-            reply,
-            None,
-            None,
-            counter::FWD_TO_CLIENT_NO_FLOW,
-        )),
-        None => Err(counter::PASS_NOT_SERVICE),
-    }
+    Ok(action)
 }
 
 /// A backend's reply for which this node has no connection entry: the connection was

@@ -1096,6 +1096,13 @@ impl FromStr for MapsView {
     }
 }
 
+/// Where a testbed whose files live in `dir` keeps controller `id`'s config, log and state
+/// file.
+pub(crate) fn controller_files(dir: &Path, id: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let file = |ext: &str| dir.join("controllers").join(format!("{id}.{ext}"));
+    (file("toml"), file("log"), file("state"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -444,14 +444,8 @@ impl HaCluster {
 
         for ctl in 1..=3 {
             let id = controller_id(ctl);
-            let file = |ext: &str| {
-                cluster
-                    .dir
-                    .path
-                    .join("controllers")
-                    .join(format!("{id}.{ext}"))
-            };
-            let (config_path, log_path, state_path) = (file("toml"), file("log"), file("state"));
+            let (config_path, log_path, state_path) =
+                cluster::controller_files(&cluster.dir.path, &id);
             std::fs::write(&config_path, cluster.config_toml(ctl, &state_path))
                 .with_context(|| format!("writing {}", config_path.display()))?;
             let ns_name = cluster.controller_netns(ctl).name().to_owned();

@@ -12,7 +12,7 @@ use super::{
     ROUTED_NETWORK, ROUTER_IP, SeedCluster, SeedNode, SeedOptions, controller_id,
     controller_listen, node_ip,
 };
-use crate::cluster::{Controller, ControllerToml, METRICS_PORT};
+use crate::cluster::{self, Controller, ControllerToml, METRICS_PORT};
 use crate::ha::{plug, setup_on_link_endpoint};
 use crate::netns::{Netns, leftovers};
 use crate::testbed::{
@@ -134,14 +134,8 @@ impl SeedCluster {
 
         for n in 1..=NODES {
             let id = controller_id(n);
-            let file = |ext: &str| {
-                cluster
-                    .dir
-                    .path
-                    .join("controllers")
-                    .join(format!("{id}.{ext}"))
-            };
-            let (config_path, log_path, state_path) = (file("toml"), file("log"), file("state"));
+            let (config_path, log_path, state_path) =
+                cluster::controller_files(&cluster.dir.path, &id);
             std::fs::write(&config_path, cluster.config_toml(n, &state_path))
                 .with_context(|| format!("writing {}", config_path.display()))?;
             let ns_name = cluster.node(n).netns().name().to_owned();
