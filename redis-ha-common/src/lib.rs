@@ -196,7 +196,13 @@ pub struct NatKey {
 
 /// How many ports a new connection tries before it is refused (`RESET_NAT_EXHAUSTED`): all
 /// of a range this small, a sample of a larger one. Bounded for the verifier.
-pub const NAT_PORT_TRIES: u32 = 32;
+pub const NAT_PORT_TRIES: u32 = 64;
+
+/// Of [`NAT_PORT_TRIES`], how many follow the CPU's cursor; the rest are random ports of the
+/// range. Consecutive tries alone fail inside any run of that many busy ports, which every
+/// connection pool opened at once leaves (another CPU's cursor, or this one's after it wraps,
+/// walks into it): random tries fail only when most of the range is taken.
+pub const NAT_PORT_TRIES_IN_ORDER: u32 = 8;
 
 /// Bits of [`Flow::flags`].
 pub mod flow_flags {

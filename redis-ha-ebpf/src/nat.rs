@@ -3,7 +3,10 @@
 //! (`NAT_PORTS` is keyed by backend and port), so a range of N ports carries N connections to
 //! each backend at once.
 
-use redis_ha_common::{Flow, FlowKey, NAT_PORT_TRIES, NatConfig, NatKey, flow_hash, nat_mode};
+use aya_ebpf::helpers::bpf_get_prandom_u32;
+use redis_ha_common::{
+    Flow, FlowKey, NAT_PORT_TRIES, NAT_PORT_TRIES_IN_ORDER, NatConfig, NatKey, flow_hash, nat_mode,
+};
 
 use crate::{
     flows,
@@ -35,8 +38,10 @@ pub fn is_full(nat: &NatConfig) -> bool {
 }
 
 /// Gives connection `fkey` a source port toward `backend_ip:backend_port`, or `None` when
-/// every port tried is taken (or the table is full). Tries up to [`NAT_PORT_TRIES`]
-/// consecutive ports from this CPU's cursor, all of them when the range is that small.
+/// every port tried is taken (or the table is full). Tries [`NAT_PORT_TRIES_IN_ORDER`]
+/// consecutive ports from this CPU's cursor (all of a range that small), then random ones,
+/// [`NAT_PORT_TRIES`] in all: with a range a tenth full, a refusal takes 56 busy random
+/// ports in a row, about one connection in 10^56.
 #[inline(always)]
 pub fn take_port(
     nat: &NatConfig,
@@ -54,26 +59,36 @@ pub fn take_port(
     // A constant trip count, exited early for a smaller range: the verifier walks every
     // iteration, and a count it cannot bound (LLVM turned `min(size, 32)` into `size`) makes
     // the program too complex to load.
-    let mut tried = 0;
+    let mut next = start.wrapping_add(NAT_PORT_TRIES_IN_ORDER);
     for i in 0..NAT_PORT_TRIES {
-        if i >= size {
-            break;
-        }
-        tried = i + 1;
-        let port = nat.port_min + ((start.wrapping_add(i)) % size) as u16;
+        let offset = if i < NAT_PORT_TRIES_IN_ORDER {
+            if i >= size {
+                break;
+            }
+            start.wrapping_add(i)
+        } else {
+            if size <= NAT_PORT_TRIES_IN_ORDER {
+                break;
+            }
+            // SAFETY: a helper without arguments or side effects.
+            unsafe { bpf_get_prandom_u32() }
+        };
+        let port = nat.port_min + (offset % size) as u16;
         let key = NatKey {
             backend_ip,
             backend_port,
             nat_port: port,
         };
         if NAT_PORTS.insert(&key, fkey, BPF_NOEXIST).is_ok() {
+            // After a random port, go on from there: the run of busy ports stays behind.
+            next = offset.wrapping_add(1);
             // SAFETY: as above.
-            unsafe { *cursor = start.wrapping_add(tried) };
+            unsafe { *cursor = next };
             return Some(port);
         }
     }
     // SAFETY: as above.
-    unsafe { *cursor = start.wrapping_add(tried) };
+    unsafe { *cursor = next };
     None
 }
 

@@ -9,7 +9,7 @@ use std::{net::SocketAddrV4, time::Duration};
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
     programs::{
         ProgramError, SchedClassifier, TestRun as _, TestRunOptions, TestRunResult, Xdp, XdpMode,
     },
@@ -357,6 +357,33 @@ impl Dataplane {
             nat_port: port,
         };
         map.get(&key, 0).ok()
+    }
+
+    /// Gives full-NAT port `port` toward `backend` to `owner`, as a live connection would.
+    pub fn occupy_nat_port(&mut self, backend: SocketAddrV4, port: u16, owner: FlowKey) {
+        let mut map: HashMap<&mut MapData, NatKey, FlowKey> =
+            HashMap::try_from(self.bpf.map_mut(map_name::NAT_PORTS).expect("NAT_PORTS"))
+                .expect("NAT_PORTS type");
+        let key = NatKey {
+            backend_ip: backend.ip().octets(),
+            backend_port: backend.port(),
+            nat_port: port,
+        };
+        map.insert(key, owner, 0).expect("insert NAT_PORTS");
+    }
+
+    /// Points every CPU's next full-NAT port at offset `offset` of the range.
+    pub fn set_nat_cursor(&mut self, offset: u32) {
+        let mut map: PerCpuArray<&mut MapData, u32> =
+            PerCpuArray::try_from(self.bpf.map_mut(map_name::NAT_CURSOR).expect("NAT_CURSOR"))
+                .expect("NAT_CURSOR type");
+        let cpus = aya::util::nr_cpus().expect("CPU count");
+        map.set(
+            0,
+            PerCpuValues::try_from(vec![offset; cpus]).expect("values"),
+            0,
+        )
+        .expect("set NAT_CURSOR");
     }
 
     /// Marks `slot` as this host's own redis-server (`backend_flags::LOCAL`).

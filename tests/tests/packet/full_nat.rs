@@ -184,6 +184,32 @@ fn ports_are_unique_per_backend_and_a_full_range_resets_new_connections() {
     });
 }
 
+/// A connection pool opened at once holds a run of consecutive ports for as long as it lives.
+/// A CPU whose cursor comes into that run (another CPU's, or its own after wrapping round the
+/// range) must still find one of the many free ports, not refuse the connection as if the
+/// range were full.
+#[test]
+fn a_run_of_busy_ports_ahead_of_the_cursor_does_not_refuse_a_connection() {
+    at_every_hook(|tb, hook| {
+        let mut dp = full_nat(tb, hook, FIRST, LAST);
+        let pool = 100;
+        for i in 0..pool {
+            let owner = flow_key(client(30000 + i), WRITE);
+            dp.occupy_nat_port(BE_11, FIRST + 1 + i, owner);
+        }
+        dp.set_nat_cursor(1);
+        for i in 0..3 {
+            let c = client(40001 + i);
+            let port = open(&dp, c, BE_11);
+            assert!(
+                !(FIRST + 1..FIRST + 1 + pool).contains(&port),
+                "port {port} was already taken"
+            );
+        }
+        assert_eq!(dp.counters()[counter::RESET_NAT_EXHAUSTED as usize], 0);
+    });
+}
+
 #[test]
 fn replies_that_are_no_translation_pass_untouched() {
     at_every_hook(|tb, hook| {
