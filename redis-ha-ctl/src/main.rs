@@ -179,11 +179,16 @@ enum Command {
 }
 
 fn run_daemon(config: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = redis_ha_ctl::config::Config::load(config)?;
+    // Before the runtime starts its threads: they inherit this thread's capabilities.
+    let kept = redis_ha_ctl::daemon::privileges::keep_only_needed(&cfg)
+        .map_err(|e| anyhow::anyhow!("giving up the capabilities the config does not need: {e}"))?;
+    tracing::info!(capabilities = ?kept, "capabilities kept");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(redis_ha_ctl::daemon::run_with_signals(config))
+    rt.block_on(redis_ha_ctl::daemon::run_with_signals(cfg, config))
 }
 
 fn main() -> ExitCode {

@@ -756,6 +756,13 @@ impl Controller {
     /// Starts `redis-ha-ctl run` (output appended to its log) and waits until it logs that it
     /// runs. An error if it already runs or exits meanwhile.
     pub fn start(&self) -> Result<()> {
+        self.start_via(&[], &[])
+    }
+
+    /// [`Controller::start`], with the daemon run by `launcher` (a program and its arguments,
+    /// which then executes the daemon's command line: `setpriv ...`, `strace ...`) and with
+    /// `env` added to its environment.
+    pub fn start_via(&self, launcher: &[&str], env: &[(&str, &str)]) -> Result<()> {
         if self.is_running() {
             bail!("controller {} already runs", self.id);
         }
@@ -765,7 +772,15 @@ impl Controller {
             .append(true)
             .open(&self.log_path)
             .with_context(|| format!("opening {}", self.log_path.display()))?;
-        let mut cmd = netns_command(&self.ns_name, crate::ctl_binary()?);
+        let mut cmd = match launcher.split_first() {
+            Some((program, args)) => {
+                let mut cmd = netns_command(&self.ns_name, program);
+                cmd.args(args).arg(crate::ctl_binary()?);
+                cmd
+            }
+            None => netns_command(&self.ns_name, crate::ctl_binary()?),
+        };
+        cmd.envs(env.iter().copied());
         cmd.arg("run")
             .arg("--config")
             .arg(&self.config_path)

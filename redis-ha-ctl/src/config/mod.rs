@@ -15,6 +15,7 @@
 mod dataplane;
 mod load;
 mod nat;
+mod secret;
 mod show;
 mod validate;
 

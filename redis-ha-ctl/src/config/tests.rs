@@ -306,6 +306,8 @@ fn a_config_setting_every_key_reads_back_equal_from_its_serialisation() {
     // The secret read from `secret_file` (trimmed) is the same config as the secret inline.
     let file = std::env::temp_dir().join(format!("redis-ha-secret-{}", std::process::id()));
     std::fs::write(&file, "0123456789abcdef-shared\n").unwrap();
+    // A secret file others may read is refused.
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let from_file = EVERY_KEY.replace(
         "secret = \"0123456789abcdef-shared\"",
         &format!("secret_file = {:?}", file.display().to_string()),

@@ -5,7 +5,7 @@ use std::{
     collections::HashSet,
     net::{Ipv4Addr, SocketAddrV4},
     ops::Range,
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use redis_ha_common::MAX_SERVICES;
@@ -323,14 +323,10 @@ fn validate_controller(
     }
     let secret = match (&raw.secret, &raw.secret_file) {
         (Some(s), None) => Some(s.get_ref().clone()),
-        (None, Some(f)) => match std::fs::read_to_string(f.get_ref()) {
-            Ok(s) => Some(s.trim().to_owned()),
+        (None, Some(f)) => match super::secret::read(Path::new(f.get_ref())) {
+            Ok(s) => Some(s),
             Err(e) => {
-                let unreadable = problem(
-                    f,
-                    "controller.secret_file",
-                    format!("cannot read {:?}: {e}", f.get_ref()),
-                );
+                let unreadable = problem(f, "controller.secret_file", e);
                 match secret_files {
                     SecretFiles::Read => return Err(unreadable),
                     SecretFiles::Defer(deferred) => {

@@ -206,6 +206,7 @@ impl<D: Dataplane> Executor<D> {
         let mut pending: VecDeque<Input> = VecDeque::new();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut watchdog = super::watchdog::Watchdog::from_env();
         let mut ha_tick = tokio::time::interval(self.floating.tick);
         ha_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -228,6 +229,7 @@ impl<D: Dataplane> Executor<D> {
                 tokio::select! {
                     Some(input) = rx.recv() => input,
                     _ = tick.tick() => {
+                        watchdog.ping(Instant::now());
                         first = self.tick(self.now());
                         continue;
                     }

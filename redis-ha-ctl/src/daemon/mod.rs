@@ -19,18 +19,22 @@
 //! - `redis_io`: probes, commands and the switchover's Redis calls;
 //! - `peers`: the UDP peer socket, both ways;
 //! - `snapshot`: building the [`Status`] from what the executor saw;
-//! - `traffic`: the data plane's counters and the connection-table sweep, on their own task.
+//! - `traffic`: the data plane's counters and the connection-table sweep, on their own task;
+//! - [`privileges`]: the capabilities the config needs, all others given up at the start;
+//! - `watchdog`: systemd's readiness and watchdog notifications.
 
 pub mod control;
 mod executor;
 mod floating;
 mod operator;
 mod peers;
+pub mod privileges;
 mod redis_io;
 mod resume;
 mod snapshot;
 mod traffic;
 mod warmup;
+mod watchdog;
 
 #[cfg(test)]
 mod tests;
@@ -69,10 +73,9 @@ use crate::{
     status::Status,
 };
 
-/// `redis-ha-ctl run --config FILE`: loads the config and runs the daemon until SIGINT or
-/// SIGTERM.
-pub async fn run_with_signals(config_path: &Path) -> anyhow::Result<()> {
-    let cfg = Config::load(config_path)?;
+/// `redis-ha-ctl run --config FILE`: runs the daemon with `cfg`, loaded from `config_path`,
+/// until SIGINT or SIGTERM.
+pub async fn run_with_signals(cfg: Config, config_path: &Path) -> anyhow::Result<()> {
     if cfg.controller.is_none() {
         anyhow::bail!(
             "{}: no [controller] section: `run` needs one (id, listen, peers, secret)",
@@ -278,6 +281,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         seed: boot,
     });
     info!(id = %ctl.id, listen = %ctl.listen, services = names.len(), "controller started");
+    watchdog::Watchdog::ready();
     ex.run(rx, shutdown).await;
     tasks.shutdown().await;
     info!("controller stopping; the data plane keeps forwarding (pinned)");
