@@ -287,6 +287,7 @@ impl Cluster {
             state_path: file("state"),
             process: ProcessSlot::default(),
             started_at: Mutex::new(None),
+            env: Mutex::new(Vec::new()),
         });
         Ok(index)
     }
@@ -311,6 +312,35 @@ impl Cluster {
             peers: &spec.peers,
         };
         format!("{dataplane}{service}{}", tail.render())
+    }
+
+    /// Moves controller `n`'s state file to `path` (copying what it holds) and points its
+    /// config there, for a test that puts it on a file system of its own. The controller must
+    /// not run.
+    pub fn relocate_state_file(&mut self, n: usize, path: &Path) -> Result<()> {
+        let c = &mut self.controllers[n - 1];
+        if c.is_running() {
+            bail!(
+                "controller {} runs: stop it before moving its state file",
+                c.id
+            );
+        }
+        let config = std::fs::read_to_string(&c.config_path)
+            .with_context(|| format!("reading {}", c.config_path.display()))?;
+        let old = toml_string(&c.state_path.display().to_string());
+        if !config.contains(&old) {
+            bail!("{} does not name {old}", c.config_path.display());
+        }
+        let new = toml_string(&path.display().to_string());
+        std::fs::write(&c.config_path, config.replace(&old, &new))
+            .with_context(|| format!("writing {}", c.config_path.display()))?;
+        if c.state_path.exists() {
+            std::fs::copy(&c.state_path, path).with_context(|| {
+                format!("copying {} to {}", c.state_path.display(), path.display())
+            })?;
+        }
+        c.state_path = path.to_owned();
+        Ok(())
     }
 
     /// `redis-ha-ctl maps --config <c1's config> --flows 0`, parsed.
@@ -680,6 +710,8 @@ pub struct Controller {
     /// `None` while not running; behind a mutex so a test can kill one through `&Cluster`.
     process: ProcessSlot,
     started_at: Mutex<Option<Instant>>,
+    /// Extra environment of the next starts (e.g. the `REDIS_HA_FAILPOINT` test hook).
+    env: Mutex<Vec<(String, String)>>,
 }
 
 impl Controller {
@@ -702,6 +734,7 @@ impl Controller {
             state_path,
             process: ProcessSlot::default(),
             started_at: Mutex::new(None),
+            env: Mutex::new(Vec::new()),
         }
     }
 
@@ -787,6 +820,7 @@ impl Controller {
             // Plain text: the tests read the log.
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
+            .envs(self.env.lock().unwrap_or_else(|e| e.into_inner()).clone())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -814,6 +848,28 @@ impl Controller {
                     .then_some(()))
             },
         )
+    }
+
+    /// Sets (`Some`) or removes (`None`) an environment variable of the next starts.
+    pub fn set_env(&self, key: &str, value: Option<&str>) {
+        let mut env = self.env.lock().unwrap_or_else(|e| e.into_inner());
+        env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            env.push((key.to_owned(), v.to_owned()));
+        }
+    }
+
+    /// Waits (bounded) until the process exited by itself (a crash, a refused start), reaps it
+    /// and returns what it logged since `mark`.
+    pub fn wait_exit(&self, since: LogMark, timeout: Duration) -> Result<String> {
+        wait_until(
+            &format!("controller {} to exit", self.id),
+            timeout,
+            POLL,
+            || Ok((!self.is_running()).then_some(())),
+        )?;
+        self.kill()?;
+        Ok(self.log_since(since))
     }
 
     /// SIGKILL and reap: a crash, no chance to clean up.

@@ -132,6 +132,7 @@ fn sample_status() -> Status {
                 },
             ],
             failovers: 1,
+            safe_mode: false,
         }],
         dataplane: Some(DataplaneStatus {
             pin_dir: "/sys/fs/bpf/redis-ha".into(),

@@ -25,6 +25,7 @@
 
 pub mod control;
 mod executor;
+mod failpoint;
 mod floating;
 mod operator;
 mod peers;
@@ -120,7 +121,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
 
-    let store = StateStore::open(&ctl.state_file)?;
+    let failpoint = failpoint::Failpoint::from_env()?;
+    let (store, unreadable) = open_state(&ctl.state_file)?;
     let mut attached = None;
     // Only a node with a data plane delivers to its own redis-server.
     let local = match &config.dataplane {
@@ -154,7 +156,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Some(dp) => Some(dp.snapshot()?),
         None => None,
     };
-    let machines = Machines::start(&config, &ctl, &store, snapshot.as_ref(), &local, start)?;
+    let machines = Machines::start(
+        &config,
+        &ctl,
+        &store,
+        snapshot.as_ref(),
+        &local,
+        start,
+        unreadable,
+    )?;
 
     if let Some(dp) = dataplane.as_mut() {
         // Until elected, the program drops ARP requests for the floating addresses; without
@@ -279,6 +289,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         events,
         metrics,
         seed: boot,
+        failpoint,
     });
     info!(id = %ctl.id, listen = %ctl.listen, services = names.len(), "controller started");
     watchdog::Watchdog::ready();
@@ -286,4 +297,33 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tasks.shutdown().await;
     info!("controller stopping; the data plane keeps forwarding (pinned)");
     Ok(())
+}
+
+/// Opens the state file and checks that its directory is writable: a controller that cannot
+/// persist a vote must not vote, so a directory it can never write is an error at start. A
+/// full file system only warns (room may come back; meanwhile the controller follows the
+/// others and abstains). A file that cannot be read is not an error: the controller starts in
+/// safe mode (returned: `true`), rather than failing on every restart.
+fn open_state(path: &Path) -> anyhow::Result<(StateStore, bool)> {
+    let (store, unreadable) = StateStore::open_or_recover(path);
+    if let Err(e) = store.check_writable() {
+        if !e.is_full() {
+            return Err(anyhow::Error::new(e).context(format!(
+                "the state file's directory is not writable: the controller must persist its \
+                 votes there; make {} writable by this user (or set [controller] state_file to \
+                 a writable place)",
+                path.parent().unwrap_or(Path::new(".")).display()
+            )));
+        }
+        warn!(
+            "{e}: the file system is full; no vote leaves this controller until it can write its state again"
+        );
+    }
+    if let Some(e) = &unreadable {
+        error!(
+            "{e}; starting in safe mode: no vote and no failover until a majority of the other controllers told the current epoch (a copy of the file is kept as {})",
+            path.with_extension("unreadable").display()
+        );
+    }
+    Ok((store, unreadable.is_some()))
 }

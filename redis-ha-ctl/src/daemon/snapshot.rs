@@ -173,6 +173,7 @@ pub(super) fn service_status(
         read_pool: target.read_pool.clone(),
         peers,
         failovers: view.failovers,
+        safe_mode: m.in_safe_mode(),
     }
 }
 

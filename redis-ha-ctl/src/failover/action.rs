@@ -99,6 +99,13 @@ pub enum ForceRefused {
     NoGoodReplica,
     #[error("{0} is not a node of this service")]
     UnknownNode(NodeAddr),
+    /// This controller lost its state file and does not vote or lead until a majority of the
+    /// others told it the current epoch (safe mode).
+    #[error(
+        "this controller is in safe mode (its state file could not be read) until a majority of \
+         the other controllers have been heard; ask another controller, or wait"
+    )]
+    SafeMode,
     #[error("{0} is the master already")]
     AlreadyMaster(NodeAddr),
     #[error("{node} cannot be promoted: {why}")]
@@ -241,6 +248,12 @@ pub enum NoticeKind {
     /// agree again; only a state left by an older version (or a hand-edited state file) can
     /// hold such a conflict, since one epoch has one leader.
     ConfigConflict,
+    /// `+safe-mode` (ours): the state file could not be read, so this controller neither votes
+    /// nor starts a failover until a majority of the other controllers told it the current
+    /// epoch.
+    SafeMode,
+    /// `-safe-mode` (ours): heard them; votes again, in later epochs only.
+    SafeModeCleared,
 }
 
 impl NoticeKind {
@@ -279,6 +292,8 @@ impl NoticeKind {
             NoticeKind::FailoverStateWaitSync => "+failover-state-wait-sync",
             NoticeKind::FailoverAbortNotSynced => "-failover-abort-not-synced",
             NoticeKind::ConfigConflict => "+config-conflict",
+            NoticeKind::SafeMode => "+safe-mode",
+            NoticeKind::SafeModeCleared => "-safe-mode",
         }
     }
 }

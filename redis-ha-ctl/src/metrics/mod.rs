@@ -93,6 +93,15 @@ pub struct Metrics {
     failovers: Family<FailoverLabels, Counter>,
     /// Peer datagrams thrown away, by reason.
     peer_refused: Family<ReasonLabels, Counter>,
+    /// Writes of the state file that failed, per service.
+    state_write_failures: Family<ServiceLabels, Counter>,
+    /// Votes (replies and our own requests) not sent because the state was not durable.
+    votes_withheld: Family<ServiceLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
 }
 
 impl Default for Metrics {
@@ -102,6 +111,8 @@ impl Default for Metrics {
             probe_failures: Family::default(),
             failovers: Family::default(),
             peer_refused: Family::default(),
+            state_write_failures: Family::default(),
+            votes_withheld: Family::default(),
         };
         for reason in PEER_REFUSAL_REASONS {
             metrics.peer_refused.get_or_create_owned(&ReasonLabels {
@@ -160,6 +171,25 @@ impl Metrics {
             .inc();
     }
 
+    /// Writing the state file for `service` failed.
+    pub fn state_write_failed(&self, service: &str) {
+        self.state_write_failures
+            .get_or_create(&ServiceLabels {
+                service: service.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A vote (a reply, or a request for our own) of `service` was not sent: the state holding
+    /// it could not be made durable.
+    pub fn vote_withheld(&self, service: &str) {
+        self.votes_withheld
+            .get_or_create(&ServiceLabels {
+                service: service.to_owned(),
+            })
+            .inc();
+    }
+
     /// The Prometheus text exposition (format 0.0.4, [`PROMETHEUS_CONTENT_TYPE`]).
     pub fn encode(&self, status: &Status) -> String {
         self.encode_as(status, Format::Prometheus)
@@ -199,6 +229,11 @@ impl Metrics {
                 service: svc.name.clone(),
                 outcome: "switched".to_owned(),
             });
+            let service = ServiceLabels {
+                service: svc.name.clone(),
+            };
+            self.state_write_failures.get_or_create_owned(&service);
+            self.votes_withheld.get_or_create_owned(&service);
         }
 
         reg.register_with_unit(
@@ -221,6 +256,17 @@ impl Metrics {
             "peer_messages_refused",
             "Peer controller datagrams refused, by reason",
             self.peer_refused.clone(),
+        );
+        reg.register(
+            "state_write_failures",
+            "Writes of the controller's state file that failed (full disk, I/O error, read-only)",
+            self.state_write_failures.clone(),
+        );
+        reg.register(
+            "votes_withheld",
+            "Votes not sent (replies to candidates, or requests for our own candidacy) because \
+             the state file holding them could not be written",
+            self.votes_withheld.clone(),
         );
 
         snapshot::register(&mut reg, status);

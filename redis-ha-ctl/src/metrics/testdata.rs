@@ -73,6 +73,7 @@ pub(crate) fn sample() -> Status {
                 },
             ],
             failovers: 1,
+            safe_mode: false,
         }],
         dataplane: Some(DataplaneStatus {
             pin_dir: "/sys/fs/bpf/redis-ha".into(),

@@ -70,6 +70,7 @@ pub(crate) fn status() -> Status {
                 },
             ],
             failovers: 0,
+            safe_mode: false,
         }],
         dataplane: Some(DataplaneStatus {
             pin_dir: "/sys/fs/bpf/redis-ha".into(),

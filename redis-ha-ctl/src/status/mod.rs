@@ -90,6 +90,9 @@ pub struct ServiceStatus {
     pub peers: Vec<PeerStatus>,
     /// Failovers this controller saw complete (`+switch-master`), since it started.
     pub failovers: u64,
+    /// Its state file could not be read: no vote and no failover until a majority of the
+    /// other controllers told it the current epoch.
+    pub safe_mode: bool,
 }
 
 impl Default for ServiceStatus {
@@ -110,6 +113,7 @@ impl Default for ServiceStatus {
             read_pool: Vec::new(),
             peers: Vec::new(),
             failovers: 0,
+            safe_mode: false,
         }
     }
 }

@@ -20,6 +20,9 @@ impl ServiceMachine {
         if !matches!(self.failover, Failover::Idle) {
             return Err(ForceRefused::InProgress);
         }
+        if self.in_safe_mode() {
+            return Err(ForceRefused::SafeMode);
+        }
         let request = ForceRequest {
             to,
             timeout,

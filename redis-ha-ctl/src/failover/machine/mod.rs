@@ -7,6 +7,7 @@ mod events;
 mod forced;
 mod promotion;
 mod read_pool;
+mod safe_mode;
 
 use super::health::{Flip, Liveness};
 use super::select::{self, Candidate};
@@ -258,6 +259,8 @@ pub struct ServiceMachine {
     last_hello: Option<Millis>,
     /// The `failover_epoch` of our last hello: a change is announced at once.
     announced_failover: Option<Epoch>,
+    /// In safe mode (see `safe_mode`): the current epoch each peer told us since.
+    safe_mode: Option<BTreeMap<ControllerId, Epoch>>,
 }
 
 impl ServiceMachine {
@@ -298,6 +301,7 @@ impl ServiceMachine {
             replaced: None,
             last_hello: None,
             announced_failover: None,
+            safe_mode: None,
         };
         let mut out = Vec::new();
         machine.set_master(config_epoch, master, &mut out);

@@ -10,6 +10,7 @@ mod scenarios;
 mod sim;
 mod switchover;
 mod unit;
+mod unit_safe_mode;
 mod unit_switch;
 
 use std::net::Ipv4Addr;
