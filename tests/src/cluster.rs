@@ -63,6 +63,8 @@ pub(crate) struct ControllerToml<'a> {
     pub probe_interval_ms: u64,
     pub metrics_listen: SocketAddrV4,
     pub peers: &'a [(String, SocketAddrV4)],
+    /// More `[controller]` keys, one `key = value` a line (e.g. the API's limits).
+    pub extra: &'a str,
 }
 
 impl ControllerToml<'_> {
@@ -84,7 +86,8 @@ impl ControllerToml<'_> {
              state_file = {state}\n\
              probe_interval_ms = {interval}\n\
              metrics_listen = \"{metrics}\"\n\
-             peers = [{peers}]\n",
+             peers = [{peers}]\n\
+             {extra}",
             quorum = self.quorum,
             down_after = self.down_after_ms,
             failover_timeout = self.failover_timeout_ms,
@@ -95,6 +98,7 @@ impl ControllerToml<'_> {
             interval = self.probe_interval_ms,
             metrics = self.metrics_listen,
             peers = peers.join(", "),
+            extra = self.extra,
         )
     }
 }
@@ -111,6 +115,8 @@ pub struct ClusterOptions {
     pub quorum: usize,
     /// The shared peer secret (at least 16 characters).
     pub secret: String,
+    /// More `[controller]` keys for every controller, one `key = value` a line.
+    pub controller_keys: String,
 }
 
 impl Default for ClusterOptions {
@@ -122,6 +128,7 @@ impl Default for ClusterOptions {
             probe_interval_ms: 100,
             quorum: 2,
             secret: "redis-ha-e2e-shared-secret".to_owned(),
+            controller_keys: String::new(),
         }
     }
 }
@@ -310,6 +317,7 @@ impl Cluster {
             probe_interval_ms: o.probe_interval_ms,
             metrics_listen: spec.metrics_listen(),
             peers: &spec.peers,
+            extra: &o.controller_keys,
         };
         format!("{dataplane}{service}{}", tail.render())
     }

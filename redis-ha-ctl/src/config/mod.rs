@@ -12,6 +12,7 @@
 //! Those are the only places a default is stated: validation fills from them, and
 //! check-config shows what validation filled in.
 
+mod api_limits;
 mod dataplane;
 mod load;
 mod nat;
@@ -31,6 +32,7 @@ use std::{
 use redis_ha_common::{MAX_BACKENDS, MAX_SERVICES};
 use serde::{Deserialize, Serialize, Serializer};
 
+pub use api_limits::ApiLimits;
 pub use load::ConfigError;
 pub use nat::{NatMode, NatPorts};
 
@@ -157,6 +159,9 @@ pub struct ControllerConfig {
     pub state_file: PathBuf,
     /// How often every backend is probed and the view sent to peers.
     pub probe_interval_ms: u64,
+    /// What one client of the API may take (connections, memory, time).
+    #[serde(flatten)]
+    pub api_limits: ApiLimits,
     /// Prometheus `/metrics` and the status page (HTTP), if wanted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,

@@ -221,6 +221,16 @@ secret = "0123456789abcdef-shared"
 state_file = "/var/lib/other/lb1.state"
 probe_interval_ms = 50
 metrics_listen = "127.0.0.1:9480"
+maxclients = 500
+client_idle_timeout_ms = 60000
+tcp_keepalive_s = 60
+client_output_buffer_limit_normal_bytes = 4194304
+client_output_buffer_limit_pubsub_hard_bytes = 16777216
+client_output_buffer_limit_pubsub_soft_bytes = 1048576
+client_output_buffer_limit_pubsub_soft_seconds = 30
+client_max_subscriptions = 64
+client_max_request_bytes = 65536
+client_max_request_args = 64
 
 [ha]
 priority = 150
@@ -294,6 +304,15 @@ fn a_config_setting_every_key_reads_back_equal_from_its_serialisation() {
     assert!(dp.nat != dd.nat && dp.nat_address.is_some() && dp.nat_ports != dd.nat_ports);
     assert!(ctl.probe_interval_ms != ControllerConfig::DEFAULT_PROBE_INTERVAL_MS);
     assert!(ctl.state_file != ControllerConfig::default_state_file(&ctl.id));
+    let limits = toml::Table::try_from(&ctl.api_limits).unwrap();
+    let defaults = toml::Table::try_from(ApiLimits::default()).unwrap();
+    for (key, value) in &limits {
+        assert_ne!(
+            Some(value),
+            defaults.get(key),
+            "{key} is set to its default"
+        );
+    }
     assert!(ha.priority != hd.priority && ha.preempt != hd.preempt);
     assert!(ha.heartbeat_ms != hd.heartbeat_ms && ha.down_after_ms != hd.down_after_ms);
     let f = &cfg.services[0].failover;

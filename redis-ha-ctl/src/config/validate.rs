@@ -13,7 +13,7 @@ use toml::Spanned;
 
 use super::{
     Config, ControllerConfig, DataplaneConfig, FailoverConfig, HaAddress, HaConfig,
-    MAX_BACKENDS_PER_SERVICE, NatMode, PeerConfig, ServiceConfig,
+    MAX_BACKENDS_PER_SERVICE, NatMode, PeerConfig, ServiceConfig, api_limits,
     load::{RawConfig, RawController, RawHa, RawService},
     nat,
 };
@@ -380,6 +380,7 @@ fn validate_controller(
             |p| PathBuf::from(p.get_ref()),
         ),
         probe_interval_ms: interval,
+        api_limits: api_limits::validate(c)?,
         metrics_listen: raw
             .metrics_listen
             .as_ref()

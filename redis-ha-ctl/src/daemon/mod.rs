@@ -250,6 +250,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         },
         listen: ctl.listen,
         started: start.into_std(),
+        limits: ctl.api_limits.clone(),
+        metrics: metrics.clone(),
+        limit_log: Default::default(),
     });
     tasks.spawn(sentinel_api::serve(api_listener, api));
     if let Some(addr) = ctl.metrics_listen {

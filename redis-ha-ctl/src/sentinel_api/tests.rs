@@ -20,7 +20,8 @@ use super::{
     testdata::status,
 };
 use crate::{
-    config::Config,
+    config::{ApiLimits, Config},
+    metrics::Metrics,
     resp::Reply,
     status::{EventRecord, Status},
 };
@@ -63,6 +64,9 @@ async fn server(
         control: control_tx,
         listen: addr,
         started: Instant::now(),
+        limits: ApiLimits::default(),
+        metrics: Arc::new(Metrics::new()),
+        limit_log: Default::default(),
     });
     tokio::spawn(serve(listener, api));
     (addr, events, status_tx, control_rx)
