@@ -136,6 +136,11 @@ pub(super) struct RawController {
     pub state_file: Option<Spanned<String>>,
     pub probe_interval_ms: Option<Spanned<u64>>,
     pub metrics_listen: Option<Spanned<String>>,
+    pub requirepass: Option<Spanned<String>>,
+    pub requirepass_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub users: Vec<Spanned<super::api_auth::RawApiUser>>,
+    pub allow_unauthenticated_reads: Option<bool>,
 }
 
 #[derive(Deserialize)]

@@ -2,8 +2,8 @@
 //! UDP on the same port number), so that `redis-cli -p 26379 SENTINEL ...`, Sentinel-aware
 //! clients (redis-py's `Sentinel`, Jedis, go-redis, ...) and scripts keep working:
 //!
-//! - `PING`, `ECHO`, `QUIT`, `HELLO 2`, `CLIENT SETNAME|SETINFO|GETNAME|ID`, `COMMAND`,
-//!   `INFO [server|sentinel]`, `ROLE`;
+//! - `PING`, `ECHO`, `QUIT`, `HELLO 2 [AUTH ..]`, `AUTH [user] password`,
+//!   `CLIENT SETNAME|SETINFO|GETNAME|ID`, `COMMAND`, `INFO [server|sentinel]`, `ROLE`;
 //! - `SENTINEL masters | master | replicas | slaves | sentinels | get-master-addr-by-name |
 //!   failover | ckquorum | myid`, with Sentinel's field names and reply shapes;
 //! - `SUBSCRIBE` / `PSUBSCRIBE` to the event channels, named after the events (`+switch-master`,
@@ -16,6 +16,7 @@
 //!
 //! A request goes through the files of this module in the order mini-redis's `cmd` takes it:
 //! - this file: the listener ([`serve`]) and what the API serves from ([`Api`]);
+//! - `auth`: who may run what once a password is configured (`-NOAUTH`, `-NOPERM`);
 //! - `connection`: one client's loop (read, answer every complete request, write) and its
 //!   state (name, subscriptions); it applies each parsed command;
 //! - `command`: a request's words parsed into a typed `Command`, so that arity and
@@ -27,6 +28,7 @@
 //!   and the API exchange ([`EventHub`], [`ControlRequest`], [`ApiError`]) is the daemon's, in
 //!   [`crate::daemon::control`].
 
+mod auth;
 mod command;
 mod connection;
 mod error_reply;
@@ -36,6 +38,8 @@ mod sentinel;
 pub(crate) mod testdata;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_auth;
 
 use std::{
     net::SocketAddr,
@@ -54,7 +58,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use crate::{
-    config::ServiceConfig,
+    config::{ApiAuthConfig, ServiceConfig},
     daemon::control::{ApiError, ControlRequest, EventHub},
     status::Status,
 };
@@ -85,6 +89,8 @@ pub struct Api {
     pub control: mpsc::Sender<ControlRequest>,
     /// Where we listen (`INFO`'s `tcp_port`).
     pub listen: SocketAddr,
+    /// Who may run what (`requirepass`, `[[controller.users]]`).
+    pub auth: ApiAuthConfig,
     pub started: Instant,
 }
 
@@ -125,7 +131,7 @@ pub async fn serve(listener: TcpListener, api: Arc<Api>) {
         let id = ids.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let _slot = slot;
-            if let Err(e) = Connection::new(id, &api).run(stream).await {
+            if let Err(e) = Connection::new(id, peer, &api).run(stream).await {
                 debug!(%peer, "API connection ended: {e}");
             }
         });
