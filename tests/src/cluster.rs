@@ -115,8 +115,14 @@ pub struct ClusterOptions {
     pub quorum: usize,
     /// The shared peer secret (at least 16 characters).
     pub secret: String,
-    /// More `[controller]` keys for every controller, one `key = value` a line.
-    pub controller_keys: String,
+    /// Appended to every controller's `[controller]` section (the last of its config): the
+    /// API's passwords and users (`requirepass = ...`, `[[controller.users]]`). Empty: the
+    /// API is open, as it is without a password.
+    pub controller_toml: String,
+    /// `redis-cli` arguments that authenticate the harness's own API queries (the health
+    /// check, [`Cluster::sentinel_cli`]) when `controller_toml` sets a password, e.g.
+    /// `["--user", "admin", "--pass", "..."]`.
+    pub api_cli_auth: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -128,7 +134,8 @@ impl Default for ClusterOptions {
             probe_interval_ms: 100,
             quorum: 2,
             secret: "redis-ha-e2e-shared-secret".to_owned(),
-            controller_keys: String::new(),
+            controller_toml: String::new(),
+            api_cli_auth: Vec::new(),
         }
     }
 }
@@ -317,7 +324,7 @@ impl Cluster {
             probe_interval_ms: o.probe_interval_ms,
             metrics_listen: spec.metrics_listen(),
             peers: &spec.peers,
-            extra: &o.controller_keys,
+            extra: &o.controller_toml,
         };
         format!("{dataplane}{service}{}", tail.render())
     }
@@ -377,8 +384,15 @@ impl Cluster {
     /// client asks (bounded; an error reply is an error); the reply without its last newline.
     pub fn sentinel_cli(&self, n: usize, args: &[&str]) -> Result<String> {
         let api = self.controller(n).listen;
-        let out = self.testbed.client().redis_cli(api, args)?;
+        let out = self.testbed.client().redis_cli(api, &self.api_args(args))?;
         Ok(out.trim_end().to_owned())
+    }
+
+    /// `args` after the options that authenticate to the API, if it has a password.
+    fn api_args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let auth = self.options.api_cli_auth.iter().map(String::as_str);
+        let quiet = (!self.options.api_cli_auth.is_empty()).then_some("--no-auth-warning");
+        auth.chain(quiet).chain(args.iter().copied()).collect()
     }
 
     /// The backend the write port points at now.
@@ -518,11 +532,10 @@ impl Cluster {
         // reconfigures the replicas; until it is done, it refuses the next failover.
         // A controller the client cannot reach (a test cut it off) cannot tell: skip it.
         for c in self.running() {
-            let Ok(reply) = self
-                .testbed
-                .client()
-                .redis_cli(c.listen, &["SENTINEL", "MASTER", SERVICE_NAME])
-            else {
+            let Ok(reply) = self.testbed.client().redis_cli(
+                c.listen,
+                &self.api_args(&["SENTINEL", "MASTER", SERVICE_NAME]),
+            ) else {
                 continue;
             };
             let mut lines = reply.lines();

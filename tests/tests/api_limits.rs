@@ -31,7 +31,7 @@ const OUTPUT_LIMIT: usize = 1024 * 1024;
 fn limited_cluster() -> Result<Cluster> {
     require_root();
     Cluster::up(ClusterOptions {
-        controller_keys: format!(
+        controller_toml: format!(
             "maxclients = {MAXCLIENTS}\n\
              client_idle_timeout_ms = {}\n\
              client_output_buffer_limit_normal_bytes = {OUTPUT_LIMIT}\n",

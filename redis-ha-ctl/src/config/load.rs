@@ -147,6 +147,11 @@ pub(super) struct RawController {
     pub client_max_request_bytes: Option<Spanned<i64>>,
     pub client_max_request_args: Option<Spanned<i64>>,
     pub metrics_listen: Option<Spanned<String>>,
+    pub requirepass: Option<Spanned<String>>,
+    pub requirepass_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub users: Vec<Spanned<super::api_auth::RawApiUser>>,
+    pub allow_unauthenticated_reads: Option<bool>,
 }
 
 #[derive(Deserialize)]

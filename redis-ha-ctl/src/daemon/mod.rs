@@ -235,6 +235,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             .collect(),
         status: status_rx.clone(),
         events: events.clone(),
+        auth: ctl.api.clone(),
         control: {
             // The API's requests join the executor's input as `Input::Control`.
             let (control_tx, mut control_rx) = mpsc::channel::<ControlRequest>(16);
@@ -254,6 +255,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         metrics: metrics.clone(),
         limit_log: Default::default(),
     });
+    if !ctl.api.required() {
+        warn!(
+            listen = %ctl.listen,
+            "the API has no password (controller.requirepass): anyone who can connect may fail over"
+        );
+    }
     tasks.spawn(sentinel_api::serve(api_listener, api));
     if let Some(addr) = ctl.metrics_listen {
         let (status_rx, metrics) = (status_rx.clone(), metrics.clone());

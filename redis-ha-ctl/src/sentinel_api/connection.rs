@@ -5,7 +5,7 @@
 //! Each request is parsed into a [`Command`] first (`command`); [`Connection::apply`] then does
 //! what it says and renders the reply. Replies built from the snapshot alone are in `sentinel`.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
@@ -17,6 +17,7 @@ use tracing::info;
 
 use super::{
     Api, ApiError, ControlRequest, REDIS_VERSION,
+    auth::{self, Need, User},
     command::{self, ClientCommand, Command, RedisHaCommand, SentinelCommand},
     limits::{Closed, Output, set_keepalive},
     pubsub::Subscriptions,
@@ -43,17 +44,23 @@ pub(super) struct Connection<'a> {
     /// `CLIENT ID`, and the client in the logs.
     id: u64,
     api: &'a Api,
+    /// The client's address, in the logs.
+    peer: SocketAddr,
     /// `CLIENT SETNAME` / `HELLO .. SETNAME`, for `CLIENT GETNAME`.
     name: Option<Vec<u8>>,
+    /// Who the client authenticated as (`AUTH`, `HELLO .. AUTH`), if it did.
+    user: Option<User>,
     subscriptions: Subscriptions,
 }
 
 impl<'a> Connection<'a> {
-    pub(super) fn new(id: u64, api: &'a Api) -> Self {
+    pub(super) fn new(id: u64, peer: SocketAddr, api: &'a Api) -> Self {
         Self {
             id,
             api,
+            peer,
             name: None,
+            user: None,
             subscriptions: Subscriptions::default(),
         }
     }
@@ -151,7 +158,13 @@ impl<'a> Connection<'a> {
             .encode(out);
             return Flow::Continue;
         }
-        match Command::parse(&verb, &request) {
+        // Parsed first, as Redis looks the command up and checks its arity before asking
+        // for authentication: an unknown command is told so either way.
+        let checked = Command::parse(&verb, &request).and_then(|command| {
+            auth::check(&self.api.auth, self.user.as_ref(), &Need::of(&command))?;
+            Ok(command)
+        });
+        match checked {
             Ok(command) => self.apply(command, out).await,
             Err(reply) => {
                 reply.encode(out);
@@ -176,20 +189,39 @@ impl<'a> Connection<'a> {
                 return Flow::Close;
             }
             Command::Reset => {
+                // Redis's RESET authenticates as the default user, which, with a password
+                // configured, means not authenticated.
                 self.subscriptions.clear();
                 self.name = None;
+                self.user = None;
                 Reply::Simple("RESET".into())
             }
-            Command::Hello { setname } => {
-                if let Some(name) = setname {
-                    self.name = Some(name.into_bytes());
+            Command::Hello { auth, setname } => {
+                if let Some((user, password)) = auth
+                    && let Err(refused) = self.authenticate(Some(&user), &password)
+                {
+                    refused
+                } else if self.api.auth.required() && self.user.is_none() {
+                    Reply::Error(
+                        "NOAUTH HELLO must be called with the client already authenticated, \
+                         otherwise the HELLO <proto> AUTH <user> <pass> option can be used to \
+                         authenticate the client and select the RESP protocol version at the \
+                         same time"
+                            .into(),
+                    )
+                } else {
+                    if let Some(name) = setname {
+                        self.name = Some(name.into_bytes());
+                    }
+                    self.hello()
                 }
-                self.hello()
             }
-            Command::Auth => Reply::err(
-                "AUTH <password> called without any password configured for the default user. \
-                 Are you sure your configuration is correct?",
-            ),
+            Command::Auth { user, password } => {
+                match self.authenticate(user.as_deref(), &password) {
+                    Ok(()) => Reply::ok(),
+                    Err(refused) => refused,
+                }
+            }
             Command::Client(command) => self.client(command),
             Command::ListCommands => Reply::Array(Vec::new()),
             Command::Info { section } => Reply::bulk(sentinel::info(self.api, section.as_deref())),
@@ -220,6 +252,31 @@ impl<'a> Connection<'a> {
         };
         reply.encode(out);
         Flow::Continue
+    }
+
+    /// `AUTH`: on success the connection is `user`'s; a failure leaves it as it was (Redis's
+    /// rule), and is logged, since it is either a misconfigured client or someone guessing.
+    fn authenticate(&mut self, user: Option<&str>, password: &[u8]) -> Result<(), Reply> {
+        match auth::authenticate(&self.api.auth, user, password) {
+            Ok(authenticated) => {
+                self.user = Some(authenticated);
+                Ok(())
+            }
+            Err(refused) => {
+                // Rate-limited: someone guessing must not flood the journal.
+                if self.api.auth.required() {
+                    self.api.limit_log.warn(
+                        "auth-failed",
+                        &format!("{} ({})", self.id, self.peer),
+                        &format!(
+                            "authentication failed for user {}",
+                            user.unwrap_or(crate::config::DEFAULT_USER)
+                        ),
+                    );
+                }
+                Err(refused)
+            }
+        }
     }
 
     /// Redis's `HELLO` map, flattened as RESP2 sends it.

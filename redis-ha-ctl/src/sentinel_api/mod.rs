@@ -2,8 +2,8 @@
 //! UDP on the same port number), so that `redis-cli -p 26379 SENTINEL ...`, Sentinel-aware
 //! clients (redis-py's `Sentinel`, Jedis, go-redis, ...) and scripts keep working:
 //!
-//! - `PING`, `ECHO`, `QUIT`, `HELLO 2`, `CLIENT SETNAME|SETINFO|GETNAME|ID`, `COMMAND`,
-//!   `INFO [server|sentinel]`, `ROLE`;
+//! - `PING`, `ECHO`, `QUIT`, `HELLO 2 [AUTH ..]`, `AUTH [user] password`,
+//!   `CLIENT SETNAME|SETINFO|GETNAME|ID`, `COMMAND`, `INFO [server|sentinel]`, `ROLE`;
 //! - `SENTINEL masters | master | replicas | slaves | sentinels | get-master-addr-by-name |
 //!   failover | ckquorum | myid`, with Sentinel's field names and reply shapes;
 //! - `SUBSCRIBE` / `PSUBSCRIBE` to the event channels, named after the events (`+switch-master`,
@@ -16,6 +16,7 @@
 //!
 //! A request goes through the files of this module in the order mini-redis's `cmd` takes it:
 //! - this file: the listener ([`serve`]) and what the API serves from ([`Api`]);
+//! - `auth`: who may run what once a password is configured (`-NOAUTH`, `-NOPERM`);
 //! - `connection`: one client's loop (read, answer every complete request, write) and its
 //!   state (name, subscriptions); it applies each parsed command;
 //! - `command`: a request's words parsed into a typed `Command`, so that arity and
@@ -29,6 +30,7 @@
 //!   and the API exchange ([`EventHub`], [`ControlRequest`], [`ApiError`]) is the daemon's, in
 //!   [`crate::daemon::control`].
 
+mod auth;
 mod command;
 mod connection;
 mod error_reply;
@@ -39,6 +41,8 @@ mod sentinel;
 pub(crate) mod testdata;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_auth;
 
 use std::{
     net::SocketAddr,
@@ -56,7 +60,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use crate::{
-    config::{ApiLimits, ServiceConfig},
+    config::{ApiAuthConfig, ApiLimits, ServiceConfig},
     daemon::control::{ApiError, ControlRequest, EventHub},
     metrics::Metrics,
     status::Status,
@@ -87,6 +91,8 @@ pub struct Api {
     pub control: mpsc::Sender<ControlRequest>,
     /// Where we listen (`INFO`'s `tcp_port`).
     pub listen: SocketAddr,
+    /// Who may run what (`requirepass`, `[[controller.users]]`).
+    pub auth: ApiAuthConfig,
     pub started: Instant,
     /// What one client may take (`[controller]`'s `maxclients`, `client_*`, `tcp_keepalive_s`).
     pub limits: ApiLimits,
@@ -141,7 +147,7 @@ pub async fn serve(listener: TcpListener, api: Arc<Api>) {
         tokio::spawn(async move {
             let _slot = slot;
             api.metrics.api_clients_changed(1);
-            match Connection::new(id, &api).run(stream).await {
+            match Connection::new(id, peer, &api).run(stream).await {
                 Ok(None) => {}
                 Ok(Some(closed)) => {
                     api.metrics.api_client_closed(closed.reason());

@@ -65,10 +65,7 @@ fn spawn_in(
         use std::os::fd::AsRawFd as _;
         // SAFETY: setns on an open namespace fd; it changes only this thread.
         if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            eprintln!(
-                "attack: setns: {}",
-                std::io::Error::last_os_error()
-            );
+            eprintln!("attack: setns: {}", std::io::Error::last_os_error());
             return;
         }
         f(&stop)
@@ -93,7 +90,12 @@ impl Attack {
         let counters = Arc::new(Counters::default());
         let mut threads = Vec::new();
         let client_ns: PathBuf = client_ns.to_owned();
-        for (i, &api) in apis.iter().cycle().take(PIPELINERS.max(apis.len())).enumerate() {
+        for (i, &api) in apis
+            .iter()
+            .cycle()
+            .take(PIPELINERS.max(apis.len()))
+            .enumerate()
+        {
             let c = counters.clone();
             threads.push(spawn_in(&client_ns, &stop, move |stop| {
                 let request: &[u8] = if i % 2 == 0 {
@@ -119,8 +121,9 @@ impl Attack {
                                 c.pipelined_bytes.fetch_add(n as u64, Ordering::Relaxed);
                             }
                             Ok(_) => break,
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-                                || e.kind() == std::io::ErrorKind::TimedOut => {}
+                            Err(e)
+                                if e.kind() == std::io::ErrorKind::WouldBlock
+                                    || e.kind() == std::io::ErrorKind::TimedOut => {}
                             Err(_) => break,
                         }
                     }

@@ -392,11 +392,13 @@ pub struct AttackSummary {
     pub rss_max_kib: Vec<(u32, u64)>,
 }
 
+/// What the series' stack hands back of its attack: the counters and the memory samples.
+type AttackHandles = (Arc<Counters>, Arc<Mutex<Vec<(u32, u64)>>>);
+
 /// redis-ha at down-after 1000 ms, `trials` trials of each fault, while every controller is
 /// attacked (see [`super::attack`]) for the whole series.
 pub fn measure_under_attack(trials: usize) -> (Series, Option<AttackSummary>) {
-    let seen: Arc<Mutex<Option<(Arc<Counters>, Arc<Mutex<Vec<(u32, u64)>>>)>>> =
-        Arc::new(Mutex::new(None));
+    let seen: Arc<Mutex<Option<AttackHandles>>> = Arc::new(Mutex::new(None));
     let keep = seen.clone();
     let series = series("redis-ha under attack", 1000, trials, move || {
         let cluster = Cluster::up(ClusterOptions {
@@ -404,7 +406,11 @@ pub fn measure_under_attack(trials: usize) -> (Series, Option<AttackSummary>) {
             ..ClusterOptions::default()
         })?;
         let apis: Vec<SocketAddrV4> = cluster.controllers().iter().map(|c| c.listen()).collect();
-        let pids: Vec<u32> = cluster.controllers().iter().filter_map(|c| c.pid()).collect();
+        let pids: Vec<u32> = cluster
+            .controllers()
+            .iter()
+            .filter_map(|c| c.pid())
+            .collect();
         let attack = Attack::start(cluster.testbed().client().path().as_path(), &apis, pids)?;
         *keep.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((attack.counters.clone(), attack.rss_max_kib.clone()));

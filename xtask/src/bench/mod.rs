@@ -317,9 +317,8 @@ fn bench_attack(options: &Options, machine: &report::Machine, started: Instant) 
     writeln!(
         md,
         "Attacks, for the whole series, on every controller at once: pipelined `SENTINEL MASTERS` / `INFO` \
-         never read; {} idle connections held; a 1 MB SET sent a byte every 10 ms on 8 connections; \
-         random datagrams to the peer port at {}/s.\n",
-        "up to 400", 2000
+         never read; up to 400 idle connections held; a 1 MB SET sent a byte every 10 ms on 8 connections; \
+         random datagrams to the peer port at 2000/s.\n"
     )?;
     for fault in [failover::Fault::Kill9, failover::Fault::SigStop] {
         let gaps: Vec<String> = series
@@ -361,7 +360,11 @@ fn bench_attack(options: &Options, machine: &report::Machine, started: Instant) 
                 .map(|(pid, k)| format!("pid {pid} {:.1} MB", *k as f64 / 1024.0))
                 .collect::<Vec<_>>()
                 .join(", "),
-            if worst < 64 * 1024 { "met" } else { "**missed**" }
+            if worst < 64 * 1024 {
+                "met"
+            } else {
+                "**missed**"
+            }
         )?;
         let c = &s.counters;
         writeln!(
