@@ -44,6 +44,13 @@ impl Secrets {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::write(dir.join("admin"), format!("{ADMIN_PASSWORD}\n"))?;
         std::fs::write(dir.join("operator"), format!("{OPERATOR_PASSWORD}\n"))?;
+        // Password files others may read are refused.
+        for name in ["admin", "operator"] {
+            std::fs::set_permissions(
+                dir.join(name),
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )?;
+        }
         Ok(Self(dir))
     }
 

@@ -490,6 +490,10 @@ fn api_passwords_come_inline_or_from_a_file_and_users_are_checked() {
     let (admin, monitor) = (dir.join("admin"), dir.join("monitor"));
     std::fs::write(&admin, "admin-pass\n").unwrap();
     std::fs::write(&monitor, "monitor-pass\n").unwrap();
+    // Password files others may read are refused, as secret files are.
+    for f in [&admin, &monitor] {
+        std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
     let from_files = parse(&with(&format!(
         "requirepass_file = {:?}\n[[controller.users]]\nname = \"monitor\"\npassword_file = {:?}\naccess = \"read-only\"\n",
         admin.display().to_string(),
