@@ -28,6 +28,10 @@ use crate::{
     resp::{Reply, Request, RequestParser},
 };
 
+/// Unsent reply bytes past which a client's next requests wait to be read. Above any one
+/// reply of a usual deployment (STATUS is a few KB), far below the output limit.
+const BACKPRESSURE: usize = 64 * 1024;
+
 /// How long the last replies of a closing connection may take to leave (`QUIT`'s `+OK`, a
 /// protocol error): a client that does not read them must not hold its slot.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -80,9 +84,12 @@ impl<'a> Connection<'a> {
         let mut last_active = Instant::now();
         let (mut rd, mut wr) = stream.split();
         loop {
-            // Answer every complete request buffered (clients pipeline), checking the output
-            // limit after each, so a pipeline of large replies stops at the limit.
-            loop {
+            // Answer the complete requests buffered (clients pipeline), checking the output
+            // limit after each. Past BACKPRESSURE unsent bytes the rest wait, and nothing more
+            // is read, until the client takes its replies: a client that never reads then
+            // costs its socket, not replies built ahead of it (STATUS is ~100x its request),
+            // and it is closed as idle since it can neither read nor send.
+            while out.pending() < BACKPRESSURE {
                 let request = match parser.next_request() {
                     Ok(Some(request)) => request,
                     Ok(None) => break,
@@ -111,7 +118,7 @@ impl<'a> Connection<'a> {
                 .map(|timeout| last_active + timeout);
             let soft_deadline = out.soft_deadline(limits);
             tokio::select! {
-                read = rd.read_buf(parser.buffer()) => {
+                read = rd.read_buf(parser.buffer()), if out.pending() < BACKPRESSURE => {
                     if read? == 0 {
                         flush(&mut wr, &out).await;
                         return Ok(None);
