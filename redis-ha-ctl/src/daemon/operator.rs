@@ -126,7 +126,9 @@ impl Operator {
                     | ForceRefused::LostElection { .. } => "INPROG",
                     ForceRefused::NoMajority { .. } => "NOQUORUM",
                     ForceRefused::NoGoodReplica | ForceRefused::NotEligible { .. } => "NOGOODSLAVE",
-                    ForceRefused::UnknownNode(_) | ForceRefused::AlreadyMaster(_) => "ERR",
+                    ForceRefused::UnknownNode(_)
+                    | ForceRefused::AlreadyMaster(_)
+                    | ForceRefused::Tilt { .. } => "ERR",
                 };
                 if let Some(reply) = s.reply.take() {
                     let _ = reply.send(Err(ApiError::new(code, refused.to_string())));

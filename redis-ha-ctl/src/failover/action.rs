@@ -99,6 +99,11 @@ pub enum ForceRefused {
     NoGoodReplica,
     #[error("{0} is not a node of this service")]
     UnknownNode(NodeAddr),
+    /// This controller is in TILT mode: what it knows of the nodes predates its own stall.
+    #[error(
+        "this controller is in TILT mode (its own timer stalled); try again in {remaining_ms} ms"
+    )]
+    Tilt { remaining_ms: Millis },
     #[error("{0} is the master already")]
     AlreadyMaster(NodeAddr),
     #[error("{node} cannot be promoted: {why}")]
@@ -241,6 +246,11 @@ pub enum NoticeKind {
     /// agree again; only a state left by an older version (or a hand-edited state file) can
     /// hold such a conflict, since one epoch has one leader.
     ConfigConflict,
+    /// `+tilt`: this controller's own timer stalled (a paused VM, SIGSTOP, a blocked
+    /// executor); until `-tilt` it keeps probing and listening but judges and changes nothing.
+    Tilt,
+    /// `-tilt`.
+    TiltCleared,
 }
 
 impl NoticeKind {
@@ -279,6 +289,8 @@ impl NoticeKind {
             NoticeKind::FailoverStateWaitSync => "+failover-state-wait-sync",
             NoticeKind::FailoverAbortNotSynced => "-failover-abort-not-synced",
             NoticeKind::ConfigConflict => "+config-conflict",
+            NoticeKind::Tilt => "+tilt",
+            NoticeKind::TiltCleared => "-tilt",
         }
     }
 }
