@@ -346,6 +346,10 @@ impl<D: Dataplane> Executor<D> {
                             self.views[service].failovers += 1;
                             self.metrics.failover_finished(&name, "switched");
                         }
+                        NoticeKind::Tilt => {
+                            self.views[service].tilt_since_unix_ms = Some(unix_ms())
+                        }
+                        NoticeKind::TiltCleared => self.views[service].tilt_since_unix_ms = None,
                         kind if kind.as_str().starts_with("-failover-abort") => {
                             self.metrics
                                 .failover_finished(&name, kind.as_str().trim_start_matches('-'));
