@@ -756,6 +756,12 @@ impl Controller {
     /// Starts `redis-ha-ctl run` (output appended to its log) and waits until it logs that it
     /// runs. An error if it already runs or exits meanwhile.
     pub fn start(&self) -> Result<()> {
+        self.start_with_env(&[])
+    }
+
+    /// [`Self::start`] with extra environment variables (e.g. libfaketime's, to start it with
+    /// its clock stepped back).
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Result<()> {
         if self.is_running() {
             bail!("controller {} already runs", self.id);
         }
@@ -772,6 +778,7 @@ impl Controller {
             // Plain text: the tests read the log.
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -799,6 +806,24 @@ impl Controller {
                     .then_some(()))
             },
         )
+    }
+
+    /// Freezes the process (SIGSTOP), as a paused VM or a host stalled on I/O would; a
+    /// [`Self::kill`] or the cluster's drop still ends it.
+    pub fn stop(&self) -> Result<()> {
+        self.signal(libc::SIGSTOP)
+    }
+
+    /// Thaws a process frozen by [`Self::stop`] (SIGCONT).
+    pub fn resume(&self) -> Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
+    fn signal(&self, signal: libc::c_int) -> Result<()> {
+        match self.process().as_mut() {
+            Some(p) => p.signal(signal),
+            None => bail!("controller {} is not running", self.id),
+        }
     }
 
     /// SIGKILL and reap: a crash, no chance to clean up.
