@@ -24,6 +24,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::failover::{ControllerId, Epoch, Millis};
 
+/// No step for longer than this (or half of `down_after_ms`, if longer) means this controller
+/// itself stalled. Five of a voter's 100 ms ticks: a tick that is merely late must not count,
+/// or a voter whose ticks keep slipping by a few ms would push the owner's deadline back at
+/// every one and never vote.
+const STALL_MS: Millis = 500;
+
 /// What a data-plane node offers when it may hold the addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Candidacy {
@@ -376,7 +382,7 @@ impl HaMachine {
     }
 
     /// After a stall of this controller itself (a paused VM, SIGSTOP: no step for more than
-    /// half of `down_after_ms`), the owner's and candidates' silence during it is not theirs:
+    /// [`STALL_MS`]), the owner's and candidates' silence during it is not theirs:
     /// the claims they sent meanwhile wait in the socket and come next. Judged on it, a backup
     /// would call the owner gone and start an election. Only the times this node uses to wait
     /// are moved, so it only ever waits longer; an owner changes nothing, since the peers
@@ -385,7 +391,9 @@ impl HaMachine {
     fn discount_stall(&mut self, now: Millis) {
         let gap = now.saturating_sub(self.last_step);
         self.last_step = self.last_step.max(now);
-        if gap <= self.params.down_after_ms / 2 || matches!(self.role, Role::Owner { .. }) {
+        if gap <= STALL_MS.max(self.params.down_after_ms / 2)
+            || matches!(self.role, Role::Owner { .. })
+        {
             return;
         }
         if let Some(l) = self.leader.as_mut() {
