@@ -5,14 +5,16 @@ use std::{
     fmt::Write as _,
     io::Write as _,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::Path,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 
 use crate::{
-    config::Config,
+    config::{
+        ApiAccess, Config, DEFAULT_SWITCHOVER_TIMEOUT_MS, DEFAULT_USER, check_switchover_timeout,
+    },
     daemon::control::SwitchoverReport,
     failover::NodeAddr,
     sentinel_api::JSON_EVENTS_CHANNEL,
@@ -22,9 +24,22 @@ use crate::{
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The controller a config names: its `[controller] listen` address (a wildcard address is
-/// reached on loopback).
-pub fn api_addr(config: &Path) -> anyhow::Result<SocketAddr> {
+/// A controller's API as a config names it: its `[controller] listen` address (a wildcard
+/// address is reached on loopback) and the credentials to AUTH with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiTarget {
+    pub addr: SocketAddr,
+    /// `None`: the default user (`requirepass`).
+    pub user: Option<String>,
+    /// `None`: the config sets no API password, so no AUTH.
+    pub password: Option<String>,
+    /// The config, named in the errors that send the operator there.
+    pub config: PathBuf,
+}
+
+/// The API of the controller `config` describes, as user `user` (default: `requirepass`'s
+/// default user, else the first user allowed everything, else the first user).
+pub fn api_target(config: &Path, user: Option<&str>) -> anyhow::Result<ApiTarget> {
     let cfg = Config::load(config)?;
     let ctl = cfg.controller.with_context(|| {
         format!(
@@ -36,13 +51,46 @@ pub fn api_addr(config: &Path) -> anyhow::Result<SocketAddr> {
     if addr.ip().is_unspecified() {
         addr.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
     }
-    Ok(addr)
+    let api = &ctl.api;
+    let (user, password) = match user {
+        Some(name) => {
+            let (password, _) = api.user(Some(name)).with_context(|| {
+                format!(
+                    "{}: no API user {name:?} (controller.users, or \"default\" for requirepass)",
+                    config.display()
+                )
+            })?;
+            let name = (name != DEFAULT_USER).then(|| name.to_owned());
+            (name, Some(password.to_owned()))
+        }
+        None if api.requirepass.is_some() => (None, api.requirepass.clone()),
+        None => match api
+            .users
+            .iter()
+            .find(|u| u.access == ApiAccess::All)
+            .or(api.users.first())
+        {
+            Some(u) => (Some(u.name.clone()), Some(u.password.clone())),
+            None => (None, None),
+        },
+    };
+    Ok(ApiTarget {
+        addr,
+        user,
+        password,
+        config: config.to_owned(),
+    })
 }
 
-fn connect(addr: SocketAddr, read_timeout: Duration) -> anyhow::Result<redis::Connection> {
+fn connect(target: &ApiTarget, read_timeout: Duration) -> anyhow::Result<redis::Connection> {
+    let addr = target.addr;
     let info = redis::ConnectionInfo {
         addr: redis::ConnectionAddr::Tcp(addr.ip().to_string(), addr.port()),
-        redis: redis::RedisConnectionInfo::default(),
+        redis: redis::RedisConnectionInfo {
+            username: target.user.clone(),
+            password: target.password.clone(),
+            ..redis::RedisConnectionInfo::default()
+        },
     };
     let not_running =
         || format!("no controller running at {addr} (is `redis-ha-ctl run` started?)");
@@ -50,6 +98,14 @@ fn connect(addr: SocketAddr, read_timeout: Duration) -> anyhow::Result<redis::Co
     let conn = match client.get_connection_with_timeout(CONNECT_TIMEOUT) {
         Ok(conn) => conn,
         Err(e) if e.is_connection_refusal() || e.is_timeout() => bail!("{}", not_running()),
+        Err(e) if e.kind() == redis::ErrorKind::AuthenticationFailed => bail!(
+            "the controller at {addr} refused the API password {} gives{}",
+            target.config.display(),
+            target
+                .user
+                .as_ref()
+                .map_or_else(String::new, |u| format!(" for user {u:?}"))
+        ),
         Err(e) => return Err(e).with_context(not_running),
     };
     conn.set_read_timeout(Some(read_timeout))?;
@@ -57,24 +113,43 @@ fn connect(addr: SocketAddr, read_timeout: Duration) -> anyhow::Result<redis::Co
     Ok(conn)
 }
 
-fn query_json(addr: SocketAddr, what: &str) -> anyhow::Result<String> {
-    let mut conn = connect(addr, READ_TIMEOUT)?;
+/// A refusal that the config can mend says so; any other error is left as it is.
+fn refusal(target: &ApiTarget, e: redis::RedisError) -> anyhow::Error {
+    let config = target.config.display();
+    match e.code() {
+        Some("NOAUTH") => anyhow::anyhow!(
+            "the controller at {} asks for a password: set controller.requirepass_file (or \
+             requirepass, or a [[controller.users]] entry) in {config} as on the controller",
+            target.addr
+        ),
+        Some("NOPERM") => anyhow::anyhow!(
+            "the controller at {} refused: NOPERM {}; use a user with access = \"all\" (--user)",
+            target.addr,
+            e.detail().unwrap_or_default()
+        ),
+        _ => e.into(),
+    }
+}
+
+fn query_json(target: &ApiTarget, what: &str) -> anyhow::Result<String> {
+    let mut conn = connect(target, READ_TIMEOUT)?;
     redis::cmd("REDIS-HA")
         .arg(what)
         .query(&mut conn)
-        .with_context(|| format!("asking the controller at {addr} for its {what}"))
+        .map_err(|e| refusal(target, e))
+        .with_context(|| format!("asking the controller at {} for its {what}", target.addr))
 }
 
 /// The running controller's snapshot.
-pub fn fetch_status(config: &Path) -> anyhow::Result<Status> {
-    let addr = api_addr(config)?;
-    let json = query_json(addr, "STATUS")?;
-    serde_json::from_str(&json).with_context(|| format!("the status from {addr} is not valid"))
+pub fn fetch_status(target: &ApiTarget) -> anyhow::Result<Status> {
+    let json = query_json(target, "STATUS")?;
+    serde_json::from_str(&json)
+        .with_context(|| format!("the status from {} is not valid", target.addr))
 }
 
 /// `redis-ha-ctl status`.
-pub fn status(config: &Path, json: bool) -> anyhow::Result<String> {
-    let status = fetch_status(config)?;
+pub fn status(target: &ApiTarget, json: bool) -> anyhow::Result<String> {
+    let status = fetch_status(target)?;
     if json {
         return Ok(serde_json::to_string_pretty(&status)? + "\n");
     }
@@ -83,8 +158,8 @@ pub fn status(config: &Path, json: bool) -> anyhow::Result<String> {
 
 /// `redis-ha-ctl events`: the recent events; with `follow`, then every new one as it happens
 /// (printed here, until the controller goes away or the process is interrupted).
-pub fn events(config: &Path, follow: bool, json: bool) -> anyhow::Result<String> {
-    let addr = api_addr(config)?;
+pub fn events(target: &ApiTarget, follow: bool, json: bool) -> anyhow::Result<String> {
+    let addr = target.addr;
     let print = |e: &EventRecord| -> anyhow::Result<String> {
         Ok(if json {
             serde_json::to_string(e)? + "\n"
@@ -99,7 +174,7 @@ pub fn events(config: &Path, follow: bool, json: bool) -> anyhow::Result<String>
         })
     };
     let recent = || -> anyhow::Result<Vec<EventRecord>> {
-        serde_json::from_str(&query_json(addr, "EVENTS")?)
+        serde_json::from_str(&query_json(target, "EVENTS")?)
             .with_context(|| format!("the events from {addr} are not valid"))
     };
     if !follow {
@@ -107,11 +182,12 @@ pub fn events(config: &Path, follow: bool, json: bool) -> anyhow::Result<String>
     }
     // Subscribe before reading the history, so that nothing falls between the two. (Dropping
     // a `PubSub` unsubscribes: this one lives as long as the loop.)
-    let mut conn = connect(addr, READ_TIMEOUT)?;
+    let mut conn = connect(target, READ_TIMEOUT)?;
     conn.set_read_timeout(None)?;
     let mut pubsub = conn.as_pubsub();
     pubsub
         .subscribe(JSON_EVENTS_CHANNEL)
+        .map_err(|e| refusal(target, e))
         .with_context(|| format!("subscribing to the events of {addr}"))?;
     let history = recent()?;
     let mut stdout = std::io::stdout().lock();
@@ -137,16 +213,19 @@ pub fn events(config: &Path, follow: bool, json: bool) -> anyhow::Result<String>
 /// `redis-ha-ctl failover`: a planned switchover (a forced failover if the master is down),
 /// waiting for its outcome.
 pub fn failover(
-    config: &Path,
+    target: &ApiTarget,
     service: &str,
     to: Option<NodeAddr>,
     timeout_ms: Option<u64>,
     json: bool,
 ) -> anyhow::Result<String> {
-    let addr = api_addr(config)?;
-    let bound = timeout_ms.unwrap_or(crate::config::DEFAULT_SWITCHOVER_TIMEOUT_MS);
+    let addr = target.addr;
+    let bound = match timeout_ms {
+        Some(ms) => check_switchover_timeout(ms).map_err(anyhow::Error::msg)?,
+        None => DEFAULT_SWITCHOVER_TIMEOUT_MS,
+    };
     // The controller answers within about three times the switchover's bound.
-    let mut conn = connect(addr, Duration::from_millis(bound * 3) + READ_TIMEOUT)?;
+    let mut conn = connect(target, Duration::from_millis(bound * 3) + READ_TIMEOUT)?;
     let mut cmd = redis::cmd("REDIS-HA");
     cmd.arg("FAILOVER").arg(service);
     if let Some(to) = to {
@@ -157,6 +236,9 @@ pub fn failover(
     }
     let reply: String = match cmd.query(&mut conn) {
         Ok(reply) => reply,
+        Err(e) if matches!(e.code(), Some("NOAUTH" | "NOPERM")) => {
+            return Err(refusal(target, e));
+        }
         // An error reply: the controller's own words (`NOGOODSLAVE ...`, `ABORTED ...`).
         Err(e) if e.code().is_some() => bail!(
             "{service}: {} {}",
@@ -446,7 +528,13 @@ mod tests {
     #[test]
     fn no_controller_is_a_clear_message() {
         // Port 1 on loopback: nothing listens there in a test environment.
-        let Err(err) = connect("127.0.0.1:1".parse().unwrap(), READ_TIMEOUT) else {
+        let target = ApiTarget {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            user: None,
+            password: None,
+            config: "redis-ha.toml".into(),
+        };
+        let Err(err) = connect(&target, READ_TIMEOUT) else {
             panic!("something answers on 127.0.0.1:1");
         };
         assert_eq!(

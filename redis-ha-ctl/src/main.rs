@@ -1,6 +1,6 @@
 use std::{net::SocketAddrV4, path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use redis_ha_ctl::{client, commands};
 
 /// redis-ha: a highly available front door for Redis in the kernel (XDP).
@@ -124,9 +124,8 @@ enum Command {
     /// port). Examples: redis-ha-ctl status --config /etc/redis-ha/redis-ha.toml;
     /// redis-ha-ctl status -c FILE --json | jq '.services[0].master'
     Status {
-        /// The redis-ha config file (TOML).
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
         /// The whole snapshot as JSON, for scripts.
         #[arg(long)]
         json: bool,
@@ -139,9 +138,8 @@ enum Command {
     /// Examples: redis-ha-ctl events -c FILE; redis-ha-ctl events -c FILE --follow;
     /// redis-ha-ctl events -c FILE --follow --json
     Events {
-        /// The redis-ha config file (TOML).
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
         /// Keep printing new events until interrupted.
         #[arg(long, short)]
         follow: bool,
@@ -160,16 +158,15 @@ enum Command {
     /// Examples: redis-ha-ctl failover -c FILE mymaster;
     /// redis-ha-ctl failover -c FILE mymaster --to 198.18.1.12:6379 --timeout 5000
     Failover {
-        /// The redis-ha config file (TOML).
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
         /// The service (Sentinel's master name), e.g. mymaster.
         service: String,
         /// The replica to promote (default: the best one, as Sentinel selects).
         #[arg(long)]
         to: Option<SocketAddrV4>,
         /// How long (ms) the new master may take to catch up, and again to be promoted, while
-        /// writes are paused (default 2000).
+        /// writes are paused (default 2000, at most 10000).
         #[arg(long)]
         timeout: Option<u64>,
         /// The report as JSON.
@@ -178,12 +175,36 @@ enum Command {
     },
 }
 
+/// How `status`, `events` and `failover` reach a controller's API.
+#[derive(Args)]
+struct ApiArgs {
+    /// The redis-ha config file (TOML): the controller's `listen` address, and the API
+    /// password (`requirepass`/`requirepass_file`, `[[controller.users]]`) to AUTH with.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// AUTH as this user of the config's [[controller.users]] (default: requirepass's
+    /// default user, else the first user with access "all").
+    #[arg(long)]
+    user: Option<String>,
+}
+
+impl ApiArgs {
+    fn target(&self) -> anyhow::Result<client::ApiTarget> {
+        client::api_target(&self.config, self.user.as_deref())
+    }
+}
+
 fn run_daemon(config: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = redis_ha_ctl::config::Config::load(config)?;
+    // Before the runtime starts its threads: they inherit this thread's capabilities.
+    let kept = redis_ha_ctl::daemon::privileges::keep_only_needed(&cfg)
+        .map_err(|e| anyhow::anyhow!("giving up the capabilities the config does not need: {e}"))?;
+    tracing::info!(capabilities = ?kept, "capabilities kept");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(redis_ha_ctl::daemon::run_with_signals(config))
+    rt.block_on(redis_ha_ctl::daemon::run_with_signals(cfg, config))
 }
 
 fn main() -> ExitCode {
@@ -212,19 +233,19 @@ fn main() -> ExitCode {
         Command::Maps { config, flows } => commands::maps(&config, flows),
         Command::CheckConfig { config } => commands::check_config(&config),
         Command::Run { config } => run_daemon(&config).map(|()| String::new()),
-        Command::Status { config, json } => client::status(&config, json),
-        Command::Events {
-            config,
-            follow,
-            json,
-        } => client::events(&config, follow, json),
+        Command::Status { api, json } => api.target().and_then(|t| client::status(&t, json)),
+        Command::Events { api, follow, json } => {
+            api.target().and_then(|t| client::events(&t, follow, json))
+        }
         Command::Failover {
-            config,
+            api,
             service,
             to,
             timeout,
             json,
-        } => client::failover(&config, &service, to, timeout, json),
+        } => api
+            .target()
+            .and_then(|t| client::failover(&t, &service, to, timeout, json)),
     };
     match result {
         Ok(out) => {

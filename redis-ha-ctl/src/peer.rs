@@ -192,12 +192,69 @@ impl PeerCodec {
         if !self.peers.contains(&env.from) {
             return Err(Refused::UnknownPeer(env.from));
         }
+        check_numbers(&env.msg)?;
         let last = self.seen.get(&env.from).copied().unwrap_or((0, 0));
         if (env.boot, env.seq) <= last {
             return Err(Refused::Replay(env.from));
         }
         self.seen.insert(env.from.clone(), (env.boot, env.seq));
         Ok((ControllerId(env.from), env.service, env.msg.into()))
+    }
+}
+
+/// Largest epoch, clock stamp or duration a peer may send. Far beyond any real one (an epoch
+/// per nanosecond for 292 years), and small enough that adding two of them (a stamp and a
+/// lease, our clock and a peer's `down_after_ms`) cannot overflow: a wrapped sum would make a
+/// live holder look gone, or an epoch roll back to 0.
+pub const MAX_WIRE_NUMBER: u64 = i64::MAX as u64;
+
+/// Refuses a message carrying a number no controller could send (see [`MAX_WIRE_NUMBER`]).
+fn check_numbers(msg: &WireMsg) -> Result<(), Refused> {
+    let numbers: Vec<(&str, u64)> = match msg {
+        WireMsg::Hello {
+            current_epoch,
+            config_epoch,
+            failover_epoch,
+            ..
+        } => {
+            let mut n = vec![
+                ("current_epoch", *current_epoch),
+                ("config_epoch", *config_epoch),
+            ];
+            n.extend(failover_epoch.map(|e| ("failover_epoch", e)));
+            n
+        }
+        WireMsg::VoteRequest { epoch, .. } | WireMsg::VoteReply { epoch, .. } => {
+            vec![("epoch", *epoch)]
+        }
+        WireMsg::Ha { ha } => match ha {
+            HaMsg::Claim {
+                epoch,
+                stamp,
+                down_after_ms,
+                ..
+            }
+            | HaMsg::VoteRequest {
+                epoch,
+                stamp,
+                down_after_ms,
+                ..
+            } => vec![
+                ("epoch", *epoch),
+                ("stamp", *stamp),
+                ("down_after_ms", *down_after_ms),
+            ],
+            HaMsg::Ack { epoch, stamp } | HaMsg::Vote { epoch, stamp } => {
+                vec![("epoch", *epoch), ("stamp", *stamp)]
+            }
+            HaMsg::Candidate { epoch, .. } | HaMsg::Release { epoch } => vec![("epoch", *epoch)],
+        },
+    };
+    match numbers.into_iter().find(|&(_, n)| n > MAX_WIRE_NUMBER) {
+        Some((field, n)) => Err(Refused::Malformed(format!(
+            "{field} {n} is out of range (at most {MAX_WIRE_NUMBER})"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -288,5 +345,58 @@ mod tests {
         assert_eq!(b.open(&d2), Err(Refused::Replay("c1".into())));
         let mut restarted = PeerCodec::new("c1", SECRET, vec![], 2);
         assert!(b.open(&restarted.seal("m", &hello())).is_ok());
+    }
+
+    /// A peer with the secret (a compromised or broken controller) sending numbers whose sums
+    /// would wrap: refused, naming the field, before the machines see them.
+    #[test]
+    fn numbers_no_controller_could_send_are_refused() {
+        let (mut a, mut b) = pair();
+        let huge = u64::MAX;
+        let hello = PeerMsg::Hello(Hello {
+            current_epoch: huge,
+            master: "198.18.1.11:6379".parse().unwrap(),
+            config_epoch: 2,
+            sdown: vec![],
+            failover_epoch: None,
+        });
+        let Err(Refused::Malformed(why)) = b.open(&a.seal("m", &hello)) else {
+            panic!("a hello in epoch {huge} was accepted")
+        };
+        assert!(
+            why.starts_with("current_epoch 18446744073709551615"),
+            "{why}"
+        );
+        let vote = PeerMsg::VoteReply {
+            epoch: MAX_WIRE_NUMBER + 1,
+            leader: ControllerId("c1".into()),
+        };
+        assert!(matches!(
+            b.open(&a.seal("m", &vote)),
+            Err(Refused::Malformed(_))
+        ));
+        for claim in [
+            HaMsg::Claim {
+                epoch: 2,
+                stamp: 1,
+                priority: 1,
+                down_after_ms: huge,
+            },
+            HaMsg::Ack {
+                epoch: 2,
+                stamp: huge,
+            },
+            HaMsg::Release { epoch: huge },
+        ] {
+            assert!(
+                matches!(b.open(&a.seal_ha(&claim)), Err(Refused::Malformed(_))),
+                "{claim:?}"
+            );
+        }
+        // The largest allowed values pass.
+        let release = HaMsg::Release {
+            epoch: MAX_WIRE_NUMBER,
+        };
+        assert!(b.open(&a.seal_ha(&release)).is_ok());
     }
 }

@@ -5,6 +5,7 @@
 use std::{net::SocketAddrV4, time::Duration};
 
 use redis::{AsyncConnectionConfig, aio::MultiplexedConnection};
+use tracing::warn;
 
 use crate::{
     config::RedisAuth,
@@ -19,6 +20,9 @@ pub struct Prober {
     /// `run_id` fetched when the connection was opened (it only changes with a restart, which
     /// drops the connection).
     run_id: Option<String>,
+    /// The last unusable `INFO replication` logged, so a node that keeps sending one is logged
+    /// once.
+    invalid_info: Option<InfoError>,
 }
 
 impl Prober {
@@ -42,6 +46,7 @@ impl Prober {
             conn: None,
             timeout,
             run_id: None,
+            invalid_info: None,
         })
     }
 
@@ -91,9 +96,24 @@ impl Prober {
             .arg("replication")
             .query_async(&mut c)
             .await?;
-        let role = parse_role(&text).ok_or_else(|| {
-            redis::RedisError::from((redis::ErrorKind::ParseError, "unparsable INFO replication"))
-        })?;
+        let role = match parse_role(&text) {
+            Ok(role) => {
+                self.invalid_info = None;
+                role
+            }
+            Err(e) => {
+                // Once per distinct problem, not per probe: the probe failures are counted.
+                if self.invalid_info.as_ref() != Some(&e) {
+                    warn!(node = %self.addr, "{e}: probe failed");
+                    self.invalid_info = Some(e.clone());
+                }
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::ParseError,
+                    "unusable INFO replication",
+                    e.to_string(),
+                )));
+            }
+        };
         Ok(NodeInfo {
             run_id: self.run_id.clone(),
             role,
@@ -170,46 +190,88 @@ fn info_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// An `INFO replication` the failover logic cannot use: a field missing, unparsable, or
+/// impossible (an offset or a time Redis could never report). A node sending one fails its
+/// probe: taking the value as given would let a wrapped lag make a stale replica look fresh.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("INFO replication: {0}")]
+pub struct InfoError(String);
+
+/// Largest replication offset or time in seconds Redis can report: it keeps them in signed
+/// 64-bit integers.
+const MAX_INFO_NUMBER: u64 = i64::MAX as u64;
+
 /// The fields of `INFO replication` the failover logic needs.
-pub fn parse_role(text: &str) -> Option<Role> {
-    let num = |key: &str| info_field(text, key).and_then(|v| v.parse::<u64>().ok());
-    match info_field(text, "role")? {
-        "master" => Some(Role::Master {
-            repl_offset: num("master_repl_offset").unwrap_or(0),
+pub fn parse_role(text: &str) -> Result<Role, InfoError> {
+    let bad = |key: &str, value: &str, why: &str| InfoError(format!("{key}:{value} is {why}"));
+    // A field that is absent takes its default (older servers lack some); one that is present
+    // must be a number Redis could send.
+    let offset = |key: &str| -> Result<u64, InfoError> {
+        info_field(text, key).map_or(Ok(0), |v| {
+            v.parse::<u64>()
+                .ok()
+                .filter(|&n| n <= MAX_INFO_NUMBER)
+                .ok_or_else(|| bad(key, v, "not a replication offset"))
+        })
+    };
+    match info_field(text, "role") {
+        Some("master") => Ok(Role::Master {
+            repl_offset: offset("master_repl_offset")?,
         }),
-        "slave" => {
-            let host: std::net::Ipv4Addr = info_field(text, "master_host")?.parse().ok()?;
-            let port: u16 = info_field(text, "master_port")?.parse().ok()?;
+        Some("slave") => {
+            let field =
+                |key: &str| info_field(text, key).ok_or_else(|| InfoError(format!("no {key}")));
+            let host = field("master_host")?;
+            let host: std::net::Ipv4Addr = host
+                .parse()
+                .map_err(|_| bad("master_host", host, "not an IPv4 address"))?;
+            let port = field("master_port")?;
+            let port: u16 = port
+                .parse()
+                .map_err(|_| bad("master_port", port, "not a port"))?;
             let link_up = info_field(text, "master_link_status") == Some("up");
-            // Redis reports -1 for "never"; treat unknown as very stale.
-            let secs = |key: &str| {
-                info_field(text, key)
-                    .and_then(|v| v.parse::<i64>().ok())
-                    .map_or(u64::MAX / 2, |s| {
-                        if s < 0 { u64::MAX / 2 } else { s as u64 * 1000 }
-                    })
+            // Seconds to milliseconds, checked: Redis reports -1 for "never", which is very
+            // stale, as is a field left out; a number whose milliseconds overflow is no time
+            // Redis could report.
+            let ms = |key: &str| -> Result<u64, InfoError> {
+                let Some(v) = info_field(text, key) else {
+                    return Ok(u64::MAX / 2);
+                };
+                let secs: i64 = v.parse().map_err(|_| bad(key, v, "not a number"))?;
+                if secs < 0 {
+                    return Ok(u64::MAX / 2);
+                }
+                (secs as u64)
+                    .checked_mul(1000)
+                    .filter(|&ms| ms <= u64::MAX / 2)
+                    .ok_or_else(|| bad(key, v, "too large to be a time in seconds"))
             };
-            Some(Role::Replica(ReplicaInfo {
+            Ok(Role::Replica(ReplicaInfo {
                 master: NodeAddr::new(host, port),
                 link_up,
                 link_down_ms: if link_up {
                     0
                 } else {
-                    secs("master_link_down_since_seconds")
+                    ms("master_link_down_since_seconds")?
                 },
                 lag_ms: if link_up {
-                    secs("master_last_io_seconds_ago")
+                    ms("master_last_io_seconds_ago")?
                 } else {
                     u64::MAX / 2
                 },
-                repl_offset: num("slave_repl_offset").unwrap_or(0),
-                priority: info_field(text, "slave_priority")
+                repl_offset: offset("slave_repl_offset")?,
+                priority: match info_field(text, "slave_priority")
                     .or_else(|| info_field(text, "replica_priority"))
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(100),
+                {
+                    None => 100,
+                    Some(v) => v
+                        .parse()
+                        .map_err(|_| bad("slave_priority", v, "not a priority"))?,
+                },
             }))
         }
-        _ => None,
+        Some(other) => Err(bad("role", other, "not a role")),
+        None => Err(InfoError("no role".into())),
     }
 }
 
@@ -220,7 +282,7 @@ mod tests {
     #[test]
     fn parses_a_master() {
         let t = "# Replication\r\nrole:master\r\nconnected_slaves:2\r\nmaster_repl_offset:4242\r\n";
-        assert_eq!(parse_role(t), Some(Role::Master { repl_offset: 4242 }));
+        assert_eq!(parse_role(t), Ok(Role::Master { repl_offset: 4242 }));
     }
 
     #[test]
@@ -231,7 +293,7 @@ mod tests {
                  slave_priority:50\r\nslave_read_only:1\r\n";
         assert_eq!(
             parse_role(t),
-            Some(Role::Replica(ReplicaInfo {
+            Ok(Role::Replica(ReplicaInfo {
                 master: "198.18.1.11:6379".parse().unwrap(),
                 link_up: true,
                 link_down_ms: 0,
@@ -246,7 +308,7 @@ mod tests {
     fn a_replica_with_its_link_down_is_stale() {
         let t = "role:slave\nmaster_host:198.18.1.11\nmaster_port:6379\nmaster_link_status:down\n\
                  master_last_io_seconds_ago:-1\nmaster_link_down_since_seconds:7\nslave_repl_offset:1\n";
-        let Some(Role::Replica(r)) = parse_role(t) else {
+        let Ok(Role::Replica(r)) = parse_role(t) else {
             panic!("not a replica")
         };
         assert!(!r.link_up);
@@ -256,10 +318,70 @@ mod tests {
 
     #[test]
     fn garbage_is_not_a_role() {
-        assert_eq!(parse_role("hello"), None);
+        assert_eq!(parse_role("hello"), Err(InfoError("no role".into())));
         assert_eq!(
             parse_role("role:slave\nmaster_host:nope\nmaster_port:1\n"),
-            None
+            Err(InfoError("master_host:nope is not an IPv4 address".into()))
         );
+        assert!(parse_role("role:sentinel\n").is_err());
+        assert!(parse_role("role:slave\nmaster_host:198.18.1.11\nmaster_port:65536\n").is_err());
+    }
+
+    const REPLICA: &str = "role:slave\nmaster_host:198.18.1.11\nmaster_port:6379\n\
+                           master_link_status:up\n";
+
+    /// A hostile (or broken) server's numbers: each is refused, naming the field, and none
+    /// wraps into a fresh-looking replica.
+    #[test]
+    fn impossible_numbers_fail_the_probe_instead_of_wrapping() {
+        let cases = [
+            // 18446744073709552 s is 384 ms after wrapping the milliseconds around 2^64.
+            (
+                "master_last_io_seconds_ago:18446744073709552\n",
+                "master_last_io_seconds_ago",
+            ),
+            (
+                "master_last_io_seconds_ago:9223372036854775807\n",
+                "master_last_io_seconds_ago",
+            ),
+            (
+                "master_last_io_seconds_ago:99999999999999999999\n",
+                "master_last_io_seconds_ago",
+            ),
+            (
+                "master_last_io_seconds_ago:1e3\n",
+                "master_last_io_seconds_ago",
+            ),
+            (
+                "slave_repl_offset:18446744073709551615\n",
+                "slave_repl_offset",
+            ),
+            (
+                "slave_repl_offset:9223372036854775808\n",
+                "slave_repl_offset",
+            ),
+            ("slave_repl_offset:-5\n", "slave_repl_offset"),
+            ("slave_priority:-1\n", "slave_priority"),
+        ];
+        for (line, key) in cases {
+            let text = format!("{REPLICA}{line}");
+            match parse_role(&text) {
+                Err(InfoError(message)) => assert!(message.starts_with(key), "{message}"),
+                Ok(role) => panic!("{line:?} accepted as {role:?}"),
+            }
+        }
+        let down = "role:slave\nmaster_host:198.18.1.11\nmaster_port:6379\n\
+                    master_link_status:down\nmaster_link_down_since_seconds:18446744073709552\n";
+        assert!(parse_role(down).is_err());
+        assert!(parse_role("role:master\nmaster_repl_offset:18446744073709551615\n").is_err());
+        // The largest values Redis can send are taken as they are: very stale, far ahead.
+        let text = format!(
+            "{REPLICA}master_last_io_seconds_ago:4611686018427387\nslave_repl_offset:9223372036854775807\n"
+        );
+        let Ok(Role::Replica(r)) = parse_role(&text) else {
+            panic!("not a replica")
+        };
+        assert_eq!(r.lag_ms, 4_611_686_018_427_387_000);
+        assert_eq!(r.repl_offset, i64::MAX as u64);
     }
 }

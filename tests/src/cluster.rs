@@ -63,6 +63,8 @@ pub(crate) struct ControllerToml<'a> {
     pub probe_interval_ms: u64,
     pub metrics_listen: SocketAddrV4,
     pub peers: &'a [(String, SocketAddrV4)],
+    /// More `[controller]` keys, one `key = value` a line (e.g. the API's limits).
+    pub extra: &'a str,
 }
 
 impl ControllerToml<'_> {
@@ -84,7 +86,8 @@ impl ControllerToml<'_> {
              state_file = {state}\n\
              probe_interval_ms = {interval}\n\
              metrics_listen = \"{metrics}\"\n\
-             peers = [{peers}]\n",
+             peers = [{peers}]\n\
+             {extra}",
             quorum = self.quorum,
             down_after = self.down_after_ms,
             failover_timeout = self.failover_timeout_ms,
@@ -95,6 +98,7 @@ impl ControllerToml<'_> {
             interval = self.probe_interval_ms,
             metrics = self.metrics_listen,
             peers = peers.join(", "),
+            extra = self.extra,
         )
     }
 }
@@ -111,6 +115,14 @@ pub struct ClusterOptions {
     pub quorum: usize,
     /// The shared peer secret (at least 16 characters).
     pub secret: String,
+    /// Appended to every controller's `[controller]` section (the last of its config): the
+    /// API's passwords and users (`requirepass = ...`, `[[controller.users]]`). Empty: the
+    /// API is open, as it is without a password.
+    pub controller_toml: String,
+    /// `redis-cli` arguments that authenticate the harness's own API queries (the health
+    /// check, [`Cluster::sentinel_cli`]) when `controller_toml` sets a password, e.g.
+    /// `["--user", "admin", "--pass", "..."]`.
+    pub api_cli_auth: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -122,6 +134,8 @@ impl Default for ClusterOptions {
             probe_interval_ms: 100,
             quorum: 2,
             secret: "redis-ha-e2e-shared-secret".to_owned(),
+            controller_toml: String::new(),
+            api_cli_auth: Vec::new(),
         }
     }
 }
@@ -287,6 +301,7 @@ impl Cluster {
             state_path: file("state"),
             process: ProcessSlot::default(),
             started_at: Mutex::new(None),
+            env: Mutex::new(Vec::new()),
         });
         Ok(index)
     }
@@ -309,8 +324,38 @@ impl Cluster {
             probe_interval_ms: o.probe_interval_ms,
             metrics_listen: spec.metrics_listen(),
             peers: &spec.peers,
+            extra: &o.controller_toml,
         };
         format!("{dataplane}{service}{}", tail.render())
+    }
+
+    /// Moves controller `n`'s state file to `path` (copying what it holds) and points its
+    /// config there, for a test that puts it on a file system of its own. The controller must
+    /// not run.
+    pub fn relocate_state_file(&mut self, n: usize, path: &Path) -> Result<()> {
+        let c = &mut self.controllers[n - 1];
+        if c.is_running() {
+            bail!(
+                "controller {} runs: stop it before moving its state file",
+                c.id
+            );
+        }
+        let config = std::fs::read_to_string(&c.config_path)
+            .with_context(|| format!("reading {}", c.config_path.display()))?;
+        let old = toml_string(&c.state_path.display().to_string());
+        if !config.contains(&old) {
+            bail!("{} does not name {old}", c.config_path.display());
+        }
+        let new = toml_string(&path.display().to_string());
+        std::fs::write(&c.config_path, config.replace(&old, &new))
+            .with_context(|| format!("writing {}", c.config_path.display()))?;
+        if c.state_path.exists() {
+            std::fs::copy(&c.state_path, path).with_context(|| {
+                format!("copying {} to {}", c.state_path.display(), path.display())
+            })?;
+        }
+        c.state_path = path.to_owned();
+        Ok(())
     }
 
     /// `redis-ha-ctl maps --config <c1's config> --flows 0`, parsed.
@@ -339,8 +384,15 @@ impl Cluster {
     /// client asks (bounded; an error reply is an error); the reply without its last newline.
     pub fn sentinel_cli(&self, n: usize, args: &[&str]) -> Result<String> {
         let api = self.controller(n).listen;
-        let out = self.testbed.client().redis_cli(api, args)?;
+        let out = self.testbed.client().redis_cli(api, &self.api_args(args))?;
         Ok(out.trim_end().to_owned())
+    }
+
+    /// `args` after the options that authenticate to the API, if it has a password.
+    fn api_args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let auth = self.options.api_cli_auth.iter().map(String::as_str);
+        let quiet = (!self.options.api_cli_auth.is_empty()).then_some("--no-auth-warning");
+        auth.chain(quiet).chain(args.iter().copied()).collect()
     }
 
     /// The backend the write port points at now.
@@ -480,11 +532,10 @@ impl Cluster {
         // reconfigures the replicas; until it is done, it refuses the next failover.
         // A controller the client cannot reach (a test cut it off) cannot tell: skip it.
         for c in self.running() {
-            let Ok(reply) = self
-                .testbed
-                .client()
-                .redis_cli(c.listen, &["SENTINEL", "MASTER", SERVICE_NAME])
-            else {
+            let Ok(reply) = self.testbed.client().redis_cli(
+                c.listen,
+                &self.api_args(&["SENTINEL", "MASTER", SERVICE_NAME]),
+            ) else {
                 continue;
             };
             let mut lines = reply.lines();
@@ -680,6 +731,8 @@ pub struct Controller {
     /// `None` while not running; behind a mutex so a test can kill one through `&Cluster`.
     process: ProcessSlot,
     started_at: Mutex<Option<Instant>>,
+    /// Extra environment of the next starts (e.g. the `REDIS_HA_FAILPOINT` test hook).
+    env: Mutex<Vec<(String, String)>>,
 }
 
 impl Controller {
@@ -702,6 +755,7 @@ impl Controller {
             state_path,
             process: ProcessSlot::default(),
             started_at: Mutex::new(None),
+            env: Mutex::new(Vec::new()),
         }
     }
 
@@ -756,12 +810,13 @@ impl Controller {
     /// Starts `redis-ha-ctl run` (output appended to its log) and waits until it logs that it
     /// runs. An error if it already runs or exits meanwhile.
     pub fn start(&self) -> Result<()> {
-        self.start_with_env(&[])
+        self.start_via(&[], &[])
     }
 
-    /// [`Self::start`] with extra environment variables (e.g. libfaketime's, to start it with
-    /// its clock stepped back).
-    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Result<()> {
+    /// [`Controller::start`], with the daemon run by `launcher` (a program and its arguments,
+    /// which then executes the daemon's command line: `setpriv ...`, `strace ...`) and with
+    /// `env` added to its environment.
+    pub fn start_via(&self, launcher: &[&str], env: &[(&str, &str)]) -> Result<()> {
         if self.is_running() {
             bail!("controller {} already runs", self.id);
         }
@@ -771,14 +826,22 @@ impl Controller {
             .append(true)
             .open(&self.log_path)
             .with_context(|| format!("opening {}", self.log_path.display()))?;
-        let mut cmd = netns_command(&self.ns_name, crate::ctl_binary()?);
+        let mut cmd = match launcher.split_first() {
+            Some((program, args)) => {
+                let mut cmd = netns_command(&self.ns_name, program);
+                cmd.args(args).arg(crate::ctl_binary()?);
+                cmd
+            }
+            None => netns_command(&self.ns_name, crate::ctl_binary()?),
+        };
+        cmd.envs(env.iter().copied());
         cmd.arg("run")
             .arg("--config")
             .arg(&self.config_path)
             // Plain text: the tests read the log.
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
+            .envs(self.env.lock().unwrap_or_else(|e| e.into_inner()).clone())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -824,6 +887,28 @@ impl Controller {
             Some(p) => p.signal(signal),
             None => bail!("controller {} is not running", self.id),
         }
+    }
+
+    /// Sets (`Some`) or removes (`None`) an environment variable of the next starts.
+    pub fn set_env(&self, key: &str, value: Option<&str>) {
+        let mut env = self.env.lock().unwrap_or_else(|e| e.into_inner());
+        env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            env.push((key.to_owned(), v.to_owned()));
+        }
+    }
+
+    /// Waits (bounded) until the process exited by itself (a crash, a refused start), reaps it
+    /// and returns what it logged since `mark`.
+    pub fn wait_exit(&self, since: LogMark, timeout: Duration) -> Result<String> {
+        wait_until(
+            &format!("controller {} to exit", self.id),
+            timeout,
+            POLL,
+            || Ok((!self.is_running()).then_some(())),
+        )?;
+        self.kill()?;
+        Ok(self.log_since(since))
     }
 
     /// SIGKILL and reap: a crash, no chance to clean up.

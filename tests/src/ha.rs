@@ -550,6 +550,7 @@ impl HaCluster {
             probe_interval_ms: o.probe_interval_ms,
             metrics_listen: SocketAddrV4::new(*controller_listen(ctl).ip(), METRICS_PORT),
             peers: &peers,
+            extra: "",
         }
         .render();
         toml

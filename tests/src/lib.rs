@@ -26,6 +26,7 @@ pub mod netns;
 pub mod process;
 pub mod seed;
 pub mod testbed;
+pub mod tmpfs;
 pub mod trial;
 
 use std::path::{Path, PathBuf};

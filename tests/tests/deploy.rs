@@ -48,6 +48,8 @@ fn example_config(dir: &Path) -> String {
     );
     let secret = dir.join("secret");
     std::fs::write(&secret, "an-example-secret-of-32-characters\n").expect("writing the secret");
+    // A secret file others may read is refused.
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     text.replace(
         SECRET_LINE,
         &format!("secret_file = \"{}\"", secret.display()),
@@ -132,7 +134,7 @@ fn systemd_unit_runs_the_controller_with_its_capabilities() {
     assert_eq!(unit_value(&entries, "StateDirectory"), "redis-ha");
     for key in ["CapabilityBoundingSet", "AmbientCapabilities"] {
         let caps: Vec<&str> = unit_value(&entries, key).split_whitespace().collect();
-        for cap in ["CAP_BPF", "CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_PERFMON"] {
+        for cap in ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON", "CAP_NET_RAW"] {
             assert!(caps.contains(&cap), "{key} lacks {cap}: {caps:?}");
         }
     }

@@ -95,7 +95,7 @@ fn restarts(cluster: &Cluster) -> Result<()> {
         // Long enough for the peers to notice the silence.
         std::thread::sleep(Duration::from_millis(1500));
         let mark = c2.mark();
-        c2.start_with_env(&env)?;
+        c2.start_via(&[], &env)?;
         let restarted = Instant::now();
         for n in [1, 3] {
             wait_until(

@@ -107,6 +107,10 @@ enum Task {
         /// default, --trials N).
         #[arg(long, value_enum, default_value_t = Topology::Default)]
         topology: Topology,
+        /// Only failovers while every controller is attacked (API and peer port), with the
+        /// controllers' largest memory; writes bench-results/attack/summary.md.
+        #[arg(long)]
+        attack: bool,
     },
 }
 
@@ -220,8 +224,10 @@ fn run(task: Task) -> Result<()> {
             xdp_mode,
             out,
             topology,
+            attack,
         } => bench::bench(bench::Options {
             seed: topology == Topology::Seed,
+            attack,
             xdp_mode,
             quick,
             repeats,

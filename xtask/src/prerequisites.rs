@@ -29,6 +29,10 @@ const DEBIAN_PROGRAMS: &[(&str, &str)] = &[
     ("redis-sentinel", "redis-sentinel"),
     // `cargo xtask bench --topology seed` moves the seed stack's VIP with it (for Pacemaker).
     ("keepalived", "keepalived"),
+    // tests/tests/privileges.rs applies the unit's capabilities and checks its system calls.
+    ("setpriv", "util-linux"),
+    ("strace", "strace"),
+    ("systemd-analyze", "systemd"),
     // tests/tests/status_page.rs loads the status page in headless Chromium.
     ("chromium", "chromium"),
     // tests/tests/peer_protocol.rs starts a controller with its clock stepped back

@@ -135,7 +135,23 @@ pub(super) struct RawController {
     pub secret_file: Option<Spanned<String>>,
     pub state_file: Option<Spanned<String>>,
     pub probe_interval_ms: Option<Spanned<u64>>,
+    // The API's limits (`api_limits`); signed, so a negative value gets the range message.
+    pub maxclients: Option<Spanned<i64>>,
+    pub client_idle_timeout_ms: Option<Spanned<i64>>,
+    pub tcp_keepalive_s: Option<Spanned<i64>>,
+    pub client_output_buffer_limit_normal_bytes: Option<Spanned<i64>>,
+    pub client_output_buffer_limit_pubsub_hard_bytes: Option<Spanned<i64>>,
+    pub client_output_buffer_limit_pubsub_soft_bytes: Option<Spanned<i64>>,
+    pub client_output_buffer_limit_pubsub_soft_seconds: Option<Spanned<i64>>,
+    pub client_max_subscriptions: Option<Spanned<i64>>,
+    pub client_max_request_bytes: Option<Spanned<i64>>,
+    pub client_max_request_args: Option<Spanned<i64>>,
     pub metrics_listen: Option<Spanned<String>>,
+    pub requirepass: Option<Spanned<String>>,
+    pub requirepass_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub users: Vec<Spanned<super::api_auth::RawApiUser>>,
+    pub allow_unauthenticated_reads: Option<bool>,
 }
 
 #[derive(Deserialize)]

@@ -12,9 +12,12 @@
 //! Those are the only places a default is stated: validation fills from them, and
 //! check-config shows what validation filled in.
 
+mod api_auth;
+mod api_limits;
 mod dataplane;
 mod load;
 mod nat;
+mod secret;
 mod show;
 mod validate;
 
@@ -30,6 +33,8 @@ use std::{
 use redis_ha_common::{MAX_BACKENDS, MAX_SERVICES};
 use serde::{Deserialize, Serialize, Serializer};
 
+pub use api_auth::{ApiAccess, ApiAuthConfig, ApiUser, DEFAULT_USER};
+pub use api_limits::ApiLimits;
 pub use load::ConfigError;
 pub use nat::{NatMode, NatPorts};
 
@@ -54,6 +59,24 @@ pub const FLOW_TABLE_RANGE: std::ops::RangeInclusive<u32> = 1024..=16 * 1024 * 1
 /// promotion) while writes are paused, unless the request says otherwise. Not a key of the
 /// file, but a default both the daemon and the CLI that sends the request must agree on.
 pub const DEFAULT_SWITCHOVER_TIMEOUT_MS: u64 = 2_000;
+
+/// The largest switchover timeout a request may ask for. Writes stay paused for
+/// 3 × timeout + 2 s if the controller dies mid-switchover (the pause must outlive every bound
+/// of a live one), so this caps that at 32 s; a replica that needs longer to catch up is
+/// better resynchronised before the switchover than waited for with writes held.
+pub const MAX_SWITCHOVER_TIMEOUT_MS: u64 = 10_000;
+
+/// A switchover timeout a request asks for (ms, not 0), or why it is refused: the controller
+/// answers `REDIS-HA FAILOVER ... TIMEOUT` with it, and the CLI checks `--timeout` with it.
+pub fn check_switchover_timeout(ms: u64) -> Result<u64, String> {
+    if ms > MAX_SWITCHOVER_TIMEOUT_MS {
+        return Err(format!(
+            "TIMEOUT {ms} is above the maximum of {MAX_SWITCHOVER_TIMEOUT_MS} ms: writes stay \
+             paused on the master for 3 x TIMEOUT + 2 s if the controller dies mid-switchover"
+        ));
+    }
+    Ok(ms)
+}
 
 /// After a start, a voter waits at least this long (or the node's own `ha.down_after_ms`)
 /// before voting: see [`HaParams::quiet_after_start_ms`].
@@ -156,9 +179,15 @@ pub struct ControllerConfig {
     pub state_file: PathBuf,
     /// How often every backend is probed and the view sent to peers.
     pub probe_interval_ms: u64,
+    /// What one client of the API may take (connections, memory, time).
+    #[serde(flatten)]
+    pub api_limits: ApiLimits,
     /// Prometheus `/metrics` and the status page (HTTP), if wanted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Passwords and users of the API (`requirepass`, `[[controller.users]]`).
+    #[serde(flatten)]
+    pub api: ApiAuthConfig,
 }
 
 impl ControllerConfig {

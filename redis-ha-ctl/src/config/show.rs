@@ -16,15 +16,14 @@ impl Config {
     pub fn effective_toml(&self) -> Result<String, toml::ser::Error> {
         let mut shown = self.clone();
         if let Some(c) = &mut shown.controller {
-            c.secret = match &c.secret_file {
-                Some(f) if c.secret.is_empty() => format!("<read from {} at start>", f.display()),
-                Some(f) => format!(
-                    "<{} characters read from {}, not shown>",
-                    c.secret.chars().count(),
-                    f.display()
-                ),
-                None => format!("<{} characters, not shown>", c.secret.chars().count()),
-            };
+            c.secret = hidden(&c.secret, c.secret_file.as_deref());
+            let api = &mut c.api;
+            if let Some(pass) = &mut api.requirepass {
+                *pass = hidden(pass, api.requirepass_file.as_deref());
+            }
+            for u in &mut api.users {
+                u.password = hidden(&u.password, u.password_file.as_deref());
+            }
         }
         for s in &mut shown.services {
             if let Some(auth) = &mut s.failover.auth {
@@ -39,10 +38,24 @@ impl Config {
             |key: &str, meaning: &str| _ = writeln!(unset, "# {key}: not set: {meaning}");
         match &self.controller {
             None => note("[controller]", "this node runs no controller"),
-            Some(c) if c.metrics_listen.is_none() => {
-                note("controller.metrics_listen", "no /metrics, no status page")
+            Some(c) => {
+                if c.metrics_listen.is_none() {
+                    note("controller.metrics_listen", "no /metrics, no status page");
+                }
+                if c.api.requirepass.is_none() {
+                    note(
+                        "controller.requirepass",
+                        if c.api.required() {
+                            "only the named users (controller.users) may use the API"
+                        } else {
+                            "anyone who can connect to the API may fail over: a trusted network only"
+                        },
+                    );
+                }
+                if c.api.users.is_empty() {
+                    note("controller.users", "no named API users");
+                }
             }
-            Some(_) => {}
         }
         if let Some(dp) = &self.dataplane
             && dp.nat_address.is_none()
@@ -90,6 +103,19 @@ impl Config {
             out += &unset;
         }
         Ok(out)
+    }
+}
+
+/// A secret as check-config shows it: its length and where it comes from, never itself.
+fn hidden(secret: &str, file: Option<&std::path::Path>) -> String {
+    match file {
+        Some(f) if secret.is_empty() => format!("<read from {} at start>", f.display()),
+        Some(f) => format!(
+            "<{} characters read from {}, not shown>",
+            secret.chars().count(),
+            f.display()
+        ),
+        None => format!("<{} characters, not shown>", secret.chars().count()),
     }
 }
 

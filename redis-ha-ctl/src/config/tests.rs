@@ -221,6 +221,19 @@ secret = "0123456789abcdef-shared"
 state_file = "/var/lib/other/lb1.state"
 probe_interval_ms = 50
 metrics_listen = "127.0.0.1:9480"
+maxclients = 500
+client_idle_timeout_ms = 60000
+tcp_keepalive_s = 60
+client_output_buffer_limit_normal_bytes = 4194304
+client_output_buffer_limit_pubsub_hard_bytes = 16777216
+client_output_buffer_limit_pubsub_soft_bytes = 1048576
+client_output_buffer_limit_pubsub_soft_seconds = 30
+client_max_subscriptions = 64
+client_max_request_bytes = 65536
+client_max_request_args = 64
+requirepass = "api-admin-password"
+allow_unauthenticated_reads = true
+users = [{ name = "monitor", password = "api-monitor-password", access = "read-only" }]
 
 [ha]
 priority = 150
@@ -294,6 +307,19 @@ fn a_config_setting_every_key_reads_back_equal_from_its_serialisation() {
     assert!(dp.nat != dd.nat && dp.nat_address.is_some() && dp.nat_ports != dd.nat_ports);
     assert!(ctl.probe_interval_ms != ControllerConfig::DEFAULT_PROBE_INTERVAL_MS);
     assert!(ctl.state_file != ControllerConfig::default_state_file(&ctl.id));
+    let limits = toml::Table::try_from(&ctl.api_limits).unwrap();
+    let defaults = toml::Table::try_from(ApiLimits::default()).unwrap();
+    for (key, value) in &limits {
+        assert_ne!(
+            Some(value),
+            defaults.get(key),
+            "{key} is set to its default"
+        );
+    }
+    assert!(ctl.api.requirepass.is_some() && !ctl.api.users.is_empty());
+    assert!(
+        ctl.api.allow_unauthenticated_reads != ApiAuthConfig::default().allow_unauthenticated_reads
+    );
     assert!(ha.priority != hd.priority && ha.preempt != hd.preempt);
     assert!(ha.heartbeat_ms != hd.heartbeat_ms && ha.down_after_ms != hd.down_after_ms);
     let f = &cfg.services[0].failover;
@@ -306,6 +332,8 @@ fn a_config_setting_every_key_reads_back_equal_from_its_serialisation() {
     // The secret read from `secret_file` (trimmed) is the same config as the secret inline.
     let file = std::env::temp_dir().join(format!("redis-ha-secret-{}", std::process::id()));
     std::fs::write(&file, "0123456789abcdef-shared\n").unwrap();
+    // A secret file others may read is refused.
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let from_file = EVERY_KEY.replace(
         "secret = \"0123456789abcdef-shared\"",
         &format!("secret_file = {:?}", file.display().to_string()),
@@ -372,6 +400,15 @@ fn the_effective_toml_hides_secrets_and_shows_what_is_left_out() {
     .unwrap();
     let shown = cfg.effective_toml().unwrap();
     assert!(!shown.contains("0123456789abcdef") && !shown.contains("hunter2"));
+    assert!(!shown.contains("api-admin-password") && !shown.contains("api-monitor-password"));
+    assert!(
+        shown.contains("requirepass = \"<18 characters, not shown>\""),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("password = \"<20 characters, not shown>\""),
+        "{shown}"
+    );
     assert!(shown.contains("secret = \"<23 characters, not shown>\""));
     assert!(shown.contains("password = \"<not shown>\""));
     assert!(shown.contains("# [ha]: not set"), "{shown}");
@@ -437,4 +474,117 @@ fn full_nat_ports_must_be_a_range_clear_of_every_service_port() {
         key == "dataplane.nat_address" && msg.contains("only used with nat = \"full\""),
         "{msg}"
     );
+}
+
+#[test]
+fn api_passwords_come_inline_or_from_a_file_and_users_are_checked() {
+    let with = |keys: &str| format!("{CONTROLLER}{keys}\n{GOOD}");
+    // Nothing set: the API is open, as before.
+    let api = parse(&with("")).unwrap().controller.unwrap().api;
+    assert_eq!(api, ApiAuthConfig::default());
+    assert!(!api.required());
+
+    // From files, trimmed as `secret_file` is; the same config as inline.
+    let dir = std::env::temp_dir().join(format!("redis-ha-api-pass-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (admin, monitor) = (dir.join("admin"), dir.join("monitor"));
+    std::fs::write(&admin, "admin-pass\n").unwrap();
+    std::fs::write(&monitor, "monitor-pass\n").unwrap();
+    // Password files others may read are refused, as secret files are.
+    for f in [&admin, &monitor] {
+        std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
+    let from_files = parse(&with(&format!(
+        "requirepass_file = {:?}\n[[controller.users]]\nname = \"monitor\"\npassword_file = {:?}\naccess = \"read-only\"\n",
+        admin.display().to_string(),
+        monitor.display().to_string()
+    )));
+    std::fs::remove_dir_all(&dir).unwrap();
+    let mut api = from_files.unwrap().controller.unwrap().api;
+    assert_eq!(api.requirepass_file.take(), Some(admin.clone()));
+    assert_eq!(api.users[0].password_file.take(), Some(monitor));
+    let inline = parse(&with(
+        "requirepass = \"admin-pass\"\nusers = [{ name = \"monitor\", password = \"monitor-pass\", access = \"read-only\" }]",
+    ))
+    .unwrap()
+    .controller
+    .unwrap()
+    .api;
+    assert_eq!(api, inline);
+    assert_eq!(inline.user(None), Some(("admin-pass", ApiAccess::All)));
+    assert_eq!(
+        inline.user(Some("monitor")),
+        Some(("monitor-pass", ApiAccess::ReadOnly))
+    );
+
+    // Each problem names its line and key.
+    let line_of =
+        |text: &str, needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let text = with(&format!(
+        "requirepass_file = {:?}",
+        admin.display().to_string()
+    ));
+    let (line, key, msg) = err(&text);
+    assert_eq!(
+        (line, key.as_str()),
+        (
+            line_of(&text, "requirepass_file"),
+            "controller.requirepass_file"
+        )
+    );
+    assert!(msg.contains("cannot read"), "{msg}");
+
+    let text = with("requirepass = \"\"");
+    let (line, key, msg) = err(&text);
+    assert_eq!(
+        (line, key.as_str()),
+        (line_of(&text, "requirepass"), "controller.requirepass")
+    );
+    assert!(msg.contains("empty"), "{msg}");
+
+    let (_, key, msg) = err(&with("requirepass = \"a\"\nrequirepass_file = \"/x\""));
+    assert_eq!(key, "controller.requirepass");
+    assert!(msg.contains("at most one"), "{msg}");
+
+    for (users, bad_key, says) in [
+        (
+            "{ name = \"a b\", password = \"p\", access = \"all\" }",
+            "controller.users[0].name",
+            "not a valid user name",
+        ),
+        (
+            "{ name = \"m\", password = \"p\", access = \"all\" }, { name = \"m\", password = \"q\", access = \"all\" }",
+            "controller.users[1].name",
+            "used twice",
+        ),
+        (
+            "{ name = \"default\", password = \"p\", access = \"all\" }",
+            "controller.users[0].name",
+            "requirepass",
+        ),
+        (
+            "{ name = \"m\", access = \"all\" }",
+            "controller.users[0].password",
+            "set one of",
+        ),
+        (
+            "{ name = \"m\", password = \"p\", password_file = \"/x\", access = \"all\" }",
+            "controller.users[0].password",
+            "at most one",
+        ),
+    ] {
+        let text = with(&format!("requirepass = \"x\"\nusers = [{users}]"));
+        let (line, key, msg) = err(&text);
+        assert_eq!(
+            (line, key.as_str()),
+            (line_of(&text, "users ="), bad_key),
+            "{msg}"
+        );
+        assert!(msg.contains(says), "{msg}");
+    }
+    // An access that is neither is refused by name, with the line.
+    let text = with("users = [{ name = \"m\", password = \"p\", access = \"write\" }]");
+    let (line, _, msg) = err(&text);
+    assert_eq!(line, line_of(&text, "users ="));
+    assert!(msg.contains("read-only"), "{msg}");
 }

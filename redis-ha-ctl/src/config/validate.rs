@@ -5,7 +5,7 @@ use std::{
     collections::HashSet,
     net::{Ipv4Addr, SocketAddrV4},
     ops::Range,
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use redis_ha_common::MAX_SERVICES;
@@ -14,6 +14,8 @@ use toml::Spanned;
 use super::{
     Config, ControllerConfig, DataplaneConfig, FailoverConfig, HaAddress, HaConfig,
     MAX_BACKENDS_PER_SERVICE, NatMode, PeerConfig, ServiceConfig,
+    api_auth::{RawApiAuth, validate_api_auth},
+    api_limits,
     load::{RawConfig, RawController, RawHa, RawService},
     nat,
 };
@@ -277,7 +279,7 @@ fn validate_service(
 
 fn validate_controller(
     c: &Spanned<RawController>,
-    secret_files: SecretFiles,
+    mut secret_files: SecretFiles,
 ) -> Result<ControllerConfig, Problem> {
     let raw = c.get_ref();
     let valid_id = |id: &str| {
@@ -323,23 +325,7 @@ fn validate_controller(
     }
     let secret = match (&raw.secret, &raw.secret_file) {
         (Some(s), None) => Some(s.get_ref().clone()),
-        (None, Some(f)) => match std::fs::read_to_string(f.get_ref()) {
-            Ok(s) => Some(s.trim().to_owned()),
-            Err(e) => {
-                let unreadable = problem(
-                    f,
-                    "controller.secret_file",
-                    format!("cannot read {:?}: {e}", f.get_ref()),
-                );
-                match secret_files {
-                    SecretFiles::Read => return Err(unreadable),
-                    SecretFiles::Defer(deferred) => {
-                        deferred.push(unreadable);
-                        None
-                    }
-                }
-            }
-        },
+        (None, Some(f)) => read_secret_file(f, "controller.secret_file", &mut secret_files)?,
         _ => {
             return Err(Problem {
                 span: c.span(),
@@ -373,6 +359,16 @@ fn validate_controller(
             "must be between 10 and 10000",
         ));
     }
+    let api = validate_api_auth(
+        RawApiAuth {
+            section: &c.span(),
+            requirepass: raw.requirepass.as_ref(),
+            requirepass_file: raw.requirepass_file.as_ref(),
+            users: &raw.users,
+            allow_unauthenticated_reads: raw.allow_unauthenticated_reads,
+        },
+        &mut secret_files,
+    )?;
     Ok(ControllerConfig {
         id: raw.id.get_ref().clone(),
         listen,
@@ -384,12 +380,37 @@ fn validate_controller(
             |p| PathBuf::from(p.get_ref()),
         ),
         probe_interval_ms: interval,
+        api_limits: api_limits::validate(c)?,
         metrics_listen: raw
             .metrics_listen
             .as_ref()
             .map(|m| addr(m, "controller.metrics_listen".into()))
             .transpose()?,
+        api,
     })
+}
+
+/// A secret kept in a file (`secret_file`, `requirepass_file`, ...), trimmed of the newline
+/// `echo` and editors add. `None` when the file cannot be read and `secret_files` defers the
+/// problem (`check-config` on another host).
+pub(super) fn read_secret_file(
+    file: &Spanned<String>,
+    key: &str,
+    secret_files: &mut SecretFiles,
+) -> Result<Option<String>, Problem> {
+    match super::secret::read(Path::new(file.get_ref())) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) => {
+            let unreadable = problem(file, key, e);
+            match secret_files {
+                SecretFiles::Read => Err(unreadable),
+                SecretFiles::Defer(deferred) => {
+                    deferred.push(unreadable);
+                    Ok(None)
+                }
+            }
+        }
+    }
 }
 
 fn validate_ha(

@@ -9,10 +9,11 @@ use tokio::{
     sync::{mpsc, watch},
     time::{Instant, MissedTickBehavior},
 };
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::{
     control::{ApiError, ControlRequest, EventHub},
+    failpoint::Failpoint,
     floating::Floating,
     operator::Operator,
     peers::PeerSender,
@@ -26,8 +27,8 @@ use crate::{
     config::{ControllerConfig, ServiceConfig},
     dataplane::{Dataplane, ServiceTarget, sync},
     failover::{
-        self, Action, ControllerId, Event, Millis, NodeAddr, NoticeKind, PeerMsg, ProbeResult,
-        ServiceMachine,
+        self, Action, Command, ControllerId, Event, Millis, NodeAddr, NoticeKind, PeerMsg,
+        Persisted, ProbeResult, ServiceMachine,
     },
     ha::{HaAction, HaEvent, HaMsg, net::AddressWorker},
     metrics::Metrics,
@@ -105,6 +106,8 @@ pub(super) struct Parts<D> {
     pub(super) metrics: Arc<Metrics>,
     /// Seeds the election jitter: differs on every start.
     pub(super) seed: u64,
+    /// The test hook `REDIS_HA_FAILPOINT`, if set.
+    pub(super) failpoint: Failpoint,
 }
 
 /// The executor's state: owned by one task.
@@ -136,6 +139,10 @@ pub(super) struct Executor<D> {
     jitter: Jitter,
     /// The floating addresses' ownership machine, and what this node does about it.
     floating: Floating,
+    /// Per service: the last state whose write failed, until one succeeds. While set, what the
+    /// peers could take for our vote does not leave (see [`Self::durable`]).
+    undurable: Vec<Option<Persisted>>,
+    failpoint: Failpoint,
 }
 
 impl<D: Dataplane> Executor<D> {
@@ -156,6 +163,7 @@ impl<D: Dataplane> Executor<D> {
             events,
             metrics,
             seed,
+            failpoint,
         } = parts;
         let Machines {
             targets,
@@ -173,6 +181,8 @@ impl<D: Dataplane> Executor<D> {
             operators: machines.iter().map(|_| Operator::default()).collect(),
             read_pools: ReadPoolHold::after_start(machines.len(), ctl.probe_interval_ms),
             jitter: Jitter(seed | 1),
+            undurable: vec![None; services.len()],
+            failpoint,
             services,
             ctl,
             start,
@@ -206,6 +216,7 @@ impl<D: Dataplane> Executor<D> {
         let mut pending: VecDeque<Input> = VecDeque::new();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut watchdog = super::watchdog::Watchdog::from_env();
         let mut ha_tick = tokio::time::interval(self.floating.tick);
         ha_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -228,6 +239,7 @@ impl<D: Dataplane> Executor<D> {
                 tokio::select! {
                     Some(input) = rx.recv() => input,
                     _ = tick.tick() => {
+                        watchdog.ping(Instant::now());
                         first = self.tick(self.now());
                         continue;
                     }
@@ -261,6 +273,16 @@ impl<D: Dataplane> Executor<D> {
     /// The machines' timer; returns what to perform: the read pools held since the start,
     /// once that hold ends, then each machine's actions.
     fn tick(&mut self, now: Millis) -> Vec<(usize, Vec<Action>)> {
+        // A state that could not be written is tried again (quietly: the failure was logged
+        // and counted): once there is room, a restart must not go back to an older file.
+        for i in 0..self.undurable.len() {
+            if let Some(p) = &self.undurable[i]
+                && self.store.put(&self.names[i], p).is_ok()
+            {
+                self.undurable[i] = None;
+                info!(service = %self.names[i], state_file = %self.store.path().display(), "state file written again: votes resume");
+            }
+        }
         let mut out: Vec<(usize, Vec<Action>)> = self
             .read_pools
             .release(now)
@@ -282,6 +304,14 @@ impl<D: Dataplane> Executor<D> {
             Input::Event { service, event } => {
                 if let Event::Peer { from, msg } = &event {
                     self.views[service].heard(from, msg, Instant::now());
+                }
+                if let Event::CommandDone {
+                    command: Command::PromoteReplica,
+                    ok: true,
+                    ..
+                } = &event
+                {
+                    self.failpoint.hit("after-promote-command");
                 }
                 Some((service, event))
             }
@@ -337,44 +367,39 @@ impl<D: Dataplane> Executor<D> {
     async fn perform(&mut self, service: usize, actions: Vec<Action>) -> Vec<Input> {
         let name = self.names[service].clone();
         let mut fed = Vec::new();
+        // Within the batch that confirms our promotion: the failpoints' steps.
+        let mut promoted = false;
         for action in actions {
             match action {
-                Action::Emit(notice) => {
-                    info!(target: "redis_ha::event", service = %name, event = notice.kind.as_str(), "{notice}");
-                    match notice.kind {
-                        NoticeKind::SwitchMaster => {
-                            self.views[service].failovers += 1;
-                            self.metrics.failover_finished(&name, "switched");
-                        }
-                        NoticeKind::Tilt => {
-                            self.views[service].tilt_since_unix_ms = Some(unix_ms())
-                        }
-                        NoticeKind::TiltCleared => self.views[service].tilt_since_unix_ms = None,
-                        kind if kind.as_str().starts_with("-failover-abort") => {
-                            self.metrics
-                                .failover_finished(&name, kind.as_str().trim_start_matches('-'));
-                        }
-                        _ => {}
-                    }
-                    self.events.publish(EventRecord {
-                        at_unix_ms: unix_ms(),
-                        service: name.clone(),
-                        name: notice.kind.as_str().to_owned(),
-                        payload: notice.payload,
-                    });
+                Action::Emit(notice) if notice.kind == NoticeKind::PromotedSlave => {
+                    promoted = true;
+                    self.emit(service, &name, notice);
                 }
+                Action::Emit(notice) => self.emit(service, &name, notice),
                 Action::Persist(p) => {
-                    if let Err(e) = self.store.put(&name, &p) {
-                        // Without durable state a vote could be cast twice after a crash: stop
-                        // performing this batch (the vote or hello that follows must not leave).
-                        error!(service = %name, "persisting state failed, dropping the rest of this step: {e}");
-                        break;
+                    // A failed write stops only what would spread an undurable vote (below):
+                    // the data plane must still follow a master the majority elected.
+                    self.persist(service, &name, p);
+                    if promoted {
+                        self.failpoint.hit("after-promoted-persist");
                     }
                 }
-                Action::SendToPeers(msg) => self.peers.send_to_all(&name, &msg).await,
+                Action::SendToPeers(msg @ PeerMsg::VoteRequest { .. }) => {
+                    if self.durable(service, &name, "asking for votes") {
+                        self.peers.send_to_all(&name, &msg).await;
+                    }
+                }
+                Action::SendToPeers(msg) => {
+                    self.peers.send_to_all(&name, &msg).await;
+                    if promoted {
+                        self.failpoint.hit("after-promoted-announce");
+                    }
+                }
                 Action::ReplyVote { to, epoch, leader } => {
-                    let msg = PeerMsg::VoteReply { epoch, leader };
-                    self.peers.send_to(&to, &name, &msg).await;
+                    if self.durable(service, &name, "answering a vote request") {
+                        let msg = PeerMsg::VoteReply { epoch, leader };
+                        self.peers.send_to(&to, &name, &msg).await;
+                    }
                 }
                 Action::PromoteReplica { node } => {
                     self.command(service, node, failover::Command::PromoteReplica);
@@ -396,6 +421,9 @@ impl<D: Dataplane> Executor<D> {
                         service,
                         event: Event::MasterApplied { epoch, node, ok },
                     });
+                    if promoted {
+                        self.failpoint.hit("after-promoted-switch");
+                    }
                 }
                 Action::SetReadPool(pool) => {
                     let Some(pool) = self.read_pools.offer(service, pool, self.now()) else {
@@ -430,6 +458,68 @@ impl<D: Dataplane> Executor<D> {
             }
         }
         fed
+    }
+
+    /// Tells operators: log, metrics, pub/sub.
+    fn emit(&mut self, service: usize, name: &str, notice: failover::Notice) {
+        info!(target: "redis_ha::event", service = %name, event = notice.kind.as_str(), "{notice}");
+        match notice.kind {
+            NoticeKind::SwitchMaster => {
+                self.views[service].failovers += 1;
+                self.metrics.failover_finished(name, "switched");
+            }
+            NoticeKind::SafeMode => {
+                warn!(service = %name, state_file = %self.store.path().display(), "safe mode: not voting and not starting a failover until a majority of the other controllers told the current epoch");
+            }
+            NoticeKind::Tilt => self.views[service].tilt_since_unix_ms = Some(unix_ms()),
+            NoticeKind::TiltCleared => self.views[service].tilt_since_unix_ms = None,
+            kind if kind.as_str().starts_with("-failover-abort") => {
+                self.metrics
+                    .failover_finished(name, kind.as_str().trim_start_matches('-'));
+            }
+            _ => {}
+        }
+        self.events.publish(EventRecord {
+            at_unix_ms: unix_ms(),
+            service: name.to_owned(),
+            name: notice.kind.as_str().to_owned(),
+            payload: notice.payload,
+        });
+    }
+
+    /// Writes `p`; on failure remembers it as not durable (see [`Self::durable`]).
+    fn persist(&mut self, service: usize, name: &str, p: Persisted) {
+        match self.store.put(name, &p) {
+            Ok(()) => {
+                if self.undurable[service].take().is_some() {
+                    info!(service = %name, state_file = %self.store.path().display(), "state file written again: votes resume");
+                }
+            }
+            Err(e) => {
+                self.metrics.state_write_failed(name);
+                error!(service = %name, "persisting state failed; no vote leaves until it is durable, everything else goes on: {e}");
+                self.undurable[service] = Some(p);
+            }
+        }
+    }
+
+    /// Whether our state is durable, so that a vote (ours as a candidate, or our answer) may
+    /// leave: a controller that restarts having forgotten a vote could vote twice in an epoch.
+    /// After a failed write, writes it again first; if that fails too, the vote is withheld
+    /// (we abstain), which costs at most this election.
+    fn durable(&mut self, service: usize, name: &str, doing: &str) -> bool {
+        let Some(p) = self.undurable[service].clone() else {
+            return true;
+        };
+        if self.store.put(name, &p).is_ok() {
+            self.undurable[service] = None;
+            info!(service = %name, state_file = %self.store.path().display(), "state file written again: votes resume");
+            return true;
+        }
+        self.metrics.state_write_failed(name);
+        self.metrics.vote_withheld(name);
+        warn!(service = %name, state_file = %self.store.path().display(), "not {doing}: the state holding the vote could not be written");
+        false
     }
 
     /// Sends `command` to `node` on a task of its own; the result comes back as an input.

@@ -20,19 +20,24 @@
 //! - `peers`: the UDP peer socket, both ways;
 //! - `boot`: the boot counter that tells a peer which start of ours a datagram comes from;
 //! - `snapshot`: building the [`Status`] from what the executor saw;
-//! - `traffic`: the data plane's counters and the connection-table sweep, on their own task.
+//! - `traffic`: the data plane's counters and the connection-table sweep, on their own task;
+//! - [`privileges`]: the capabilities the config needs, all others given up at the start;
+//! - `watchdog`: systemd's readiness and watchdog notifications.
 
 mod boot;
 pub mod control;
 mod executor;
+mod failpoint;
 mod floating;
 mod operator;
 mod peers;
+pub mod privileges;
 mod redis_io;
 mod resume;
 mod snapshot;
 mod traffic;
 mod warmup;
+mod watchdog;
 
 #[cfg(test)]
 mod tests;
@@ -71,10 +76,9 @@ use crate::{
     status::Status,
 };
 
-/// `redis-ha-ctl run --config FILE`: loads the config and runs the daemon until SIGINT or
-/// SIGTERM.
-pub async fn run_with_signals(config_path: &Path) -> anyhow::Result<()> {
-    let cfg = Config::load(config_path)?;
+/// `redis-ha-ctl run --config FILE`: runs the daemon with `cfg`, loaded from `config_path`,
+/// until SIGINT or SIGTERM.
+pub async fn run_with_signals(cfg: Config, config_path: &Path) -> anyhow::Result<()> {
     if cfg.controller.is_none() {
         anyhow::bail!(
             "{}: no [controller] section: `run` needs one (id, listen, peers, secret)",
@@ -115,7 +119,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .clone()
         .context("no [controller] section: `run` needs one (id, listen, peers, secret)")?;
     let start = Instant::now();
-    let store = StateStore::open(&ctl.state_file)?;
+    let failpoint = failpoint::Failpoint::from_env()?;
+    let (store, unreadable) = open_state(&ctl.state_file)?;
     // Counted (and durable) before the peer socket exists, so no datagram of this start leaves
     // with an id a peer may have seen.
     let boot = boot::next_boot(&ctl.state_file)?;
@@ -160,7 +165,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Some(dp) => Some(dp.snapshot()?),
         None => None,
     };
-    let machines = Machines::start(&config, &ctl, &store, snapshot.as_ref(), &local, start)?;
+    let machines = Machines::start(
+        &config,
+        &ctl,
+        &store,
+        snapshot.as_ref(),
+        &local,
+        start,
+        unreadable,
+    )?;
 
     if let Some(dp) = dataplane.as_mut() {
         // Until elected, the program drops ARP requests for the floating addresses; without
@@ -231,6 +244,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             .collect(),
         status: status_rx.clone(),
         events: events.clone(),
+        auth: ctl.api.clone(),
         control: {
             // The API's requests join the executor's input as `Input::Control`.
             let (control_tx, mut control_rx) = mpsc::channel::<ControlRequest>(16);
@@ -246,7 +260,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         },
         listen: ctl.listen,
         started: start.into_std(),
+        limits: ctl.api_limits.clone(),
+        metrics: metrics.clone(),
+        limit_log: Default::default(),
     });
+    if !ctl.api.required() {
+        warn!(
+            listen = %ctl.listen,
+            "the API has no password (controller.requirepass): anyone who can connect may fail over"
+        );
+    }
     tasks.spawn(sentinel_api::serve(api_listener, api));
     if let Some(addr) = ctl.metrics_listen {
         let (status_rx, metrics) = (status_rx.clone(), metrics.clone());
@@ -285,10 +308,41 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         events,
         metrics,
         seed,
+        failpoint,
     });
     info!(id = %ctl.id, listen = %ctl.listen, services = names.len(), "controller started");
+    watchdog::Watchdog::ready();
     ex.run(rx, shutdown).await;
     tasks.shutdown().await;
     info!("controller stopping; the data plane keeps forwarding (pinned)");
     Ok(())
+}
+
+/// Opens the state file and checks that its directory is writable: a controller that cannot
+/// persist a vote must not vote, so a directory it can never write is an error at start. A
+/// full file system only warns (room may come back; meanwhile the controller follows the
+/// others and abstains). A file that cannot be read is not an error: the controller starts in
+/// safe mode (returned: `true`), rather than failing on every restart.
+fn open_state(path: &Path) -> anyhow::Result<(StateStore, bool)> {
+    let (store, unreadable) = StateStore::open_or_recover(path);
+    if let Err(e) = store.check_writable() {
+        if !e.is_full() {
+            return Err(anyhow::Error::new(e).context(format!(
+                "the state file's directory is not writable: the controller must persist its \
+                 votes there; make {} writable by this user (or set [controller] state_file to \
+                 a writable place)",
+                path.parent().unwrap_or(Path::new(".")).display()
+            )));
+        }
+        warn!(
+            "{e}: the file system is full; no vote leaves this controller until it can write its state again"
+        );
+    }
+    if let Some(e) = &unreadable {
+        error!(
+            "{e}; starting in safe mode: no vote and no failover until a majority of the other controllers told the current epoch (a copy of the file is kept as {})",
+            path.with_extension("unreadable").display()
+        );
+    }
+    Ok((store, unreadable.is_some()))
 }

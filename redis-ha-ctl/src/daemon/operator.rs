@@ -128,7 +128,8 @@ impl Operator {
                     ForceRefused::NoGoodReplica | ForceRefused::NotEligible { .. } => "NOGOODSLAVE",
                     ForceRefused::UnknownNode(_)
                     | ForceRefused::AlreadyMaster(_)
-                    | ForceRefused::Tilt { .. } => "ERR",
+                    | ForceRefused::Tilt { .. }
+                    | ForceRefused::SafeMode => "ERR",
                 };
                 if let Some(reply) = s.reply.take() {
                     let _ = reply.send(Err(ApiError::new(code, refused.to_string())));

@@ -212,7 +212,10 @@ impl SwitchoverIo {
             let poll = async {
                 let m_text: String = m.query(&info).await.ok()?;
                 let t_text: String = t.query(&info).await.ok()?;
-                match (probe::parse_role(&m_text)?, probe::parse_role(&t_text)?) {
+                match (
+                    probe::parse_role(&m_text).ok()?,
+                    probe::parse_role(&t_text).ok()?,
+                ) {
                     (Role::Master { repl_offset }, Role::Replica(r)) if r.master == master => {
                         Some((repl_offset, r.repl_offset))
                     }

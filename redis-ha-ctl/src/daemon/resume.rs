@@ -29,7 +29,8 @@ pub(super) struct Machines {
 }
 
 impl Machines {
-    /// `snapshot`: what the data plane serves now, if this node has one.
+    /// `snapshot`: what the data plane serves now, if this node has one. `unreadable`: the
+    /// state file could not be read, so every machine starts in safe mode.
     pub(super) fn start(
         cfg: &Config,
         ctl: &ControllerConfig,
@@ -37,6 +38,7 @@ impl Machines {
         snapshot: Option<&Snapshot>,
         local: &BTreeSet<Ipv4Addr>,
         start: Instant,
+        unreadable: bool,
     ) -> anyhow::Result<Self> {
         let targets: Vec<ServiceTarget> = cfg
             .services
@@ -80,8 +82,11 @@ impl Machines {
                 replicas: svc.backends[1..].to_vec(),
                 params: svc.failover_params(ctl),
             };
-            let (machine, actions) = ServiceMachine::new(mc, persisted, now_ms(start))
+            let (mut machine, mut actions) = ServiceMachine::new(mc, persisted, now_ms(start))
                 .with_context(|| format!("service {}", svc.name))?;
+            if unreadable {
+                actions.extend(machine.enter_safe_mode());
+            }
             machines.push(machine);
             // The current master and read pool go through the same path as every other action.
             first.push((i, actions));

@@ -177,6 +177,7 @@ pub(super) fn service_status(
         peers,
         failovers: view.failovers,
         tilt_since_unix_ms: view.tilt_since_unix_ms,
+        safe_mode: m.in_safe_mode(),
     }
 }
 

@@ -182,6 +182,7 @@ impl Running {
             Some(&snapshot),
             &Default::default(),
             start,
+            false,
         )
         .unwrap();
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
@@ -206,6 +207,7 @@ impl Running {
             events: events.clone(),
             metrics: Arc::new(Metrics::new()),
             seed: 1,
+            failpoint: Default::default(),
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let done = tokio::spawn(executor.run(rx, async {

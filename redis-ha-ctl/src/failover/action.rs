@@ -104,6 +104,13 @@ pub enum ForceRefused {
         "this controller is in TILT mode (its own timer stalled); try again in {remaining_ms} ms"
     )]
     Tilt { remaining_ms: Millis },
+    /// This controller lost its state file and does not vote or lead until a majority of the
+    /// others told it the current epoch (safe mode).
+    #[error(
+        "this controller is in safe mode (its state file could not be read) until a majority of \
+         the other controllers have been heard; ask another controller, or wait"
+    )]
+    SafeMode,
     #[error("{0} is the master already")]
     AlreadyMaster(NodeAddr),
     #[error("{node} cannot be promoted: {why}")]
@@ -251,6 +258,12 @@ pub enum NoticeKind {
     Tilt,
     /// `-tilt`.
     TiltCleared,
+    /// `+safe-mode` (ours): the state file could not be read, so this controller neither votes
+    /// nor starts a failover until a majority of the other controllers told it the current
+    /// epoch.
+    SafeMode,
+    /// `-safe-mode` (ours): heard them; votes again, in later epochs only.
+    SafeModeCleared,
 }
 
 impl NoticeKind {
@@ -291,6 +304,8 @@ impl NoticeKind {
             NoticeKind::ConfigConflict => "+config-conflict",
             NoticeKind::Tilt => "+tilt",
             NoticeKind::TiltCleared => "-tilt",
+            NoticeKind::SafeMode => "+safe-mode",
+            NoticeKind::SafeModeCleared => "-safe-mode",
         }
     }
 }

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, prometheus_text, text},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::{Registry, Unit},
 };
 
@@ -47,6 +47,17 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 /// The reasons [`Metrics::peer_refused`] is called with; exported at 0 from the start so that
 /// `rate()` and alerts see a series before the first refusal.
 pub const PEER_REFUSAL_REASONS: [&str; 4] = ["bad-mac", "unknown-peer", "replay", "malformed"];
+
+/// Why the API closed or refused a client ([`Metrics::api_client_closed`]): a limit it hit or
+/// a protocol error; exported at 0 from the start like [`PEER_REFUSAL_REASONS`].
+pub const API_CLOSE_REASONS: [&str; 6] = [
+    "maxclients",
+    "idle-timeout",
+    "output-buffer-normal",
+    "output-buffer-pubsub",
+    "request-too-large",
+    "protocol-error",
+];
 
 /// Exposition format of a scrape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +104,21 @@ pub struct Metrics {
     failovers: Family<FailoverLabels, Counter>,
     /// Peer datagrams thrown away, by reason.
     peer_refused: Family<ReasonLabels, Counter>,
+    /// API clients closed (or refused) by the controller, by reason.
+    api_closed: Family<ReasonLabels, Counter>,
+    /// `SUBSCRIBE`/`PSUBSCRIBE` names refused past `client_max_subscriptions`.
+    api_subscriptions_refused: Counter,
+    /// API connections open now (Redis's `connected_clients`).
+    api_clients: Gauge,
+    /// Writes of the state file that failed, per service.
+    state_write_failures: Family<ServiceLabels, Counter>,
+    /// Votes (replies and our own requests) not sent because the state was not durable.
+    votes_withheld: Family<ServiceLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
 }
 
 impl Default for Metrics {
@@ -102,9 +128,19 @@ impl Default for Metrics {
             probe_failures: Family::default(),
             failovers: Family::default(),
             peer_refused: Family::default(),
+            state_write_failures: Family::default(),
+            votes_withheld: Family::default(),
+            api_closed: Family::default(),
+            api_subscriptions_refused: Counter::default(),
+            api_clients: Gauge::default(),
         };
         for reason in PEER_REFUSAL_REASONS {
             metrics.peer_refused.get_or_create_owned(&ReasonLabels {
+                reason: reason.to_owned(),
+            });
+        }
+        for reason in API_CLOSE_REASONS {
+            metrics.api_closed.get_or_create_owned(&ReasonLabels {
                 reason: reason.to_owned(),
             });
         }
@@ -160,6 +196,44 @@ impl Metrics {
             .inc();
     }
 
+    /// Writing the state file for `service` failed.
+    pub fn state_write_failed(&self, service: &str) {
+        self.state_write_failures
+            .get_or_create(&ServiceLabels {
+                service: service.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The API closed or refused a client (`reason`: one of [`API_CLOSE_REASONS`]).
+    pub fn api_client_closed(&self, reason: &str) {
+        self.api_closed
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A vote (a reply, or a request for our own) of `service` was not sent: the state holding
+    /// it could not be made durable.
+    pub fn vote_withheld(&self, service: &str) {
+        self.votes_withheld
+            .get_or_create(&ServiceLabels {
+                service: service.to_owned(),
+            })
+            .inc();
+    }
+
+    /// `n` subscriptions refused past `client_max_subscriptions`.
+    pub fn api_subscriptions_refused(&self, n: u64) {
+        self.api_subscriptions_refused.inc_by(n);
+    }
+
+    /// An API connection opened (`+1`) or ended (`-1`).
+    pub fn api_clients_changed(&self, by: i64) {
+        self.api_clients.inc_by(by);
+    }
+
     /// The Prometheus text exposition (format 0.0.4, [`PROMETHEUS_CONTENT_TYPE`]).
     pub fn encode(&self, status: &Status) -> String {
         self.encode_as(status, Format::Prometheus)
@@ -199,6 +273,11 @@ impl Metrics {
                 service: svc.name.clone(),
                 outcome: "switched".to_owned(),
             });
+            let service = ServiceLabels {
+                service: svc.name.clone(),
+            };
+            self.state_write_failures.get_or_create_owned(&service);
+            self.votes_withheld.get_or_create_owned(&service);
         }
 
         reg.register_with_unit(
@@ -221,6 +300,33 @@ impl Metrics {
             "peer_messages_refused",
             "Peer controller datagrams refused, by reason",
             self.peer_refused.clone(),
+        );
+        reg.register(
+            "state_write_failures",
+            "Writes of the controller's state file that failed (full disk, I/O error, read-only)",
+            self.state_write_failures.clone(),
+        );
+        reg.register(
+            "votes_withheld",
+            "Votes not sent (replies to candidates, or requests for our own candidacy) because \
+             the state file holding them could not be written",
+            self.votes_withheld.clone(),
+        );
+
+        reg.register(
+            "api_clients_closed",
+            "Clients of the Sentinel-compatible API closed or refused by the controller, by reason (a limit hit or a protocol error)",
+            self.api_closed.clone(),
+        );
+        reg.register(
+            "api_subscriptions_refused",
+            "SUBSCRIBE/PSUBSCRIBE names refused past client_max_subscriptions",
+            self.api_subscriptions_refused.clone(),
+        );
+        reg.register(
+            "api_connected_clients",
+            "Connections to the Sentinel-compatible API open now",
+            self.api_clients.clone(),
         );
 
         snapshot::register(&mut reg, status);

@@ -11,13 +11,8 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use super::{BackendLabels, ReasonLabels};
+use super::{BackendLabels, ReasonLabels, ServiceLabels};
 use crate::status::{DataplaneStatus, FailoverPhase, HaStatus, Status};
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ServiceLabels {
-    service: String,
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TrafficLabels {
@@ -72,6 +67,7 @@ fn register_controller_view(reg: &mut Registry, status: &Status) {
     let current_epoch = Family::<ServiceLabels, Gauge>::default();
     let config_epoch = Family::<ServiceLabels, Gauge>::default();
     let in_failover = Family::<ServiceLabels, Gauge>::default();
+    let safe_mode = Family::<ServiceLabels, Gauge>::default();
     let pool_size = Family::<ServiceLabels, Gauge>::default();
     let last_heard = Family::<PeerLabels, FloatGauge>::default();
     let agrees = Family::<PeerLabels, Gauge>::default();
@@ -90,6 +86,9 @@ fn register_controller_view(reg: &mut Registry, status: &Status) {
         in_failover
             .get_or_create(&service)
             .set(i64::from(svc.failover_phase != FailoverPhase::Idle));
+        safe_mode
+            .get_or_create(&service)
+            .set(i64::from(svc.safe_mode));
         pool_size
             .get_or_create(&service)
             .set(saturating_i64(svc.read_pool.len() as u64));
@@ -172,6 +171,12 @@ fn register_controller_view(reg: &mut Registry, status: &Status) {
         "failover_in_progress",
         "1 while a failover of the service is under way (any phase but idle)",
         in_failover,
+    );
+    reg.register(
+        "safe_mode",
+        "1 while this controller, whose state file could not be read, neither votes nor starts \
+         a failover (until a majority of the other controllers told it the current epoch)",
+        safe_mode,
     );
     reg.register_with_unit(
         "read_pool",

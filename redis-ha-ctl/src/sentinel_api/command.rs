@@ -4,6 +4,7 @@
 //! connection's business (`connection`); the client's strings stop at this file.
 
 use crate::{
+    config::check_switchover_timeout,
     failover::NodeAddr,
     resp::{Reply, Request},
 };
@@ -23,13 +24,17 @@ pub(super) enum Command {
     Quit,
     /// `RESET`: leave subscribe mode and forget the client's name.
     Reset,
-    /// `HELLO [2 [.. SETNAME name]]`: RESP2 only (RESP3's push messages are not needed by any
-    /// Sentinel client), so another protocol version does not parse.
+    /// `HELLO [2 [AUTH user password] [SETNAME name]]`: RESP2 only (RESP3's push messages are
+    /// not needed by any Sentinel client), so another protocol version does not parse.
     Hello {
+        auth: Option<(String, Vec<u8>)>,
         setname: Option<String>,
     },
-    /// `AUTH ...`: refused, no password is configured.
-    Auth,
+    /// `AUTH [user] password`; no user is Redis's default user (`requirepass`).
+    Auth {
+        user: Option<String>,
+        password: Vec<u8>,
+    },
     Client(ClientCommand),
     /// `COMMAND ...`: an empty command table.
     ListCommands,
@@ -145,8 +150,19 @@ impl Command {
             },
             "quit" => Self::Quit,
             "reset" => Self::Reset,
-            "hello" => parse_hello(&args)?,
-            "auth" => Self::Auth,
+            "hello" => parse_hello(request)?,
+            "auth" => match &request[1..] {
+                [password] => Self::Auth {
+                    user: None,
+                    password: password.clone(),
+                },
+                [user, password] => Self::Auth {
+                    user: Some(String::from_utf8_lossy(user).into_owned()),
+                    password: password.clone(),
+                },
+                [] => return Err(wrong_arity("auth")),
+                _ => return Err(Reply::err("syntax error")),
+            },
             "client" => Self::Client(ClientCommand::parse(request)?),
             "command" => Self::ListCommands,
             "info" => Self::Info {
@@ -184,20 +200,36 @@ impl Command {
     }
 }
 
-fn parse_hello(args: &[String]) -> Result<Command, Reply> {
-    if let Some(version) = args.first()
-        && version != "2"
-    {
+/// Takes the whole request: a password is kept as the bytes the client sent.
+fn parse_hello(request: &Request) -> Result<Command, Reply> {
+    let word = |i: usize| String::from_utf8_lossy(&request[i]).into_owned();
+    if request.len() > 1 && word(1) != "2" {
         return Err(Reply::Error(
             "NOPROTO sorry, this protocol version is not supported".to_owned(),
         ));
     }
-    let setname = args
-        .iter()
-        .position(|a| a.eq_ignore_ascii_case("setname"))
-        .and_then(|i| args.get(i + 1))
-        .cloned();
-    Ok(Command::Hello { setname })
+    let mut auth = None;
+    let mut setname = None;
+    let mut i = 2;
+    while i < request.len() {
+        let option = word(i);
+        match option.to_ascii_lowercase().as_str() {
+            "auth" if i + 2 < request.len() => {
+                auth = Some((word(i + 1), request[i + 2].clone()));
+                i += 3;
+            }
+            "setname" if i + 1 < request.len() => {
+                setname = Some(word(i + 1));
+                i += 2;
+            }
+            _ => {
+                return Err(Reply::err(format!(
+                    "Syntax error in HELLO option '{option}'"
+                )));
+            }
+        }
+    }
+    Ok(Command::Hello { auth, setname })
 }
 
 impl ClientCommand {
@@ -286,7 +318,9 @@ impl RedisHaCommand {
                             Err(_) => return Err(Reply::err(format!("{v:?} is not an ip:port"))),
                         },
                         ("timeout", Some(v)) => match v.parse::<u64>() {
-                            Ok(ms) if ms > 0 => timeout_ms = Some(ms),
+                            Ok(ms) if ms > 0 => {
+                                timeout_ms = Some(check_switchover_timeout(ms).map_err(Reply::err)?)
+                            }
                             _ => return Err(Reply::err(format!("{v:?} is not a timeout in ms"))),
                         },
                         _ => {

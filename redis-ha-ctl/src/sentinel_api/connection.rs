@@ -5,26 +5,32 @@
 //! Each request is parsed into a [`Command`] first (`command`); [`Connection::apply`] then does
 //! what it says and renders the reply. Replies built from the snapshot alone are in `sentinel`.
 
+use std::{net::SocketAddr, time::Duration};
+
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::TcpStream,
     sync::{broadcast, oneshot},
+    time::Instant,
 };
-use tracing::{info, warn};
+use tracing::info;
 
 use super::{
     Api, ApiError, ControlRequest, REDIS_VERSION,
+    auth::{self, Need, User},
     command::{self, ClientCommand, Command, RedisHaCommand, SentinelCommand},
+    limits::{Closed, Output, set_keepalive},
     pubsub::Subscriptions,
     sentinel,
 };
 use crate::{
     failover::NodeAddr,
-    resp::{self, Reply, Request},
+    resp::{Reply, Request, RequestParser},
 };
 
-/// A connection whose unparsed input grows past this without a complete request is closed.
-const MAX_PENDING_INPUT: usize = 1024 * 1024;
+/// How long the last replies of a closing connection may take to leave (`QUIT`'s `+OK`, a
+/// protocol error): a client that does not read them must not hold its slot.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Whether to keep the connection after a reply.
 #[derive(PartialEq, Eq)]
@@ -38,71 +44,105 @@ pub(super) struct Connection<'a> {
     /// `CLIENT ID`, and the client in the logs.
     id: u64,
     api: &'a Api,
+    /// The client's address, in the logs.
+    peer: SocketAddr,
     /// `CLIENT SETNAME` / `HELLO .. SETNAME`, for `CLIENT GETNAME`.
     name: Option<Vec<u8>>,
+    /// Who the client authenticated as (`AUTH`, `HELLO .. AUTH`), if it did.
+    user: Option<User>,
     subscriptions: Subscriptions,
 }
 
 impl<'a> Connection<'a> {
-    pub(super) fn new(id: u64, api: &'a Api) -> Self {
+    pub(super) fn new(id: u64, peer: SocketAddr, api: &'a Api) -> Self {
         Self {
             id,
             api,
+            peer,
             name: None,
+            user: None,
             subscriptions: Subscriptions::default(),
         }
     }
 
-    pub(super) async fn run(mut self, mut stream: TcpStream) -> std::io::Result<()> {
+    /// Serves the client until it leaves (`Ok(None)`), is closed for a limit it hit or a
+    /// protocol error (`Ok(Some(why))`), or its socket fails. Reads, writes and events are
+    /// waited for together, so a client that does not read its replies never stalls the loop:
+    /// its unread output grows, and is bounded by the output buffer limits instead.
+    pub(super) async fn run(mut self, mut stream: TcpStream) -> std::io::Result<Option<Closed>> {
+        let limits = &self.api.limits;
         let _ = stream.set_nodelay(true);
-        let mut input: Vec<u8> = Vec::with_capacity(4096);
-        let mut output: Vec<u8> = Vec::new();
+        if let Some(idle) = limits.keepalive() {
+            let _ = set_keepalive(&stream, idle);
+        }
+        let mut parser = RequestParser::new(limits.request());
+        let mut out = Output::default();
+        let mut last_active = Instant::now();
+        let (mut rd, mut wr) = stream.split();
         loop {
-            // Answer every complete request buffered (clients may pipeline).
+            // Answer every complete request buffered (clients pipeline), checking the output
+            // limit after each, so a pipeline of large replies stops at the limit.
             loop {
-                match resp::parse_request(&input) {
-                    Ok(Some((request, used))) => {
-                        input.drain(..used);
-                        if request.is_empty() {
-                            continue;
-                        }
-                        if self.handle(request, &mut output).await == Flow::Close {
-                            stream.write_all(&output).await?;
-                            return Ok(());
-                        }
-                    }
-                    Ok(None) if input.len() > MAX_PENDING_INPUT => {
-                        Reply::err("Protocol error: request too large").encode(&mut output);
-                        stream.write_all(&output).await?;
-                        return Ok(());
-                    }
+                let request = match parser.next_request() {
+                    Ok(Some(request)) => request,
                     Ok(None) => break,
                     Err(e) => {
-                        // Redis answers a protocol error and closes: resynchronising on a
-                        // broken stream would misread what follows.
-                        Reply::err(format!("Protocol error: {e}")).encode(&mut output);
-                        stream.write_all(&output).await?;
-                        return Ok(());
+                        Reply::err(format!("Protocol error: {e}")).encode(out.buf());
+                        flush(&mut wr, &out).await;
+                        return Ok(Some(Closed::Protocol(e)));
                     }
+                };
+                if request.is_empty() {
+                    continue;
+                }
+                if self.handle(request, out.buf()).await == Flow::Close {
+                    flush(&mut wr, &out).await;
+                    return Ok(None);
+                }
+                let pubsub = self.subscriptions.is_active();
+                if let Some(closed) = out.check(limits, pubsub, Instant::now()) {
+                    return Ok(Some(closed));
                 }
             }
-            if !output.is_empty() {
-                stream.write_all(&output).await?;
-                output.clear();
-            }
+            // Redis's `timeout` spares subscribers: they wait for events, legitimately silent.
+            let idle_deadline = limits
+                .idle_timeout()
+                .filter(|_| !self.subscriptions.is_active())
+                .map(|timeout| last_active + timeout);
+            let soft_deadline = out.soft_deadline(limits);
             tokio::select! {
-                read = stream.read_buf(&mut input) => {
+                read = rd.read_buf(parser.buffer()) => {
                     if read? == 0 {
-                        return Ok(());
+                        flush(&mut wr, &out).await;
+                        return Ok(None);
                     }
+                    last_active = Instant::now();
+                }
+                written = wr.write(out.unsent()), if out.pending() > 0 => {
+                    out.written(written?);
+                    last_active = Instant::now();
                 }
                 event = self.subscriptions.next_event() => match event {
-                    Ok(record) => self.subscriptions.deliver(&record, &mut output),
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        warn!(client = self.id, missed, "a slow subscriber missed events");
+                    Ok(record) => {
+                        self.subscriptions.deliver(&record, out.buf());
+                        if let Some(closed) = out.check(limits, true, Instant::now()) {
+                            return Ok(Some(closed));
+                        }
                     }
-                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => self.api.limit_log.warn(
+                        "lagged",
+                        &self.id.to_string(),
+                        &format!("a slow subscriber missed {missed} events"),
+                    ),
+                    Err(broadcast::error::RecvError::Closed) => return Ok(None),
                 },
+                () = until(idle_deadline) => return Ok(Some(Closed::IdleTimeout)),
+                () = until(soft_deadline) => {
+                    let pubsub = self.subscriptions.is_active();
+                    if let Some(closed) = out.check(limits, pubsub, Instant::now()) {
+                        return Ok(Some(closed));
+                    }
+                }
             }
         }
     }
@@ -118,7 +158,13 @@ impl<'a> Connection<'a> {
             .encode(out);
             return Flow::Continue;
         }
-        match Command::parse(&verb, &request) {
+        // Parsed first, as Redis looks the command up and checks its arity before asking
+        // for authentication: an unknown command is told so either way.
+        let checked = Command::parse(&verb, &request).and_then(|command| {
+            auth::check(&self.api.auth, self.user.as_ref(), &Need::of(&command))?;
+            Ok(command)
+        });
+        match checked {
             Ok(command) => self.apply(command, out).await,
             Err(reply) => {
                 reply.encode(out);
@@ -143,20 +189,39 @@ impl<'a> Connection<'a> {
                 return Flow::Close;
             }
             Command::Reset => {
+                // Redis's RESET authenticates as the default user, which, with a password
+                // configured, means not authenticated.
                 self.subscriptions.clear();
                 self.name = None;
+                self.user = None;
                 Reply::Simple("RESET".into())
             }
-            Command::Hello { setname } => {
-                if let Some(name) = setname {
-                    self.name = Some(name.into_bytes());
+            Command::Hello { auth, setname } => {
+                if let Some((user, password)) = auth
+                    && let Err(refused) = self.authenticate(Some(&user), &password)
+                {
+                    refused
+                } else if self.api.auth.required() && self.user.is_none() {
+                    Reply::Error(
+                        "NOAUTH HELLO must be called with the client already authenticated, \
+                         otherwise the HELLO <proto> AUTH <user> <pass> option can be used to \
+                         authenticate the client and select the RESP protocol version at the \
+                         same time"
+                            .into(),
+                    )
+                } else {
+                    if let Some(name) = setname {
+                        self.name = Some(name.into_bytes());
+                    }
+                    self.hello()
                 }
-                self.hello()
             }
-            Command::Auth => Reply::err(
-                "AUTH <password> called without any password configured for the default user. \
-                 Are you sure your configuration is correct?",
-            ),
+            Command::Auth { user, password } => {
+                match self.authenticate(user.as_deref(), &password) {
+                    Ok(()) => Reply::ok(),
+                    Err(refused) => refused,
+                }
+            }
             Command::Client(command) => self.client(command),
             Command::ListCommands => Reply::Array(Vec::new()),
             Command::Info { section } => Reply::bulk(sentinel::info(self.api, section.as_deref())),
@@ -164,8 +229,20 @@ impl<'a> Connection<'a> {
             Command::Sentinel(command) => self.sentinel(command).await,
             Command::RedisHa(command) => self.redis_ha(command).await,
             Command::Subscribe { names, pattern } => {
-                self.subscriptions
-                    .subscribe(&self.api.events, &names, pattern, out);
+                let max = self.api.limits.client_max_subscriptions;
+                let refused =
+                    self.subscriptions
+                        .subscribe(&self.api.events, &names, pattern, max, out);
+                if refused > 0 {
+                    self.api.metrics.api_subscriptions_refused(refused);
+                    self.api.limit_log.warn(
+                        "subscriptions",
+                        &self.id.to_string(),
+                        &format!(
+                            "{refused} subscriptions refused past client_max_subscriptions = {max}"
+                        ),
+                    );
+                }
                 return Flow::Continue;
             }
             Command::Unsubscribe { names, pattern } => {
@@ -175,6 +252,31 @@ impl<'a> Connection<'a> {
         };
         reply.encode(out);
         Flow::Continue
+    }
+
+    /// `AUTH`: on success the connection is `user`'s; a failure leaves it as it was (Redis's
+    /// rule), and is logged, since it is either a misconfigured client or someone guessing.
+    fn authenticate(&mut self, user: Option<&str>, password: &[u8]) -> Result<(), Reply> {
+        match auth::authenticate(&self.api.auth, user, password) {
+            Ok(authenticated) => {
+                self.user = Some(authenticated);
+                Ok(())
+            }
+            Err(refused) => {
+                // Rate-limited: someone guessing must not flood the journal.
+                if self.api.auth.required() {
+                    self.api.limit_log.warn(
+                        "auth-failed",
+                        &format!("{} ({})", self.id, self.peer),
+                        &format!(
+                            "authentication failed for user {}",
+                            user.unwrap_or(crate::config::DEFAULT_USER)
+                        ),
+                    );
+                }
+                Err(refused)
+            }
+        }
     }
 
     /// Redis's `HELLO` map, flattened as RESP2 sends it.
@@ -280,4 +382,17 @@ impl<'a> Connection<'a> {
             .await
             .map_err(|_| ApiError::new("ERR", "the controller dropped the request"))?
     }
+}
+
+/// Sleeps until `deadline`; never wakes without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes what is left of `out` before the connection closes, for at most [`FLUSH_TIMEOUT`].
+async fn flush(wr: &mut (impl AsyncWrite + Unpin), out: &Output) {
+    let _ = tokio::time::timeout(FLUSH_TIMEOUT, wr.write_all(out.unsent())).await;
 }

@@ -2,8 +2,8 @@
 //! UDP on the same port number), so that `redis-cli -p 26379 SENTINEL ...`, Sentinel-aware
 //! clients (redis-py's `Sentinel`, Jedis, go-redis, ...) and scripts keep working:
 //!
-//! - `PING`, `ECHO`, `QUIT`, `HELLO 2`, `CLIENT SETNAME|SETINFO|GETNAME|ID`, `COMMAND`,
-//!   `INFO [server|sentinel]`, `ROLE`;
+//! - `PING`, `ECHO`, `QUIT`, `HELLO 2 [AUTH ..]`, `AUTH [user] password`,
+//!   `CLIENT SETNAME|SETINFO|GETNAME|ID`, `COMMAND`, `INFO [server|sentinel]`, `ROLE`;
 //! - `SENTINEL masters | master | replicas | slaves | sentinels | get-master-addr-by-name |
 //!   failover | ckquorum | myid`, with Sentinel's field names and reply shapes;
 //! - `SUBSCRIBE` / `PSUBSCRIBE` to the event channels, named after the events (`+switch-master`,
@@ -16,6 +16,7 @@
 //!
 //! A request goes through the files of this module in the order mini-redis's `cmd` takes it:
 //! - this file: the listener ([`serve`]) and what the API serves from ([`Api`]);
+//! - `auth`: who may run what once a password is configured (`-NOAUTH`, `-NOPERM`);
 //! - `connection`: one client's loop (read, answer every complete request, write) and its
 //!   state (name, subscriptions); it applies each parsed command;
 //! - `command`: a request's words parsed into a typed `Command`, so that arity and
@@ -23,19 +24,25 @@
 //! - `sentinel`: the replies built from the snapshot (`SENTINEL ...`, `INFO`), with Sentinel's
 //!   field names and flags;
 //! - `pubsub`: a connection's subscriptions and how an event is delivered to them;
+//! - `limits`: what one client may take (unread replies, idle time, keepalive), and the
+//!   rate-limited logs of the limits hit;
 //! - `error_reply`: how the daemon's [`ApiError`] answers a RESP client. What the executor
 //!   and the API exchange ([`EventHub`], [`ControlRequest`], [`ApiError`]) is the daemon's, in
 //!   [`crate::daemon::control`].
 
+mod auth;
 mod command;
 mod connection;
 mod error_reply;
+mod limits;
 mod pubsub;
 mod sentinel;
 #[cfg(test)]
 pub(crate) mod testdata;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_auth;
 
 use std::{
     net::SocketAddr,
@@ -47,18 +54,19 @@ use std::{
 };
 
 use tokio::{
-    io::AsyncWriteExt as _,
     net::TcpListener,
     sync::{Semaphore, mpsc, watch},
 };
 use tracing::{debug, warn};
 
 use crate::{
-    config::ServiceConfig,
+    config::{ApiAuthConfig, ApiLimits, ServiceConfig},
     daemon::control::{ApiError, ControlRequest, EventHub},
+    metrics::Metrics,
     status::Status,
 };
 use connection::Connection;
+use limits::LimitLog;
 
 /// Subscribers of this channel (exact `SUBSCRIBE` only; patterns do not match it, so that
 /// Sentinel clients doing `PSUBSCRIBE *` see only Sentinel's channels) get every event as an
@@ -66,8 +74,6 @@ use connection::Connection;
 /// reads.
 pub const JSON_EVENTS_CHANNEL: &str = "redis-ha:events";
 
-/// Connections served at once; more are told so and closed (Redis's `maxclients`).
-const MAX_CLIENTS: usize = 256;
 /// What `INFO` and `HELLO` report as the server version. Sentinel clients gate features on it
 /// (e.g. `SENTINEL replicas` exists from 5.0); we implement what Sentinel 7.0 answers.
 const REDIS_VERSION: &str = "7.0.0";
@@ -85,7 +91,15 @@ pub struct Api {
     pub control: mpsc::Sender<ControlRequest>,
     /// Where we listen (`INFO`'s `tcp_port`).
     pub listen: SocketAddr,
+    /// Who may run what (`requirepass`, `[[controller.users]]`).
+    pub auth: ApiAuthConfig,
     pub started: Instant,
+    /// What one client may take (`[controller]`'s `maxclients`, `client_*`, `tcp_keepalive_s`).
+    pub limits: ApiLimits,
+    /// Where the limits hit and the connected clients are counted.
+    pub metrics: Arc<Metrics>,
+    /// The limits hit, logged at most once per period and reason.
+    pub limit_log: LimitLog,
 }
 
 impl Api {
@@ -101,10 +115,13 @@ impl Api {
 
 /// Accepts connections until the task is dropped.
 pub async fn serve(listener: TcpListener, api: Arc<Api>) {
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let maxclients = limits::fit_maxclients(api.limits.maxclients);
+    let slots = Arc::new(Semaphore::new(
+        usize::try_from(maxclients).unwrap_or(Semaphore::MAX_PERMITS),
+    ));
     let ids = Arc::new(AtomicU64::new(1));
     loop {
-        let (mut stream, peer) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
                 // EMFILE and the like: back off instead of spinning.
@@ -114,20 +131,35 @@ pub async fn serve(listener: TcpListener, api: Arc<Api>) {
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tokio::spawn(async move {
-                let _ = stream
-                    .write_all(b"-ERR max number of clients reached\r\n")
-                    .await;
-            });
+            // Never waits: a fresh socket's send buffer takes these few bytes, and a client
+            // that cannot be told is closed all the same.
+            let _ = stream.try_write(b"-ERR max number of clients reached\r\n");
+            api.metrics.api_client_closed("maxclients");
+            api.limit_log.warn(
+                "maxclients",
+                &peer.to_string(),
+                &format!("refused: {maxclients} clients (maxclients) are connected"),
+            );
             continue;
         };
         let api = api.clone();
         let id = ids.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let _slot = slot;
-            if let Err(e) = Connection::new(id, &api).run(stream).await {
-                debug!(%peer, "API connection ended: {e}");
+            api.metrics.api_clients_changed(1);
+            match Connection::new(id, peer, &api).run(stream).await {
+                Ok(None) => {}
+                Ok(Some(closed)) => {
+                    api.metrics.api_client_closed(closed.reason());
+                    api.limit_log.warn(
+                        closed.reason(),
+                        &format!("{id} ({peer})"),
+                        &format!("closed: {}", closed.describe(&api.limits)),
+                    );
+                }
+                Err(e) => debug!(%peer, "API connection ended: {e}"),
             }
+            api.metrics.api_clients_changed(-1);
         });
     }
 }

@@ -27,18 +27,34 @@ impl Subscriptions {
         self.events.is_some()
     }
 
-    /// `(P)SUBSCRIBE`: one confirmation per name.
+    /// `(P)SUBSCRIBE`: one confirmation per name; a name that would take the client past
+    /// `max` subscriptions gets an error instead. Returns how many were refused.
     pub(super) fn subscribe(
         &mut self,
         hub: &EventHub,
         names: &[String],
         pattern: bool,
+        max: u64,
         out: &mut Vec<u8>,
-    ) {
-        if self.events.is_none() {
-            self.events = Some(hub.subscribe());
-        }
+    ) -> u64 {
+        let mut refused = 0;
         for name in names {
+            let set = if pattern {
+                &mut self.patterns
+            } else {
+                &mut self.channels
+            };
+            if !set.contains(name) && u64::try_from(self.count()).unwrap_or(u64::MAX) >= max {
+                refused += 1;
+                Reply::err(format!(
+                    "max number of subscriptions reached (client_max_subscriptions is {max})"
+                ))
+                .encode(out);
+                continue;
+            }
+            if self.events.is_none() {
+                self.events = Some(hub.subscribe());
+            }
             if pattern {
                 self.patterns.insert(name.clone());
             } else {
@@ -52,6 +68,7 @@ impl Subscriptions {
             ])
             .encode(out);
         }
+        refused
     }
 
     /// `(P)UNSUBSCRIBE [name ...]`: one confirmation per name, all of them when none is given.

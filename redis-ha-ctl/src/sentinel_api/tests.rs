@@ -20,12 +20,13 @@ use super::{
     testdata::status,
 };
 use crate::{
-    config::Config,
+    config::{ApiLimits, Config},
+    metrics::Metrics,
     resp::Reply,
     status::{EventRecord, Status},
 };
 
-const CONFIG: &str = r#"
+pub(super) const CONFIG: &str = r#"
 [controller]
 id = "c1"
 listen = "127.0.0.1:26379"
@@ -49,7 +50,20 @@ async fn server(
     watch::Sender<Status>,
     mpsc::Receiver<ControlRequest>,
 ) {
-    let cfg = Config::parse(std::path::Path::new("test.toml"), CONFIG).unwrap();
+    server_with(CONFIG, status).await
+}
+
+/// [`server`] with the config `config` (its `[controller]` and `[[service]]` sections).
+pub(super) async fn server_with(
+    config: &str,
+    status: Status,
+) -> (
+    SocketAddr,
+    Arc<EventHub>,
+    watch::Sender<Status>,
+    mpsc::Receiver<ControlRequest>,
+) {
+    let cfg = Config::parse(std::path::Path::new("test.toml"), config).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (status_tx, status_rx) = watch::channel(status);
@@ -62,7 +76,11 @@ async fn server(
         events: events.clone(),
         control: control_tx,
         listen: addr,
+        auth: cfg.controller.unwrap().api,
         started: Instant::now(),
+        limits: ApiLimits::default(),
+        metrics: Arc::new(Metrics::new()),
+        limit_log: Default::default(),
     });
     tokio::spawn(serve(listener, api));
     (addr, events, status_tx, control_rx)
@@ -340,6 +358,16 @@ async fn failover_requests_reach_the_executor_and_its_answer_comes_back() {
     );
     let reply = raw(addr, b"REDIS-HA FAILOVER mymaster TO nowhere\r\n").await;
     assert!(reply.starts_with("-ERR"), "{reply}");
+    // A timeout above the cap never reaches the executor (whose answer would echo it).
+    assert_eq!(
+        raw(addr, b"REDIS-HA FAILOVER mymaster TIMEOUT 10001\r\n").await,
+        "-ERR TIMEOUT 10001 is above the maximum of 10000 ms: writes stay paused on the \
+         master for 3 x TIMEOUT + 2 s if the controller dies mid-switchover\r\n"
+    );
+    assert_eq!(
+        raw(addr, b"REDIS-HA FAILOVER mymaster TIMEOUT 10000\r\n").await,
+        "$20\r\nmymaster Some(10000)\r\n"
+    );
 }
 
 #[tokio::test]

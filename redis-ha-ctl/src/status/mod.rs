@@ -93,6 +93,9 @@ pub struct ServiceStatus {
     /// Since when (Unix ms) this controller is in TILT for this service (`+tilt`), if it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tilt_since_unix_ms: Option<u64>,
+    /// Its state file could not be read: no vote and no failover until a majority of the
+    /// other controllers told it the current epoch.
+    pub safe_mode: bool,
 }
 
 impl Default for ServiceStatus {
@@ -114,6 +117,7 @@ impl Default for ServiceStatus {
             peers: Vec::new(),
             failovers: 0,
             tilt_since_unix_ms: None,
+            safe_mode: false,
         }
     }
 }

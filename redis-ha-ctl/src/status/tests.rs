@@ -86,7 +86,8 @@ const SAMPLE_JSON: &str = r#"{
           "agrees": false
         }
       ],
-      "failovers": 1
+      "failovers": 1,
+      "safe_mode": false
     }
   ],
   "dataplane": {

@@ -226,6 +226,7 @@ impl SeedCluster {
             probe_interval_ms: o.probe_interval_ms,
             metrics_listen: SocketAddrV4::new(node_ip(n), METRICS_PORT),
             peers: &peers,
+            extra: "",
         }
         .render();
         toml

@@ -34,6 +34,9 @@ use redis_ha_tests::{
     wait_until,
 };
 
+use std::sync::{Arc, Mutex};
+
+use super::attack::{Attack, Counters};
 use super::haproxy::{self, HaProxy};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -381,10 +384,62 @@ pub fn measure(trials: usize) -> Vec<Series> {
     all
 }
 
+/// What the attackers did and the controllers' largest resident memory, for
+/// [`measure_under_attack`].
+pub struct AttackSummary {
+    pub counters: Arc<Counters>,
+    /// (controller pid, largest VmRSS in KiB)
+    pub rss_max_kib: Vec<(u32, u64)>,
+}
+
+/// What the series' stack hands back of its attack: the counters and the memory samples.
+type AttackHandles = (Arc<Counters>, Arc<Mutex<Vec<(u32, u64)>>>);
+
+/// redis-ha at down-after 1000 ms, `trials` trials of each fault, while every controller is
+/// attacked (see [`super::attack`]) for the whole series.
+pub fn measure_under_attack(trials: usize) -> (Series, Option<AttackSummary>) {
+    let seen: Arc<Mutex<Option<AttackHandles>>> = Arc::new(Mutex::new(None));
+    let keep = seen.clone();
+    let series = series("redis-ha under attack", 1000, trials, move || {
+        let cluster = Cluster::up(ClusterOptions {
+            down_after_ms: 1000,
+            ..ClusterOptions::default()
+        })?;
+        let apis: Vec<SocketAddrV4> = cluster.controllers().iter().map(|c| c.listen()).collect();
+        let pids: Vec<u32> = cluster
+            .controllers()
+            .iter()
+            .filter_map(|c| c.pid())
+            .collect();
+        let attack = Attack::start(cluster.testbed().client().path().as_path(), &apis, pids)?;
+        *keep.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((attack.counters.clone(), attack.rss_max_kib.clone()));
+        // Let the attack settle in before the first trial.
+        std::thread::sleep(Duration::from_secs(5));
+        Ok(Box::new(RedisHa {
+            attack: Some(attack),
+            cluster,
+        }))
+    });
+    let summary = seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .map(|(counters, rss)| AttackSummary {
+            counters,
+            rss_max_kib: rss.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        });
+    (series, summary)
+}
+
 // ---------------------------------------------------------------------------------------------
 // redis-ha: three controllers (tests/src/cluster.rs).
 
 struct RedisHa {
+    /// Declared first: the attackers stop before the cluster they attack goes. Held only to
+    /// be dropped with the stack.
+    #[expect(dead_code, reason = "held for its Drop, which stops the attackers")]
+    attack: Option<Attack>,
     cluster: Cluster,
 }
 
@@ -393,7 +448,10 @@ fn redis_ha(down_after_ms: u64) -> Result<Box<dyn Stack>> {
         down_after_ms,
         ..ClusterOptions::default()
     })?;
-    Ok(Box::new(RedisHa { cluster }))
+    Ok(Box::new(RedisHa {
+        attack: None,
+        cluster,
+    }))
 }
 
 impl Stack for RedisHa {

@@ -15,6 +15,7 @@
 //!
 //! Numbers are only compared within one run; the report names the machine they came from.
 
+mod attack;
 mod failover;
 mod haproxy;
 mod packet;
@@ -55,6 +56,8 @@ pub struct Options {
     pub command: String,
     /// Run on the seed's topology against the seed's own stack (`--topology seed`).
     pub seed: bool,
+    /// Only failovers under attack (`--attack`).
+    pub attack: bool,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -103,6 +106,9 @@ pub fn bench(options: Options) -> Result<()> {
 
     if options.seed {
         return bench_seed(&options, ctl, machine, started);
+    }
+    if options.attack {
+        return bench_attack(&options, &machine, started);
     }
     let repeats = options.repeats.unwrap_or(if options.quick { 3 } else { 9 });
     let trials = options.trials.unwrap_or(if options.quick { 1 } else { 5 });
@@ -288,4 +294,100 @@ fn measure_paths(
     // On for the throughput runs only (the XDP CPU column); off again before the failover part.
     let _stats = xdp::BpfStats::enable()?;
     paths::measure(&tb, &ctl.path, quick, repeats)
+}
+
+/// `--attack`: `kill -9` and SIGSTOP failovers (5 trials each by default) while every
+/// controller's API is attacked and its peer port flooded; the write gaps, the invariants and
+/// the controllers' largest resident memory. Results in `bench-results/attack/summary.md`.
+fn bench_attack(options: &Options, machine: &report::Machine, started: Instant) -> Result<()> {
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering::Relaxed;
+    let trials = options.trials.unwrap_or(if options.quick { 1 } else { 5 });
+    let (series, summary) = failover::measure_under_attack(trials);
+    let mut md = String::new();
+    writeln!(md, "# Failover while the controllers are attacked\n")?;
+    writeln!(
+        md,
+        "Machine: {}. Command: `{}`. Took {:.0} s. {} trial(s) per fault, down_after_ms 1000.\n",
+        machine.one_line(),
+        options.command,
+        started.elapsed().as_secs_f64(),
+        trials
+    )?;
+    writeln!(
+        md,
+        "Attacks, for the whole series, on every controller at once: pipelined `SENTINEL MASTERS` / `INFO` \
+         never read; up to 400 idle connections held; a 1 MB SET sent a byte every 10 ms on 8 connections; \
+         random datagrams to the peer port at 2000/s.\n"
+    )?;
+    for fault in [failover::Fault::Kill9, failover::Fault::SigStop] {
+        let gaps: Vec<String> = series
+            .outcomes
+            .iter()
+            .filter(|o| o.fault == fault)
+            .map(|o| format!("{:.0}", o.gap_ms))
+            .collect();
+        let median = failover::median_of(&series.outcomes, fault, |o| o.gap_ms);
+        let lost: usize = series
+            .outcomes
+            .iter()
+            .filter(|o| o.fault == fault)
+            .map(|o| o.lost)
+            .sum();
+        let bar = match (fault, median) {
+            (failover::Fault::Kill9, Some(m)) if m <= 1200.0 => " (bar ≤ 1200 ms: met)",
+            (failover::Fault::Kill9, Some(_)) => " (bar ≤ 1200 ms: **missed**)",
+            _ => "",
+        };
+        writeln!(
+            md,
+            "- `{}`: write gap median {}{bar}; trials [{}] ms; acknowledged writes lost: {lost}",
+            fault.id(),
+            median.map_or("–".to_owned(), |m| format!("{m:.0} ms")),
+            gaps.join(", ")
+        )?;
+    }
+    for e in &series.errors {
+        writeln!(md, "- error: {e}")?;
+    }
+    if let Some(s) = &summary {
+        let worst = s.rss_max_kib.iter().map(|(_, k)| *k).max().unwrap_or(0);
+        writeln!(
+            md,
+            "- controllers' largest resident memory: {} (bar < 64 MB: {})",
+            s.rss_max_kib
+                .iter()
+                .map(|(pid, k)| format!("pid {pid} {:.1} MB", *k as f64 / 1024.0))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if worst < 64 * 1024 {
+                "met"
+            } else {
+                "**missed**"
+            }
+        )?;
+        let c = &s.counters;
+        writeln!(
+            md,
+            "- attackers: {} MB pipelined over {} connections; {} flood connections opened, {} refused or closed \
+             by the controllers; {} bytes trickled over {} connections; {} datagrams",
+            c.pipelined_bytes.load(Relaxed) / (1 << 20),
+            c.pipeline_reconnects.load(Relaxed),
+            c.flood_open.load(Relaxed),
+            c.flood_refused_or_closed.load(Relaxed),
+            c.trickled_bytes.load(Relaxed),
+            c.trickle_reconnects.load(Relaxed),
+            c.datagrams.load(Relaxed)
+        )?;
+    }
+    let out = options.out.clone().unwrap_or_else(|| {
+        redis_ha_tests::workspace_root()
+            .join("bench-results")
+            .join("attack")
+    });
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("summary.md"), &md)?;
+    println!("\n{md}");
+    println!("==> wrote {}", out.join("summary.md").display());
+    Ok(())
 }

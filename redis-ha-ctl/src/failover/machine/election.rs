@@ -22,7 +22,9 @@ impl ServiceMachine {
             changed = true;
         }
         let voted_in = self.vote.as_ref().map_or(0, |v| v.epoch);
-        if voted_in < req_epoch && self.current_epoch <= req_epoch {
+        if self.in_safe_mode() {
+            // Our earlier votes are lost: this epoch may be one we voted in.
+        } else if voted_in < req_epoch && self.current_epoch <= req_epoch {
             self.vote = Some(Vote {
                 epoch: self.current_epoch,
                 leader: candidate.clone(),
@@ -85,6 +87,7 @@ impl ServiceMachine {
         // A peer's failover under way (an operator's switchover, say) would not get our vote
         // request answered anyway; it ends one way or the other within its timeout.
         if !self.odown
+            || self.in_safe_mode()
             || !matches!(self.failover, Failover::Idle)
             || self.busy_peer(now, None).is_some()
         {

@@ -188,6 +188,7 @@ impl ServiceMachine {
             self.supersede_forced(hello.master, out);
             self.switch_master(hello.master, now, out);
         }
+        self.safe_mode_heard(&from, hello.current_epoch, out);
         // A hello sent before the sender's latest vote request (datagrams may be reordered)
         // says nothing about that request's failover.
         let report = self.reports.entry(from).or_default();
@@ -323,7 +324,8 @@ impl ServiceMachine {
     /// off from its peers but not from Redis would otherwise demote the master that the majority
     /// just promoted, and the two sides would undo each other's work until the partition heals.
     pub(super) fn fix_roles(&mut self, now: Millis, out: &mut Vec<Action>) {
-        if !self.master_looks_sane(now) || !self.hears_majority() {
+        // In safe mode our master may be the configuration's, long replaced.
+        if !self.master_looks_sane(now) || !self.hears_majority() || self.in_safe_mode() {
             return;
         }
         let delay = self.params.convert_delay_ms;

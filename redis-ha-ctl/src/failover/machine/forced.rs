@@ -23,6 +23,9 @@ impl ServiceMachine {
         if let Some(remaining_ms) = self.tilt_remaining(now) {
             return Err(ForceRefused::Tilt { remaining_ms });
         }
+        if self.in_safe_mode() {
+            return Err(ForceRefused::SafeMode);
+        }
         let request = ForceRequest {
             to,
             timeout,

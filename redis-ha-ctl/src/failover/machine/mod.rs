@@ -7,6 +7,7 @@ mod events;
 mod forced;
 mod promotion;
 mod read_pool;
+mod safe_mode;
 mod tilt;
 
 use super::health::{Flip, Liveness};
@@ -261,6 +262,8 @@ pub struct ServiceMachine {
     announced_failover: Option<Epoch>,
     /// Our own time, less our stalls, and TILT.
     clock: tilt::Clock,
+    /// In safe mode (see `safe_mode`): the current epoch each peer told us since.
+    safe_mode: Option<BTreeMap<ControllerId, Epoch>>,
 }
 
 impl ServiceMachine {
@@ -302,6 +305,7 @@ impl ServiceMachine {
             last_hello: None,
             announced_failover: None,
             clock: tilt::Clock::new(now),
+            safe_mode: None,
         };
         let mut out = Vec::new();
         machine.set_master(config_epoch, master, &mut out);

@@ -11,6 +11,7 @@ mod sim;
 mod switchover;
 mod tilt;
 mod unit;
+mod unit_safe_mode;
 mod unit_switch;
 
 use std::net::Ipv4Addr;
