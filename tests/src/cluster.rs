@@ -871,6 +871,24 @@ impl Controller {
         )
     }
 
+    /// Freezes the process (SIGSTOP), as a paused VM or a host stalled on I/O would; a
+    /// [`Self::kill`] or the cluster's drop still ends it.
+    pub fn stop(&self) -> Result<()> {
+        self.signal(libc::SIGSTOP)
+    }
+
+    /// Thaws a process frozen by [`Self::stop`] (SIGCONT).
+    pub fn resume(&self) -> Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
+    fn signal(&self, signal: libc::c_int) -> Result<()> {
+        match self.process().as_mut() {
+            Some(p) => p.signal(signal),
+            None => bail!("controller {} is not running", self.id),
+        }
+    }
+
     /// Sets (`Some`) or removes (`None`) an environment variable of the next starts.
     pub fn set_env(&self, key: &str, value: Option<&str>) {
         let mut env = self.env.lock().unwrap_or_else(|e| e.into_inner());

@@ -132,6 +132,7 @@ fn sample_status() -> Status {
                 },
             ],
             failovers: 1,
+            tilt_since_unix_ms: None,
             safe_mode: false,
         }],
         dataplane: Some(DataplaneStatus {

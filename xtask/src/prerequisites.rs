@@ -35,6 +35,9 @@ const DEBIAN_PROGRAMS: &[(&str, &str)] = &[
     ("systemd-analyze", "systemd"),
     // tests/tests/status_page.rs loads the status page in headless Chromium.
     ("chromium", "chromium"),
+    // tests/tests/peer_protocol.rs starts a controller with its clock stepped back
+    // (libfaketime, preloaded).
+    ("faketime", "faketime"),
 ];
 
 /// Python modules the tests import, and the Debian package of each.

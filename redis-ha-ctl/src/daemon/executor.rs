@@ -471,6 +471,8 @@ impl<D: Dataplane> Executor<D> {
             NoticeKind::SafeMode => {
                 warn!(service = %name, state_file = %self.store.path().display(), "safe mode: not voting and not starting a failover until a majority of the other controllers told the current epoch");
             }
+            NoticeKind::Tilt => self.views[service].tilt_since_unix_ms = Some(unix_ms()),
+            NoticeKind::TiltCleared => self.views[service].tilt_since_unix_ms = None,
             kind if kind.as_str().starts_with("-failover-abort") => {
                 self.metrics
                     .failover_finished(name, kind.as_str().trim_start_matches('-'));

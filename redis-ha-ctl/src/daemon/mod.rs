@@ -18,11 +18,13 @@
 //! - `operator`: an operator's planned switchover, from the request to its answer;
 //! - `redis_io`: probes, commands and the switchover's Redis calls;
 //! - `peers`: the UDP peer socket, both ways;
+//! - `boot`: the boot counter that tells a peer which start of ours a datagram comes from;
 //! - `snapshot`: building the [`Status`] from what the executor saw;
 //! - `traffic`: the data plane's counters and the connection-table sweep, on their own task;
 //! - [`privileges`]: the capabilities the config needs, all others given up at the start;
 //! - `watchdog`: systemd's readiness and watchdog notifications.
 
+mod boot;
 pub mod control;
 mod executor;
 mod failpoint;
@@ -117,12 +119,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .clone()
         .context("no [controller] section: `run` needs one (id, listen, peers, secret)")?;
     let start = Instant::now();
-    let boot = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64);
-
     let failpoint = failpoint::Failpoint::from_env()?;
     let (store, unreadable) = open_state(&ctl.state_file)?;
+    // Counted (and durable) before the peer socket exists, so no datagram of this start leaves
+    // with an id a peer may have seen.
+    let boot = boot::next_boot(&ctl.state_file)?;
+    info!(boot, "peer datagrams of this start carry boot id {boot}");
+    // The election jitter must differ between controllers, not only between starts: the boot
+    // counters of controllers installed together are close.
+    let seed = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id()).rotate_left(32)
+        ^ boot;
     let mut attached = None;
     // Only a node with a data plane delivers to its own redis-server.
     let local = match &config.dataplane {
@@ -298,7 +307,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         status: status_tx,
         events,
         metrics,
-        seed: boot,
+        seed,
         failpoint,
     });
     info!(id = %ctl.id, listen = %ctl.listen, services = names.len(), "controller started");

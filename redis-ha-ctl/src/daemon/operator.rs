@@ -128,6 +128,7 @@ impl Operator {
                     ForceRefused::NoGoodReplica | ForceRefused::NotEligible { .. } => "NOGOODSLAVE",
                     ForceRefused::UnknownNode(_)
                     | ForceRefused::AlreadyMaster(_)
+                    | ForceRefused::Tilt { .. }
                     | ForceRefused::SafeMode => "ERR",
                 };
                 if let Some(reply) = s.reply.take() {

@@ -2,7 +2,12 @@
 //! authenticates and forwards the peers' datagrams to the executor, and the executor's side
 //! that seals and sends its own.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::{net::UdpSocket, sync::mpsc, task::JoinSet};
 use tracing::warn;
@@ -29,6 +34,7 @@ pub(super) fn spawn_receiver(
 ) {
     tasks.spawn(async move {
         let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut log = RefusalLog::default();
         loop {
             let Ok((n, from)) = socket.recv_from(&mut buf).await else {
                 continue;
@@ -51,17 +57,60 @@ pub(super) fn spawn_receiver(
                     }
                 }
                 Err(e) => {
-                    metrics.peer_refused(match e {
+                    let reason = match e {
                         Refused::BadMac => "bad-mac",
                         Refused::UnknownPeer(_) => "unknown-peer",
                         Refused::Replay(_) => "replay",
                         Refused::Short | Refused::Malformed(_) => "malformed",
-                    });
-                    warn!(%from, "refused peer message: {e}");
+                    };
+                    metrics.peer_refused(reason);
+                    match log.note(reason, Instant::now()) {
+                        Some(0) => warn!(%from, reason, "refused peer message: {e}"),
+                        Some(unlogged) => warn!(
+                            %from,
+                            reason,
+                            unlogged,
+                            "refused peer message: {e} ({unlogged} more refused as {reason} \
+                             since the last such line)"
+                        ),
+                        None => {}
+                    }
                 }
             }
         }
     });
+}
+
+/// At most one line per reason this often: a flood of bad datagrams must not flood the journal
+/// and hide everything else. The metrics count every refusal.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Which refusals get a log line.
+#[derive(Default)]
+struct RefusalLog {
+    /// Per reason: when its last line was written, and how many were refused since.
+    reasons: HashMap<&'static str, (Instant, u64)>,
+}
+
+impl RefusalLog {
+    /// `Some(n)` if this refusal is to be logged, `n` being how many of the same reason were
+    /// refused without a line since the last one; `None` to stay quiet.
+    fn note(&mut self, reason: &'static str, now: Instant) -> Option<u64> {
+        match self.reasons.get_mut(reason) {
+            None => {
+                self.reasons.insert(reason, (now, 0));
+                Some(0)
+            }
+            Some((last, unlogged)) if now.saturating_duration_since(*last) < REFUSAL_LOG_EVERY => {
+                *unlogged += 1;
+                None
+            }
+            Some((last, unlogged)) => {
+                *last = now;
+                Some(std::mem::take(unlogged))
+            }
+        }
+    }
 }
 
 /// Seals the executor's messages and sends them to the peers, in the order it performs them.
@@ -121,5 +170,29 @@ async fn send(
     let datagram = codec.seal(service, msg);
     if let Err(e) = socket.send_to(&datagram, to).await {
         warn!(%to, "peer send failed: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_logged_once_per_reason_and_interval_with_the_count_between() {
+        let mut log = RefusalLog::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert_eq!(log.note("bad-mac", at(0)), Some(0));
+        for ms in 1..=1_000 {
+            assert_eq!(log.note("bad-mac", at(ms)), None);
+        }
+        // Another reason has its own line.
+        assert_eq!(log.note("replay", at(500)), Some(0));
+        assert_eq!(log.note("replay", at(600)), None);
+        assert_eq!(log.note("bad-mac", at(9_999)), None);
+        assert_eq!(log.note("bad-mac", at(10_000)), Some(1_001));
+        assert_eq!(log.note("bad-mac", at(10_001)), None);
+        assert_eq!(log.note("replay", at(30_000)), Some(1));
+        assert_eq!(log.note("bad-mac", at(30_000)), Some(1));
     }
 }

@@ -42,6 +42,8 @@ pub(super) struct ServiceView {
     peers: BTreeMap<String, PeerView>,
     /// `+switch-master` seen since start.
     pub(super) failovers: u64,
+    /// When `+tilt` was emitted, until `-tilt`.
+    pub(super) tilt_since_unix_ms: Option<u64>,
 }
 
 impl ServiceView {
@@ -53,6 +55,7 @@ impl ServiceView {
                 .map(|p| (p.id.clone(), PeerView::default()))
                 .collect(),
             failovers: 0,
+            tilt_since_unix_ms: None,
         }
     }
 
@@ -173,6 +176,7 @@ pub(super) fn service_status(
         read_pool: target.read_pool.clone(),
         peers,
         failovers: view.failovers,
+        tilt_since_unix_ms: view.tilt_since_unix_ms,
         safe_mode: m.in_safe_mode(),
     }
 }

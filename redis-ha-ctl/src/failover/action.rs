@@ -99,6 +99,11 @@ pub enum ForceRefused {
     NoGoodReplica,
     #[error("{0} is not a node of this service")]
     UnknownNode(NodeAddr),
+    /// This controller is in TILT mode: what it knows of the nodes predates its own stall.
+    #[error(
+        "this controller is in TILT mode (its own timer stalled); try again in {remaining_ms} ms"
+    )]
+    Tilt { remaining_ms: Millis },
     /// This controller lost its state file and does not vote or lead until a majority of the
     /// others told it the current epoch (safe mode).
     #[error(
@@ -248,6 +253,11 @@ pub enum NoticeKind {
     /// agree again; only a state left by an older version (or a hand-edited state file) can
     /// hold such a conflict, since one epoch has one leader.
     ConfigConflict,
+    /// `+tilt`: this controller's own timer stalled (a paused VM, SIGSTOP, a blocked
+    /// executor); until `-tilt` it keeps probing and listening but judges and changes nothing.
+    Tilt,
+    /// `-tilt`.
+    TiltCleared,
     /// `+safe-mode` (ours): the state file could not be read, so this controller neither votes
     /// nor starts a failover until a majority of the other controllers told it the current
     /// epoch.
@@ -292,6 +302,8 @@ impl NoticeKind {
             NoticeKind::FailoverStateWaitSync => "+failover-state-wait-sync",
             NoticeKind::FailoverAbortNotSynced => "-failover-abort-not-synced",
             NoticeKind::ConfigConflict => "+config-conflict",
+            NoticeKind::Tilt => "+tilt",
+            NoticeKind::TiltCleared => "-tilt",
             NoticeKind::SafeMode => "+safe-mode",
             NoticeKind::SafeModeCleared => "-safe-mode",
         }

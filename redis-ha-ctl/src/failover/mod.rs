@@ -20,7 +20,9 @@
 //!
 //! # Contract with the executor
 //! - Send [`Event::Tick`] about every 100 ms (Sentinel's timer runs at 10 Hz): SDOWN by timeout,
-//!   ODOWN, starting a failover and every failover timeout are decided on ticks.
+//!   ODOWN, starting a failover and every failover timeout are decided on ticks. Once ticked,
+//!   a gap longer than [`Params::tilt_trigger_ms`] since the last tick (or `now` going back)
+//!   is taken for a stall of this controller itself: TILT (`+tilt`, see `machine/tilt.rs`).
 //! - Probe every node every [`Params::probe_interval_ms`] (PING + `INFO replication`) and report each
 //!   probe, including every timeout, as [`Event::Probe`].
 //! - Perform the actions **in order**. [`Action::Persist`] must be durable (fsync) before the

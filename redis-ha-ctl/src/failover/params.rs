@@ -115,6 +115,24 @@ impl Params {
         (budget / Millis::from(self.fall.max(1))).clamp(50, 1000)
     }
 
+    /// A gap between two ticks longer than this means this controller itself stalled (a paused
+    /// VM, SIGSTOP, a blocked executor) and enters TILT (Sentinel: 2 s between two runs of its
+    /// 100 ms timer). Half of down-after, so that a stall is caught before the time it lost
+    /// alone could make a node SDOWN; never below 5 ticks, so that ordinary scheduling delays
+    /// on a busy host do not tilt; never above Sentinel's 2 s.
+    pub fn tilt_trigger_ms(&self) -> Millis {
+        (self.down_after_ms / 2).clamp(500, 2_000)
+    }
+
+    /// How long TILT lasts (Sentinel: 30 s, its default down-after): long enough for every node
+    /// to answer probes again, or to be silent for a full down-after of time this controller
+    /// really watched, and for every peer report to be renewed or to expire.
+    pub fn tilt_period_ms(&self) -> Millis {
+        self.down_after_ms
+            .max(self.peer_report_validity_ms)
+            .min(30_000)
+    }
+
     /// How long a master may report itself a replica before it is SDOWN (Sentinel adds two INFO
     /// periods to down-after; our INFO period is the probe interval).
     pub(crate) fn wrong_role_grace(&self) -> Millis {

@@ -24,6 +24,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::failover::{ControllerId, Epoch, Millis};
 
+/// No step for longer than this (or half of `down_after_ms`, if longer) means this controller
+/// itself stalled. Five of a voter's 100 ms ticks: a tick that is merely late must not count,
+/// or a voter whose ticks keep slipping by a few ms would push the owner's deadline back at
+/// every one and never vote.
+const STALL_MS: Millis = 500;
+
 /// What a data-plane node offers when it may hold the addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Candidacy {
@@ -166,6 +172,8 @@ pub struct HaMachine {
     last_beat: Option<Millis>,
     /// After a failed election, not before this.
     retry_at: Millis,
+    /// `now` of the previous step, to notice this controller's own stalls.
+    last_step: Millis,
 }
 
 impl HaMachine {
@@ -187,6 +195,7 @@ impl HaMachine {
             candidates: BTreeMap::new(),
             last_beat: None,
             retry_at: 0,
+            last_step: now,
         }
     }
 
@@ -275,6 +284,7 @@ impl HaMachine {
     }
 
     pub fn step(&mut self, event: HaEvent, now: Millis) -> Vec<HaAction> {
+        self.discount_stall(now);
         let mut out = Vec::new();
         match event {
             HaEvent::Tick => self.tick(now, &mut out),
@@ -368,6 +378,29 @@ impl HaMachine {
                     self.stand(now, out);
                 }
             }
+        }
+    }
+
+    /// After a stall of this controller itself (a paused VM, SIGSTOP: no step for more than
+    /// [`STALL_MS`]), the owner's and candidates' silence during it is not theirs:
+    /// the claims they sent meanwhile wait in the socket and come next. Judged on it, a backup
+    /// would call the owner gone and start an election. Only the times this node uses to wait
+    /// are moved, so it only ever waits longer; an owner changes nothing, since the peers
+    /// really heard nothing from it, and its lease (acknowledged stamps of its own clock) must
+    /// expire in real time.
+    fn discount_stall(&mut self, now: Millis) {
+        let gap = now.saturating_sub(self.last_step);
+        self.last_step = self.last_step.max(now);
+        if gap <= STALL_MS.max(self.params.down_after_ms / 2)
+            || matches!(self.role, Role::Owner { .. })
+        {
+            return;
+        }
+        if let Some(l) = self.leader.as_mut() {
+            l.last_heard = (l.last_heard + gap).min(now);
+        }
+        for (_, heard) in self.candidates.values_mut() {
+            *heard = (*heard + gap).min(now);
         }
     }
 

@@ -9,5 +9,7 @@
 
 pub mod machine;
 pub mod net;
+#[cfg(test)]
+mod stall_tests;
 
 pub use machine::{Candidacy, HaAction, HaEvent, HaMachine, HaMsg, HaParams, HaPersisted, HaRole};

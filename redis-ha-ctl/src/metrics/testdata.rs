@@ -73,6 +73,7 @@ pub(crate) fn sample() -> Status {
                 },
             ],
             failovers: 1,
+            tilt_since_unix_ms: None,
             safe_mode: false,
         }],
         dataplane: Some(DataplaneStatus {

@@ -283,11 +283,21 @@ pub(super) fn info(api: &Api, section: Option<&str>) -> String {
         ));
     }
     if want("sentinel") {
+        // Sentinel's TILT is global; here each service's machine tilts on its own trigger.
+        let tilt_since = status
+            .services
+            .iter()
+            .filter_map(|s| s.tilt_since_unix_ms)
+            .min();
+        let tilt_for = tilt_since.map_or(-1, |since| {
+            (status.at_unix_ms.saturating_sub(since) / 1000) as i64
+        });
         text.push_str(&format!(
-            "# Sentinel\r\nsentinel_masters:{}\r\nsentinel_tilt:0\r\n\
-             sentinel_tilt_since_seconds:-1\r\nsentinel_running_scripts:0\r\n\
+            "# Sentinel\r\nsentinel_masters:{}\r\nsentinel_tilt:{}\r\n\
+             sentinel_tilt_since_seconds:{tilt_for}\r\nsentinel_running_scripts:0\r\n\
              sentinel_scripts_queue_length:0\r\nsentinel_simulate_failure_flags:0\r\n",
-            status.services.len()
+            status.services.len(),
+            u8::from(tilt_since.is_some()),
         ));
         for (i, s) in status.services.iter().enumerate() {
             let master_down = node(s, s.master).is_some_and(|n| n.sdown);

@@ -70,6 +70,7 @@ pub(crate) fn status() -> Status {
                 },
             ],
             failovers: 0,
+            tilt_since_unix_ms: None,
             safe_mode: false,
         }],
         dataplane: Some(DataplaneStatus {

@@ -90,6 +90,9 @@ pub struct ServiceStatus {
     pub peers: Vec<PeerStatus>,
     /// Failovers this controller saw complete (`+switch-master`), since it started.
     pub failovers: u64,
+    /// Since when (Unix ms) this controller is in TILT for this service (`+tilt`), if it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tilt_since_unix_ms: Option<u64>,
     /// Its state file could not be read: no vote and no failover until a majority of the
     /// other controllers told it the current epoch.
     pub safe_mode: bool,
@@ -113,6 +116,7 @@ impl Default for ServiceStatus {
             read_pool: Vec::new(),
             peers: Vec::new(),
             failovers: 0,
+            tilt_since_unix_ms: None,
             safe_mode: false,
         }
     }

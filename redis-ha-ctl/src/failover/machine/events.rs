@@ -7,6 +7,9 @@ use super::*;
 impl ServiceMachine {
     /// Sentinel's timer: `sentinelHandleRedisInstance` for our master and its replicas.
     pub(super) fn on_tick(&mut self, now: Millis, jitter: Millis, out: &mut Vec<Action>) {
+        if self.tilt_tick(now, out) {
+            return;
+        }
         self.expire_reports(now);
         let addrs: Vec<NodeAddr> = self.nodes.keys().copied().collect();
         for addr in addrs {
@@ -65,6 +68,10 @@ impl ServiceMachine {
         }
         if rebooted {
             self.emit(out, NoticeKind::Reboot, self.describe(addr));
+        }
+        // Recorded, but judged only after TILT (Sentinel's INFO handling also stops here).
+        if self.clock.in_tilt() {
+            return;
         }
         self.refresh_health(addr, now, out);
         self.track_failover(addr, now, out);

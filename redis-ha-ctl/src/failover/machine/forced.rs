@@ -20,6 +20,9 @@ impl ServiceMachine {
         if !matches!(self.failover, Failover::Idle) {
             return Err(ForceRefused::InProgress);
         }
+        if let Some(remaining_ms) = self.tilt_remaining(now) {
+            return Err(ForceRefused::Tilt { remaining_ms });
+        }
         if self.in_safe_mode() {
             return Err(ForceRefused::SafeMode);
         }

@@ -8,6 +8,7 @@ mod forced;
 mod promotion;
 mod read_pool;
 mod safe_mode;
+mod tilt;
 
 use super::health::{Flip, Liveness};
 use super::select::{self, Candidate};
@@ -259,6 +260,8 @@ pub struct ServiceMachine {
     last_hello: Option<Millis>,
     /// The `failover_epoch` of our last hello: a change is announced at once.
     announced_failover: Option<Epoch>,
+    /// Our own time, less our stalls, and TILT.
+    clock: tilt::Clock,
     /// In safe mode (see `safe_mode`): the current epoch each peer told us since.
     safe_mode: Option<BTreeMap<ControllerId, Epoch>>,
 }
@@ -301,6 +304,7 @@ impl ServiceMachine {
             replaced: None,
             last_hello: None,
             announced_failover: None,
+            clock: tilt::Clock::new(now),
             safe_mode: None,
         };
         let mut out = Vec::new();
@@ -313,6 +317,7 @@ impl ServiceMachine {
     pub fn step(&mut self, event: Event, now: Millis, jitter: Millis) -> Vec<Action> {
         let jitter = jitter.checked_rem(self.params.max_desync_ms).unwrap_or(0);
         let mut out = Vec::new();
+        let now = self.clock_step(now, matches!(event, Event::Tick), &mut out);
         match event {
             Event::Tick => self.on_tick(now, jitter, &mut out),
             Event::Probe { node, result } => self.on_probe(node, result, now, &mut out),
@@ -456,10 +461,12 @@ impl ServiceMachine {
     }
 
     fn send_hello(&mut self, now: Millis, out: &mut Vec<Action>) {
+        // In TILT our view of the nodes predates our stall: we vouch for no SDOWN (Sentinel
+        // answers is-master-down-by-addr with "not down" in TILT).
         let sdown = self
             .nodes
             .iter()
-            .filter(|(_, n)| !n.liveness.is_up())
+            .filter(|(_, n)| !n.liveness.is_up() && !self.clock.in_tilt())
             .map(|(&addr, _)| addr)
             .collect();
         let failover_epoch = self.failover_in_flight();

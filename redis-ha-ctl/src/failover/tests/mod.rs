@@ -9,6 +9,7 @@ mod randomised;
 mod scenarios;
 mod sim;
 mod switchover;
+mod tilt;
 mod unit;
 mod unit_safe_mode;
 mod unit_switch;
