@@ -178,6 +178,24 @@ impl PeerCodec {
         out
     }
 
+    /// Starts from the boots of peers heard before this controller's start: a datagram of an
+    /// earlier boot than a peer's remembered one is then refused as a replay.
+    pub fn remember_boots(&mut self, boots: &std::collections::BTreeMap<String, u64>) {
+        for (peer, &boot) in boots {
+            if self.peers.contains(peer) {
+                self.seen.insert(peer.clone(), (boot, 0));
+            }
+        }
+    }
+
+    /// The boot last accepted from each peer.
+    pub fn boots(&self) -> std::collections::BTreeMap<String, u64> {
+        self.seen
+            .iter()
+            .map(|(peer, &(boot, _))| (peer.clone(), boot))
+            .collect()
+    }
+
     /// Verifies and decodes a datagram: (sender, service name, message).
     pub fn open(&mut self, datagram: &[u8]) -> Result<(ControllerId, String, Payload), Refused> {
         if datagram.len() <= MAC_LEN {
@@ -345,6 +363,29 @@ mod tests {
         assert_eq!(b.open(&d2), Err(Refused::Replay("c1".into())));
         let mut restarted = PeerCodec::new("c1", SECRET, vec![], 2);
         assert!(b.open(&restarted.seal("m", &hello())).is_ok());
+    }
+
+    /// A receiver restarted with the boots it had heard refuses a datagram captured from an
+    /// earlier boot of a peer; one it started without (the old behaviour) accepts it once.
+    #[test]
+    fn a_restarted_receiver_refuses_datagrams_of_earlier_boots_it_remembers() {
+        let mut old_boot = PeerCodec::new("c1", SECRET, vec![], 1);
+        let captured = old_boot.seal("m", &hello());
+        let mut current = PeerCodec::new("c1", SECRET, vec![], 2);
+        let (_, mut b) = pair();
+        b.open(&current.seal("m", &hello())).unwrap();
+        let remembered = b.boots();
+        assert_eq!(remembered.get("c1"), Some(&2));
+
+        let (_, mut forgetful) = pair();
+        assert!(forgetful.open(&captured).is_ok(), "the old behaviour");
+        let (_, mut restarted) = pair();
+        restarted.remember_boots(&remembered);
+        assert_eq!(restarted.open(&captured), Err(Refused::Replay("c1".into())));
+        // The peer's current boot, and its next one, are heard.
+        assert!(restarted.open(&current.seal("m", &hello())).is_ok());
+        let mut next = PeerCodec::new("c1", SECRET, vec![], 3);
+        assert!(restarted.open(&next.seal("m", &hello())).is_ok());
     }
 
     /// A peer with the secret (a compromised or broken controller) sending numbers whose sums

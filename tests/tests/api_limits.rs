@@ -27,6 +27,7 @@ use redis_ha_tests::{Cluster, ClusterOptions, METRICS_PORT, in_netns, require_ro
 const MAXCLIENTS: usize = 24;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 const OUTPUT_LIMIT: usize = 1024 * 1024;
+const MAX_SUBSCRIPTIONS: usize = 8;
 
 fn limited_cluster() -> Result<Cluster> {
     require_root();
@@ -34,7 +35,8 @@ fn limited_cluster() -> Result<Cluster> {
         controller_toml: format!(
             "maxclients = {MAXCLIENTS}\n\
              client_idle_timeout_ms = {}\n\
-             client_output_buffer_limit_normal_bytes = {OUTPUT_LIMIT}\n",
+             client_output_buffer_limit_normal_bytes = {OUTPUT_LIMIT}\n\
+             client_max_subscriptions = {MAX_SUBSCRIPTIONS}\n",
             IDLE_TIMEOUT.as_millis()
         ),
         ..ClusterOptions::default()
@@ -594,5 +596,56 @@ fn a_replica_sending_overflowing_info_is_not_selected() -> Result<()> {
         })();
         stop.store(true, Ordering::Relaxed);
         outcome
+    })
+}
+
+/// A client subscribing to ever more channels (each one a sender's list to walk on every
+/// event) gets its first `client_max_subscriptions` and an error for each one past them,
+/// counted in the metrics; its subscriptions still deliver, and other clients are answered.
+#[test]
+fn subscriptions_past_the_cap_are_refused_and_counted() -> Result<()> {
+    let cluster = limited_cluster()?;
+    with(&cluster, || {
+        let asked = 3 * MAX_SUBSCRIPTIONS;
+        let mut request = format!("*{}\r\n$9\r\nSUBSCRIBE\r\n", asked + 1);
+        for i in 0..asked {
+            let name = format!("channel-{i:03}");
+            request.push_str(&format!("${}\r\n{name}\r\n", name.len()));
+        }
+        let mut s = connect(&cluster)?;
+        s.write_all(request.as_bytes())?;
+        // Read until every name got its answer (a confirmation or an error).
+        let mut got = String::new();
+        let mut buf = [0u8; 4096];
+        let started = Instant::now();
+        while got.matches("channel-").count() + got.matches("-ERR").count() < asked
+            && started.elapsed() < Duration::from_secs(10)
+        {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                bail!("closed after {got:?}");
+            }
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        let confirmed = got.matches("channel-").count();
+        let refused = got.matches("max number of subscriptions reached").count();
+        ensure!(
+            confirmed == MAX_SUBSCRIPTIONS && refused == asked - MAX_SUBSCRIPTIONS,
+            "{confirmed} subscriptions confirmed and {refused} refused of {asked} asked, \
+             the cap being {MAX_SUBSCRIPTIONS}: {got:?}"
+        );
+        let counted = metrics(&cluster)?
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_ha_api_subscriptions_refused_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        ensure!(
+            counted == (asked - MAX_SUBSCRIPTIONS) as f64,
+            "redis_ha_api_subscriptions_refused_total is {counted}"
+        );
+        ping(&cluster)?;
+        let pong = ask(&mut s, b"PING\r\n")?;
+        ensure!(pong.contains("pong"), "the subscriber's PING: {pong:?}");
+        Ok(())
     })
 }

@@ -19,6 +19,7 @@
 //! - `redis_io`: probes, commands and the switchover's Redis calls;
 //! - `peers`: the UDP peer socket, both ways;
 //! - `boot`: the boot counter that tells a peer which start of ours a datagram comes from;
+//! - `peer_boots`: the boot last heard from each peer, kept across our restarts;
 //! - `snapshot`: building the [`Status`] from what the executor saw;
 //! - `traffic`: the data plane's counters and the connection-table sweep, on their own task;
 //! - [`privileges`]: the capabilities the config needs, all others given up at the start;
@@ -30,6 +31,7 @@ mod executor;
 mod failpoint;
 mod floating;
 mod operator;
+mod peer_boots;
 mod peers;
 pub mod privileges;
 mod redis_io;
@@ -230,6 +232,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         names.clone(),
         tx.clone(),
         metrics.clone(),
+        peer_boots::path(&ctl.state_file),
     );
     redis_io::spawn_probes(&mut tasks, &config.services, &ctl, &tx, &metrics)?;
 

@@ -31,7 +31,10 @@ pub(super) fn spawn_receiver(
     names: Vec<String>,
     tx: mpsc::Sender<Input>,
     metrics: Arc<Metrics>,
+    boots_file: std::path::PathBuf,
 ) {
+    let mut saved_boots = super::peer_boots::load(&boots_file);
+    codec.remember_boots(&saved_boots);
     tasks.spawn(async move {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut log = RefusalLog::default();
@@ -39,7 +42,22 @@ pub(super) fn spawn_receiver(
             let Ok((n, from)) = socket.recv_from(&mut buf).await else {
                 continue;
             };
-            match codec.open(&buf[..n]) {
+            let opened = codec.open(&buf[..n]);
+            if opened.is_ok() {
+                // A peer restarted (or is heard for the first time): remember its boot across
+                // our own restarts. Rare; a failure only leaves the old record.
+                let boots = codec.boots();
+                if boots != saved_boots {
+                    match super::peer_boots::save(&boots_file, &boots) {
+                        Ok(()) => saved_boots = boots,
+                        Err(e) => warn!(
+                            path = %boots_file.display(),
+                            "saving the peers' last boots: {e}"
+                        ),
+                    }
+                }
+            }
+            match opened {
                 Ok((from, _, Payload::Ha(msg))) => {
                     if tx.send(Input::Ha { from, msg }).await.is_err() {
                         return;
