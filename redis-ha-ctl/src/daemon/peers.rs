@@ -46,15 +46,14 @@ pub(super) fn spawn_receiver(
             if opened.is_ok() {
                 // A peer restarted (or is heard for the first time): remember its boot across
                 // our own restarts. Rare; a failure only leaves the old record.
+                // Tried once per change: a failing disk must not turn every datagram into a
+                // write and a log line.
                 let boots = codec.boots();
                 if boots != saved_boots {
-                    match super::peer_boots::save(&boots_file, &boots) {
-                        Ok(()) => saved_boots = boots,
-                        Err(e) => warn!(
-                            path = %boots_file.display(),
-                            "saving the peers' last boots: {e}"
-                        ),
+                    if let Err(e) = super::peer_boots::save(&boots_file, &boots) {
+                        warn!(path = %boots_file.display(), "saving the peers' last boots: {e}");
                     }
+                    saved_boots = boots;
                 }
             }
             match opened {
