@@ -22,6 +22,7 @@
 
 pub mod cluster;
 pub mod ha;
+pub mod http;
 pub mod netns;
 pub mod process;
 pub mod seed;
@@ -35,6 +36,7 @@ use anyhow::{Result, bail};
 
 pub use cluster::{Cluster, ClusterOptions, Controller, ControllerSpec, METRICS_PORT, MapsView};
 pub use ha::{AddressHolders, ArpCapture, ArpClaim, ArpKind, HaCluster, HaOptions, LbNode};
+pub use http::http_get;
 pub use netns::{
     Leftovers, Netns, cleanup_prefix, in_netns, leftovers, list_namespaces, netns_command,
 };

@@ -129,17 +129,7 @@ fn cpu_time(cluster: &Cluster) -> Result<Duration> {
 /// `GET /metrics` of controller 1, from the LB namespace.
 fn metrics(cluster: &Cluster) -> Result<String> {
     let addr = SocketAddrV4::new(*cluster.controller(1).listen().ip(), METRICS_PORT);
-    let mut s = in_netns(&cluster.testbed().lb().path(), move || {
-        TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2))
-    })??;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    Ok(body)
+    redis_ha_tests::http_get(&cluster.testbed().lb().path(), addr, "/metrics")
 }
 
 fn closed_total(text: &str, reason: &str) -> f64 {

@@ -2,32 +2,12 @@
 //! does, its per-backend counters must move with traffic sent through the VIP.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddrV4, TcpStream},
-    path::Path,
+    net::SocketAddrV4,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
-use redis_ha_tests::{Cluster, ClusterOptions, METRICS_PORT, in_netns, require_root};
-
-/// GET `path` from `addr`, with the socket created in the namespace at `ns`.
-fn http_get(ns: &Path, addr: SocketAddrV4, path: &str) -> Result<String> {
-    let mut stream = in_netns(ns, move || {
-        TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2))
-    })??;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body)?;
-    if !body.starts_with("HTTP/1.1 200") {
-        bail!("GET {path}: {}", body.lines().next().unwrap_or_default());
-    }
-    Ok(body)
-}
+use redis_ha_tests::{Cluster, ClusterOptions, METRICS_PORT, http_get, in_netns, require_root};
 
 /// Sum of the samples of `metric` whose labels contain every one of `labels`.
 fn sample(text: &str, metric: &str, labels: &[&str]) -> f64 {

@@ -7,16 +7,15 @@
 //! --nocapture`.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddrV4, TcpStream, UdpSocket},
+    net::{SocketAddrV4, UdpSocket},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use redis_ha_ctl::{ha::HaMsg, peer::PeerCodec, status::Status};
 use redis_ha_tests::{
-    Cluster, ClusterOptions, HaCluster, HaOptions, METRICS_PORT, in_netns, require_root,
+    Cluster, ClusterOptions, HaCluster, HaOptions, METRICS_PORT, http_get, in_netns, require_root,
     run_within, wait_until,
 };
 
@@ -162,24 +161,6 @@ fn restarts(cluster: &Cluster) -> Result<()> {
 
 /// Datagrams of each kind sent at the holder, 1 ms apart: a bounded flood of about 4 s.
 const PER_KIND: usize = 1000;
-
-/// GET `path` from `addr`, with the socket created in the namespace at `ns`.
-fn http_get(ns: &Path, addr: SocketAddrV4, path: &str) -> Result<String> {
-    let mut stream = in_netns(ns, move || {
-        TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2))
-    })??;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body)?;
-    if !body.starts_with("HTTP/1.1 200") {
-        bail!("GET {path}: {}", body.lines().next().unwrap_or_default());
-    }
-    Ok(body)
-}
 
 fn refused(metrics: &str, reason: &str) -> u64 {
     let label = format!("reason=\"{reason}\"");

@@ -6,14 +6,13 @@
 //! Run: `cargo test --release -p redis-ha-tests --test state_file -- --test-threads=1`
 //! (under `flock /tmp/rha-netns.lock` when other namespace tests may run).
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddrV4, TcpStream};
+use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use redis_ha_tests::tmpfs::Tmpfs;
-use redis_ha_tests::{Cluster, ClusterOptions, METRICS_PORT, in_netns, require_root, wait_until};
+use redis_ha_tests::{Cluster, ClusterOptions, METRICS_PORT, require_root, wait_until};
 
 const SERVICE: &str = "mymaster";
 /// Generous bounds: correctness, not speed (two busy cores).
@@ -43,20 +42,7 @@ fn tmpfs_dir(cluster: &Cluster) -> PathBuf {
 fn http_get(cluster: &Cluster, n: u8, path: &str) -> Result<String> {
     let ns = cluster.node_netns(n)?.path();
     let addr = SocketAddrV4::new(*cluster.controller(n.into()).listen().ip(), METRICS_PORT);
-    let mut stream = in_netns(&ns, move || {
-        TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2))
-    })??;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body)?;
-    if !body.starts_with("HTTP/1.1 200") {
-        bail!("GET {path}: {}", body.lines().next().unwrap_or_default());
-    }
-    Ok(body)
+    redis_ha_tests::http_get(&ns, addr, path)
 }
 
 /// The value of `metric{service="mymaster"}` on controller `n`.
