@@ -17,6 +17,7 @@
 
 mod attack;
 mod failover;
+mod failover_seed;
 mod haproxy;
 mod packet;
 mod paths;

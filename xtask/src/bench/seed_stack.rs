@@ -25,7 +25,7 @@ use redis_ha_tests::seed::NODES;
 use redis_ha_tests::testbed::{SERVICE_NAME, VIP};
 use redis_ha_tests::{ChildGuard, SeedCluster, SeedNode, wait_until};
 
-use super::failover::{SENTINEL_PORT, sentinel_config};
+use super::failover_seed::{SENTINEL_PORT, sentinel_config};
 use super::haproxy::HaProxy;
 
 /// The seed's own figure (its sentinel.conf), kept for the comparison.
