@@ -99,6 +99,18 @@ fn write_through_vip(cluster: &Cluster, key: &str) -> Result<()> {
     Ok(())
 }
 
+/// `kill -9` of the master, then waits until the write port points elsewhere.
+fn kill_master_and_wait_for_the_switch(cluster: &Cluster) -> Result<()> {
+    let old = cluster.master()?.addr();
+    cluster.master()?.kill()?;
+    wait_until(
+        "the write port to leave the killed master",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || Ok(cluster.maps()?.master().filter(|m| *m != old).map(|_| ())),
+    )
+}
+
 #[test]
 fn a_data_plane_node_with_only_the_units_privileges_loads_serves_and_fails_over() -> Result<()> {
     require_root();
@@ -128,14 +140,7 @@ fn a_data_plane_node_with_only_the_units_privileges_loads_serves_and_fails_over(
     write_through_vip(&cluster, "privileges:before")?;
     // After a failover the maps follow the new master: the daemon's writes at run time need
     // nothing the unit withholds.
-    let old = cluster.master()?.addr();
-    cluster.master()?.kill()?;
-    wait_until(
-        "the write port to leave the killed master",
-        Duration::from_secs(20),
-        Duration::from_millis(100),
-        || Ok(cluster.maps()?.master().filter(|m| *m != old).map(|_| ())),
-    )?;
+    kill_master_and_wait_for_the_switch(&cluster)?;
     write_through_vip(&cluster, "privileges:after")?;
     // The failover's epoch is on disk, written under the unit's UMask.
     let mode = wait_until(
@@ -272,14 +277,7 @@ fn every_system_call_of_a_data_plane_node_is_in_the_units_filter() -> Result<()>
     cluster.wait_healthy(Duration::from_secs(30))?;
     write_through_vip(&cluster, "syscalls")?;
     // A failover exercises the map writes and the rest of the run-time paths.
-    let old = cluster.master()?.addr();
-    cluster.master()?.kill()?;
-    wait_until(
-        "the write port to leave the killed master",
-        Duration::from_secs(20),
-        Duration::from_millis(100),
-        || Ok(cluster.maps()?.master().filter(|m| *m != old).map(|_| ())),
-    )?;
+    kill_master_and_wait_for_the_switch(&cluster)?;
     // SIGTERM to the daemon (strace's child): the orderly stop's calls count too, and strace
     // exits with it.
     let strace_pid = c1.pid().context("c1's pid")?;

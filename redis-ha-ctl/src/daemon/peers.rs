@@ -43,17 +43,16 @@ pub(super) fn spawn_receiver(
                 continue;
             };
             let opened = codec.open(&buf[..n]);
-            if opened.is_ok() {
+            if let Ok((peer, _, _)) = &opened
+                && let Some(boot) = codec.boot_of(&peer.0)
+                && saved_boots.get(&peer.0) != Some(&boot)
+            {
                 // A peer restarted (or is heard for the first time): remember its boot across
-                // our own restarts. Rare; a failure only leaves the old record.
-                // Tried once per change: a failing disk must not turn every datagram into a
-                // write and a log line.
-                let boots = codec.boots();
-                if boots != saved_boots {
-                    if let Err(e) = super::peer_boots::save(&boots_file, &boots) {
-                        warn!(path = %boots_file.display(), "saving the peers' last boots: {e}");
-                    }
-                    saved_boots = boots;
+                // our own restarts. Tried once per change: a failing disk must not turn every
+                // datagram into a write and a log line.
+                saved_boots.insert(peer.0.clone(), boot);
+                if let Err(e) = super::peer_boots::save(&boots_file, &saved_boots) {
+                    warn!(path = %boots_file.display(), "saving the peers' last boots: {e}");
                 }
             }
             match opened {
