@@ -14,15 +14,19 @@
 
 mod api_auth;
 mod api_limits;
+mod api_tls;
 mod dataplane;
 mod load;
 mod nat;
 mod secret;
 mod show;
+mod tls;
 mod validate;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_tls;
 
 use std::{
     fmt,
@@ -35,8 +39,11 @@ use serde::{Deserialize, Serialize, Serializer};
 
 pub use api_auth::{ApiAccess, ApiAuthConfig, ApiUser, DEFAULT_USER};
 pub use api_limits::ApiLimits;
+pub use api_tls::ApiTlsConfig;
 pub use load::ConfigError;
 pub use nat::{NatMode, NatPorts};
+pub use tls::RedisTlsConfig;
+pub(crate) use tls::crypto_provider;
 
 use crate::{
     failover::{self, Millis, ReadFromMaster},
@@ -188,6 +195,9 @@ pub struct ControllerConfig {
     /// Passwords and users of the API (`requirepass`, `[[controller.users]]`).
     #[serde(flatten)]
     pub api: ApiAuthConfig,
+    /// `[controller.tls]`: the API also in TLS, on a port of its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ApiTlsConfig>,
 }
 
 impl ControllerConfig {
@@ -367,6 +377,9 @@ pub struct ServiceConfig {
     pub backends: Vec<SocketAddrV4>,
     #[serde(flatten)]
     pub failover: FailoverConfig,
+    /// `[service.tls]`: the backends are reached over TLS only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RedisTlsConfig>,
 }
 
 impl ServiceConfig {

@@ -61,7 +61,7 @@ pub(super) enum SecretFiles<'a> {
 }
 
 /// The config, or the first problem in it.
-pub(super) fn validate(raw: RawConfig, secret_files: SecretFiles) -> Result<Config, Problem> {
+pub(super) fn validate(raw: RawConfig, mut secret_files: SecretFiles) -> Result<Config, Problem> {
     let dataplane = raw
         .dataplane
         .as_ref()
@@ -70,7 +70,7 @@ pub(super) fn validate(raw: RawConfig, secret_files: SecretFiles) -> Result<Conf
     let controller = raw
         .controller
         .as_ref()
-        .map(|c| validate_controller(c, secret_files))
+        .map(|c| validate_controller(c, &mut secret_files))
         .transpose()?;
     let ha = raw
         .ha
@@ -100,7 +100,7 @@ pub(super) fn validate(raw: RawConfig, secret_files: SecretFiles) -> Result<Conf
         .services
         .iter()
         .enumerate()
-        .map(|(i, s)| validate_service(i, s, controllers, &mut seen))
+        .map(|(i, s)| validate_service(i, s, controllers, &mut seen, &mut secret_files))
         .collect::<Result<Vec<_>, _>>()?;
     if let (Some(dp), Some(raw_dp)) = (&dataplane, &raw.dataplane)
         && dp.nat == NatMode::Full
@@ -134,6 +134,7 @@ fn validate_service(
     spanned: &Spanned<RawService>,
     controllers: usize,
     seen: &mut Taken,
+    secret_files: &mut SecretFiles,
 ) -> Result<ServiceConfig, Problem> {
     let section = spanned.span();
     let s = spanned.get_ref();
@@ -259,6 +260,11 @@ fn validate_service(
             "must be at least 1",
         ));
     }
+    let tls = s
+        .tls
+        .as_ref()
+        .map(|t| super::tls::validate_tls(t, &format!("service[{i}].tls"), secret_files))
+        .transpose()?;
     Ok(ServiceConfig {
         name: name.clone(),
         vip,
@@ -274,12 +280,13 @@ fn validate_service(
             read_from_master: s.read_from_master.unwrap_or(d.read_from_master),
             auth: s.auth.clone(),
         },
+        tls,
     })
 }
 
 fn validate_controller(
     c: &Spanned<RawController>,
-    mut secret_files: SecretFiles,
+    secret_files: &mut SecretFiles,
 ) -> Result<ControllerConfig, Problem> {
     let raw = c.get_ref();
     let valid_id = |id: &str| {
@@ -325,7 +332,7 @@ fn validate_controller(
     }
     let secret = match (&raw.secret, &raw.secret_file) {
         (Some(s), None) => Some(s.get_ref().clone()),
-        (None, Some(f)) => read_secret_file(f, "controller.secret_file", &mut secret_files)?,
+        (None, Some(f)) => read_secret_file(f, "controller.secret_file", secret_files)?,
         _ => {
             return Err(Problem {
                 span: c.span(),
@@ -367,8 +374,13 @@ fn validate_controller(
             users: &raw.users,
             allow_unauthenticated_reads: raw.allow_unauthenticated_reads,
         },
-        &mut secret_files,
+        secret_files,
     )?;
+    let tls = raw
+        .tls
+        .as_ref()
+        .map(|t| super::api_tls::validate_api_tls(t, listen, secret_files))
+        .transpose()?;
     Ok(ControllerConfig {
         id: raw.id.get_ref().clone(),
         listen,
@@ -387,6 +399,7 @@ fn validate_controller(
             .map(|m| addr(m, "controller.metrics_listen".into()))
             .transpose()?,
         api,
+        tls,
     })
 }
 

@@ -271,6 +271,7 @@ mod tests {
                 .map(|s| s.parse().unwrap())
                 .to_vec(),
             failover: Default::default(),
+            tls: None,
         };
         let mut dp = MemDataplane::default();
         dp.set_floating_leases(&[ip(100)], 7).unwrap();

@@ -12,6 +12,7 @@ fn svc() -> ServiceConfig {
             .map(|s| s.parse().unwrap())
             .to_vec(),
         failover: Default::default(),
+        tls: None,
     }
 }
 
