@@ -187,10 +187,14 @@ pub fn build_deb(ctl: &Path, out_dir: &Path) -> Result<PathBuf> {
             unit_source.display()
         );
     }
-    write(
-        &root.join(UNIT),
-        &unit.replace(UNIT_BIN_SOURCE, UNIT_BIN_PACKAGED),
-    )?;
+    // The unit's own comments describe the manual install; say which steps the package did.
+    let packaged_unit = format!(
+        "# Installed by the redis-ha-ctl package (the binary in /usr/bin, this unit,\n\
+         # /etc/redis-ha/); the config, the secret and `systemctl enable` are the operator's\n\
+         # (docs/deploying.md, \"Install from the .deb\").\n{}",
+        unit.replace(UNIT_BIN_SOURCE, UNIT_BIN_PACKAGED)
+    );
+    write(&root.join(UNIT), &packaged_unit)?;
 
     let doc = root.join(DOC_DIR);
     copy(
