@@ -9,7 +9,9 @@ use std::process::{Command, Output};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis_ha_tests::package::{self, PACKAGE};
-use redis_ha_tests::{ctl_binary, output_within, require_root, run_within, workspace_root};
+use redis_ha_tests::{
+    ctl_binary, find_program, output_within, require_root, run_within, workspace_root,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 const SECRET_LINE: &str = "secret_file = \"/etc/redis-ha/secret\"";
@@ -92,6 +94,28 @@ fn usable_example(example: &str, dir: &Path) -> PathBuf {
     );
     std::fs::write(&path, text).expect("writing the config");
     path
+}
+
+/// `systemd-analyze verify` of the installed unit finds nothing wrong with it. verify checks that
+/// ExecStart's binary exists on this machine, so the binary is pointed at one that does.
+fn verify_unit(unit: &str, dir: &Path) {
+    let analyze = find_program("systemd-analyze")
+        .expect("systemd-analyze is missing: `apt-get install systemd` (`cargo xtask` does)");
+    let path = dir.join("redis-ha-ctl.service");
+    std::fs::write(&path, unit.replace("/usr/bin/redis-ha-ctl", "/bin/true"))
+        .expect("writing the unit");
+    let out = output(Command::new(analyze).arg("verify").arg(&path));
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Only complaints about this unit count (the host's other units are not ours to judge).
+    assert!(
+        out.status.success() && !printed.contains("redis-ha-ctl.service"),
+        "systemd-analyze verify of the packaged unit ({}):\n{printed}",
+        out.status
+    );
 }
 
 #[test]
@@ -191,6 +215,7 @@ fn deb_installs_into_an_empty_root_and_works_from_there() {
         "{unit}"
     );
     assert!(!unit.contains("/usr/local/bin"), "{unit}");
+    verify_unit(&unit, &tmp.0);
     assert!(
         !root.join("etc/systemd").exists(),
         "the install enabled the service"
