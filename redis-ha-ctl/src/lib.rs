@@ -9,8 +9,10 @@
 //! - [`daemon`]: `redis-ha-ctl run`, the executor around the machines (probes, peers, commands,
 //!   map writes), which publishes a [`status::Status`] snapshot and the operator events;
 //! - [`resp`] and [`sentinel_api`]: the Sentinel-compatible RESP API on the controller's port;
-//! - [`client`]: `redis-ha-ctl status | events | failover`, which talk to that API.
+//! - [`client`]: `redis-ha-ctl status | events | failover`, which talk to that API;
+//! - [`assets`]: the man pages and shell completions the .deb ships.
 
+pub mod assets;
 pub mod client;
 pub mod commands;
 pub mod config;

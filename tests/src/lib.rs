@@ -15,6 +15,7 @@
 //!   same-subnet and a routed client; and its failover trials ([`seed::trial`]);
 //! - [`trial`]: traffic through the VIP and the failover trial ([`run_trial`]): gap, lost
 //!   acknowledged writes, writes reaching the old master;
+//! - [`package`]: the .deb (`cargo xtask package`, tests/tests/package.rs);
 //! - this file: finding the redis-ha-ctl binary and checking for root.
 //!
 //! Everything is named with the `rha-` prefix and a per-testbed tag, so concurrent tests never
@@ -24,6 +25,7 @@ pub mod cluster;
 pub mod ha;
 pub mod http;
 pub mod netns;
+pub mod package;
 pub mod process;
 pub mod seed;
 pub mod testbed;
