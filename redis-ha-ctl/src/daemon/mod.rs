@@ -220,9 +220,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         )
     })?;
     let peer_ids: Vec<String> = ctl.peers.iter().map(|p| p.id.clone()).collect();
-    let codec = PeerCodec::new(&ctl.id, &ctl.secret, peer_ids.clone(), boot);
+    let codec = PeerCodec::new(&ctl.id, &ctl.secret, peer_ids, boot);
     // Receiving needs its own codec state (replay windows); sealing stays in the executor.
-    let rx_codec = PeerCodec::new(&ctl.id, &ctl.secret, peer_ids, boot);
+    // They share the peers' boots: what one hears, the other addresses.
+    let rx_codec = codec.twin();
     let names: Vec<String> = config.services.iter().map(|s| s.name.clone()).collect();
     let metrics = Arc::new(Metrics::new());
     peers::spawn_receiver(
