@@ -173,3 +173,35 @@ fn events_announce_names_only_when_asked() {
     assert_eq!(s.announce_in(switch), switch);
     assert_eq!(s.announced_host(s.backends[0]), "198.18.1.11");
 }
+
+/// check-config on a host where a name does not resolve (`.invalid` never does) shows the
+/// whole config, then that problem, naming the key; it shows no made-up address for it.
+#[test]
+fn check_config_shows_a_name_that_does_not_resolve_as_such() {
+    let path = std::env::temp_dir().join(format!("redis-ha-hosts-{}.toml", std::process::id()));
+    let text = NAMED
+        .replace("redis1.internal", "198.18.1.11")
+        .replace("Redis2.Internal", "nosuch.invalid");
+    std::fs::write(&path, text).unwrap();
+    let loaded = Config::load_for_check(&path);
+    std::fs::remove_file(&path).unwrap();
+    let (cfg, deferred) = loaded.unwrap();
+    let [ConfigError::Invalid { key, message, .. }] = &deferred[..] else {
+        panic!("expected one deferred problem, got {deferred:?}");
+    };
+    assert_eq!(key, "service[0].backends[1]");
+    assert!(
+        message.contains("nosuch.invalid does not resolve"),
+        "{message}"
+    );
+    let shown = crate::commands::effective_config(&cfg).unwrap();
+    assert!(
+        shown.contains("# service[0].backends[1]: nosuch.invalid does not resolve on this host"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("not known here, a backend name does not resolve"),
+        "{shown}"
+    );
+    assert!(!shown.contains("0.0.0.0"), "{shown}");
+}
