@@ -14,6 +14,7 @@
 //! - `resume`: the machines a controller starts with, from the state file and the maps;
 //! - `executor`: the event loop (accept inputs, step the machines, perform the actions);
 //! - `floating`: the floating addresses' side of it (ownership actions, the ARP lease);
+//! - `hostnames`: backend names looked up again while running, and what a change does;
 //! - `warmup`: the pure rule holding back read-pool changes just after a start;
 //! - `operator`: an operator's planned switchover, from the request to its answer;
 //! - `redis_io`: probes, commands and the switchover's Redis calls;
@@ -30,6 +31,7 @@ pub mod control;
 mod executor;
 mod failpoint;
 mod floating;
+mod hostnames;
 mod operator;
 mod peer_boots;
 mod peers;
@@ -236,6 +238,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         peer_boots::path(&ctl.state_file),
     );
     redis_io::spawn_probes(&mut tasks, &config.services, &ctl, &tx, &metrics)?;
+    hostnames::Watched::of(&config.services).spawn(&mut tasks);
 
     let (status_tx, status_rx) = watch::channel(Status::default());
     let events = Arc::new(EventHub::new());

@@ -27,8 +27,9 @@ pub(super) fn spawn_probes(
     for (i, svc) in services.iter().enumerate() {
         let interval = Duration::from_millis(ctl.probe_interval_ms);
         let timeout = Duration::from_millis(svc.failover_params(ctl).probe_timeout_ms());
+        let hosts = probe::Hosts::of(svc);
         for node in &svc.backends {
-            let mut prober = Prober::new(*node, svc.failover.auth.as_ref(), timeout)
+            let mut prober = Prober::new(*node, svc.failover.auth.as_ref(), timeout, hosts.clone())
                 .with_context(|| format!("probe client for {node}"))?;
             let tx = tx.clone();
             let metrics = metrics.clone();
@@ -71,8 +72,9 @@ pub(super) fn spawn_command(
     let tx = tx.clone();
     let auth = svc.failover.auth.clone();
     let timeout = Duration::from_millis((svc.failover.down_after_ms).clamp(100, 2000));
+    let hosts = probe::Hosts::of(svc);
     tokio::spawn(async move {
-        let Ok(mut p) = Prober::new(node, auth.as_ref(), timeout) else {
+        let Ok(mut p) = Prober::new(node, auth.as_ref(), timeout, hosts) else {
             let event = Event::CommandDone {
                 node,
                 command,
@@ -160,6 +162,7 @@ fn switchover_timeout(svc: &ServiceConfig) -> Duration {
 struct SwitchoverIo {
     auth: Option<RedisAuth>,
     timeout: Duration,
+    hosts: Arc<probe::Hosts>,
 }
 
 impl SwitchoverIo {
@@ -167,11 +170,12 @@ impl SwitchoverIo {
         Self {
             auth: svc.failover.auth.clone(),
             timeout: switchover_timeout(svc),
+            hosts: probe::Hosts::of(svc),
         }
     }
 
     fn prober(&self, node: NodeAddr) -> Option<Prober> {
-        Prober::new(node, self.auth.as_ref(), self.timeout)
+        Prober::new(node, self.auth.as_ref(), self.timeout, self.hosts.clone())
             .inspect_err(|e| warn!(%node, "switchover client: {e}"))
             .ok()
     }
@@ -213,8 +217,8 @@ impl SwitchoverIo {
                 let m_text: String = m.query(&info).await.ok()?;
                 let t_text: String = t.query(&info).await.ok()?;
                 match (
-                    probe::parse_role(&m_text).ok()?,
-                    probe::parse_role(&t_text).ok()?,
+                    probe::parse_role_with(&m_text, |n| self.hosts.lookup(n)).ok()?,
+                    probe::parse_role_with(&t_text, |n| self.hosts.lookup(n)).ok()?,
                 ) {
                     (Role::Master { repl_offset }, Role::Replica(r)) if r.master == master => {
                         Some((repl_offset, r.repl_offset))
@@ -259,7 +263,9 @@ impl SwitchoverIo {
         };
         if let Some(master) = demote_to {
             let mut replicaof = redis::cmd("REPLICAOF");
-            replicaof.arg(master.ip().to_string()).arg(master.port());
+            replicaof
+                .arg(self.hosts.replicaof_host(master))
+                .arg(master.port());
             if let Err(e) = p.query::<()>(&replicaof).await {
                 // Closing the clients below still keeps the held writes from being
                 // acknowledged; the machine demotes it later (+convert-to-slave).
