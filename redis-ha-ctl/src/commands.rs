@@ -364,10 +364,18 @@ pub fn effective_config(cfg: &Config) -> anyhow::Result<String> {
         .context("cannot write the config as TOML")?;
     out += "\n# What follows from it:\n";
     for (i, s) in cfg.services.iter().enumerate() {
-        out += &format!(
-            "# before any failover: {}\n",
-            describe_target(&s.name, &ServiceTarget::initial(i as u32, s))
-        );
+        // A backend name that does not resolve here has no address to show.
+        if s.backends.iter().any(|b| b.ip().is_unspecified()) {
+            out += &format!(
+                "# before any failover: service {}: not known here, a backend name does not resolve\n",
+                s.name
+            );
+        } else {
+            out += &format!(
+                "# before any failover: {}\n",
+                describe_target(&s.name, &ServiceTarget::initial(i as u32, s))
+            );
+        }
         if let Some(c) = &cfg.controller {
             let p = s.failover_params(c);
             let controllers = c.peers.len() + 1;

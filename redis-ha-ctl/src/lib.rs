@@ -11,8 +11,10 @@
 //! - [`resp`] and [`sentinel_api`]: the Sentinel-compatible RESP API on the controller's port;
 //! - [`probe`] and [`redis_conn`]: probes and commands to Redis, and the one place their
 //!   connections (plain or TLS) are opened;
-//! - [`client`]: `redis-ha-ctl status | events | failover`, which talk to that API.
+//! - [`client`]: `redis-ha-ctl status | events | failover`, which talk to that API;
+//! - [`assets`]: the man pages and shell completions the .deb ships.
 
+pub mod assets;
 pub mod client;
 pub mod commands;
 pub mod config;

@@ -1,7 +1,7 @@
 use std::{net::SocketAddrV4, path::PathBuf, process::ExitCode};
 
-use clap::{Args, Parser, Subcommand};
-use redis_ha_ctl::{client, commands};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
+use redis_ha_ctl::{assets, client, commands};
 
 /// redis-ha: a highly available front door for Redis in the kernel (XDP).
 #[derive(Parser)]
@@ -173,6 +173,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write the man pages and the bash, zsh and fish completions into DIR (`cargo xtask
+    /// package` runs it on the binary it packages). Hidden: it is for packagers.
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Where to write: DIR/man/*.1 and DIR/completions/.
+        dir: PathBuf,
+    },
 }
 
 /// How `status`, `events` and `failover` reach a controller's API.
@@ -246,6 +253,7 @@ fn main() -> ExitCode {
         } => api
             .target()
             .and_then(|t| client::failover(&t, &service, to, timeout, json)),
+        Command::GenerateAssets { dir } => assets::write(Cli::command(), &dir),
     };
     match result {
         Ok(out) => {

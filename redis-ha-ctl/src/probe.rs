@@ -2,19 +2,65 @@
 //! failover sends. One persistent connection per node, as Sentinel keeps, re-opened after any
 //! error so a restarted node is seen at once.
 
-use std::{net::SocketAddrV4, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddrV4},
+    sync::Arc,
+    time::Duration,
+};
 
 use redis::aio::MultiplexedConnection;
 use tracing::warn;
 
 use crate::{
+    config::{BackendSpec, ServiceConfig},
     failover::{Command, NodeAddr, NodeInfo, ProbeResult, ReplicaInfo, Role},
     redis_conn::RedisAccess,
 };
 
+/// A service's backend names, for the nodes that speak of each other by name: a replica's
+/// `master_host` may be a name (it was told `REPLICAOF <name>`), and with
+/// `announce_hostnames` the commands tell replicas the master's name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hosts {
+    /// Every backend given by name, lower case, and its address.
+    by_name: BTreeMap<String, Ipv4Addr>,
+    /// With `announce_hostnames`: the name to give a node by, for `REPLICAOF`.
+    announce: BTreeMap<SocketAddrV4, String>,
+}
+
+impl Hosts {
+    pub fn of(svc: &ServiceConfig) -> Arc<Self> {
+        let mut hosts = Self::default();
+        for (spec, addr) in svc.backend_specs.iter().zip(&svc.backends) {
+            if let BackendSpec::Host { name, .. } = spec {
+                hosts.by_name.insert(name.clone(), *addr.ip());
+                if svc.announce_hostnames {
+                    hosts.announce.insert(*addr, name.clone());
+                }
+            }
+        }
+        Arc::new(hosts)
+    }
+
+    /// A configured backend name's address (names are case-insensitive, as in DNS).
+    pub fn lookup(&self, name: &str) -> Option<Ipv4Addr> {
+        self.by_name.get(&name.to_ascii_lowercase()).copied()
+    }
+
+    /// The host `REPLICAOF` names `master` by.
+    pub fn replicaof_host(&self, master: SocketAddrV4) -> String {
+        self.announce
+            .get(&master)
+            .cloned()
+            .unwrap_or_else(|| master.ip().to_string())
+    }
+}
+
 pub struct Prober {
     addr: SocketAddrV4,
     access: RedisAccess,
+    hosts: Arc<Hosts>,
     conn: Option<MultiplexedConnection>,
     timeout: Duration,
     /// `run_id` fetched when the connection was opened (it only changes with a restart, which
@@ -29,10 +75,16 @@ pub struct Prober {
 }
 
 impl Prober {
-    pub fn new(addr: SocketAddrV4, access: RedisAccess, timeout: Duration) -> Self {
+    pub fn new(
+        addr: SocketAddrV4,
+        access: RedisAccess,
+        timeout: Duration,
+        hosts: Arc<Hosts>,
+    ) -> Self {
         Self {
             addr,
             access,
+            hosts,
             conn: None,
             timeout,
             run_id: None,
@@ -96,7 +148,8 @@ impl Prober {
             .arg("replication")
             .query_async(&mut c)
             .await?;
-        let role = match parse_role(&text) {
+        let looked_up = self.look_up_master_host(&text).await;
+        let role = match parse_role_with(&text, |name| self.hosts.lookup(name).or(looked_up)) {
             Ok(role) => {
                 self.invalid_info = None;
                 role
@@ -118,6 +171,17 @@ impl Prober {
             run_id: self.run_id.clone(),
             role,
         })
+    }
+
+    /// A `master_host` that is a name but not a configured backend's (another alias of the
+    /// node, or a name redis.conf's `replicaof` gave), looked up as redis-server itself did.
+    async fn look_up_master_host(&self, text: &str) -> Option<Ipv4Addr> {
+        let host = info_field(text, "master_host")?;
+        if host.parse::<Ipv4Addr>().is_ok() || self.hosts.lookup(host).is_some() {
+            return None;
+        }
+        let addrs = tokio::net::lookup_host((host, 0)).await.ok()?;
+        crate::config::first_ipv4(addrs)
     }
 
     /// One command, bounded by the probe timeout, on this node's connection (opened if
@@ -155,9 +219,9 @@ impl Prober {
             let mut cmd = redis::cmd("REPLICAOF");
             match command {
                 Command::PromoteReplica => cmd.arg("NO").arg("ONE"),
-                Command::ReplicaOf { master } => {
-                    cmd.arg(master.ip().to_string()).arg(master.port())
-                }
+                Command::ReplicaOf { master } => cmd
+                    .arg(self.hosts.replicaof_host(*master))
+                    .arg(master.port()),
             };
             cmd.query_async::<()>(&mut c).await?;
             let _ = redis::cmd("CONFIG")
@@ -201,8 +265,17 @@ pub struct InfoError(String);
 /// 64-bit integers.
 const MAX_INFO_NUMBER: u64 = i64::MAX as u64;
 
-/// The fields of `INFO replication` the failover logic needs.
+/// The fields of `INFO replication` the failover logic needs, from a node whose
+/// `master_host` is an address.
 pub fn parse_role(text: &str) -> Result<Role, InfoError> {
+    parse_role_with(text, |_| None)
+}
+
+/// [`parse_role`], with a `master_host` that is a name given its address by `resolve`.
+pub fn parse_role_with(
+    text: &str,
+    resolve: impl Fn(&str) -> Option<Ipv4Addr>,
+) -> Result<Role, InfoError> {
     let bad = |key: &str, value: &str, why: &str| InfoError(format!("{key}:{value} is {why}"));
     // A field that is absent takes its default (older servers lack some); one that is present
     // must be a number Redis could send.
@@ -222,9 +295,16 @@ pub fn parse_role(text: &str) -> Result<Role, InfoError> {
             let field =
                 |key: &str| info_field(text, key).ok_or_else(|| InfoError(format!("no {key}")));
             let host = field("master_host")?;
-            let host: std::net::Ipv4Addr = host
-                .parse()
-                .map_err(|_| bad("master_host", host, "not an IPv4 address"))?;
+            let host: Ipv4Addr = match host.parse() {
+                Ok(ip) => ip,
+                Err(_) => resolve(host).ok_or_else(|| {
+                    bad(
+                        "master_host",
+                        host,
+                        "neither an IPv4 address nor a name that resolves to one",
+                    )
+                })?,
+            };
             let port = field("master_port")?;
             let port: u16 = port
                 .parse()
@@ -321,10 +401,48 @@ mod tests {
         assert_eq!(parse_role("hello"), Err(InfoError("no role".into())));
         assert_eq!(
             parse_role("role:slave\nmaster_host:nope\nmaster_port:1\n"),
-            Err(InfoError("master_host:nope is not an IPv4 address".into()))
+            Err(InfoError(
+                "master_host:nope is neither an IPv4 address nor a name that resolves to one"
+                    .into()
+            ))
         );
         assert!(parse_role("role:sentinel\n").is_err());
         assert!(parse_role("role:slave\nmaster_host:198.18.1.11\nmaster_port:65536\n").is_err());
+    }
+
+    /// A replica told `REPLICAOF redis1.internal 6379` reports the name; it is understood
+    /// as the address the name has, not a failed probe.
+    #[test]
+    fn a_master_host_given_by_name_is_resolved() {
+        let t = "role:slave\r\nmaster_host:Redis1.internal\r\nmaster_port:6379\r\n\
+                 master_link_status:up\r\nmaster_last_io_seconds_ago:0\r\nslave_repl_offset:7\r\n";
+        let mut svc = crate::config::Config::parse_resolving(
+            std::path::Path::new("t.toml"),
+            "[[service]]\nname = \"m\"\nvip = \"198.18.0.100\"\nwrite_port = 6380\n\
+             read_port = 6381\nresolve_hostnames = true\nannounce_hostnames = true\n\
+             backends = [\"redis1.internal:6379\", \"198.18.1.12:6379\"]\n",
+            &crate::config::FixedHosts(&[("redis1.internal", "198.18.1.11")]),
+        )
+        .unwrap()
+        .services
+        .remove(0);
+        let hosts = Hosts::of(&svc);
+        let Ok(Role::Replica(r)) = parse_role_with(t, |n| hosts.lookup(n)) else {
+            panic!("not a replica")
+        };
+        assert_eq!(r.master, "198.18.1.11:6379".parse().unwrap());
+        assert_eq!(r.repl_offset, 7);
+        // Unknown to the table and to the resolver: the probe fails, naming the field.
+        let err = parse_role_with(&t.replace("Redis1", "redis9"), |n| hosts.lookup(n));
+        assert!(
+            matches!(&err, Err(InfoError(m)) if m.starts_with("master_host:redis9.internal is neither")),
+            "{err:?}"
+        );
+        // REPLICAOF names the master by name only with announce_hostnames.
+        let master: SocketAddrV4 = "198.18.1.11:6379".parse().unwrap();
+        assert_eq!(hosts.replicaof_host(master), "redis1.internal");
+        svc.announce_hostnames = false;
+        assert_eq!(Hosts::of(&svc).replicaof_host(master), "198.18.1.11");
     }
 
     const REPLICA: &str = "role:slave\nmaster_host:198.18.1.11\nmaster_port:6379\n\

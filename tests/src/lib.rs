@@ -16,6 +16,7 @@
 //! - [`trial`]: traffic through the VIP and the failover trial ([`run_trial`]): gap, lost
 //!   acknowledged writes, writes reaching the old master;
 //! - [`tls`]: certificates made at test time and the arguments of TLS-only redis-servers;
+//! - [`package`]: the .deb (`cargo xtask package`, tests/tests/package.rs);
 //! - this file: finding the redis-ha-ctl binary and checking for root.
 //!
 //! Everything is named with the `rha-` prefix and a per-testbed tag, so concurrent tests never
@@ -25,6 +26,7 @@ pub mod cluster;
 pub mod ha;
 pub mod http;
 pub mod netns;
+pub mod package;
 pub mod process;
 pub mod seed;
 pub mod testbed;

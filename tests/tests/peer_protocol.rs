@@ -1,7 +1,8 @@
 //! The peer protocol against real controllers: a controller restarted with its clock stepped
-//! back is still heard by its peers (the boot id is a counter, not the clock), and a flood of
-//! bad datagrams at the VIP holder's peer port neither moves the VIP nor floods its log, while
-//! its metrics count every refusal.
+//! back is still heard by its peers (the boot id is a counter, not the clock); a datagram
+//! captured before a controller restarted is refused when replayed to it, while its peers
+//! resume at once; and a flood of bad datagrams at the VIP holder's peer port neither moves
+//! the VIP nor floods its log, while its metrics count every refusal.
 //!
 //! Run: `cargo test --release -p redis-ha-tests --test peer_protocol -- --test-threads=1
 //! --nocapture`.
@@ -15,8 +16,8 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use redis_ha_ctl::{ha::HaMsg, peer::PeerCodec, status::Status};
 use redis_ha_tests::{
-    Cluster, ClusterOptions, HaCluster, HaOptions, METRICS_PORT, http_get, in_netns, require_root,
-    run_within, wait_until,
+    ChildGuard, Cluster, ClusterOptions, HaCluster, HaOptions, METRICS_PORT, http_get, in_netns,
+    require_root, run_within, wait_until,
 };
 
 /// libfaketime, from Debian's `faketime` package.
@@ -157,6 +158,206 @@ fn restarts(cluster: &Cluster) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// A datagram replayed after its receiver restarted.
+
+/// Starts `tcpdump` in `ns` writing the UDP datagrams `from` sends to `to` into `file` (pcap),
+/// and waits until it listens.
+fn capture_udp(
+    ns: &redis_ha_tests::Netns,
+    from: SocketAddrV4,
+    to: SocketAddrV4,
+    file: &Path,
+) -> Result<ChildGuard> {
+    let messages = file.with_extension("err");
+    let mut cmd = ns.command("tcpdump");
+    cmd.args(["-i", "any", "-n", "-U", "--immediate-mode", "-w"])
+        .arg(file)
+        .arg(format!(
+            "udp and src host {} and dst host {} and dst port {}",
+            from.ip(),
+            to.ip(),
+            to.port()
+        ))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&messages)?);
+    let mut child = ChildGuard::spawn(&mut cmd)?;
+    wait_until(
+        "tcpdump to listen",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || {
+            let said = std::fs::read_to_string(&messages).unwrap_or_default();
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!("tcpdump exited ({status}): {said}");
+            }
+            Ok(said.contains("listening on").then_some(()))
+        },
+    )?;
+    Ok(child)
+}
+
+/// The UDP payloads in a pcap file (Ethernet or Linux cooked captures of IPv4).
+fn udp_payloads(pcap: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let u32_at = |at: usize| -> Result<u32> {
+        let b: [u8; 4] = pcap.get(at..at + 4).context("truncated pcap")?.try_into()?;
+        Ok(u32::from_le_bytes(b))
+    };
+    ensure!(u32_at(0)? == 0xa1b2_c3d4, "not a little-endian pcap file");
+    let link_header = match u32_at(20)? {
+        1 => 14,   // Ethernet
+        113 => 16, // Linux cooked (SLL)
+        276 => 20, // Linux cooked v2 (SLL2)
+        other => anyhow::bail!("unexpected pcap link type {other}"),
+    };
+    let mut payloads = Vec::new();
+    let mut at = 24;
+    while at + 16 <= pcap.len() {
+        let caught = u32_at(at + 8)? as usize;
+        let frame = pcap
+            .get(at + 16..at + 16 + caught)
+            .context("truncated pcap record")?;
+        at += 16 + caught;
+        let ip = frame.get(link_header..).context("short frame")?;
+        let ihl = usize::from(ip.first().context("empty IP packet")? & 0x0f) * 4;
+        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+        let udp = ip.get(ihl..total).context("truncated IP packet")?;
+        payloads.push(udp.get(8..).context("short UDP datagram")?.to_vec());
+    }
+    Ok(payloads)
+}
+
+/// Every `redis_ha_peer_messages_refused_total` series of a scrape, summed.
+fn refused_all(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("redis_ha_peer_messages_refused_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Before: a restarted controller knew its peers' boots but not their sequence numbers, so
+/// until it heard a peer again, a datagram of that peer's current boot captured before the
+/// restart was accepted (once): the controller took it for the peer's word. Now every datagram
+/// names its receiver's boot, and the capture is refused as addressed to an earlier boot; the
+/// peers and the restarted controller hear each other as before.
+#[test]
+fn a_datagram_replayed_after_its_receiver_restarted_is_refused() -> Result<()> {
+    require_root();
+    let cluster = Cluster::up(ClusterOptions::default())?;
+    let outcome = replay_after_restart(&cluster);
+    if outcome.is_err() {
+        eprintln!("{}", cluster.log_tails(40));
+    }
+    outcome
+}
+
+fn replay_after_restart(cluster: &Cluster) -> Result<()> {
+    let master = cluster.wait_healthy(Duration::from_secs(30))?;
+    let (c2, c3) = (cluster.controller(2), cluster.controller(3));
+    let metrics_addr = SocketAddrV4::new(*c3.listen().ip(), METRICS_PORT);
+    let lb = cluster.testbed().lb().path();
+    let scrape = || http_get(&lb, metrics_addr, "/metrics");
+
+    // A real datagram c2 sent to c3 (c2's hellos go out every probe interval).
+    let pcap = c3.log_path().with_extension("replay.pcap");
+    let mut tcpdump = capture_udp(cluster.node_netns(3)?, c2.listen(), c3.listen(), &pcap)?;
+    let captured = wait_until(
+        "a datagram from c2 to c3",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || Ok(udp_payloads(&std::fs::read(&pcap)?)?.into_iter().last()),
+    )?;
+    tcpdump.kill()?;
+    println!("captured a {}-byte datagram from c2 to c3", captured.len());
+
+    // The replay must come before c3 hears c2 again: a newer datagram of c2 would make it a
+    // plain replay of an older sequence number, refused before as now. So c2's own datagrams
+    // do not reach c3 until the replay is done.
+    cluster.block(2, *c3.listen().ip())?;
+    let outcome = (|| {
+        c3.kill()?;
+        c3.start()?;
+        for (n, peer) in [(3, "c1"), (1, "c3"), (2, "c3")] {
+            wait_until(
+                &format!("c{n} to hear {peer} after c3's restart"),
+                Duration::from_secs(10),
+                Duration::from_millis(100),
+                || {
+                    Ok(heard_ms_ago(cluster, n, peer)?
+                        .is_some_and(|ms| ms < 500)
+                        .then_some(()))
+                },
+            )?;
+        }
+        // c1's datagrams addressed to c3's previous boot (one interval's worth) are behind us:
+        // the count holds still from here on.
+        let settled = wait_until(
+            "c3's refusals to settle",
+            Duration::from_secs(10),
+            Duration::from_millis(300),
+            {
+                let mut last = None;
+                move || {
+                    let now = refused_all(&scrape()?);
+                    let settled = last == Some(now);
+                    last = Some(now);
+                    Ok(settled.then_some(now))
+                }
+            },
+        )?;
+        let stale_before = refused(&scrape()?, "not-for-this-boot");
+        ensure!(
+            heard_ms_ago(cluster, 3, "c2")?.is_none(),
+            "c3 heard c2 through the block"
+        );
+        let state_before = c3.state()?;
+
+        // Replayed from the LB namespace: the receiver does not look at the source address.
+        let target = c3.listen();
+        in_netns(&lb, move || -> Result<()> {
+            UdpSocket::bind("0.0.0.0:0")?.send_to(&captured, target)?;
+            Ok(())
+        })??;
+        std::thread::sleep(Duration::from_secs(1));
+
+        let after = scrape()?;
+        ensure!(
+            refused_all(&after) == settled + 1,
+            "c3 refused {} datagrams since its peers resumed, where the replay alone was due",
+            refused_all(&after) - settled,
+        );
+        ensure!(
+            refused(&after, "not-for-this-boot") == stale_before + 1,
+            "the replay was refused, but not as addressed to an earlier boot"
+        );
+        // Accepted, it would have been c2's word: c2 heard, its view taken.
+        ensure!(
+            heard_ms_ago(cluster, 3, "c2")?.is_none(),
+            "c3 took the replayed datagram for c2's word"
+        );
+        ensure!(c3.state()? == state_before, "c3's state changed");
+        Ok(())
+    })();
+    cluster.unblock(2, *c3.listen().ip())?;
+    outcome?;
+    for (n, peer) in [(3, "c1"), (3, "c2"), (1, "c3"), (2, "c3")] {
+        wait_until(
+            &format!("c{n} to hear {peer} once c2 is unblocked"),
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || {
+                Ok(heard_ms_ago(cluster, n, peer)?
+                    .is_some_and(|ms| ms < 500)
+                    .then_some(()))
+            },
+        )?;
+    }
+    ensure!(cluster.wait_healthy(Duration::from_secs(10))? == master);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // The flood.
 
 /// Datagrams of each kind sent at the holder, 1 ms apart: a bounded flood of about 4 s.
@@ -216,6 +417,7 @@ fn flood(ha: &HaCluster) -> Result<()> {
         down_after_ms: 200,
     };
     let other_id = format!("lb{other}");
+    let holder_id = format!("lb{holder}");
     let secret = ha.options().secret.clone();
     let mut noise = Noise(0x5eed_1234_abcd_9876);
     let mut datagrams: Vec<(&str, Vec<u8>)> = Vec::new();
@@ -227,9 +429,9 @@ fn flood(ha: &HaCluster) -> Result<()> {
     // The real key and a name no controller lists.
     let mut stranger = PeerCodec::new("intruder", &secret, vec![], u64::MAX);
     for i in 0..PER_KIND {
-        datagrams.push(("bad-mac", forger.seal_ha(&claim)));
-        datagrams.push(("replay", replayer.seal_ha(&claim)));
-        datagrams.push(("unknown-peer", stranger.seal_ha(&claim)));
+        datagrams.push(("bad-mac", forger.seal_ha(&holder_id, &claim)));
+        datagrams.push(("replay", replayer.seal_ha(&holder_id, &claim)));
+        datagrams.push(("unknown-peer", stranger.seal_ha(&holder_id, &claim)));
         // Random bytes: too short for a MAC half of the time, a wrong MAC otherwise.
         let len = if i % 2 == 0 {
             1 + (noise.next() % 32) as usize

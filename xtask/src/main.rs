@@ -7,6 +7,7 @@ mod bench;
 mod build_load;
 mod demo;
 mod demo_seed;
+mod package;
 mod prerequisites;
 mod test;
 mod testbed;
@@ -29,6 +30,9 @@ struct Cli {
 enum Task {
     /// Release build of redis-ha-ctl (its build.rs compiles the XDP program it embeds).
     Build,
+    /// Release build, then a .deb of it in target/debian/ (binary with the XDP program, unit,
+    /// example config, man pages, completions); docs/deploying.md says how to install it.
+    Package,
     /// Build, then `redis-ha-ctl load` the data plane and show what is attached.
     BuildAndLoad {
         /// redis-ha-ctl config (the testbed's: target/testbed/redis-ha.toml).
@@ -163,6 +167,7 @@ fn run(task: Task) -> Result<()> {
     prerequisites::prerequisites()?;
     match task {
         Task::Build => build_load::build().map(drop),
+        Task::Package => package::package(),
         Task::BuildAndLoad { config, netns } => {
             build_load::build_and_load(&config, netns.as_deref())
         }

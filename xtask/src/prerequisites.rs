@@ -38,6 +38,12 @@ const DEBIAN_PROGRAMS: &[(&str, &str)] = &[
     // tests/tests/peer_protocol.rs starts a controller with its clock stepped back
     // (libfaketime, preloaded).
     ("faketime", "faketime"),
+    // `cargo xtask package` (tests/src/package.rs): dpkg-deb is in every Debian, but the
+    // Depends: from the binary's symbols (dpkg-shlibdeps) and stripping are not; the test
+    // renders the man page.
+    ("dpkg-shlibdeps", "dpkg-dev"),
+    ("strip", "binutils"),
+    ("man", "man-db"),
 ];
 
 /// Python modules the tests import, and the Debian package of each.

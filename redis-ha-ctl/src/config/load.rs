@@ -8,6 +8,7 @@ use toml::Spanned;
 
 use super::{
     Config, RedisAuth, XdpMode,
+    hosts::{Resolver, SystemResolver},
     validate::{Problem, SecretFiles, validate},
 };
 use crate::failover::ReadFromMaster;
@@ -41,21 +42,37 @@ impl Config {
         Self::parse(path, &text)
     }
 
-    /// Parses and validates config text; `path` is only used in error messages.
+    /// Parses and validates config text; `path` is only used in error messages. Backends
+    /// given by name are resolved by the system's resolver.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        Self::parse_with(path, text, SecretFiles::Read)
+        Self::parse_resolving(path, text, &SystemResolver)
+    }
+
+    /// Like [`Config::parse`], with backend names resolved by `resolver`.
+    pub fn parse_resolving(
+        path: &Path,
+        text: &str,
+        resolver: &dyn Resolver,
+    ) -> Result<Config, ConfigError> {
+        Self::parse_with(path, text, SecretFiles::Read, resolver)
     }
 
     /// Like [`Config::load`] for `check-config`, which may run on another host than the one
     /// deployed: a `secret_file` that cannot be read here comes back as a problem beside the
-    /// config (whose secret is then empty) instead of hiding every other key.
+    /// config (whose secret is then empty) instead of hiding every other key. So does a
+    /// backend name that does not resolve here (its address is then shown as 0.0.0.0).
     pub fn load_for_check(path: &Path) -> Result<(Config, Vec<ConfigError>), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
         let mut deferred = Vec::new();
-        let config = Self::parse_with(path, &text, SecretFiles::Defer(&mut deferred))?;
+        let config = Self::parse_with(
+            path,
+            &text,
+            SecretFiles::Defer(&mut deferred),
+            &SystemResolver,
+        )?;
         let deferred = deferred
             .into_iter()
             .map(|p| invalid(path, &text, p))
@@ -63,7 +80,12 @@ impl Config {
         Ok((config, deferred))
     }
 
-    fn parse_with(path: &Path, text: &str, secrets: SecretFiles) -> Result<Config, ConfigError> {
+    fn parse_with(
+        path: &Path,
+        text: &str,
+        secrets: SecretFiles,
+        resolver: &dyn Resolver,
+    ) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let problem = Problem {
                 span: e.span().unwrap_or(0..0),
@@ -72,7 +94,7 @@ impl Config {
             };
             invalid(path, text, problem)
         })?;
-        validate(raw, secrets).map_err(|p| invalid(path, text, p))
+        validate(raw, secrets, resolver).map_err(|p| invalid(path, text, p))
     }
 }
 
@@ -189,4 +211,6 @@ pub(super) struct RawService {
     pub read_from_master: Option<ReadFromMaster>,
     pub auth: Option<RedisAuth>,
     pub tls: Option<Spanned<super::tls::RawTls>>,
+    pub resolve_hostnames: Option<bool>,
+    pub announce_hostnames: Option<Spanned<bool>>,
 }

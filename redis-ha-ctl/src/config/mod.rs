@@ -16,6 +16,7 @@ mod api_auth;
 mod api_limits;
 mod api_tls;
 mod dataplane;
+mod hosts;
 mod load;
 mod nat;
 mod secret;
@@ -23,6 +24,8 @@ mod show;
 mod tls;
 mod validate;
 
+#[cfg(test)]
+mod hosts_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -40,6 +43,9 @@ use serde::{Deserialize, Serialize, Serializer};
 pub use api_auth::{ApiAccess, ApiAuthConfig, ApiUser, DEFAULT_USER};
 pub use api_limits::ApiLimits;
 pub use api_tls::ApiTlsConfig;
+#[cfg(test)]
+pub use hosts::FixedHosts;
+pub use hosts::{BackendSpec, Resolver, SystemResolver, first_ipv4};
 pub use load::ConfigError;
 pub use nat::{NatMode, NatPorts};
 pub use tls::RedisTlsConfig;
@@ -373,8 +379,19 @@ pub struct ServiceConfig {
     pub write_port: u16,
     /// Balanced over the read pool.
     pub read_port: u16,
-    /// In config order; the first is the initial master.
+    /// In config order; the first is the initial master. A backend given by name holds the
+    /// address the name had when the config was loaded.
+    #[serde(skip)]
     pub backends: Vec<SocketAddrV4>,
+    /// `backends` as the file spells them, so check-config writes a name back as a name.
+    #[serde(rename = "backends")]
+    pub backend_specs: Vec<BackendSpec>,
+    /// Sentinel's `resolve-hostnames`: a backend may be given as `host:port`. Off, a name is
+    /// refused, so a typo of an address is not looked up in DNS.
+    pub resolve_hostnames: bool,
+    /// Sentinel's `announce-hostnames`: the API and the events name a backend given by name
+    /// by its name, and replicas are told to follow the master by name.
+    pub announce_hostnames: bool,
     #[serde(flatten)]
     pub failover: FailoverConfig,
     /// `[service.tls]`: the backends are reached over TLS only.
@@ -382,7 +399,54 @@ pub struct ServiceConfig {
     pub tls: Option<RedisTlsConfig>,
 }
 
+/// Written as the file spells it (`198.18.1.11:6379`, `redis1.internal:6379`).
+impl Serialize for BackendSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl ServiceConfig {
+    /// The host name backend `addr` was given by, if it was.
+    pub fn backend_name(&self, addr: SocketAddrV4) -> Option<&str> {
+        let j = self.backends.iter().position(|b| *b == addr)?;
+        match self.backend_specs.get(j)? {
+            BackendSpec::Host { name, .. } => Some(name),
+            BackendSpec::Addr(_) => None,
+        }
+    }
+
+    /// An event's payload as Sentinel with `announce-hostnames` writes it: every `<ip> <port>`
+    /// and `<ip>:<port>` of a backend given by name, with the name for the address.
+    pub fn announce_in(&self, payload: &str) -> String {
+        if !self.announce_hostnames {
+            return payload.to_owned();
+        }
+        let words: Vec<&str> = payload.split(' ').collect();
+        let mut out: Vec<String> = Vec::with_capacity(words.len());
+        for (k, word) in words.iter().enumerate() {
+            let pair = words
+                .get(k + 1)
+                .and_then(|port| format!("{word}:{port}").parse::<SocketAddrV4>().ok());
+            let joined = word.parse::<SocketAddrV4>().ok();
+            out.push(match (pair, joined) {
+                (Some(addr), _) => self.announced_host(addr),
+                (None, Some(addr)) => format!("{}:{}", self.announced_host(addr), addr.port()),
+                (None, None) => (*word).to_owned(),
+            });
+        }
+        out.join(" ")
+    }
+
+    /// How the API, the events and REPLICAOF name `addr`'s host: its name with
+    /// `announce_hostnames` (for a backend given by name), else its address.
+    pub fn announced_host(&self, addr: SocketAddrV4) -> String {
+        match self.backend_name(addr) {
+            Some(name) if self.announce_hostnames => name.to_owned(),
+            _ => addr.ip().to_string(),
+        }
+    }
+
     /// The failover machine's parameters for this service on controller `ctl`. Sentinel's
     /// periods are tuned for `down-after` of tens of seconds; ours scale with the probe
     /// interval so that a failover at `down_after_ms` = 1 s completes well under 1.2 s.

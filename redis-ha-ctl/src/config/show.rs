@@ -31,6 +31,7 @@ impl Config {
             }
         }
         let mut out = toml::to_string(&shown)?;
+        out += &resolved_names(&self.services);
 
         let mut unset = String::new();
         // Writing to a String cannot fail.
@@ -152,6 +153,30 @@ impl Config {
         }
         Ok(out)
     }
+}
+
+/// What each backend name resolves to on this host now, as comments: the file keeps the
+/// names, the operator sees the addresses the probes and the data plane would use.
+fn resolved_names(services: &[super::ServiceConfig]) -> String {
+    let mut out = String::new();
+    for (i, s) in services.iter().enumerate() {
+        for (j, (spec, addr)) in s.backend_specs.iter().zip(&s.backends).enumerate() {
+            let super::BackendSpec::Host { name, .. } = spec else {
+                continue;
+            };
+            let now = if addr.ip().is_unspecified() {
+                "does not resolve on this host".to_owned()
+            } else {
+                format!("resolves to {}", addr.ip())
+            };
+            // Writing to a String cannot fail.
+            _ = writeln!(out, "# service[{i}].backends[{j}]: {name} {now}");
+        }
+    }
+    if out.is_empty() {
+        return out;
+    }
+    format!("\n# Backend names, resolved by this host (again every second while running):\n{out}")
 }
 
 /// A secret as check-config shows it: its length and where it comes from, never itself.

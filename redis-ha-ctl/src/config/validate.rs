@@ -16,6 +16,7 @@ use super::{
     MAX_BACKENDS_PER_SERVICE, NatMode, PeerConfig, ServiceConfig,
     api_auth::{RawApiAuth, validate_api_auth},
     api_limits,
+    hosts::{BackendSpec, Resolver},
     load::{RawConfig, RawController, RawHa, RawService},
     nat,
 };
@@ -61,7 +62,11 @@ pub(super) enum SecretFiles<'a> {
 }
 
 /// The config, or the first problem in it.
-pub(super) fn validate(raw: RawConfig, mut secret_files: SecretFiles) -> Result<Config, Problem> {
+pub(super) fn validate(
+    raw: RawConfig,
+    mut secret_files: SecretFiles,
+    resolver: &dyn Resolver,
+) -> Result<Config, Problem> {
     let dataplane = raw
         .dataplane
         .as_ref()
@@ -100,7 +105,7 @@ pub(super) fn validate(raw: RawConfig, mut secret_files: SecretFiles) -> Result<
         .services
         .iter()
         .enumerate()
-        .map(|(i, s)| validate_service(i, s, controllers, &mut seen, &mut secret_files))
+        .map(|(i, s)| validate_service(i, s, controllers, &mut seen, resolver, &mut secret_files))
         .collect::<Result<Vec<_>, _>>()?;
     if let (Some(dp), Some(raw_dp)) = (&dataplane, &raw.dataplane)
         && dp.nat == NatMode::Full
@@ -128,13 +133,15 @@ struct Taken {
     backends: HashSet<SocketAddrV4>,
 }
 
-/// `service[i]`; `controllers` bounds its quorum.
+/// `service[i]`; `controllers` bounds its quorum. A backend name that does not resolve is
+/// deferred like an unreadable secret file (check-config on another host).
 fn validate_service(
     i: usize,
     spanned: &Spanned<RawService>,
     controllers: usize,
     seen: &mut Taken,
-    secret_files: &mut SecretFiles,
+    resolver: &dyn Resolver,
+    deferred: &mut SecretFiles,
 ) -> Result<ServiceConfig, Problem> {
     let section = spanned.span();
     let s = spanned.get_ref();
@@ -200,27 +207,72 @@ fn validate_service(
             format!("at most {MAX_BACKENDS_PER_SERVICE} backends per service"),
         ));
     }
+    let resolve_hostnames = s.resolve_hostnames.unwrap_or(false);
+    let announce_hostnames = s.announce_hostnames.as_ref().is_some_and(|a| *a.get_ref());
+    if announce_hostnames && !resolve_hostnames {
+        let at = s.announce_hostnames.as_ref().expect("set: it is true");
+        return Err(problem(
+            at,
+            key("announce_hostnames"),
+            "needs resolve_hostnames = true (names can only be announced for backends given by name)",
+        ));
+    }
     let mut addrs = Vec::new();
+    let mut specs = Vec::new();
     for (j, b) in list.iter().enumerate() {
         let bkey = format!("service[{i}].backends[{j}]");
-        let addr: SocketAddrV4 = b.get_ref().parse().map_err(|_| {
-            problem(
-                b,
-                bkey.clone(),
-                format!("{:?} is not an IPv4 address:port", b.get_ref()),
-            )
-        })?;
+        let spec = BackendSpec::parse(b.get_ref()).map_err(|e| problem(b, bkey.clone(), e))?;
+        let addr = match &spec {
+            BackendSpec::Addr(addr) => *addr,
+            BackendSpec::Host { name, .. } if !resolve_hostnames => {
+                return Err(problem(
+                    b,
+                    bkey,
+                    format!(
+                        "{name:?} is a host name: set resolve_hostnames = true in this \
+                         [[service]] to give backends by name"
+                    ),
+                ));
+            }
+            BackendSpec::Host { name, port } => match resolver.resolve(name) {
+                Ok(ip) => SocketAddrV4::new(ip, *port),
+                Err(e) => {
+                    let unresolved = problem(
+                        b,
+                        bkey,
+                        format!(
+                            "{e}: the controller does not start until every backend name \
+                             resolves (check /etc/hosts or DNS)"
+                        ),
+                    );
+                    match deferred {
+                        SecretFiles::Read => return Err(unresolved),
+                        SecretFiles::Defer(problems) => {
+                            problems.push(unresolved);
+                            addrs.push(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, *port));
+                            specs.push(spec);
+                            continue;
+                        }
+                    }
+                }
+            },
+        };
         if addr.port() == 0 || addr.ip().is_unspecified() {
             return Err(problem(b, bkey, format!("{addr} is not a usable backend")));
         }
         if !seen.backends.insert(addr) {
+            let named = match &spec {
+                BackendSpec::Host { name, .. } => format!(" ({name} resolves to it)"),
+                BackendSpec::Addr(_) => String::new(),
+            };
             return Err(problem(
                 b,
                 bkey,
-                format!("{addr} is listed twice (a backend serves one service)"),
+                format!("{addr} is listed twice{named} (a backend serves one service)"),
             ));
         }
         addrs.push(addr);
+        specs.push(spec);
     }
     let quorum = or_default(&s.quorum, d.quorum, &section);
     let down_after_ms = or_default(&s.down_after_ms, d.down_after_ms, &section);
@@ -263,7 +315,7 @@ fn validate_service(
     let tls = s
         .tls
         .as_ref()
-        .map(|t| super::tls::validate_tls(t, &format!("service[{i}].tls"), secret_files))
+        .map(|t| super::tls::validate_tls(t, &format!("service[{i}].tls"), deferred))
         .transpose()?;
     Ok(ServiceConfig {
         name: name.clone(),
@@ -271,6 +323,9 @@ fn validate_service(
         write_port: *s.write_port.get_ref(),
         read_port: *s.read_port.get_ref(),
         backends: addrs,
+        backend_specs: specs,
+        resolve_hostnames,
+        announce_hostnames,
         failover: FailoverConfig {
             quorum: quorum_value,
             down_after_ms: down_after,

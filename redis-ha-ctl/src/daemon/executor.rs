@@ -461,7 +461,9 @@ impl<D: Dataplane> Executor<D> {
     }
 
     /// Tells operators: log, metrics, pub/sub.
-    fn emit(&mut self, service: usize, name: &str, notice: failover::Notice) {
+    fn emit(&mut self, service: usize, name: &str, mut notice: failover::Notice) {
+        // The log says what the API's subscribers get (names, with announce_hostnames).
+        notice.payload = self.services[service].announce_in(&notice.payload);
         info!(target: "redis_ha::event", service = %name, event = notice.kind.as_str(), "{notice}");
         match notice.kind {
             NoticeKind::SwitchMaster => {

@@ -14,6 +14,7 @@
 //! - `resume`: the machines a controller starts with, from the state file and the maps;
 //! - `executor`: the event loop (accept inputs, step the machines, perform the actions);
 //! - `floating`: the floating addresses' side of it (ownership actions, the ARP lease);
+//! - `hostnames`: backend names looked up again while running, and what a change does;
 //! - `warmup`: the pure rule holding back read-pool changes just after a start;
 //! - `operator`: an operator's planned switchover, from the request to its answer;
 //! - `redis_io`: probes, commands and the switchover's Redis calls;
@@ -30,6 +31,7 @@ pub mod control;
 mod executor;
 mod failpoint;
 mod floating;
+mod hostnames;
 mod operator;
 mod peer_boots;
 mod peers;
@@ -233,9 +235,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     };
     let peer_ids: Vec<String> = ctl.peers.iter().map(|p| p.id.clone()).collect();
-    let codec = PeerCodec::new(&ctl.id, &ctl.secret, peer_ids.clone(), boot);
+    let codec = PeerCodec::new(&ctl.id, &ctl.secret, peer_ids, boot);
     // Receiving needs its own codec state (replay windows); sealing stays in the executor.
-    let rx_codec = PeerCodec::new(&ctl.id, &ctl.secret, peer_ids, boot);
+    // They share the peers' boots: what one hears, the other addresses.
+    let rx_codec = codec.twin();
     let names: Vec<String> = config.services.iter().map(|s| s.name.clone()).collect();
     let metrics = Arc::new(Metrics::new());
     peers::spawn_receiver(
@@ -248,6 +251,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         peer_boots::path(&ctl.state_file),
     );
     redis_io::spawn_probes(&mut tasks, &config.services, &ctl, &tx, &metrics)?;
+    hostnames::Watched::of(&config.services).spawn(&mut tasks);
 
     let (status_tx, status_rx) = watch::channel(Status::default());
     let events = Arc::new(EventHub::new());

@@ -18,7 +18,7 @@ use crate::{
     failover::{ControllerId, Event, PeerMsg},
     ha::HaMsg,
     metrics::Metrics,
-    peer::{MAX_DATAGRAM, Payload, PeerCodec, Refused},
+    peer::{MAX_DATAGRAM, Payload, PeerCodec},
 };
 
 /// Receives, authenticates and forwards peer datagrams: service messages to the machine of
@@ -73,12 +73,7 @@ pub(super) fn spawn_receiver(
                     }
                 }
                 Err(e) => {
-                    let reason = match e {
-                        Refused::BadMac => "bad-mac",
-                        Refused::UnknownPeer(_) => "unknown-peer",
-                        Refused::Replay(_) => "replay",
-                        Refused::Short | Refused::Malformed(_) => "malformed",
-                    };
+                    let reason = e.reason();
                     metrics.peer_refused(reason);
                     match log.note(reason, Instant::now()) {
                         Some(0) => warn!(%from, reason, "refused peer message: {e}"),
@@ -151,40 +146,34 @@ impl PeerSender {
 
     /// A service machine's message to every peer.
     pub(super) async fn send_to_all(&mut self, service: &str, msg: &PeerMsg) {
-        for (_, addr) in &self.peers {
-            send(&self.socket, &mut self.codec, service, msg, *addr).await;
+        for (id, addr) in &self.peers {
+            let datagram = self.codec.seal(&id.0, service, msg);
+            send(&self.socket, &datagram, *addr).await;
         }
     }
 
     /// A service machine's message to one peer (a vote's answer).
     pub(super) async fn send_to(&mut self, to: &ControllerId, service: &str, msg: &PeerMsg) {
-        if let Some((_, addr)) = self.peers.iter().find(|(id, _)| id == to) {
-            send(&self.socket, &mut self.codec, service, msg, *addr).await;
+        if let Some((id, addr)) = self.peers.iter().find(|(id, _)| id == to) {
+            let datagram = self.codec.seal(&id.0, service, msg);
+            send(&self.socket, &datagram, *addr).await;
         }
     }
 
-    /// The ownership machine's message to one peer, or (`to` = `None`) to all.
+    /// The ownership machine's message to one peer, or (`to` = `None`) to all. Sealed per
+    /// peer: each datagram names its receiver's boot.
     pub(super) async fn send_ha(&mut self, to: Option<&ControllerId>, msg: &HaMsg) {
-        let datagram = self.codec.seal_ha(msg);
         for (id, addr) in &self.peers {
-            if to.is_none_or(|t| t == id)
-                && let Err(e) = self.socket.send_to(&datagram, addr).await
-            {
-                warn!(to = %addr, "peer send failed: {e}");
+            if to.is_none_or(|t| t == id) {
+                let datagram = self.codec.seal_ha(&id.0, msg);
+                send(&self.socket, &datagram, *addr).await;
             }
         }
     }
 }
 
-async fn send(
-    socket: &UdpSocket,
-    codec: &mut PeerCodec,
-    service: &str,
-    msg: &PeerMsg,
-    to: SocketAddr,
-) {
-    let datagram = codec.seal(service, msg);
-    if let Err(e) = socket.send_to(&datagram, to).await {
+async fn send(socket: &UdpSocket, datagram: &[u8], to: SocketAddr) {
+    if let Err(e) = socket.send_to(datagram, to).await {
         warn!(%to, "peer send failed: {e}");
     }
 }

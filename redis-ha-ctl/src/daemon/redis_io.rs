@@ -29,8 +29,9 @@ pub(super) fn spawn_probes(
             .map_err(|e| anyhow::anyhow!("service {}: [service.tls]: {e}", svc.name))?;
         let interval = Duration::from_millis(ctl.probe_interval_ms);
         let timeout = Duration::from_millis(svc.failover_params(ctl).probe_timeout_ms());
+        let hosts = probe::Hosts::of(svc);
         for node in &svc.backends {
-            let mut prober = Prober::new(*node, access.clone(), timeout);
+            let mut prober = Prober::new(*node, access.clone(), timeout, hosts.clone());
             let tx = tx.clone();
             let metrics = metrics.clone();
             let (service_name, node_name) = (svc.name.clone(), node.to_string());
@@ -72,9 +73,10 @@ pub(super) fn spawn_command(
     let tx = tx.clone();
     let access = RedisAccess::of(svc);
     let timeout = Duration::from_millis((svc.failover.down_after_ms).clamp(100, 2000));
+    let hosts = probe::Hosts::of(svc);
     tokio::spawn(async move {
         let Ok(mut p) = access
-            .map(|a| Prober::new(node, a, timeout))
+            .map(|a| Prober::new(node, a, timeout, hosts))
             .inspect_err(|e| warn!(%node, "command client: {e}"))
         else {
             let event = Event::CommandDone {
@@ -165,6 +167,7 @@ struct SwitchoverIo {
     /// `Err`: the service's TLS files could not be read (logged at each use).
     access: Result<RedisAccess, String>,
     timeout: Duration,
+    hosts: Arc<probe::Hosts>,
 }
 
 impl SwitchoverIo {
@@ -172,13 +175,14 @@ impl SwitchoverIo {
         Self {
             access: RedisAccess::of(svc),
             timeout: switchover_timeout(svc),
+            hosts: probe::Hosts::of(svc),
         }
     }
 
     fn prober(&self, node: NodeAddr) -> Option<Prober> {
         self.access
             .clone()
-            .map(|a| Prober::new(node, a, self.timeout))
+            .map(|a| Prober::new(node, a, self.timeout, self.hosts.clone()))
             .inspect_err(|e| warn!(%node, "switchover client: {e}"))
             .ok()
     }
@@ -220,8 +224,8 @@ impl SwitchoverIo {
                 let m_text: String = m.query(&info).await.ok()?;
                 let t_text: String = t.query(&info).await.ok()?;
                 match (
-                    probe::parse_role(&m_text).ok()?,
-                    probe::parse_role(&t_text).ok()?,
+                    probe::parse_role_with(&m_text, |n| self.hosts.lookup(n)).ok()?,
+                    probe::parse_role_with(&t_text, |n| self.hosts.lookup(n)).ok()?,
                 ) {
                     (Role::Master { repl_offset }, Role::Replica(r)) if r.master == master => {
                         Some((repl_offset, r.repl_offset))
@@ -266,7 +270,9 @@ impl SwitchoverIo {
         };
         if let Some(master) = demote_to {
             let mut replicaof = redis::cmd("REPLICAOF");
-            replicaof.arg(master.ip().to_string()).arg(master.port());
+            replicaof
+                .arg(self.hosts.replicaof_host(master))
+                .arg(master.port());
             if let Err(e) = p.query::<()>(&replicaof).await {
                 // Closing the clients below still keeps the held writes from being
                 // acknowledged; the machine demotes it later (+convert-to-slave).

@@ -270,6 +270,11 @@ mod tests {
             backends: ["198.18.1.11:6379", "198.18.1.12:6379"]
                 .map(|s| s.parse().unwrap())
                 .to_vec(),
+            backend_specs: ["198.18.1.11:6379", "198.18.1.12:6379"]
+                .map(|s| crate::config::BackendSpec::parse(s).unwrap())
+                .to_vec(),
+            resolve_hostnames: false,
+            announce_hostnames: false,
             failover: Default::default(),
             tls: None,
         };

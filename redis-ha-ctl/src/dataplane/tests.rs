@@ -11,6 +11,11 @@ fn svc() -> ServiceConfig {
         backends: ["198.18.1.11:6379", "198.18.1.12:6379", "198.18.1.13:6379"]
             .map(|s| s.parse().unwrap())
             .to_vec(),
+        backend_specs: ["198.18.1.11:6379", "198.18.1.12:6379", "198.18.1.13:6379"]
+            .map(|s| crate::config::BackendSpec::parse(s).unwrap())
+            .to_vec(),
+        resolve_hostnames: false,
+        announce_hostnames: false,
         failover: Default::default(),
         tls: None,
     }

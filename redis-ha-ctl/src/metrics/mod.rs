@@ -46,7 +46,13 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 
 /// The reasons [`Metrics::peer_refused`] is called with; exported at 0 from the start so that
 /// `rate()` and alerts see a series before the first refusal.
-pub const PEER_REFUSAL_REASONS: [&str; 4] = ["bad-mac", "unknown-peer", "replay", "malformed"];
+pub const PEER_REFUSAL_REASONS: [&str; 5] = [
+    "bad-mac",
+    "unknown-peer",
+    "replay",
+    "not-for-this-boot",
+    "malformed",
+];
 
 /// Why the API closed or refused a client ([`Metrics::api_client_closed`]): a limit it hit or
 /// a protocol error; exported at 0 from the start like [`PEER_REFUSAL_REASONS`].
@@ -188,7 +194,7 @@ impl Metrics {
             .inc();
     }
 
-    /// A peer datagram was refused (`reason`: "bad-mac", "unknown-peer", "replay", "malformed").
+    /// A peer datagram was refused (`reason`: one of [`PEER_REFUSAL_REASONS`]).
     pub fn peer_refused(&self, reason: &str) {
         self.peer_refused
             .get_or_create(&ReasonLabels {

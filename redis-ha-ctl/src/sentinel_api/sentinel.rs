@@ -33,11 +33,11 @@ pub(super) fn answer(api: &Api, status: &Status, query: SentinelQuery) -> Reply 
             Err(e) => e,
         },
         SentinelQuery::Replicas { name } => match named(&name) {
-            Ok((s, _)) => Reply::Array(
+            Ok((s, cfg)) => Reply::Array(
                 s.nodes
                     .iter()
                     .filter(|n| n.addr != s.master)
-                    .map(|n| replica_fields(s, n))
+                    .map(|n| replica_fields(s, cfg, n))
                     .collect(),
             ),
             Err(e) => e,
@@ -55,8 +55,8 @@ pub(super) fn answer(api: &Api, status: &Status, query: SentinelQuery) -> Reply 
             Err(e) => e,
         },
         SentinelQuery::GetMasterAddrByName { name } => match lookup(status, &api.services, &name) {
-            Some((s, _)) => Reply::Array(vec![
-                Reply::bulk(s.master.ip().to_string()),
+            Some((s, cfg)) => Reply::Array(vec![
+                Reply::bulk(cfg.announced_host(s.master)),
                 Reply::bulk(s.master.port().to_string()),
             ]),
             None => Reply::NullArray,
@@ -88,9 +88,10 @@ pub(super) fn lookup<'s>(
     Some((s, cfg))
 }
 
-/// Sentinel's `ip` and `port` fields.
-fn ip_port(addr: SocketAddrV4) -> (String, String) {
-    (addr.ip().to_string(), addr.port().to_string())
+/// Sentinel's `ip` and `port` fields: with `announce_hostnames`, the `ip` of a backend given
+/// by name is its name, as Sentinel's is.
+fn ip_port(cfg: &ServiceConfig, addr: SocketAddrV4) -> (String, String) {
+    (cfg.announced_host(addr), addr.port().to_string())
 }
 
 fn node(s: &ServiceStatus, addr: SocketAddrV4) -> Option<&NodeStatus> {
@@ -112,7 +113,7 @@ fn node_flags(kind: &'static str, n: Option<&NodeStatus>) -> Vec<&'static str> {
 
 /// `SENTINEL MASTER`: Sentinel's field/value list (`addReplySentinelRedisInstance`).
 fn master_fields(s: &ServiceStatus, cfg: &ServiceConfig) -> Reply {
-    let (ip, port) = ip_port(s.master);
+    let (ip, port) = ip_port(cfg, s.master);
     let n = node(s, s.master);
     let mut flags = node_flags("master", n);
     if s.odown {
@@ -161,12 +162,12 @@ fn master_fields(s: &ServiceStatus, cfg: &ServiceConfig) -> Reply {
 
 /// `SENTINEL REPLICAS`: one entry per node that is not the master (a node that claims to be a
 /// master is listed with `role-reported master`, as Sentinel lists it until it is converted).
-fn replica_fields(s: &ServiceStatus, n: &NodeStatus) -> Reply {
-    let (ip, port) = ip_port(n.addr);
+fn replica_fields(s: &ServiceStatus, cfg: &ServiceConfig, n: &NodeStatus) -> Reply {
+    let (ip, port) = ip_port(cfg, n.addr);
     // Whom it follows not known yet: `?:0` and port 0, what these fields have always said.
     let (master_host, master_port) = n
         .master
-        .map_or_else(|| ("?:0".to_owned(), "0".to_owned()), ip_port);
+        .map_or_else(|| ("?:0".to_owned(), "0".to_owned()), |m| ip_port(cfg, m));
     let since_ok = n.last_ok_ms_ago.unwrap_or(0).to_string();
     let role = if n.role == NodeRole::Master {
         "master"
@@ -174,7 +175,7 @@ fn replica_fields(s: &ServiceStatus, n: &NodeStatus) -> Reply {
         "slave"
     };
     Reply::fields([
-        ("name", n.addr.to_string()),
+        ("name", format!("{ip}:{port}")),
         ("ip", ip),
         ("port", port),
         ("runid", n.run_id.clone().unwrap_or_default()),
@@ -308,10 +309,13 @@ pub(super) fn info(api: &Api, section: Option<&str>) -> String {
             } else {
                 "ok"
             };
+            let address = match api.services.iter().find(|c| c.name == s.name) {
+                Some(cfg) => format!("{}:{}", cfg.announced_host(s.master), s.master.port()),
+                None => s.master.to_string(),
+            };
             text.push_str(&format!(
-                "master{i}:name={},status={state},address={},slaves={},sentinels={}\r\n",
+                "master{i}:name={},status={state},address={address},slaves={},sentinels={}\r\n",
                 s.name,
-                s.master,
                 s.nodes.iter().filter(|n| n.addr != s.master).count(),
                 s.peers.len() + 1
             ));

@@ -64,6 +64,19 @@ pub(super) async fn server_with(
     mpsc::Receiver<ControlRequest>,
 ) {
     let cfg = Config::parse(std::path::Path::new("test.toml"), config).unwrap();
+    server_for(cfg, status).await
+}
+
+/// [`server`] for an already parsed config.
+async fn server_for(
+    cfg: Config,
+    status: Status,
+) -> (
+    SocketAddr,
+    Arc<EventHub>,
+    watch::Sender<Status>,
+    mpsc::Receiver<ControlRequest>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (status_tx, status_rx) = watch::channel(status);
@@ -108,6 +121,65 @@ async fn raw(addr: SocketAddr, request: &[u8]) -> String {
 
 fn pairs(v: Vec<String>) -> std::collections::BTreeMap<String, String> {
     v.chunks(2).map(|c| (c[0].clone(), c[1].clone())).collect()
+}
+
+/// With `announce_hostnames`, a Sentinel client is told the master (and the replicas) by the
+/// names the backends were given; without it, by address, as before.
+#[tokio::test]
+async fn announce_hostnames_gives_names_to_sentinel_clients() {
+    let named = CONFIG.replace(
+        r#"backends = ["198.18.1.11:6379", "198.18.1.12:6379", "198.18.1.13:6379"]"#,
+        "resolve_hostnames = true\nannounce_hostnames = true\n\
+         backends = [\"redis1.internal:6379\", \"redis2.internal:6379\", \"198.18.1.13:6379\"]",
+    );
+    let hosts = crate::config::FixedHosts(&[
+        ("redis1.internal", "198.18.1.11"),
+        ("redis2.internal", "198.18.1.12"),
+    ]);
+    let path = std::path::Path::new("test.toml");
+    let cfg = Config::parse_resolving(path, &named, &hosts).unwrap();
+    let (addr, _, _, _) = server_for(cfg, status()).await;
+    let mut c = connect(addr).await;
+    let master: (String, String) = redis::cmd("SENTINEL")
+        .arg("get-master-addr-by-name")
+        .arg("mymaster")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(master, ("redis1.internal".into(), "6379".into()));
+    let m: Vec<String> = redis::cmd("SENTINEL")
+        .arg("master")
+        .arg("mymaster")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(pairs(m)["ip"], "redis1.internal");
+    let replicas: Vec<Vec<String>> = redis::cmd("SENTINEL")
+        .arg("replicas")
+        .arg("mymaster")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let replicas: Vec<_> = replicas.into_iter().map(pairs).collect();
+    assert_eq!(replicas[0]["name"], "redis2.internal:6379");
+    assert_eq!(replicas[0]["ip"], "redis2.internal");
+    assert_eq!(replicas[0]["master-host"], "redis1.internal");
+    // Given by address: shown by address.
+    assert_eq!(replicas[1]["ip"], "198.18.1.13");
+    let info: String = redis::cmd("INFO").query_async(&mut c).await.unwrap();
+    assert!(info.contains("address=redis1.internal:6379"), "{info}");
+
+    // Names given, not announced: addresses, as Sentinel without announce-hostnames.
+    let quiet = named.replace("announce_hostnames = true", "announce_hostnames = false");
+    let cfg = Config::parse_resolving(path, &quiet, &hosts).unwrap();
+    let (addr, _, _, _) = server_for(cfg, status()).await;
+    let master: (String, String) = redis::cmd("SENTINEL")
+        .arg("get-master-addr-by-name")
+        .arg("mymaster")
+        .query_async(&mut connect(addr).await)
+        .await
+        .unwrap();
+    assert_eq!(master, ("198.18.1.11".into(), "6379".into()));
 }
 
 #[tokio::test]

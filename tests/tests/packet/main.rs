@@ -4,7 +4,7 @@
 //!
 //! - [`frame`]: frame builders, a parser and an independent checksum implementation;
 //! - [`netns`]: the namespace guard and the addresses/MACs the FIB will answer with;
-//! - [`dataplane`]: a loaded program, its maps, and the table runner ([`dataplane::Case`]);
+//! - [`dataplane`]: a loaded program and its maps; `dataplane::run`, the table runner ([`dataplane::Case`]);
 //! - the test groups: [`forward`], [`passthrough`], [`reset`], [`fib`], [`next_hop`],
 //!   [`arp_guard`], [`close`], [`port_reuse`], [`measure`].
 //!

@@ -20,10 +20,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+mod invariants;
+
 use super::{R1, R2, SERVICE, node, params};
 use crate::failover::{
-    Action, Command, ControllerId, Epoch, Event, FailoverPhase, MachineConfig, Millis, NodeAddr,
-    Params, PeerMsg, Persisted, ProbeResult, ServiceMachine, Vote,
+    Action, Command, ControllerId, Epoch, Event, MachineConfig, Millis, NodeAddr, Params, PeerMsg,
+    Persisted, ProbeResult, ServiceMachine, Vote,
 };
 
 /// How long the cluster may take to agree on one master once the faults stop.
@@ -668,104 +670,5 @@ impl World {
 
     fn durable_vote(&self, i: usize) -> Option<Vote> {
         self.ctls[i].durable.as_ref().and_then(|p| p.vote.clone())
-    }
-
-    /// The invariants that hold at every instant.
-    fn check(&mut self, i: usize) -> Result<(), Violation> {
-        let Some(m) = &self.ctls[i].machine else {
-            return Ok(());
-        };
-        let (epoch, master) = (m.config_epoch(), m.advertised_master());
-        if epoch > self.base_epoch {
-            let first = *self.configs.entry(epoch).or_insert((master, i));
-            if first.0 != master {
-                return Err(self.violation(format!(
-                    "two configurations in epoch {epoch}: {} (controller {}) and {master} (controller {i})",
-                    first.0, first.1
-                )));
-            }
-        }
-        let leading = match m.phase() {
-            FailoverPhase::Sync { epoch, .. }
-            | FailoverPhase::Promotion { epoch, .. }
-            | FailoverPhase::Reconfiguration { epoch, .. } => Some(epoch),
-            FailoverPhase::Idle | FailoverPhase::Election { .. } => None,
-        };
-        if let Some(epoch) = leading {
-            let first = *self.leaders.entry(epoch).or_insert(i);
-            if first != i {
-                return Err(self.violation(format!(
-                    "two leaders in epoch {epoch}: controllers {first} and {i}"
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// The master everybody agrees on, if they do.
-    fn converged(&self) -> Option<NodeAddr> {
-        let masters: Vec<NodeAddr> = NODES
-            .iter()
-            .copied()
-            .filter(|a| self.redis[a].follows.is_none())
-            .collect();
-        let [master] = masters[..] else {
-            return None;
-        };
-        let whole = self.redis.iter().all(|(a, r)| {
-            r.alive && r.paused_until <= self.now && (*a == master || r.follows == Some(master))
-        });
-        let mut epochs = BTreeSet::new();
-        let agreed = self.ctls.iter().all(|c| {
-            c.machine.as_ref().is_some_and(|m| {
-                epochs.insert(m.config_epoch());
-                m.master() == master
-                    && m.advertised_master() == master
-                    && m.phase() == FailoverPhase::Idle
-                    && c.write.is_some_and(|(_, n)| n == master)
-            })
-        });
-        (whole && agreed && epochs.len() == 1).then_some(master)
-    }
-
-    fn picture(&self) -> String {
-        let nodes: Vec<String> = self
-            .redis
-            .iter()
-            .map(|(a, r)| {
-                format!(
-                    "{a} {} follows {:?}{}",
-                    if r.alive { "up" } else { "down" },
-                    r.follows,
-                    if r.paused_until > self.now {
-                        " paused"
-                    } else {
-                        ""
-                    }
-                )
-            })
-            .collect();
-        let ctls: Vec<String> = self
-            .ctls
-            .iter()
-            .map(|c| match &c.machine {
-                Some(m) => format!(
-                    "{}: master {} (advertised {}) config epoch {} current {} {:?}, data plane {:?}",
-                    c.id,
-                    m.master(),
-                    m.advertised_master(),
-                    m.config_epoch(),
-                    m.current_epoch(),
-                    m.phase(),
-                    c.write
-                ),
-                None => format!("{}: down", c.id),
-            })
-            .collect();
-        format!(
-            "nodes [{}]; controllers [{}]",
-            nodes.join("; "),
-            ctls.join("; ")
-        )
     }
 }
