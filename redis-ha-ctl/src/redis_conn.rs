@@ -6,7 +6,7 @@
 //! dialled (no `server_name` separate from the address) and adds the system's CAs to the one
 //! configured.
 
-use std::{net::SocketAddrV4, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddrV4, time::Duration};
 
 use redis::{
     AsyncConnectionConfig, ErrorKind, RedisError, RedisResult, aio::MultiplexedConnection,
@@ -14,7 +14,7 @@ use redis::{
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{RedisAuth, RedisTlsConfig, ServiceConfig};
+use crate::config::{BackendSpec, RedisAuth, RedisTlsConfig, ServiceConfig};
 
 /// How to reach and log in to a service's Redis servers; cheap to clone into tasks.
 #[derive(Clone)]
@@ -27,6 +27,9 @@ pub struct RedisAccess {
 struct Tls {
     connector: TlsConnector,
     config: RedisTlsConfig,
+    /// The backends the config gives by host name: the name their certificates are checked
+    /// against when `server_name` is not set.
+    hosts: BTreeMap<SocketAddrV4, String>,
 }
 
 impl RedisAccess {
@@ -38,6 +41,15 @@ impl RedisAccess {
             Some(config) => Some(Tls {
                 connector: TlsConnector::from(config.client_config()?),
                 config: config.clone(),
+                hosts: svc
+                    .backend_specs
+                    .iter()
+                    .zip(&svc.backends)
+                    .filter_map(|(spec, addr)| match spec {
+                        BackendSpec::Host { name, .. } => Some((*addr, name.clone())),
+                        BackendSpec::Addr(_) => None,
+                    })
+                    .collect(),
             }),
         };
         Ok(Self {
@@ -79,7 +91,9 @@ impl RedisAccess {
             .map_err(|_| RedisError::from((ErrorKind::IoError, "connect timed out")))??;
         // As the redis crate sets on its own connections: commands are small and awaited.
         tcp.set_nodelay(true)?;
-        let name = tls.config.server_name(*addr.ip());
+        let name = tls
+            .config
+            .server_name(*addr.ip(), tls.hosts.get(&addr).map(String::as_str));
         let stream = tokio::time::timeout(timeout, tls.connector.connect(name.clone(), tcp))
             .await
             .map_err(|_| RedisError::from((ErrorKind::IoError, "TLS handshake timed out")))?

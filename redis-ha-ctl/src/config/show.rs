@@ -111,7 +111,7 @@ impl Config {
                     note(&tls("key_file"), "no client certificate");
                     note(
                         &tls("server_name"),
-                        "each backend's certificate must list its IP address",
+                        "each backend's certificate must list its host name or IP address, as backends gives it",
                     );
                 }
                 Some(t) => {
@@ -125,7 +125,7 @@ impl Config {
                     if t.server_name.is_none() {
                         note(
                             &tls("server_name"),
-                            "each backend's certificate must list its IP address",
+                            "each backend's certificate must list its host name or IP address, as backends gives it",
                         );
                     }
                 }

@@ -100,8 +100,15 @@ fn a_ca_alone_or_with_a_client_certificate_and_a_server_name_is_accepted() {
     assert_eq!((&tls.cert_file, &tls.key_file), (&None, &None));
     // Without server_name, the backend's address is the name checked.
     assert_eq!(
-        tls.server_name("198.18.1.11".parse().unwrap()).to_str(),
+        tls.server_name("198.18.1.11".parse().unwrap(), None)
+            .to_str(),
         "198.18.1.11"
+    );
+    // A backend given by host name is checked by that name.
+    assert_eq!(
+        tls.server_name("198.18.1.11".parse().unwrap(), Some("redis1.internal"))
+            .to_str(),
+        "redis1.internal"
     );
 
     let c = parse(&config(&format!(
@@ -111,7 +118,8 @@ fn a_ca_alone_or_with_a_client_certificate_and_a_server_name_is_accepted() {
     let tls = c.services[0].tls.as_ref().unwrap();
     assert_eq!(tls.key_file, Some(PathBuf::from(&key)));
     assert_eq!(
-        tls.server_name("198.18.1.11".parse().unwrap()).to_str(),
+        tls.server_name("198.18.1.11".parse().unwrap(), Some("redis1.internal"))
+            .to_str(),
         "redis.internal"
     );
     assert!(tls.client_config().is_ok());

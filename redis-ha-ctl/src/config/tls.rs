@@ -59,13 +59,14 @@ impl RedisTlsConfig {
         build(roots, identity)
     }
 
-    /// The name to check in the certificate of the server at `addr`.
-    pub fn server_name(&self, addr: std::net::Ipv4Addr) -> ServerName<'static> {
-        match &self.server_name {
-            // Validation checked the name parses.
-            Some(name) => ServerName::try_from(name.clone())
-                .unwrap_or(ServerName::IpAddress(std::net::IpAddr::V4(addr).into())),
-            None => ServerName::IpAddress(std::net::IpAddr::V4(addr).into()),
+    /// The name to check in the certificate of the server at `addr`: `server_name`, else the
+    /// backend's host name when the config gives it by name (`host`), else its address.
+    pub fn server_name(&self, addr: std::net::Ipv4Addr, host: Option<&str>) -> ServerName<'static> {
+        let ip = ServerName::IpAddress(std::net::IpAddr::V4(addr).into());
+        // Validation checked server_name parses, and a backend's host name is a DNS name.
+        match self.server_name.as_deref().or(host) {
+            Some(name) => ServerName::try_from(name.to_owned()).unwrap_or(ip),
+            None => ip,
         }
     }
 }
