@@ -78,6 +78,11 @@ impl Machines {
                 service: svc.name.clone(),
                 me: ControllerId(ctl.id.clone()),
                 peers: peer_ids.clone(),
+                peer_addrs: ctl
+                    .peers
+                    .iter()
+                    .map(|p| (ControllerId(p.id.clone()), p.addr))
+                    .collect(),
                 master: svc.backends[0],
                 replicas: svc.backends[1..].to_vec(),
                 params: svc.failover_params(ctl),

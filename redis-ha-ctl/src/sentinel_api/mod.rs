@@ -2,10 +2,11 @@
 //! UDP on the same port number), so that `redis-cli -p 26379 SENTINEL ...`, Sentinel-aware
 //! clients (redis-py's `Sentinel`, Jedis, go-redis, ...) and scripts keep working:
 //!
-//! - `PING`, `ECHO`, `QUIT`, `HELLO 2 [AUTH ..]`, `AUTH [user] password`,
+//! - `PING`, `ECHO`, `QUIT`, `HELLO [2|3] [AUTH ..] [SETNAME ..]` (RESP2 or RESP3),
+//!   `AUTH [user] password`,
 //!   `CLIENT SETNAME|SETINFO|GETNAME|ID`, `COMMAND`, `INFO [server|sentinel]`, `ROLE`;
 //! - `SENTINEL masters | master | replicas | slaves | sentinels | get-master-addr-by-name |
-//!   failover | ckquorum | myid`, with Sentinel's field names and reply shapes;
+//!   failover | ckquorum | myid | help`, with Sentinel's field names and reply shapes;
 //! - `SUBSCRIBE` / `PSUBSCRIBE` to the event channels, named after the events (`+switch-master`,
 //!   `+sdown`, ...) with Sentinel's payloads;
 //! - redis-ha's own `REDIS-HA STATUS | EVENTS | FAILOVER`, used by `redis-ha-ctl status`,
@@ -43,6 +44,8 @@ pub(crate) mod testdata;
 mod tests;
 #[cfg(test)]
 mod tests_auth;
+#[cfg(test)]
+mod tests_resp3;
 
 use std::{
     net::SocketAddr,

@@ -22,7 +22,7 @@ use super::{
 use crate::{
     config::{ApiLimits, Config},
     metrics::Metrics,
-    resp::Reply,
+    resp::{Protocol, Reply},
     status::{EventRecord, Status},
 };
 
@@ -515,9 +515,31 @@ fn requests_parse_into_typed_commands() {
         Err(Reply::err("\"0\" is not a timeout in ms"))
     );
     assert_eq!(
-        parse(&["HELLO", "3"]),
-        Err(Reply::Error(
-            "NOPROTO sorry, this protocol version is not supported".into()
-        ))
+        parse(&["HELLO", "3", "SETNAME", "app"]),
+        Ok(Command::Hello {
+            proto: Some(Protocol::Resp3),
+            auth: None,
+            setname: Some("app".into()),
+        })
     );
+    assert_eq!(
+        parse(&["HELLO"]),
+        Ok(Command::Hello {
+            proto: None,
+            auth: None,
+            setname: None,
+        })
+    );
+    assert_eq!(
+        parse(&["SENTINEL", "help"]),
+        Ok(Command::Sentinel(SentinelCommand::Help))
+    );
+    for version in ["4", "1", "x"] {
+        assert_eq!(
+            parse(&["HELLO", version]),
+            Err(Reply::Error(
+                "NOPROTO sorry, this protocol version is not supported".into()
+            ))
+        );
+    }
 }
