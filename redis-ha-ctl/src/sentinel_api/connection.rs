@@ -343,7 +343,7 @@ impl<'a> Connection<'a> {
         match command {
             SentinelCommand::Query(query) => sentinel::answer(self.api, &status, query),
             SentinelCommand::Failover { name } => {
-                if sentinel::lookup(&status, &self.api.services, &name).is_none() {
+                if sentinel::lookup(&status, &self.api.catalog().services, &name).is_none() {
                     return Reply::err("No such master with that name");
                 }
                 match self.failover(&name, None, None, false).await {

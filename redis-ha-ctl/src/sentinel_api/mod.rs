@@ -81,13 +81,32 @@ pub const JSON_EVENTS_CHANNEL: &str = "redis-ha:events";
 /// (e.g. `SENTINEL replicas` exists from 5.0); we implement what Sentinel 7.0 answers.
 const REDIS_VERSION: &str = "7.0.0";
 
-/// What the API serves from.
-pub struct Api {
+/// The services the API answers for: replaced as a whole when a reload adds, removes or
+/// retunes one, so a request sees either the old list or the new one.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
     /// The services as configured: Sentinel's static fields (failover timeout, parallel syncs).
     pub services: Vec<ServiceConfig>,
     /// Per service: a peer heard from within this many ms counts toward the quorum and the
     /// majority (its reports have not expired); what `SENTINEL CKQUORUM` counts.
     pub peer_validity_ms: Vec<u64>,
+}
+
+impl Catalog {
+    /// A service's peer validity (see [`Catalog::peer_validity_ms`]).
+    fn validity(&self, service: &str) -> u64 {
+        self.services
+            .iter()
+            .position(|c| c.name == service)
+            .and_then(|i| self.peer_validity_ms.get(i).copied())
+            .unwrap_or(0)
+    }
+}
+
+/// What the API serves from.
+pub struct Api {
+    /// The services, as the executor last set them (at the start and at each reload).
+    pub catalog: watch::Receiver<std::sync::Arc<Catalog>>,
     /// The executor's latest snapshot.
     pub status: watch::Receiver<Status>,
     pub events: Arc<EventHub>,
@@ -106,13 +125,9 @@ pub struct Api {
 }
 
 impl Api {
-    /// A service's peer validity (see [`Api::peer_validity_ms`]).
-    fn validity(&self, service: &str) -> u64 {
-        self.services
-            .iter()
-            .position(|c| c.name == service)
-            .and_then(|i| self.peer_validity_ms.get(i).copied())
-            .unwrap_or(0)
+    /// The services now (cheap: the list is shared, not copied).
+    fn catalog(&self) -> std::sync::Arc<Catalog> {
+        self.catalog.borrow().clone()
     }
 }
 

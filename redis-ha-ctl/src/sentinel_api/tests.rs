@@ -14,7 +14,7 @@ use tokio::{
 };
 
 use super::{
-    Api, ApiError, ControlRequest, EventHub,
+    Api, ApiError, Catalog, ControlRequest, EventHub,
     command::{ClientCommand, Command, RedisHaCommand, SentinelCommand, SentinelQuery},
     serve,
     testdata::status,
@@ -83,8 +83,11 @@ async fn server_for(
     let (control_tx, control_rx) = mpsc::channel(8);
     let events = Arc::new(EventHub::new());
     let api = Arc::new(Api {
-        services: cfg.services,
-        peer_validity_ms: vec![1000],
+        catalog: watch::channel(Arc::new(Catalog {
+            services: cfg.services,
+            peer_validity_ms: vec![1000],
+        }))
+        .1,
         status: status_rx,
         events: events.clone(),
         control: control_tx,

@@ -335,6 +335,23 @@ impl ServiceMachine {
         Ok((machine, out))
     }
 
+    /// Takes new parameters (a reload of the config), checked as [`Self::new`] checks them;
+    /// on an error the machine keeps its old ones. Timers already running are measured
+    /// against the new values from the next step on.
+    pub fn set_params(&mut self, params: Params) -> Result<(), SetupError> {
+        validate(&MachineConfig {
+            service: self.name.clone(),
+            me: self.me.clone(),
+            peers: self.peers.clone(),
+            peer_addrs: self.peer_addrs.clone(),
+            master: self.master,
+            replicas: Vec::new(),
+            params: params.clone(),
+        })?;
+        self.params = params;
+        Ok(())
+    }
+
     /// Feed one event at time `now`; `jitter` is a fresh random number (see the module docs).
     pub fn step(&mut self, event: Event, now: Millis, jitter: Millis) -> Vec<Action> {
         let jitter = jitter.checked_rem(self.params.max_desync_ms).unwrap_or(0);
