@@ -347,6 +347,18 @@ pub fn render_status(s: &Status) -> String {
         s.listen_text(),
         format_unix_ms(s.at_unix_ms)
     );
+    if let Some(r) = &s.reload {
+        let _ = writeln!(
+            out,
+            "last config reload {}: {}",
+            format_unix_ms(r.at_unix_ms),
+            if r.applied {
+                r.message.clone()
+            } else {
+                format!("REFUSED, running the config from before: {}", r.message)
+            }
+        );
+    }
     for svc in &s.services {
         render_service(&mut out, s, svc);
     }
@@ -580,6 +592,22 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn a_refused_reload_is_shown_with_its_reason() {
+        let mut status = crate::sentinel_api::testdata::status();
+        assert!(!render_status(&status).contains("reload"));
+        status.reload = Some(crate::status::ReloadStatus {
+            at_unix_ms: 0,
+            applied: false,
+            message: "/etc/redis-ha.toml:6:1: controller.id: cannot change".to_owned(),
+        });
+        let text = render_status(&status);
+        assert!(
+            text.contains("last config reload 1970-01-01 00:00:00.000 UTC: REFUSED, running the config from before: /etc/redis-ha.toml:6:1: controller.id"),
+            "{text}"
+        );
     }
 
     #[test]

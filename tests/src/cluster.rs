@@ -890,6 +890,11 @@ impl Controller {
         self.signal(libc::SIGCONT)
     }
 
+    /// Asks the process to reload its config (SIGHUP, what `systemctl reload` sends).
+    pub fn reload(&self) -> Result<()> {
+        self.signal(libc::SIGHUP)
+    }
+
     fn signal(&self, signal: libc::c_int) -> Result<()> {
         match self.process().as_mut() {
             Some(p) => p.signal(signal),

@@ -142,6 +142,12 @@ fn systemd_unit_runs_the_controller_with_its_capabilities() {
         unit_value(&entries, "ExecStartPre").ends_with(&format!("check-config {CONFIG_PATH}")),
         "the unit validates the config before starting"
     );
+    // `systemctl reload` must reach the daemon as SIGHUP, the one signal it reloads on
+    // (tests/tests/reload.rs); without ExecReload systemd refuses the reload.
+    assert_eq!(
+        unit_value(&entries, "ExecReload"),
+        "/bin/kill -HUP $MAINPID"
+    );
 }
 
 #[test]

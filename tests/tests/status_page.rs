@@ -159,6 +159,7 @@ fn sample_status() -> Status {
             flows_spilled: false,
         }),
         ha: None,
+        reload: None,
     }
 }
 

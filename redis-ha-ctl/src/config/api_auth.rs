@@ -1,6 +1,6 @@
 //! Who may use the controller's API (the RESP port at `[controller] listen`), in Sentinel's
 //! terms: `requirepass` is the password of the default user (`AUTH <password>`), and
-//! `[[controller.users]]` are named users (`AUTH <user> <password>`, `HELLO 2 AUTH ...`), each
+//! `[[controller.users]]` are named users (`AUTH <user> <password>`, `HELLO 2|3 AUTH ...`), each
 //! allowed everything or only the queries. Without any password the API is open, as a
 //! Sentinel without `requirepass` is: for a trusted network only.
 //!

@@ -3,7 +3,8 @@
 //! - `load`: reading and parsing a file into span-carrying raw sections, and the errors, which
 //!   name the file, the line, the column and the key, so an operator can fix it at once;
 //! - `validate`: turning the raw sections into the typed values below, or saying what is wrong;
-//! - `show`: the effective config as TOML (`redis-ha-ctl check-config`).
+//! - `show`: the effective config as TOML (`redis-ha-ctl check-config`);
+//! - [`diff`]: what a reload (`SIGHUP`) may change in a running controller, and what it refuses.
 //!
 //! Every key a file may leave out takes its value from the `Default` of its section
 //! ([`DataplaneConfig`], [`HaConfig`], [`FailoverConfig`]) or, for `[controller]`, whose id
@@ -16,6 +17,7 @@ mod api_auth;
 mod api_limits;
 mod api_tls;
 mod dataplane;
+pub mod diff;
 mod hosts;
 mod load;
 mod nat;

@@ -3,6 +3,9 @@
 //! machines and performs their actions in order, so decisions and map writes are strictly
 //! ordered. Whatever waits on the network runs on other tasks and comes back as an [`Input`].
 
+#[path = "reload.rs"]
+pub(super) mod reload;
+
 use std::{collections::VecDeque, future::Future, sync::Arc, time::Duration};
 
 use tokio::{
@@ -33,8 +36,9 @@ use crate::{
     ha::{HaAction, HaEvent, HaMsg, net::AddressWorker},
     metrics::Metrics,
     persist::StateStore,
-    status::{EventRecord, Status},
+    status::{EventRecord, ReloadStatus, Status},
 };
+use reload::Reloading;
 
 /// An input for the executor.
 pub(super) enum Input {
@@ -59,6 +63,8 @@ pub(super) enum Input {
     },
     /// A peer's message about the floating addresses.
     Ha { from: ControllerId, msg: HaMsg },
+    /// Read the config file again and apply what changed (`SIGHUP`).
+    Reload,
 }
 
 /// Sentinel's timer runs at 10 Hz; so do the failover machines' ticks.
@@ -108,6 +114,8 @@ pub(super) struct Parts<D> {
     pub(super) seed: u64,
     /// The test hook `REDIS_HA_FAILPOINT`, if set.
     pub(super) failpoint: Failpoint,
+    /// What a reload of the config needs (`None`: this executor does not reload).
+    pub(super) reloading: Option<Reloading>,
 }
 
 /// The executor's state: owned by one task.
@@ -143,6 +151,9 @@ pub(super) struct Executor<D> {
     /// peers could take for our vote does not leave (see [`Self::durable`]).
     undurable: Vec<Option<Persisted>>,
     failpoint: Failpoint,
+    reloading: Option<Reloading>,
+    /// How the last reload went, for the status.
+    last_reload: Option<ReloadStatus>,
 }
 
 impl<D: Dataplane> Executor<D> {
@@ -164,6 +175,7 @@ impl<D: Dataplane> Executor<D> {
             metrics,
             seed,
             failpoint,
+            reloading,
         } = parts;
         let Machines {
             targets,
@@ -183,6 +195,8 @@ impl<D: Dataplane> Executor<D> {
             jitter: Jitter(seed | 1),
             undurable: vec![None; services.len()],
             failpoint,
+            reloading,
+            last_reload: None,
             services,
             ctl,
             start,
@@ -258,6 +272,10 @@ impl<D: Dataplane> Executor<D> {
                 self.perform_ha(actions).await;
                 continue;
             }
+            if let Input::Reload = input {
+                first.extend(self.reload());
+                continue;
+            }
             if let Some((service, event)) = self.accept(input) {
                 let actions = self.machines[service].step(event, now, self.jitter.next());
                 if !actions.is_empty() {
@@ -300,6 +318,16 @@ impl<D: Dataplane> Executor<D> {
 
     /// Takes note of an input; returns the event for a machine, if it is one.
     fn accept(&mut self, input: Input) -> Option<(usize, Event)> {
+        // Sent before a reload removed its service (a probe, a peer's message, a command's
+        // result): nobody is left to take it.
+        if let Input::Event { service, .. }
+        | Input::Probe { service, .. }
+        | Input::Paused { service, .. }
+        | Input::Resumed { service, .. } = &input
+            && *service >= self.machines.len()
+        {
+            return None;
+        }
         match input {
             Input::Event { service, event } => {
                 if let Event::Peer { from, msg } = &event {
@@ -345,8 +373,8 @@ impl<D: Dataplane> Executor<D> {
                 self.operators[service].paused(at);
                 None
             }
-            // Stepped by the main loop before it gets here.
-            Input::Ha { .. } => None,
+            // Handled by the main loop before it gets here.
+            Input::Ha { .. } | Input::Reload => None,
             Input::Resumed { service, ok, at } => {
                 self.operators[service].resumed(&self.names[service], ok, at);
                 None
@@ -564,6 +592,7 @@ impl<D: Dataplane> Executor<D> {
                 self.floating.acquired,
                 now_ms(self.start),
             ),
+            reload: self.last_reload.clone(),
         };
         drop(counters);
         self.status.send_replace(status);

@@ -12,7 +12,8 @@
 //! This file only wires the parts together; one job per module:
 //! - [`control`]: the contract with the API and the CLI (requests, answers, events);
 //! - `resume`: the machines a controller starts with, from the state file and the maps;
-//! - `executor`: the event loop (accept inputs, step the machines, perform the actions);
+//! - `executor`: the event loop (accept inputs, step the machines, perform the actions), and
+//!   its child `reload`: applying a reloaded config (`SIGHUP`);
 //! - `floating`: the floating addresses' side of it (ownership actions, the ARP lease);
 //! - `hostnames`: backend names looked up again while running, and what a change does;
 //! - `warmup`: the pure rule holding back read-pool changes just after a start;
@@ -81,7 +82,7 @@ use crate::{
 };
 
 /// `redis-ha-ctl run --config FILE`: runs the daemon with `cfg`, loaded from `config_path`,
-/// until SIGINT or SIGTERM.
+/// until SIGINT or SIGTERM; SIGHUP reloads `config_path`.
 pub async fn run_with_signals(cfg: Config, config_path: &Path) -> anyhow::Result<()> {
     if cfg.controller.is_none() {
         anyhow::bail!(
@@ -89,6 +90,24 @@ pub async fn run_with_signals(cfg: Config, config_path: &Path) -> anyhow::Result
             config_path.display()
         );
     }
+    // Caught from the start (its default action ends the process): a reload asked for while
+    // the daemon starts waits for it, then applies.
+    let (reload_tx, requests) = mpsc::channel(1);
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP (reload) handler")?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            // Several signals before the executor takes the first are one reload: it reads the
+            // file as it is then.
+            if let Err(mpsc::error::TrySendError::Closed(())) = reload_tx.try_send(()) {
+                return;
+            }
+        }
+    });
+    let reload = ReloadRequests {
+        path: config_path.to_owned(),
+        requests,
+    };
     // The handlers are installed when the daemon first waits for its inputs, so a signal during
     // the start still ends the process at once (the default action). Installing one can only
     // fail for a signal the process may not catch; the daemon then stops at once, and says why.
@@ -107,17 +126,28 @@ pub async fn run_with_signals(cfg: Config, config_path: &Path) -> anyhow::Result
             }
         }
     };
-    run(cfg, signals).await?;
+    run(cfg, Some(reload), signals).await?;
     match failed.into_inner() {
         Some(e) => Err(anyhow::Error::new(e).context("installing the SIGTERM handler")),
         None => Ok(()),
     }
 }
 
+/// Where a reload reads the config, and the requests for one (one `()` per request).
+pub struct ReloadRequests {
+    pub path: std::path::PathBuf,
+    pub requests: mpsc::Receiver<()>,
+}
+
 /// Runs the daemon for `config` until `shutdown` completes, then releases the floating
 /// addresses and returns; the data plane keeps forwarding (its program and maps are pinned).
-/// The caller owns the shutdown signal, so a test can start and stop a daemon in-process.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// The caller owns the shutdown signal and the reload requests, so a test can start, reload
+/// and stop a daemon in-process.
+pub async fn run(
+    config: Config,
+    reload: Option<ReloadRequests>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let ctl = config
         .controller
         .clone()
@@ -240,28 +270,39 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // They share the peers' boots: what one hears, the other addresses.
     let rx_codec = codec.twin();
     let names: Vec<String> = config.services.iter().map(|s| s.name.clone()).collect();
+    let (names_tx, names_rx) = watch::channel(names.clone());
     let metrics = Arc::new(Metrics::new());
     peers::spawn_receiver(
         &mut tasks,
         socket.clone(),
         rx_codec,
-        names.clone(),
+        names_rx,
         tx.clone(),
         metrics.clone(),
         peer_boots::path(&ctl.state_file),
     );
-    redis_io::spawn_probes(&mut tasks, &config.services, &ctl, &tx, &metrics)?;
+    // The executor owns the probes: a reload replaces them.
+    let mut probes = JoinSet::new();
+    redis_io::spawn_probes(&mut probes, &config.services, &ctl, &tx, &metrics)?;
+    let (catalog_tx, catalog_rx) = watch::channel(Arc::new(executor::reload::catalog(&config)));
+    let mut reload_path = None;
+    if let Some(ReloadRequests { path, mut requests }) = reload {
+        reload_path = Some(path);
+        let tx = tx.clone();
+        tasks.spawn(async move {
+            while requests.recv().await.is_some() {
+                if tx.send(Input::Reload).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     hostnames::Watched::of(&config.services).spawn(&mut tasks);
 
     let (status_tx, status_rx) = watch::channel(Status::default());
     let events = Arc::new(EventHub::new());
     let api = Arc::new(Api {
-        services: config.services.clone(),
-        peer_validity_ms: config
-            .services
-            .iter()
-            .map(|s| s.failover_params(&ctl).peer_report_validity_ms)
-            .collect(),
+        catalog: catalog_rx,
         status: status_rx.clone(),
         events: events.clone(),
         auth: ctl.api.clone(),
@@ -332,6 +373,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         metrics,
         seed,
         failpoint,
+        reloading: Some(executor::reload::Reloading {
+            path: reload_path,
+            running: config.clone(),
+            local,
+            probes,
+            names: names_tx,
+            catalog: catalog_tx,
+        }),
     });
     info!(id = %ctl.id, listen = %ctl.listen, services = names.len(), "controller started");
     watchdog::Watchdog::ready();

@@ -9,7 +9,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::{net::UdpSocket, sync::mpsc, task::JoinSet};
+use tokio::{
+    net::UdpSocket,
+    sync::{mpsc, watch},
+    task::JoinSet,
+};
 use tracing::warn;
 
 use super::executor::Input;
@@ -22,13 +26,14 @@ use crate::{
 };
 
 /// Receives, authenticates and forwards peer datagrams: service messages to the machine of
-/// the service they name (`names`: the services in config order), the floating addresses'
+/// the service they name (`names`: the services in config order, as the last reload left
+/// them), the floating addresses'
 /// to the ownership machine.
 pub(super) fn spawn_receiver(
     tasks: &mut JoinSet<()>,
     socket: Arc<UdpSocket>,
     mut codec: PeerCodec,
-    names: Vec<String>,
+    names: watch::Receiver<Vec<String>>,
     tx: mpsc::Sender<Input>,
     metrics: Arc<Metrics>,
     boots_file: std::path::PathBuf,
@@ -62,7 +67,8 @@ pub(super) fn spawn_receiver(
                     }
                 }
                 Ok((peer, service, Payload::Service(msg))) => {
-                    if let Some(i) = names.iter().position(|s| *s == service) {
+                    let i = names.borrow().iter().position(|s| *s == service);
+                    if let Some(i) = i {
                         let input = Input::Event {
                             service: i,
                             event: Event::Peer { from: peer, msg },

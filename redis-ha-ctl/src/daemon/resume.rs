@@ -10,9 +10,9 @@ use tokio::time::Instant;
 
 use super::executor::now_ms;
 use crate::{
-    config::{Config, ControllerConfig},
+    config::{Config, ControllerConfig, ServiceConfig},
     dataplane::{ServiceTarget, Snapshot},
-    failover::{Action, ControllerId, MachineConfig, Persisted, ServiceMachine},
+    failover::{Action, ControllerId, MachineConfig, Millis, Persisted, ServiceMachine},
     ha::HaMachine,
     persist::StateStore,
 };
@@ -50,40 +50,11 @@ impl Machines {
             })
             .map(|t| t.on_host(local))
             .collect();
-        let peer_ids: Vec<ControllerId> = ctl
-            .peers
-            .iter()
-            .map(|p| ControllerId(p.id.clone()))
-            .collect();
         let mut machines = Vec::new();
         let mut first = Vec::new();
         for (i, svc) in cfg.services.iter().enumerate() {
-            // Resume from whichever is newer: our state file or the pinned maps (which another
-            // run of this controller, or an operator, may have advanced).
-            let mut persisted = store.get(&svc.name);
-            let t = &targets[i];
-            if let Some(master) = t.master
-                && t.epoch > persisted.as_ref().map_or(0, |p| p.config_epoch)
-            {
-                persisted = Some(Persisted {
-                    current_epoch: t
-                        .epoch
-                        .max(persisted.as_ref().map_or(0, |p| p.current_epoch)),
-                    vote: persisted.and_then(|p| p.vote),
-                    master,
-                    config_epoch: t.epoch,
-                });
-            }
-            let mc = MachineConfig {
-                service: svc.name.clone(),
-                me: ControllerId(ctl.id.clone()),
-                peers: peer_ids.clone(),
-                master: svc.backends[0],
-                replicas: svc.backends[1..].to_vec(),
-                params: svc.failover_params(ctl),
-            };
-            let (mut machine, mut actions) = ServiceMachine::new(mc, persisted, now_ms(start))
-                .with_context(|| format!("service {}", svc.name))?;
+            let (mut machine, mut actions) =
+                service_machine(svc, ctl, store, &targets[i], now_ms(start))?;
             if unreadable {
                 actions.extend(machine.enter_safe_mode());
             }
@@ -93,6 +64,11 @@ impl Machines {
         }
 
         let ha_params = ctl.ha_params(cfg.ha.as_ref());
+        let peer_ids: Vec<ControllerId> = ctl
+            .peers
+            .iter()
+            .map(|p| ControllerId(p.id.clone()))
+            .collect();
         // A candidate's timers (claims, the lease, vacancy) need a fine tick; a voter only
         // answers.
         let ha_tick = Duration::from_millis(if ha_params.candidacy.is_some() {
@@ -115,4 +91,47 @@ impl Machines {
             ha_tick,
         })
     }
+}
+
+/// The failover machine of `svc` (at the start, or added by a reload) and its first actions,
+/// resumed from whichever is newer: our state file or the data plane's target `t` (the pinned
+/// maps, which another run of this controller, or an operator, may have advanced).
+pub(super) fn service_machine(
+    svc: &ServiceConfig,
+    ctl: &ControllerConfig,
+    store: &StateStore,
+    t: &ServiceTarget,
+    now: Millis,
+) -> anyhow::Result<(ServiceMachine, Vec<Action>)> {
+    let mut persisted = store.get(&svc.name);
+    if let Some(master) = t.master
+        && t.epoch > persisted.as_ref().map_or(0, |p| p.config_epoch)
+    {
+        persisted = Some(Persisted {
+            current_epoch: t
+                .epoch
+                .max(persisted.as_ref().map_or(0, |p| p.current_epoch)),
+            vote: persisted.and_then(|p| p.vote),
+            master,
+            config_epoch: t.epoch,
+        });
+    }
+    let mc = MachineConfig {
+        service: svc.name.clone(),
+        me: ControllerId(ctl.id.clone()),
+        peers: ctl
+            .peers
+            .iter()
+            .map(|p| ControllerId(p.id.clone()))
+            .collect(),
+        peer_addrs: ctl
+            .peers
+            .iter()
+            .map(|p| (ControllerId(p.id.clone()), p.addr))
+            .collect(),
+        master: svc.backends[0],
+        replicas: svc.backends[1..].to_vec(),
+        params: svc.failover_params(ctl),
+    };
+    ServiceMachine::new(mc, persisted, now).with_context(|| format!("service {}", svc.name))
 }

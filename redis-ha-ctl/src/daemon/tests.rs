@@ -208,6 +208,7 @@ impl Running {
             metrics: Arc::new(Metrics::new()),
             seed: 1,
             failpoint: Default::default(),
+            reloading: None,
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let done = tokio::spawn(executor.run(rx, async {
@@ -398,7 +399,7 @@ async fn a_daemon_runs_in_process_until_its_shutdown_completes() {
     let mut cfg = Config::parse(Path::new("test.toml"), &config).unwrap();
     cfg.controller.as_mut().unwrap().state_file = dir.0.join("state.json");
     let (stop, stopped) = oneshot::channel::<()>();
-    let daemon = tokio::spawn(super::run(cfg, async {
+    let daemon = tokio::spawn(super::run(cfg, None, async {
         let _ = stopped.await;
     }));
 

@@ -45,6 +45,11 @@ impl ReadPoolHold {
         Some(pool)
     }
 
+    /// A reload changed the number of services to `services`.
+    pub(super) fn resize(&mut self, services: usize) {
+        self.held.resize(services, None);
+    }
+
     /// Once the hold is over (`now` is past it), the pools it kept, each once, by service.
     pub(super) fn release(&mut self, now: Millis) -> Vec<(usize, Vec<NodeAddr>)> {
         if now < self.until {

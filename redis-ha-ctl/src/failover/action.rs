@@ -264,6 +264,21 @@ pub enum NoticeKind {
     SafeMode,
     /// `-safe-mode` (ours): heard them; votes again, in later epochs only.
     SafeModeCleared,
+    /// `+monitor master <name> <ip> <port> quorum <n>`: at start, for each service.
+    Monitor,
+    /// `+slave`: a node other than the master answered for the first time, or, after
+    /// `+switch-master`, each node is listed as a replica of the new master.
+    Slave,
+    /// `+sentinel`: the first hello from a peer since we started.
+    Sentinel,
+    /// `+role-change`: a node reports a new role, the one we expect of it.
+    RoleChange,
+    /// `-role-change`: a node reports a new role we do not expect of it (a replica that says
+    /// it is a master, a master that says it is a replica).
+    RoleChangeMismatch,
+    /// `+failover-detected`: a peer stands for or runs a failover of our master (its vote
+    /// request or hello), once per epoch.
+    FailoverDetected,
 }
 
 impl NoticeKind {
@@ -306,6 +321,12 @@ impl NoticeKind {
             NoticeKind::TiltCleared => "-tilt",
             NoticeKind::SafeMode => "+safe-mode",
             NoticeKind::SafeModeCleared => "-safe-mode",
+            NoticeKind::Monitor => "+monitor",
+            NoticeKind::Slave => "+slave",
+            NoticeKind::Sentinel => "+sentinel",
+            NoticeKind::RoleChange => "+role-change",
+            NoticeKind::RoleChangeMismatch => "-role-change",
+            NoticeKind::FailoverDetected => "+failover-detected",
         }
     }
 }

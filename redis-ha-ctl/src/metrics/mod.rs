@@ -121,6 +121,13 @@ pub struct Metrics {
     state_write_failures: Family<ServiceLabels, Counter>,
     /// Votes (replies and our own requests) not sent because the state was not durable.
     votes_withheld: Family<ServiceLabels, Counter>,
+    /// Reloads of the config (`SIGHUP`), by result: "applied" or "refused".
+    reloads: Family<ResultLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -140,7 +147,14 @@ impl Default for Metrics {
             api_closed: Family::default(),
             api_subscriptions_refused: Counter::default(),
             api_clients: Gauge::default(),
+            reloads: Family::default(),
         };
+        // Both results exist from the start, so a refusal is a counter going from 0 to 1.
+        for result in ["applied", "refused"] {
+            metrics.reloads.get_or_create_owned(&ResultLabels {
+                result: result.to_owned(),
+            });
+        }
         for reason in PEER_REFUSAL_REASONS {
             metrics.peer_refused.get_or_create_owned(&ReasonLabels {
                 reason: reason.to_owned(),
@@ -199,6 +213,16 @@ impl Metrics {
         self.peer_refused
             .get_or_create(&ReasonLabels {
                 reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A reload of the config was applied (`true`) or refused.
+    pub fn reloaded(&self, applied: bool) {
+        let result = if applied { "applied" } else { "refused" };
+        self.reloads
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
             })
             .inc();
     }
@@ -318,6 +342,13 @@ impl Metrics {
             "Votes not sent (replies to candidates, or requests for our own candidacy) because \
              the state file holding them could not be written",
             self.votes_withheld.clone(),
+        );
+
+        reg.register(
+            "config_reloads",
+            "Reloads of the config (SIGHUP), by result: \"applied\" or \"refused\" (the running \
+             config then stays as it was)",
+            self.reloads.clone(),
         );
 
         reg.register(

@@ -118,5 +118,6 @@ pub(crate) fn sample() -> Status {
             acquired: 2,
             ..Default::default()
         }),
+        reload: None,
     }
 }

@@ -1,8 +1,8 @@
-//! The server half of RESP2, Redis's wire protocol: parsing requests, encoding replies.
+//! The server half of RESP2 and RESP3, Redis's wire protocols: parsing requests, encoding replies.
 //!
 //! Clients send a command as an array of bulk strings (`*2\r\n$4\r\nPING\r\n...`), or, typed by
-//! hand (telnet, `nc`), as one "inline" line of space-separated words. Replies are one of five
-//! types. The `redis` crate already speaks the client half (the CLI uses it); a server needs only
+//! hand (telnet, `nc`), as one "inline" line of space-separated words. A [`Reply`] is built once
+//! and encoded in the protocol the connection chose (`HELLO 2|3`). The `redis` crate already speaks the client half (the CLI uses it); a server needs only
 //! this much, with limits, so it is written here rather than pulled in from a framework crate.
 //!
 //! Requests are parsed incrementally by [`RequestParser`] (in `request`); replies and Redis's
@@ -18,7 +18,26 @@ pub use request::{
     MAX_INLINE_LEN, ProtocolError, Request, RequestLimits, RequestParser, parse_request,
 };
 
-/// A reply.
+/// The protocol a connection speaks: RESP2 until the client asks for RESP3 with `HELLO 3`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    #[default]
+    Resp2,
+    Resp3,
+}
+
+impl Protocol {
+    /// `HELLO`'s protocol version.
+    pub fn version(self) -> i64 {
+        match self {
+            Protocol::Resp2 => 2,
+            Protocol::Resp3 => 3,
+        }
+    }
+}
+
+/// A reply, built once and encoded in either protocol: the RESP3-only types fall back to what
+/// Redis sends a RESP2 client in their place, so one builder serves both.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
     /// `+OK`: a short status line (no CR or LF).
@@ -27,11 +46,18 @@ pub enum Reply {
     Error(String),
     Integer(i64),
     Bulk(Vec<u8>),
-    /// `$-1`: nothing (a missing value).
+    /// A missing value: `$-1` in RESP2, `_` in RESP3.
     Null,
     Array(Vec<Reply>),
-    /// `*-1`: no array (what `SENTINEL get-master-addr-by-name` answers for an unknown name).
+    /// No array (what `SENTINEL get-master-addr-by-name` answers for an unknown name): `*-1` in
+    /// RESP2, `_` in RESP3.
     NullArray,
+    /// Key/value pairs: `%` in RESP3, a flat array of keys and values in RESP2 (Redis's
+    /// `addReplyMapLen`).
+    Map(Vec<(Reply, Reply)>),
+    /// Out-of-band data (pub/sub messages and confirmations): `>` in RESP3, so a client can
+    /// tell it from a reply; an array in RESP2.
+    Push(Vec<Reply>),
 }
 
 impl Reply {
@@ -48,52 +74,72 @@ impl Reply {
         Reply::Bulk(text.into().into_bytes())
     }
 
-    /// A flat array of field/value bulk strings, as Sentinel describes an instance.
+    /// Field/value bulk strings, as Sentinel describes an instance: a map in RESP3.
     pub fn fields<K: Into<String>, V: Into<String>>(
         pairs: impl IntoIterator<Item = (K, V)>,
     ) -> Self {
-        Reply::Array(
+        Reply::Map(
             pairs
                 .into_iter()
-                .flat_map(|(k, v)| [Reply::bulk(k), Reply::bulk(v)])
+                .map(|(k, v)| (Reply::bulk(k), Reply::bulk(v)))
                 .collect(),
         )
     }
 
-    /// Appends the wire form to `out`.
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    /// Appends the wire form in `proto` to `out`.
+    pub fn encode(&self, proto: Protocol, out: &mut Vec<u8>) {
+        let resp3 = proto == Protocol::Resp3;
         match self {
             Reply::Simple(s) => line_reply(out, b'+', s),
             Reply::Error(s) => line_reply(out, b'-', s),
-            Reply::Integer(n) => {
-                out.push(b':');
-                out.extend_from_slice(n.to_string().as_bytes());
-                out.extend_from_slice(b"\r\n");
-            }
+            Reply::Integer(n) => header(out, b':', *n),
             Reply::Bulk(b) => {
-                out.push(b'$');
-                out.extend_from_slice(b.len().to_string().as_bytes());
-                out.extend_from_slice(b"\r\n");
+                header(out, b'$', b.len());
                 out.extend_from_slice(b);
                 out.extend_from_slice(b"\r\n");
             }
+            Reply::Null | Reply::NullArray if resp3 => out.extend_from_slice(b"_\r\n"),
             Reply::Null => out.extend_from_slice(b"$-1\r\n"),
-            Reply::Array(items) => {
-                out.push(b'*');
-                out.extend_from_slice(items.len().to_string().as_bytes());
-                out.extend_from_slice(b"\r\n");
-                for item in items {
-                    item.encode(out);
+            Reply::NullArray => out.extend_from_slice(b"*-1\r\n"),
+            Reply::Array(items) => aggregate(out, b'*', items, proto),
+            Reply::Push(items) => aggregate(out, if resp3 { b'>' } else { b'*' }, items, proto),
+            Reply::Map(pairs) => {
+                if resp3 {
+                    header(out, b'%', pairs.len());
+                } else {
+                    header(out, b'*', 2 * pairs.len());
+                }
+                for (key, value) in pairs {
+                    key.encode(proto, out);
+                    value.encode(proto, out);
                 }
             }
-            Reply::NullArray => out.extend_from_slice(b"*-1\r\n"),
         }
     }
 
+    /// The RESP2 wire form.
     pub fn to_bytes(&self) -> Vec<u8> {
+        self.to_bytes_in(Protocol::Resp2)
+    }
+
+    pub fn to_bytes_in(&self, proto: Protocol) -> Vec<u8> {
         let mut out = Vec::new();
-        self.encode(&mut out);
+        self.encode(proto, &mut out);
         out
+    }
+}
+
+/// A type byte, a length or number, CRLF.
+fn header(out: &mut Vec<u8>, kind: u8, n: impl fmt::Display) {
+    out.push(kind);
+    out.extend_from_slice(n.to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn aggregate(out: &mut Vec<u8>, kind: u8, items: &[Reply], proto: Protocol) {
+    header(out, kind, items.len());
+    for item in items {
+        item.encode(proto, out);
     }
 }
 
@@ -194,6 +240,67 @@ mod tests {
             String::from_utf8(reply.to_bytes()).unwrap(),
             "*8\r\n+OK\r\n-ERR unknown command 'x'\r\n:-3\r\n$11\r\n198.18.1.11\r\n$-1\r\n*-1\r\n*0\r\n+two  lines\r\n"
         );
+    }
+
+    #[test]
+    fn resp3_types_fall_back_to_what_resp2_clients_get() {
+        let reply = Reply::Array(vec![
+            Reply::fields([("name", "mymaster"), ("port", "6379")]),
+            Reply::Push(vec![Reply::bulk("message"), Reply::Integer(1)]),
+            Reply::Map(vec![]),
+        ]);
+        assert_eq!(
+            String::from_utf8(reply.to_bytes()).unwrap(),
+            "*3\r\n*4\r\n$4\r\nname\r\n$8\r\nmymaster\r\n$4\r\nport\r\n$4\r\n6379\r\n\
+             *2\r\n$7\r\nmessage\r\n:1\r\n*0\r\n"
+        );
+    }
+
+    #[test]
+    fn encodes_every_reply_type_in_resp3() {
+        let reply = Reply::Array(vec![
+            Reply::ok(),
+            Reply::err("x"),
+            Reply::Integer(-3),
+            Reply::bulk("ab"),
+            Reply::Null,
+            Reply::NullArray,
+            Reply::fields([("ip", "198.18.1.11")]),
+            Reply::Push(vec![Reply::bulk("pong"), Reply::Bulk(Vec::new())]),
+            Reply::Map(vec![]),
+        ]);
+        assert_eq!(
+            String::from_utf8(reply.to_bytes_in(Protocol::Resp3)).unwrap(),
+            "*9\r\n+OK\r\n-ERR x\r\n:-3\r\n$2\r\nab\r\n_\r\n_\r\n\
+             %1\r\n$2\r\nip\r\n$11\r\n198.18.1.11\r\n>2\r\n$4\r\npong\r\n$0\r\n\r\n%0\r\n"
+        );
+    }
+
+    #[test]
+    fn resp3_replies_parse_with_the_redis_crate() {
+        let map = Reply::fields([("name", "mymaster"), ("port", "6379")]);
+        let value = redis::parse_redis_value(&map.to_bytes_in(Protocol::Resp3)).unwrap();
+        assert!(matches!(value, redis::Value::Map(_)), "{value:?}");
+        let fields: std::collections::HashMap<String, String> =
+            redis::from_redis_value(&value).unwrap();
+        assert_eq!(fields["name"], "mymaster");
+        assert_eq!(fields["port"], "6379");
+
+        let null = redis::parse_redis_value(&Reply::NullArray.to_bytes_in(Protocol::Resp3));
+        assert_eq!(null.unwrap(), redis::Value::Nil);
+
+        let push = Reply::Push(vec![
+            Reply::bulk("message"),
+            Reply::bulk("+sdown"),
+            Reply::bulk("master mymaster 198.18.1.11 6379"),
+        ]);
+        match redis::parse_redis_value(&push.to_bytes_in(Protocol::Resp3)).unwrap() {
+            redis::Value::Push { kind, data } => {
+                assert_eq!(kind, redis::PushKind::Message);
+                assert_eq!(data.len(), 2, "channel and payload: {data:?}");
+            }
+            other => panic!("not a push: {other:?}"),
+        }
     }
 
     #[test]

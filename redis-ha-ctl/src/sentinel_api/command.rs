@@ -6,7 +6,7 @@
 use crate::{
     config::check_switchover_timeout,
     failover::NodeAddr,
-    resp::{Reply, Request},
+    resp::{Protocol, Reply, Request},
 };
 
 /// One request, parsed.
@@ -24,9 +24,10 @@ pub(super) enum Command {
     Quit,
     /// `RESET`: leave subscribe mode and forget the client's name.
     Reset,
-    /// `HELLO [2 [AUTH user password] [SETNAME name]]`: RESP2 only (RESP3's push messages are
-    /// not needed by any Sentinel client), so another protocol version does not parse.
+    /// `HELLO [2|3 [AUTH user password] [SETNAME name]]`: no version keeps the connection's
+    /// protocol; another version does not parse (`NOPROTO`).
     Hello {
+        proto: Option<Protocol>,
         auth: Option<(String, Vec<u8>)>,
         setname: Option<String>,
     },
@@ -75,6 +76,8 @@ pub(super) enum SentinelCommand {
     Query(SentinelQuery),
     /// `SENTINEL FAILOVER <name>`: only the executor can do it.
     Failover { name: String },
+    /// `SENTINEL HELP`.
+    Help,
 }
 
 /// The `SENTINEL` subcommands that only read the snapshot.
@@ -203,11 +206,16 @@ impl Command {
 /// Takes the whole request: a password is kept as the bytes the client sent.
 fn parse_hello(request: &Request) -> Result<Command, Reply> {
     let word = |i: usize| String::from_utf8_lossy(&request[i]).into_owned();
-    if request.len() > 1 && word(1) != "2" {
-        return Err(Reply::Error(
-            "NOPROTO sorry, this protocol version is not supported".to_owned(),
-        ));
-    }
+    let proto = match request.get(1).map(|_| word(1)).as_deref() {
+        None => None,
+        Some("2") => Some(Protocol::Resp2),
+        Some("3") => Some(Protocol::Resp3),
+        Some(_) => {
+            return Err(Reply::Error(
+                "NOPROTO sorry, this protocol version is not supported".to_owned(),
+            ));
+        }
+    };
     let mut auth = None;
     let mut setname = None;
     let mut i = 2;
@@ -229,7 +237,11 @@ fn parse_hello(request: &Request) -> Result<Command, Reply> {
             }
         }
     }
-    Ok(Command::Hello { auth, setname })
+    Ok(Command::Hello {
+        proto,
+        auth,
+        setname,
+    })
 }
 
 impl ClientCommand {
@@ -270,6 +282,7 @@ impl SentinelCommand {
             "ckquorum" => SentinelQuery::CkQuorum { name: name()? },
             "myid" => SentinelQuery::MyId,
             "failover" => return Ok(Self::Failover { name: name()? }),
+            "help" => return Ok(Self::Help),
             "is-master-down-by-addr"
             | "reset"
             | "monitor"
@@ -345,4 +358,41 @@ impl RedisHaCommand {
 
 fn wrong_arity(command: &str) -> Reply {
     Reply::err(format!("wrong number of arguments for '{command}' command"))
+}
+
+/// `SENTINEL HELP`'s lines: the subcommands redis-ha implements, in Sentinel's wording.
+const SENTINEL_HELP: &[&str] = &[
+    "CKQUORUM <master-name>",
+    "    Check if the current Sentinel configuration is able to reach the quorum",
+    "    needed to failover a master and the majority needed to authorize the",
+    "    failover.",
+    "GET-MASTER-ADDR-BY-NAME <master-name>",
+    "    Return the ip and port number of the master with that name.",
+    "FAILOVER <master-name>",
+    "    Manually failover a master node (redis-ha: after a vote of a majority of",
+    "    the controllers; a planned switchover while the master answers).",
+    "MASTER <master-name>",
+    "    Show the state and info of the specified master.",
+    "MASTERS",
+    "    Show a list of monitored masters and their state.",
+    "MYID",
+    "    Return the ID of the Sentinel instance.",
+    "REPLICAS <master-name>",
+    "    Show a list of replicas for this master and their state.",
+    "SENTINELS <master-name>",
+    "    Show a list of Sentinel instances for this master and their state.",
+    "SLAVES <master-name>",
+    "    Old name of REPLICAS.",
+];
+
+/// Redis's `addReplyHelp`: a title, the lines, then `HELP` itself, each a status line.
+pub(super) fn sentinel_help() -> Reply {
+    let title = "SENTINEL <subcommand> [<arg> [value] [opt] ...]. Subcommands are:";
+    Reply::Array(
+        std::iter::once(title)
+            .chain(SENTINEL_HELP.iter().copied())
+            .chain(["HELP", "    Print this help."])
+            .map(|line| Reply::Simple(line.to_owned()))
+            .collect(),
+    )
 }

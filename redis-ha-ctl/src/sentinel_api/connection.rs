@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     failover::NodeAddr,
-    resp::{Reply, Request, RequestParser},
+    resp::{Protocol, Reply, Request, RequestParser},
 };
 
 /// Unsent reply bytes past which a client's next requests wait to be read. Above any one
@@ -54,6 +54,8 @@ pub(super) struct Connection<'a> {
     /// Who the client authenticated as (`AUTH`, `HELLO .. AUTH`), if it did.
     user: Option<User>,
     subscriptions: Subscriptions,
+    /// What the replies are encoded in: RESP2 until `HELLO 3`.
+    proto: Protocol,
 }
 
 impl<'a> Connection<'a> {
@@ -65,6 +67,7 @@ impl<'a> Connection<'a> {
             name: None,
             user: None,
             subscriptions: Subscriptions::default(),
+            proto: Protocol::Resp2,
         }
     }
 
@@ -93,7 +96,7 @@ impl<'a> Connection<'a> {
                     Ok(Some(request)) => request,
                     Ok(None) => break,
                     Err(e) => {
-                        Reply::err(format!("Protocol error: {e}")).encode(out.buf());
+                        Reply::err(format!("Protocol error: {e}")).encode(self.proto, out.buf());
                         flush(&mut wr, &out).await;
                         return Ok(Some(Closed::Protocol(e)));
                     }
@@ -130,7 +133,7 @@ impl<'a> Connection<'a> {
                 }
                 event = self.subscriptions.next_event() => match event {
                     Ok(record) => {
-                        self.subscriptions.deliver(&record, out.buf());
+                        self.subscriptions.deliver(&record, self.proto, out.buf());
                         if let Some(closed) = out.check(limits, true, Instant::now()) {
                             return Ok(Some(closed));
                         }
@@ -156,12 +159,16 @@ impl<'a> Connection<'a> {
     /// Parses one request and applies it, its reply (or replies) appended to `out`.
     async fn handle(&mut self, request: Request, out: &mut Vec<u8>) -> Flow {
         let verb = command::verb(&request);
-        if self.subscriptions.is_active() && !command::allowed_while_subscribed(&verb) {
+        // RESP3 tells pushes from replies, so Redis lets its subscribers run any command.
+        if self.subscriptions.is_active()
+            && self.proto == Protocol::Resp2
+            && !command::allowed_while_subscribed(&verb)
+        {
             Reply::err(format!(
                 "Can't execute '{verb}': only (P)SUBSCRIBE / (P)UNSUBSCRIBE / PING / QUIT / \
                  RESET are allowed in this context"
             ))
-            .encode(out);
+            .encode(self.proto, out);
             return Flow::Continue;
         }
         // Parsed first, as Redis looks the command up and checks its arity before asking
@@ -173,7 +180,7 @@ impl<'a> Connection<'a> {
         match checked {
             Ok(command) => self.apply(command, out).await,
             Err(reply) => {
-                reply.encode(out);
+                reply.encode(self.proto, out);
                 Flow::Continue
             }
         }
@@ -181,28 +188,37 @@ impl<'a> Connection<'a> {
 
     async fn apply(&mut self, command: Command, out: &mut Vec<u8>) -> Flow {
         let reply = match command {
-            Command::Ping { message } if self.subscriptions.is_active() => Reply::Array(vec![
-                Reply::bulk("pong"),
-                Reply::Bulk(message.unwrap_or_default()),
-            ]),
+            Command::Ping { message }
+                if self.subscriptions.is_active() && self.proto == Protocol::Resp2 =>
+            {
+                Reply::Array(vec![
+                    Reply::bulk("pong"),
+                    Reply::Bulk(message.unwrap_or_default()),
+                ])
+            }
             Command::Ping {
                 message: Some(message),
             } => Reply::Bulk(message),
             Command::Ping { message: None } => Reply::Simple("PONG".into()),
             Command::Echo { message } => Reply::Bulk(message),
             Command::Quit => {
-                Reply::ok().encode(out);
+                Reply::ok().encode(self.proto, out);
                 return Flow::Close;
             }
             Command::Reset => {
                 // Redis's RESET authenticates as the default user, which, with a password
-                // configured, means not authenticated.
+                // configured, means not authenticated; it also goes back to RESP2.
                 self.subscriptions.clear();
+                self.proto = Protocol::Resp2;
                 self.name = None;
                 self.user = None;
                 Reply::Simple("RESET".into())
             }
-            Command::Hello { auth, setname } => {
+            Command::Hello {
+                proto,
+                auth,
+                setname,
+            } => {
                 if let Some((user, password)) = auth
                     && let Err(refused) = self.authenticate(Some(&user), &password)
                 {
@@ -218,6 +234,10 @@ impl<'a> Connection<'a> {
                 } else {
                     if let Some(name) = setname {
                         self.name = Some(name.into_bytes());
+                    }
+                    // Switched only once it succeeded: a refused HELLO changes nothing.
+                    if let Some(proto) = proto {
+                        self.proto = proto;
                     }
                     self.hello()
                 }
@@ -236,9 +256,14 @@ impl<'a> Connection<'a> {
             Command::RedisHa(command) => self.redis_ha(command).await,
             Command::Subscribe { names, pattern } => {
                 let max = self.api.limits.client_max_subscriptions;
-                let refused =
-                    self.subscriptions
-                        .subscribe(&self.api.events, &names, pattern, max, out);
+                let refused = self.subscriptions.subscribe(
+                    &self.api.events,
+                    &names,
+                    pattern,
+                    max,
+                    self.proto,
+                    out,
+                );
                 if refused > 0 {
                     self.api.metrics.api_subscriptions_refused(refused);
                     self.api.limit_log.warn(
@@ -252,11 +277,12 @@ impl<'a> Connection<'a> {
                 return Flow::Continue;
             }
             Command::Unsubscribe { names, pattern } => {
-                self.subscriptions.unsubscribe(&names, pattern, out);
+                self.subscriptions
+                    .unsubscribe(&names, pattern, self.proto, out);
                 return Flow::Continue;
             }
         };
-        reply.encode(out);
+        reply.encode(self.proto, out);
         Flow::Continue
     }
 
@@ -285,23 +311,17 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// Redis's `HELLO` map, flattened as RESP2 sends it.
+    /// Redis's `HELLO` map (flattened in RESP2), in the protocol just chosen.
     fn hello(&self) -> Reply {
-        Reply::Array(vec![
-            Reply::bulk("server"),
-            Reply::bulk("redis"),
-            Reply::bulk("version"),
-            Reply::bulk(REDIS_VERSION),
-            Reply::bulk("proto"),
-            Reply::Integer(2),
-            Reply::bulk("id"),
-            Reply::Integer(self.id as i64),
-            Reply::bulk("mode"),
-            Reply::bulk("sentinel"),
-            Reply::bulk("role"),
-            Reply::bulk("sentinel"),
-            Reply::bulk("modules"),
-            Reply::Array(Vec::new()),
+        let field = |key: &str, value| (Reply::bulk(key), value);
+        Reply::Map(vec![
+            field("server", Reply::bulk("redis")),
+            field("version", Reply::bulk(REDIS_VERSION)),
+            field("proto", Reply::Integer(self.proto.version())),
+            field("id", Reply::Integer(self.id as i64)),
+            field("mode", Reply::bulk("sentinel")),
+            field("role", Reply::bulk("sentinel")),
+            field("modules", Reply::Array(Vec::new())),
         ])
     }
 
@@ -322,7 +342,7 @@ impl<'a> Connection<'a> {
         match command {
             SentinelCommand::Query(query) => sentinel::answer(self.api, &status, query),
             SentinelCommand::Failover { name } => {
-                if sentinel::lookup(&status, &self.api.services, &name).is_none() {
+                if sentinel::lookup(&status, &self.api.catalog().services, &name).is_none() {
                     return Reply::err("No such master with that name");
                 }
                 match self.failover(&name, None, None, false).await {
@@ -330,6 +350,7 @@ impl<'a> Connection<'a> {
                     Err(e) => e.reply(),
                 }
             }
+            SentinelCommand::Help => command::sentinel_help(),
         }
     }
 

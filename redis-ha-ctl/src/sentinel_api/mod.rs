@@ -2,10 +2,11 @@
 //! UDP on the same port number), so that `redis-cli -p 26379 SENTINEL ...`, Sentinel-aware
 //! clients (redis-py's `Sentinel`, Jedis, go-redis, ...) and scripts keep working:
 //!
-//! - `PING`, `ECHO`, `QUIT`, `HELLO 2 [AUTH ..]`, `AUTH [user] password`,
+//! - `PING`, `ECHO`, `QUIT`, `HELLO [2|3] [AUTH ..] [SETNAME ..]` (RESP2 or RESP3),
+//!   `AUTH [user] password`,
 //!   `CLIENT SETNAME|SETINFO|GETNAME|ID`, `COMMAND`, `INFO [server|sentinel]`, `ROLE`;
 //! - `SENTINEL masters | master | replicas | slaves | sentinels | get-master-addr-by-name |
-//!   failover | ckquorum | myid`, with Sentinel's field names and reply shapes;
+//!   failover | ckquorum | myid | help`, with Sentinel's field names and reply shapes;
 //! - `SUBSCRIBE` / `PSUBSCRIBE` to the event channels, named after the events (`+switch-master`,
 //!   `+sdown`, ...) with Sentinel's payloads;
 //! - redis-ha's own `REDIS-HA STATUS | EVENTS | FAILOVER`, used by `redis-ha-ctl status`,
@@ -43,6 +44,8 @@ pub(crate) mod testdata;
 mod tests;
 #[cfg(test)]
 mod tests_auth;
+#[cfg(test)]
+mod tests_resp3;
 
 use std::{
     net::SocketAddr,
@@ -79,13 +82,32 @@ pub const JSON_EVENTS_CHANNEL: &str = "redis-ha:events";
 /// (e.g. `SENTINEL replicas` exists from 5.0); we implement what Sentinel 7.0 answers.
 const REDIS_VERSION: &str = "7.0.0";
 
-/// What the API serves from.
-pub struct Api {
+/// The services the API answers for: replaced as a whole when a reload adds, removes or
+/// retunes one, so a request sees either the old list or the new one.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
     /// The services as configured: Sentinel's static fields (failover timeout, parallel syncs).
     pub services: Vec<ServiceConfig>,
     /// Per service: a peer heard from within this many ms counts toward the quorum and the
     /// majority (its reports have not expired); what `SENTINEL CKQUORUM` counts.
     pub peer_validity_ms: Vec<u64>,
+}
+
+impl Catalog {
+    /// A service's peer validity (see [`Catalog::peer_validity_ms`]).
+    fn validity(&self, service: &str) -> u64 {
+        self.services
+            .iter()
+            .position(|c| c.name == service)
+            .and_then(|i| self.peer_validity_ms.get(i).copied())
+            .unwrap_or(0)
+    }
+}
+
+/// What the API serves from.
+pub struct Api {
+    /// The services, as the executor last set them (at the start and at each reload).
+    pub catalog: watch::Receiver<std::sync::Arc<Catalog>>,
     /// The executor's latest snapshot.
     pub status: watch::Receiver<Status>,
     pub events: Arc<EventHub>,
@@ -104,13 +126,9 @@ pub struct Api {
 }
 
 impl Api {
-    /// A service's peer validity (see [`Api::peer_validity_ms`]).
-    fn validity(&self, service: &str) -> u64 {
-        self.services
-            .iter()
-            .position(|c| c.name == service)
-            .and_then(|i| self.peer_validity_ms.get(i).copied())
-            .unwrap_or(0)
+    /// The services now (cheap: the list is shared, not copied).
+    fn catalog(&self) -> std::sync::Arc<Catalog> {
+        self.catalog.borrow().clone()
     }
 }
 

@@ -1,5 +1,6 @@
 //! A connection's subscriptions: the channels (`SUBSCRIBE`) and patterns (`PSUBSCRIBE`) it
-//! listens to, and how an event reaches it, in the shapes Redis uses for `PUBLISH`. A channel is
+//! listens to, and how an event reaches it, in the shapes Redis uses for `PUBLISH` (push
+//! frames in RESP3, arrays in RESP2). A channel is
 //! an event's name (`+switch-master`, `+sdown`, ...) carrying Sentinel's payload; the channel
 //! [`JSON_EVENTS_CHANNEL`] carries every event as JSON instead.
 
@@ -9,7 +10,7 @@ use tokio::sync::broadcast;
 
 use super::{EventHub, JSON_EVENTS_CHANNEL};
 use crate::{
-    resp::{self, Reply},
+    resp::{self, Protocol, Reply},
     status::EventRecord,
 };
 
@@ -35,6 +36,7 @@ impl Subscriptions {
         names: &[String],
         pattern: bool,
         max: u64,
+        proto: Protocol,
         out: &mut Vec<u8>,
     ) -> u64 {
         let mut refused = 0;
@@ -49,7 +51,7 @@ impl Subscriptions {
                 Reply::err(format!(
                     "max number of subscriptions reached (client_max_subscriptions is {max})"
                 ))
-                .encode(out);
+                .encode(proto, out);
                 continue;
             }
             if self.events.is_none() {
@@ -61,18 +63,24 @@ impl Subscriptions {
                 self.channels.insert(name.clone());
             }
             let kind = if pattern { "psubscribe" } else { "subscribe" };
-            Reply::Array(vec![
+            Reply::Push(vec![
                 Reply::bulk(kind),
                 Reply::bulk(name),
                 Reply::Integer(self.count()),
             ])
-            .encode(out);
+            .encode(proto, out);
         }
         refused
     }
 
     /// `(P)UNSUBSCRIBE [name ...]`: one confirmation per name, all of them when none is given.
-    pub(super) fn unsubscribe(&mut self, names: &[String], pattern: bool, out: &mut Vec<u8>) {
+    pub(super) fn unsubscribe(
+        &mut self,
+        names: &[String],
+        pattern: bool,
+        proto: Protocol,
+        out: &mut Vec<u8>,
+    ) {
         let kind = if pattern {
             "punsubscribe"
         } else {
@@ -96,15 +104,15 @@ impl Subscriptions {
             self.events = None;
         }
         if names.is_empty() {
-            Reply::Array(vec![Reply::bulk(kind), Reply::Null, Reply::Integer(0)]).encode(out);
+            Reply::Push(vec![Reply::bulk(kind), Reply::Null, Reply::Integer(0)]).encode(proto, out);
         }
         for name in names {
-            Reply::Array(vec![
+            Reply::Push(vec![
                 Reply::bulk(kind),
                 Reply::bulk(name),
                 Reply::Integer(self.count()),
             ])
-            .encode(out);
+            .encode(proto, out);
         }
     }
 
@@ -128,35 +136,35 @@ impl Subscriptions {
     }
 
     /// Publishes one event to this subscriber, as Redis delivers a PUBLISH.
-    pub(super) fn deliver(&self, record: &EventRecord, out: &mut Vec<u8>) {
+    pub(super) fn deliver(&self, record: &EventRecord, proto: Protocol, out: &mut Vec<u8>) {
         if self.channels.contains(&record.name) {
-            Reply::Array(vec![
+            Reply::Push(vec![
                 Reply::bulk("message"),
                 Reply::bulk(&record.name),
                 Reply::bulk(&record.payload),
             ])
-            .encode(out);
+            .encode(proto, out);
         }
         for pattern in &self.patterns {
             if resp::glob_match(pattern.as_bytes(), record.name.as_bytes()) {
-                Reply::Array(vec![
+                Reply::Push(vec![
                     Reply::bulk("pmessage"),
                     Reply::bulk(pattern),
                     Reply::bulk(&record.name),
                     Reply::bulk(&record.payload),
                 ])
-                .encode(out);
+                .encode(proto, out);
             }
         }
         if self.channels.contains(JSON_EVENTS_CHANNEL)
             && let Ok(json) = serde_json::to_string(record)
         {
-            Reply::Array(vec![
+            Reply::Push(vec![
                 Reply::bulk("message"),
                 Reply::bulk(JSON_EVENTS_CHANNEL),
                 Reply::bulk(json),
             ])
-            .encode(out);
+            .encode(proto, out);
         }
     }
 }

@@ -13,8 +13,9 @@ use crate::{
 
 /// The reply to a `SENTINEL` query.
 pub(super) fn answer(api: &Api, status: &Status, query: SentinelQuery) -> Reply {
+    let catalog = api.catalog();
     let named = |name: &str| {
-        lookup(status, &api.services, name)
+        lookup(status, &catalog.services, name)
             .ok_or_else(|| Reply::err("No such master with that name"))
     };
     match query {
@@ -23,7 +24,7 @@ pub(super) fn answer(api: &Api, status: &Status, query: SentinelQuery) -> Reply 
                 .services
                 .iter()
                 .filter_map(|s| {
-                    let cfg = api.services.iter().find(|c| c.name == s.name)?;
+                    let cfg = catalog.services.iter().find(|c| c.name == s.name)?;
                     Some(master_fields(s, cfg))
                 })
                 .collect(),
@@ -44,7 +45,7 @@ pub(super) fn answer(api: &Api, status: &Status, query: SentinelQuery) -> Reply 
         },
         SentinelQuery::Sentinels { name } => match named(&name) {
             Ok((s, _)) => {
-                let validity = api.validity(&s.name);
+                let validity = catalog.validity(&s.name);
                 Reply::Array(
                     s.peers
                         .iter()
@@ -54,15 +55,17 @@ pub(super) fn answer(api: &Api, status: &Status, query: SentinelQuery) -> Reply 
             }
             Err(e) => e,
         },
-        SentinelQuery::GetMasterAddrByName { name } => match lookup(status, &api.services, &name) {
-            Some((s, cfg)) => Reply::Array(vec![
-                Reply::bulk(cfg.announced_host(s.master)),
-                Reply::bulk(s.master.port().to_string()),
-            ]),
-            None => Reply::NullArray,
-        },
+        SentinelQuery::GetMasterAddrByName { name } => {
+            match lookup(status, &catalog.services, &name) {
+                Some((s, cfg)) => Reply::Array(vec![
+                    Reply::bulk(cfg.announced_host(s.master)),
+                    Reply::bulk(s.master.port().to_string()),
+                ]),
+                None => Reply::NullArray,
+            }
+        }
         SentinelQuery::CkQuorum { name } => match named(&name) {
-            Ok((s, _)) => ckquorum(s, api.validity(&s.name)),
+            Ok((s, _)) => ckquorum(s, catalog.validity(&s.name)),
             Err(e) => e,
         },
         SentinelQuery::MyId => Reply::bulk(&status.controller),
@@ -73,7 +76,13 @@ pub(super) fn answer(api: &Api, status: &Status, query: SentinelQuery) -> Reply 
 pub(super) fn role(api: &Api) -> Reply {
     Reply::Array(vec![
         Reply::bulk("sentinel"),
-        Reply::Array(api.services.iter().map(|s| Reply::bulk(&s.name)).collect()),
+        Reply::Array(
+            api.catalog()
+                .services
+                .iter()
+                .map(|s| Reply::bulk(&s.name))
+                .collect(),
+        ),
     ])
 }
 
@@ -202,7 +211,7 @@ fn replica_fields(s: &ServiceStatus, cfg: &ServiceConfig, n: &NodeStatus) -> Rep
     ])
 }
 
-/// Whether a peer was heard from recently enough to count (see [`Api::peer_validity_ms`]).
+/// Whether a peer was heard from recently enough to count (see [`Catalog::peer_validity_ms`]).
 fn reachable(p: &PeerStatus, validity_ms: u64) -> bool {
     p.last_heard_ms_ago.is_some_and(|ms| ms <= validity_ms)
 }
@@ -309,7 +318,7 @@ pub(super) fn info(api: &Api, section: Option<&str>) -> String {
             } else {
                 "ok"
             };
-            let address = match api.services.iter().find(|c| c.name == s.name) {
+            let address = match api.catalog().services.iter().find(|c| c.name == s.name) {
                 Some(cfg) => format!("{}:{}", cfg.announced_host(s.master), s.master.port()),
                 None => s.master.to_string(),
             };

@@ -89,5 +89,6 @@ pub(crate) fn status() -> Status {
             flows_spilled: false,
         }),
         ha: None,
+        reload: None,
     }
 }

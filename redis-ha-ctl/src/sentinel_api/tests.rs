@@ -14,7 +14,7 @@ use tokio::{
 };
 
 use super::{
-    Api, ApiError, ControlRequest, EventHub,
+    Api, ApiError, Catalog, ControlRequest, EventHub,
     command::{ClientCommand, Command, RedisHaCommand, SentinelCommand, SentinelQuery},
     serve,
     testdata::status,
@@ -22,7 +22,7 @@ use super::{
 use crate::{
     config::{ApiLimits, Config},
     metrics::Metrics,
-    resp::Reply,
+    resp::{Protocol, Reply},
     status::{EventRecord, Status},
 };
 
@@ -83,8 +83,11 @@ async fn server_for(
     let (control_tx, control_rx) = mpsc::channel(8);
     let events = Arc::new(EventHub::new());
     let api = Arc::new(Api {
-        services: cfg.services,
-        peer_validity_ms: vec![1000],
+        catalog: watch::channel(Arc::new(Catalog {
+            services: cfg.services,
+            peer_validity_ms: vec![1000],
+        }))
+        .1,
         status: status_rx,
         events: events.clone(),
         control: control_tx,
@@ -515,9 +518,31 @@ fn requests_parse_into_typed_commands() {
         Err(Reply::err("\"0\" is not a timeout in ms"))
     );
     assert_eq!(
-        parse(&["HELLO", "3"]),
-        Err(Reply::Error(
-            "NOPROTO sorry, this protocol version is not supported".into()
-        ))
+        parse(&["HELLO", "3", "SETNAME", "app"]),
+        Ok(Command::Hello {
+            proto: Some(Protocol::Resp3),
+            auth: None,
+            setname: Some("app".into()),
+        })
     );
+    assert_eq!(
+        parse(&["HELLO"]),
+        Ok(Command::Hello {
+            proto: None,
+            auth: None,
+            setname: None,
+        })
+    );
+    assert_eq!(
+        parse(&["SENTINEL", "help"]),
+        Ok(Command::Sentinel(SentinelCommand::Help))
+    );
+    for version in ["4", "1", "x"] {
+        assert_eq!(
+            parse(&["HELLO", version]),
+            Err(Reply::Error(
+                "NOPROTO sorry, this protocol version is not supported".into()
+            ))
+        );
+    }
 }

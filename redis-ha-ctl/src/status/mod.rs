@@ -37,6 +37,22 @@ pub struct Status {
     /// Who holds the floating addresses (the VIP), as this controller sees it; present once
     /// any controller of the cluster is configured with `[ha]`.
     pub ha: Option<HaStatus>,
+    /// The last reload of the config (`SIGHUP`) since the start, if any. Left out of the
+    /// JSON until there is one, so a status without is written as it always was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reload: Option<ReloadStatus>,
+}
+
+/// How the last reload of the config went: an operator who ran `systemctl reload` sees here
+/// whether the running config is the file's.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ReloadStatus {
+    pub at_unix_ms: u64,
+    /// Whether the file was applied; when not, the running config is the one before it.
+    pub applied: bool,
+    /// What changed, or why the file was refused (file, line, key).
+    pub message: String,
 }
 
 impl Status {

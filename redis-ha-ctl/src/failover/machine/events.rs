@@ -50,9 +50,11 @@ impl ServiceMachine {
             return;
         };
         let mut rebooted = false;
+        let mut reported_master = None;
         match result {
             ProbeResult::Failed => node.liveness.observe(false, now),
             ProbeResult::Ok(info) => {
+                reported_master = Some(matches!(info.role, Role::Master { .. }));
                 node.liveness.observe(true, now);
                 let old_run_id = node.info.as_ref().and_then(|i| i.run_id.as_deref());
                 rebooted =
@@ -68,6 +70,10 @@ impl ServiceMachine {
         }
         if rebooted {
             self.emit(out, NoticeKind::Reboot, self.describe(addr));
+        }
+        // Sentinel logs the role reported even in TILT.
+        if let Some(is_master) = reported_master {
+            self.observe_role(addr, is_master, out);
         }
         // Recorded, but judged only after TILT (Sentinel's INFO handling also stops here).
         if self.clock.in_tilt() {
@@ -96,6 +102,7 @@ impl ServiceMachine {
                 if master != self.master {
                     return;
                 }
+                self.peer_failover(epoch, out);
                 // Unlike Sentinel, no vote while another failover is under way (ours, or one
                 // a peer told us of): two failovers in different epochs at once would promote
                 // two replicas, and the writes the first one takes would be lost. The reply
@@ -142,6 +149,7 @@ impl ServiceMachine {
         now: Millis,
         out: &mut Vec<Action>,
     ) {
+        self.peer_heard(&from, out);
         if hello.current_epoch > self.current_epoch {
             self.current_epoch = hello.current_epoch;
             self.emit(out, NoticeKind::NewEpoch, self.current_epoch.to_string());
@@ -192,14 +200,19 @@ impl ServiceMachine {
         // A hello sent before the sender's latest vote request (datagrams may be reordered)
         // says nothing about that request's failover.
         let report = self.reports.entry(from).or_default();
+        let mut running = None;
         if report
             .busy
             .is_none_or(|(epoch, _)| hello.current_epoch >= epoch)
         {
             report.busy = hello.failover_epoch.map(|epoch| (epoch, now));
+            running = hello.failover_epoch;
         }
         // Stored after a switch (which forgets every report): this one is current.
         report.hello = Some((hello, now));
+        if let Some(epoch) = running {
+            self.peer_failover(epoch, out);
+        }
     }
 
     pub(super) fn on_command_done(&mut self, node: NodeAddr, command: Command, ok: bool) {

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+mod discovery;
 mod election;
 mod events;
 mod forced;
@@ -29,6 +30,9 @@ pub struct MachineConfig {
     /// a majority of `peers.len() + 1` even when some are unreachable, which is what keeps a
     /// minority partition from failing over.
     pub peers: Vec<ControllerId>,
+    /// Where each peer listens: only shown to operators (`+sentinel`'s payload). A peer missing
+    /// here is shown at `? 0`.
+    pub peer_addrs: BTreeMap<ControllerId, std::net::SocketAddr>,
     /// The initial master (superseded by a persisted one).
     pub master: NodeAddr,
     /// The other nodes. Every node is probed and may become master.
@@ -92,6 +96,12 @@ struct Node {
     role_since: Millis,
     /// When we last sent it a REPLICAOF outside a failover (demotion, fix-up): rate limit.
     last_command: Option<Millis>,
+    /// The role it last reported, `true` for master; `None` until it reports one after a
+    /// (re)start or switch, when the role we expect stands for it (Sentinel's
+    /// `role_reported`): what `+role-change` / `-role-change` compare with.
+    reported_master: Option<bool>,
+    /// `+slave` was said for it under the current master.
+    announced: bool,
 }
 
 impl Node {
@@ -102,6 +112,8 @@ impl Node {
             last_replica: None,
             role_since: now,
             last_command: None,
+            reported_master: None,
+            announced: false,
         }
     }
 
@@ -224,6 +236,12 @@ pub struct ServiceMachine {
     me: ControllerId,
     /// Every other voter; their number sets the majority, reachable or not.
     peers: Vec<ControllerId>,
+    /// Where they listen, for `+sentinel`.
+    peer_addrs: BTreeMap<ControllerId, std::net::SocketAddr>,
+    /// The peers heard since we started (`+sentinel` once each).
+    heard: BTreeSet<ControllerId>,
+    /// The highest epoch of a peer's failover we told operators of (`+failover-detected`).
+    detected: Option<Epoch>,
     params: Params,
 
     // What Persisted holds.
@@ -288,6 +306,9 @@ impl ServiceMachine {
             name: config.service,
             me: config.me,
             peers: config.peers,
+            peer_addrs: config.peer_addrs,
+            heard: BTreeSet::new(),
+            detected: None,
             params: config.params,
             current_epoch,
             vote,
@@ -308,9 +329,27 @@ impl ServiceMachine {
             safe_mode: None,
         };
         let mut out = Vec::new();
+        machine.announce_monitor(&mut out);
         machine.set_master(config_epoch, master, &mut out);
         machine.publish_read_pool(now, &mut out);
         Ok((machine, out))
+    }
+
+    /// Takes new parameters (a reload of the config), checked as [`Self::new`] checks them;
+    /// on an error the machine keeps its old ones. Timers already running are measured
+    /// against the new values from the next step on.
+    pub fn set_params(&mut self, params: Params) -> Result<(), SetupError> {
+        validate(&MachineConfig {
+            service: self.name.clone(),
+            me: self.me.clone(),
+            peers: self.peers.clone(),
+            peer_addrs: self.peer_addrs.clone(),
+            master: self.master,
+            replicas: Vec::new(),
+            params: params.clone(),
+        })?;
+        self.params = params;
+        Ok(())
     }
 
     /// Feed one event at time `now`; `jitter` is a fresh random number (see the module docs).

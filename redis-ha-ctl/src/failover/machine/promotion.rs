@@ -400,6 +400,7 @@ impl ServiceMachine {
         let node = self.nodes.entry(new).or_insert_with(|| Node::new(now));
         node.liveness = Liveness::new(now);
         node.role_since = now;
+        self.announce_replicas(out);
         // The old master is now listed as a replica. A quorum found it down; if our own
         // probes are failing too, say so now rather than after the rest of down-after, or
         // Sentinel clients (redis-py's `discover_slaves`) would send reads to a dead node.

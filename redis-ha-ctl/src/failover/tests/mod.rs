@@ -11,6 +11,7 @@ mod sim;
 mod switchover;
 mod tilt;
 mod unit;
+mod unit_discovery;
 mod unit_safe_mode;
 mod unit_switch;
 
@@ -58,11 +59,21 @@ fn params() -> Params {
     }
 }
 
+/// Where the test's `i`-th peer listens (only shown in `+sentinel`).
+fn peer_addr(i: usize) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([198, 18, 0, 10 + i as u8], 26379))
+}
+
 fn config(me: &str, peers: &[&str], params: Params) -> MachineConfig {
     MachineConfig {
         service: SERVICE.to_owned(),
         me: me.into(),
         peers: peers.iter().map(|&p| ControllerId::from(p)).collect(),
+        peer_addrs: peers
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| (ControllerId::from(p), peer_addr(i)))
+            .collect(),
         master: M,
         replicas: vec![R1, R2, R3],
         params,

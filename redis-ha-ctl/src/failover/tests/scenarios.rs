@@ -1,7 +1,7 @@
 //! Several controllers, one network, explicit time: the failover properties end to end.
 
 use super::sim::{Sim, switch_payload};
-use super::{M, R1, R2, R3, first_notice, params};
+use super::{M, R1, R2, R3, count_notices, first_notice, params};
 use crate::failover::{Action, ControllerId, FailoverPhase, NodeAddr, NoticeKind, Params, PeerMsg};
 
 fn three() -> Sim {
@@ -34,10 +34,17 @@ fn steady_state_reads_from_replicas_and_writes_to_the_master() {
     for (id, ctl) in sim.alive_ctls() {
         assert_eq!(ctl.write, Some((0, M)), "{id}");
         assert_eq!(ctl.reads, vec![R1, R2, R3], "{id}");
+        // Only what was found: the service, its replicas, the peers.
+        let found = [NoticeKind::Monitor, NoticeKind::Slave, NoticeKind::Sentinel];
         assert!(
-            !ctl.log.iter().any(|(_, a)| matches!(a, Action::Emit(_))),
-            "{id}: no events"
+            !ctl.log
+                .iter()
+                .any(|(_, a)| matches!(a, Action::Emit(n) if !found.contains(&n.kind))),
+            "{id}: no events but discoveries"
         );
+        for kind in found {
+            assert!(count_notices(&ctl.log, kind) > 0, "{id}: {kind}");
+        }
     }
 }
 

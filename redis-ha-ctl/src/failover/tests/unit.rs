@@ -139,7 +139,12 @@ pub(super) const MASTER: &str = "master mymaster 10.0.0.1 6379";
 fn sdown_after_down_after_without_a_valid_reply() {
     let mut t = One::new("a", &["b", "c"], params());
     t.run(1_000);
-    assert!(kinds(t.log.iter().map(|(_, a)| a)).is_empty());
+    // Only what it found: the service and its replicas.
+    assert!(
+        kinds(t.log.iter().map(|(_, a)| a))
+            .iter()
+            .all(|k| matches!(k, NoticeKind::Monitor | NoticeKind::Slave))
+    );
     t.set(M, None);
     t.run(2_000);
     // Last reply at 1000; down-after is 1000 and strictly exceeded at 2100.
@@ -187,7 +192,11 @@ fn one_slow_reply_does_not_flap() {
         t.log
             .iter()
             .filter_map(|(_, a)| match a {
-                Action::Emit(n) if n.payload.starts_with("master") => Some(n.kind),
+                Action::Emit(n)
+                    if n.payload.starts_with("master") && n.kind != NoticeKind::Monitor =>
+                {
+                    Some(n.kind)
+                }
                 _ => None,
             })
             .collect::<Vec<_>>()
@@ -305,10 +314,17 @@ fn one_vote_per_epoch_persisted_before_the_reply() {
     };
 
     // First requester of a higher epoch gets the vote; it is persisted before the reply.
+    let detected = |epoch| {
+        emit(
+            NoticeKind::FailoverDetected,
+            &format!("{MASTER} epoch {epoch}"),
+        )
+    };
     let actions = t.from("b", asked(1));
     assert_eq!(
         actions,
         vec![
+            detected(1),
             emit(NoticeKind::NewEpoch, "1"),
             emit(NoticeKind::VoteForLeader, "b 1"),
             persisted(1, "b"),
@@ -336,7 +352,7 @@ fn one_vote_per_epoch_persisted_before_the_reply() {
     };
     assert_eq!(
         restarted.step(from_c(1), t.now, 0),
-        vec![reply("c", 1, "b")]
+        vec![detected(1), reply("c", 1, "b")]
     );
 
     // A higher epoch is a new vote.
@@ -344,6 +360,7 @@ fn one_vote_per_epoch_persisted_before_the_reply() {
     assert_eq!(
         actions,
         vec![
+            detected(2),
             emit(NoticeKind::NewEpoch, "2"),
             emit(NoticeKind::VoteForLeader, "c 2"),
             persisted(2, "c"),
@@ -379,6 +396,10 @@ fn a_higher_epoch_is_adopted_and_lower_requests_get_no_vote() {
     assert_eq!(
         actions,
         vec![
+            emit(
+                NoticeKind::Sentinel,
+                "sentinel b 198.18.0.10 26379 @ mymaster 10.0.0.1 6379"
+            ),
             emit(NoticeKind::NewEpoch, "7"),
             Action::Persist(Persisted {
                 current_epoch: 7,

@@ -42,6 +42,10 @@ fn a_lone_controller_fails_over_with_sentinels_sequence_of_events() {
         format!("slave {ip}:6379 {ip} 6379 @ mymaster {master_ip} 6379")
     };
     let expected = vec![
+        format!("+monitor {MASTER} quorum 1"),
+        format!("+slave {}", slave("10.0.0.2", "10.0.0.1")),
+        format!("+slave {}", slave("10.0.0.3", "10.0.0.1")),
+        format!("+slave {}", slave("10.0.0.4", "10.0.0.1")),
         format!("+sdown {MASTER}"),
         format!("+odown {MASTER} #quorum 1/1"),
         "+new-epoch 1".to_owned(),
@@ -58,6 +62,10 @@ fn a_lone_controller_fails_over_with_sentinels_sequence_of_events() {
             "+failover-state-wait-promotion {}",
             slave("10.0.0.3", "10.0.0.1")
         ),
+        format!(
+            "-role-change {} new reported role is master",
+            slave("10.0.0.3", "10.0.0.1")
+        ),
         format!("+promoted-slave {}", slave("10.0.0.3", "10.0.0.1")),
         format!("+failover-state-reconf-slaves {MASTER}"),
         format!("+slave-reconf-sent {}", slave("10.0.0.2", "10.0.0.1")),
@@ -68,6 +76,10 @@ fn a_lone_controller_fails_over_with_sentinels_sequence_of_events() {
         format!("+slave-reconf-done {}", slave("10.0.0.4", "10.0.0.1")),
         format!("+failover-end {MASTER}"),
         "+switch-master mymaster 10.0.0.1 6379 10.0.0.3 6379".to_owned(),
+        // Every other node, listed again as a replica of the new master.
+        format!("+slave {}", slave("10.0.0.1", "10.0.0.3")),
+        format!("+slave {}", slave("10.0.0.2", "10.0.0.3")),
+        format!("+slave {}", slave("10.0.0.4", "10.0.0.3")),
     ];
     assert_eq!(texts, expected);
 

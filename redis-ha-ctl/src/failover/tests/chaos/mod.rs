@@ -486,6 +486,7 @@ impl World {
         let config = MachineConfig {
             service: SERVICE.to_owned(),
             me: self.ctls[i].id.clone(),
+            peer_addrs: Default::default(),
             peers,
             master: NODES[0],
             replicas: NODES[1..].to_vec(),
