@@ -35,6 +35,9 @@ pub struct ApiTarget {
     pub password: Option<String>,
     /// The config, named in the errors that send the operator there.
     pub config: PathBuf,
+    /// `[controller.tls]` with a `ca_file`: `addr` is the TLS port, reached in TLS with the
+    /// controller's own certificate.
+    pub tls: Option<ApiTls>,
 }
 
 /// The API of the controller `config` describes, as user `user` (default: `requirepass`'s
@@ -47,7 +50,19 @@ pub fn api_target(config: &Path, user: Option<&str>) -> anyhow::Result<ApiTarget
             config.display()
         )
     })?;
-    let mut addr = ctl.listen;
+    // With a CA to trust and a certificate to show, the TLS port; without a CA the CLI could
+    // not check the controller's certificate, and the plain port on this host is as safe.
+    let tls = ctl.tls.as_ref().and_then(|t| {
+        t.ca_file.as_ref().map(|ca| ApiTls {
+            ca_file: ca.clone(),
+            cert_file: t.cert_file.clone(),
+            key_file: t.key_file.clone(),
+        })
+    });
+    let mut addr = match &ctl.tls {
+        Some(t) if tls.is_some() => t.listen,
+        _ => ctl.listen,
+    };
     if addr.ip().is_unspecified() {
         addr.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
     }
@@ -79,7 +94,46 @@ pub fn api_target(config: &Path, user: Option<&str>) -> anyhow::Result<ApiTarget
         user,
         password,
         config: config.to_owned(),
+        tls,
     })
+}
+
+/// The files of a TLS connection to the API (`[controller.tls]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiTls {
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl ApiTls {
+    /// `info` in TLS: the CA alone trusted, the controller's certificate presented.
+    fn client(&self, info: redis::ConnectionInfo) -> anyhow::Result<redis::Client> {
+        // The redis crate builds its TLS config from the process's default provider: the same
+        // one as the daemon's, set before (an error only says one is set already).
+        let _ = std::sync::Arc::unwrap_or_clone(crate::config::crypto_provider()).install_default();
+        let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let certificates = redis::TlsCertificates {
+            client_tls: Some(redis::ClientTlsConfig {
+                client_cert: read(&self.cert_file)?,
+                client_key: read(&self.key_file)?,
+            }),
+            root_cert: Some(read(&self.ca_file)?),
+        };
+        let info = redis::ConnectionInfo {
+            addr: match info.addr {
+                redis::ConnectionAddr::Tcp(host, port) => redis::ConnectionAddr::TcpTls {
+                    host,
+                    port,
+                    insecure: false,
+                    tls_params: None,
+                },
+                other => other,
+            },
+            ..info
+        };
+        Ok(redis::Client::build_with_tls(info, certificates)?)
+    }
 }
 
 fn connect(target: &ApiTarget, read_timeout: Duration) -> anyhow::Result<redis::Connection> {
@@ -94,7 +148,10 @@ fn connect(target: &ApiTarget, read_timeout: Duration) -> anyhow::Result<redis::
     };
     let not_running =
         || format!("no controller running at {addr} (is `redis-ha-ctl run` started?)");
-    let client = redis::Client::open(info)?;
+    let client = match &target.tls {
+        None => redis::Client::open(info)?,
+        Some(tls) => tls.client(info)?,
+    };
     let conn = match client.get_connection_with_timeout(CONNECT_TIMEOUT) {
         Ok(conn) => conn,
         Err(e) if e.is_connection_refusal() || e.is_timeout() => bail!("{}", not_running()),
@@ -561,6 +618,7 @@ mod tests {
             user: None,
             password: None,
             config: "redis-ha.toml".into(),
+            tls: None,
         };
         let Err(err) = connect(&target, READ_TIMEOUT) else {
             panic!("something answers on 127.0.0.1:1");

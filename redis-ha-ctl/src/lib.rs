@@ -9,6 +9,8 @@
 //! - [`daemon`]: `redis-ha-ctl run`, the executor around the machines (probes, peers, commands,
 //!   map writes), which publishes a [`status::Status`] snapshot and the operator events;
 //! - [`resp`] and [`sentinel_api`]: the Sentinel-compatible RESP API on the controller's port;
+//! - [`probe`] and [`redis_conn`]: probes and commands to Redis, and the one place their
+//!   connections (plain or TLS) are opened;
 //! - [`client`]: `redis-ha-ctl status | events | failover`, which talk to that API;
 //! - [`assets`]: the man pages and shell completions the .deb ships.
 
@@ -26,6 +28,7 @@ pub mod metrics;
 pub mod peer;
 pub mod persist;
 pub mod probe;
+pub mod redis_conn;
 pub mod resp;
 pub mod sentinel_api;
 pub mod status;

@@ -9,12 +9,13 @@ use std::{
     time::Duration,
 };
 
-use redis::{AsyncConnectionConfig, aio::MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
 use tracing::warn;
 
 use crate::{
-    config::{BackendSpec, RedisAuth, ServiceConfig},
+    config::{BackendSpec, ServiceConfig},
     failover::{Command, NodeAddr, NodeInfo, ProbeResult, ReplicaInfo, Role},
+    redis_conn::RedisAccess,
 };
 
 /// A service's backend names, for the nodes that speak of each other by name: a replica's
@@ -58,8 +59,8 @@ impl Hosts {
 
 pub struct Prober {
     addr: SocketAddrV4,
+    access: RedisAccess,
     hosts: Arc<Hosts>,
-    client: redis::Client,
     conn: Option<MultiplexedConnection>,
     timeout: Duration,
     /// `run_id` fetched when the connection was opened (it only changes with a restart, which
@@ -68,33 +69,28 @@ pub struct Prober {
     /// The last unusable `INFO replication` logged, so a node that keeps sending one is logged
     /// once.
     invalid_info: Option<InfoError>,
+    /// The last failure to open a connection logged, so a node that keeps refusing the same
+    /// way (a TLS handshake with the wrong CA) is logged once, not at every probe.
+    connect_error: Option<String>,
 }
 
 impl Prober {
     pub fn new(
         addr: SocketAddrV4,
-        auth: Option<&RedisAuth>,
+        access: RedisAccess,
         timeout: Duration,
         hosts: Arc<Hosts>,
-    ) -> redis::RedisResult<Self> {
-        let info = redis::ConnectionInfo {
-            addr: redis::ConnectionAddr::Tcp(addr.ip().to_string(), addr.port()),
-            redis: redis::RedisConnectionInfo {
-                db: 0,
-                username: auth.and_then(|a| a.username.clone()),
-                password: auth.map(|a| a.password.clone()),
-                ..Default::default()
-            },
-        };
-        Ok(Self {
+    ) -> Self {
+        Self {
             addr,
+            access,
             hosts,
-            client: redis::Client::open(info)?,
             conn: None,
             timeout,
             run_id: None,
             invalid_info: None,
-        })
+            connect_error: None,
+        }
     }
 
     pub fn addr(&self) -> SocketAddrV4 {
@@ -105,13 +101,22 @@ impl Prober {
         if let Some(c) = &self.conn {
             return Ok(c.clone());
         }
-        let cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout);
-        let mut c = self
-            .client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await?;
+        let mut c = match self.access.connect(self.addr, self.timeout).await {
+            Ok(c) => {
+                self.connect_error = None;
+                c
+            }
+            Err(e) => {
+                // A refused or unreachable node is what probes are for (the failover machine
+                // counts it); a TLS failure is a setup problem the operator must see.
+                let text = e.to_string();
+                if self.access.is_tls() && self.connect_error.as_ref() != Some(&text) {
+                    warn!(node = %self.addr, "{text}: probe failed");
+                    self.connect_error = Some(text);
+                }
+                return Err(e);
+            }
+        };
         let server: String = redis::cmd("INFO").arg("server").query_async(&mut c).await?;
         self.run_id = info_field(&server, "run_id").map(str::to_owned);
         self.conn = Some(c.clone());

@@ -28,6 +28,7 @@ use crate::process::{ChildGuard, GiveUp, ProcessSlot, run_within, wait_until};
 use crate::testbed::{
     Backend, SERVICE_NAME, Testbed, TestbedOptions, namespace_prefix, toml_string,
 };
+use crate::tls::AuthClients;
 
 /// UDP port of the peer protocol (Sentinel's port, out of habit).
 pub const PEER_PORT: u16 = 26379;
@@ -123,6 +124,9 @@ pub struct ClusterOptions {
     /// check, [`Cluster::sentinel_cli`]) when `controller_toml` sets a password, e.g.
     /// `["--user", "admin", "--pass", "..."]`.
     pub api_cli_auth: Vec<String>,
+    /// The backends speak TLS only ([`Testbed::use_tls`]) and the controllers reach them
+    /// with `[service.tls]`.
+    pub redis_tls: Option<AuthClients>,
 }
 
 impl Default for ClusterOptions {
@@ -136,6 +140,7 @@ impl Default for ClusterOptions {
             secret: "redis-ha-e2e-shared-secret".to_owned(),
             controller_toml: String::new(),
             api_cli_auth: Vec::new(),
+            redis_tls: None,
         }
     }
 }
@@ -194,7 +199,10 @@ impl Cluster {
         if options.secret.len() < 16 {
             bail!("the peer secret must have at least 16 characters");
         }
-        let testbed = Testbed::up(options.testbed.clone())?;
+        let mut testbed = Testbed::up(options.testbed.clone())?;
+        if let Some(auth_clients) = options.redis_tls {
+            testbed.use_tls(auth_clients)?;
+        }
         let dir = testbed
             .config_path()
             .parent()

@@ -15,6 +15,7 @@
 //!   same-subnet and a routed client; and its failover trials ([`seed::trial`]);
 //! - [`trial`]: traffic through the VIP and the failover trial ([`run_trial`]): gap, lost
 //!   acknowledged writes, writes reaching the old master;
+//! - [`tls`]: certificates made at test time and the arguments of TLS-only redis-servers;
 //! - [`package`]: the .deb (`cargo xtask package`, tests/tests/package.rs);
 //! - this file: finding the redis-ha-ctl binary and checking for root.
 //!
@@ -29,6 +30,7 @@ pub mod package;
 pub mod process;
 pub mod seed;
 pub mod testbed;
+pub mod tls;
 pub mod tmpfs;
 pub mod trial;
 

@@ -34,6 +34,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::netns::{Netns, leftovers};
 use crate::process::{ChildGuard, GiveUp, ProcessSlot, run_within, wait_until};
+use crate::tls::{AuthClients, RedisTls, TlsFiles};
 
 /// Every namespace and interface the tests create starts with this.
 pub const PREFIX: &str = "rha-";
@@ -224,6 +225,9 @@ pub struct Backend {
     dir: PathBuf,
     /// redis-server arguments, kept so [`Backend::start`] restarts it as it was.
     args: Vec<String>,
+    /// Put before the arguments of every [`Backend::redis_cli`]: TLS options once
+    /// [`Testbed::use_tls`] made the server TLS-only.
+    cli_args: Vec<String>,
     /// `None` while killed; behind a mutex so a test can fail a backend through `&Testbed`
     /// while another thread drives the controller.
     server: ProcessSlot,
@@ -281,6 +285,7 @@ impl Backend {
             interface,
             lb_interface,
             args,
+            cli_args: Vec::new(),
             dir,
             server: ProcessSlot::default(),
         })
@@ -329,7 +334,13 @@ impl Backend {
 
     /// `redis-cli ARGS...` against this backend, from inside its own namespace.
     pub fn redis_cli(&self, args: &[&str]) -> Result<String> {
-        self.ns.redis_cli(self.addr(), args)
+        let all: Vec<&str> = self
+            .cli_args
+            .iter()
+            .map(String::as_str)
+            .chain(args.iter().copied())
+            .collect();
+        self.ns.redis_cli(self.addr(), &all)
     }
 
     /// Crashes the server: SIGKILL, then reap.
@@ -456,6 +467,8 @@ pub struct Testbed {
     backends: Vec<Backend>,
     /// The generated redis-ha-ctl config (inside `dir`).
     config_path: PathBuf,
+    /// Set by [`Testbed::use_tls`]: the servers speak TLS only, and the config says so.
+    redis_tls: Option<RedisTls>,
     /// Declared last: dropped after the servers writing into it are gone.
     dir: DirGuard,
     armed: bool,
@@ -617,6 +630,7 @@ impl Testbed {
                 interface,
                 lb_interface,
                 args: redis_args(ip, &backend_dir, (n > 1).then(|| backend_ip(1))),
+                cli_args: Vec::new(),
                 dir: backend_dir,
                 server: ProcessSlot::default(),
             });
@@ -632,6 +646,7 @@ impl Testbed {
             lb_client_interface,
             backend_bridge,
             backends: planned,
+            redis_tls: None,
             dir,
             armed: true,
         };
@@ -804,14 +819,50 @@ impl Testbed {
              vip = {vip}\n\
              write_port = {WRITE_PORT}\n\
              read_port = {READ_PORT}\n\
-             backends = [{backends}]\n",
+             backends = [{backends}]\n\
+             {tls}",
             interfaces = list(self.lb_interfaces()),
             mode = toml_string(self.xdp_mode.as_str()),
             pin_dir = toml_string(&self.pin_dir().display().to_string()),
             name = toml_string(SERVICE_NAME),
             vip = toml_string(&VIP.to_string()),
             backends = list(backends),
+            tls = self
+                .redis_tls
+                .as_ref()
+                .map_or(String::new(), RedisTls::service_toml),
         )
+    }
+
+    /// Restarts every backend as a TLS-only server (`--port 0 --tls-port`, TLS replication)
+    /// with a CA and certificate made in the testbed's directory, points the harness's own
+    /// `redis-cli` at TLS, waits for replication and rewrites the config with `[service.tls]`.
+    pub fn use_tls(&mut self, auth_clients: AuthClients) -> Result<RedisTls> {
+        let dir = self.dir.path.join("tls");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // The VIP too: a client through the data plane reaches a backend at that address.
+        let ips: Vec<Ipv4Addr> = self.backends.iter().map(Backend::ip).chain([VIP]).collect();
+        let tls = RedisTls {
+            files: TlsFiles::create(&dir, "redis", &ips)?,
+            auth_clients,
+        };
+        for b in &mut self.backends {
+            b.kill()?;
+            b.args.extend(tls.server_args(REDIS_PORT));
+            b.cli_args = tls.cli_args();
+        }
+        for b in &self.backends {
+            b.start()?;
+        }
+        self.wait_replication()?;
+        self.redis_tls = Some(tls.clone());
+        self.write_config(&self.config_path)?;
+        Ok(tls)
+    }
+
+    /// How the servers speak TLS, once [`Testbed::use_tls`] made them.
+    pub fn redis_tls(&self) -> Option<&RedisTls> {
+        self.redis_tls.as_ref()
     }
 
     /// Writes [`Self::config_toml`] to `path`, creating its directory.

@@ -174,6 +174,7 @@ pub(super) struct RawController {
     #[serde(default)]
     pub users: Vec<Spanned<super::api_auth::RawApiUser>>,
     pub allow_unauthenticated_reads: Option<bool>,
+    pub tls: Option<Spanned<super::api_tls::RawApiTls>>,
 }
 
 #[derive(Deserialize)]
@@ -209,6 +210,7 @@ pub(super) struct RawService {
     pub max_replica_lag_ms: Option<u64>,
     pub read_from_master: Option<ReadFromMaster>,
     pub auth: Option<RedisAuth>,
+    pub tls: Option<Spanned<super::tls::RawTls>>,
     pub resolve_hostnames: Option<bool>,
     pub announce_hostnames: Option<Spanned<bool>>,
 }

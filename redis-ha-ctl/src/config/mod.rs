@@ -15,6 +15,7 @@
 
 mod api_auth;
 mod api_limits;
+mod api_tls;
 mod dataplane;
 pub mod diff;
 mod hosts;
@@ -22,12 +23,15 @@ mod load;
 mod nat;
 mod secret;
 mod show;
+mod tls;
 mod validate;
 
 #[cfg(test)]
 mod hosts_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_tls;
 
 use std::{
     fmt,
@@ -40,11 +44,14 @@ use serde::{Deserialize, Serialize, Serializer};
 
 pub use api_auth::{ApiAccess, ApiAuthConfig, ApiUser, DEFAULT_USER};
 pub use api_limits::ApiLimits;
+pub use api_tls::ApiTlsConfig;
 #[cfg(test)]
 pub use hosts::FixedHosts;
 pub use hosts::{BackendSpec, Resolver, SystemResolver, first_ipv4};
 pub use load::ConfigError;
 pub use nat::{NatMode, NatPorts};
+pub use tls::RedisTlsConfig;
+pub(crate) use tls::crypto_provider;
 
 use crate::{
     failover::{self, Millis, ReadFromMaster},
@@ -196,6 +203,9 @@ pub struct ControllerConfig {
     /// Passwords and users of the API (`requirepass`, `[[controller.users]]`).
     #[serde(flatten)]
     pub api: ApiAuthConfig,
+    /// `[controller.tls]`: the API also in TLS, on a port of its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ApiTlsConfig>,
 }
 
 impl ControllerConfig {
@@ -386,6 +396,9 @@ pub struct ServiceConfig {
     pub announce_hostnames: bool,
     #[serde(flatten)]
     pub failover: FailoverConfig,
+    /// `[service.tls]`: the backends are reached over TLS only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RedisTlsConfig>,
 }
 
 /// Written as the file spells it (`198.18.1.11:6379`, `redis1.internal:6379`).

@@ -6,7 +6,7 @@
 use std::{fs, os::unix::fs::PermissionsExt as _, path::Path};
 
 /// Permission bits a secret file must not have: any for others, write for the group.
-const FORBIDDEN: u32 = 0o027;
+pub(super) const FORBIDDEN: u32 = 0o027;
 
 /// The secret in `path`, trimmed; the error says what is wrong and what to do.
 pub(super) fn read(path: &Path) -> Result<String, String> {

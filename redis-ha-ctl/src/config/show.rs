@@ -56,6 +56,20 @@ impl Config {
                 if c.api.users.is_empty() {
                     note("controller.users", "no named API users");
                 }
+                match &c.tls {
+                    None => {
+                        let plain = "the API is served in plain TCP on listen only";
+                        note("controller.tls", plain);
+                        for key in ["listen", "cert_file", "key_file", "ca_file"] {
+                            note(&format!("controller.tls.{key}"), plain);
+                        }
+                    }
+                    Some(t) if t.ca_file.is_none() => note(
+                        "controller.tls.ca_file",
+                        "TLS clients need no certificate (AUTH still applies)",
+                    ),
+                    Some(_) => {}
+                }
             }
         }
         if let Some(dp) = &self.dataplane
@@ -81,6 +95,40 @@ impl Config {
                     "AUTH with the password alone (requirepass)",
                 ),
                 Some(_) => {}
+            }
+            let tls = |key: &str| format!("service[{i}].tls.{key}");
+            match &s.tls {
+                None => {
+                    note(
+                        &format!("service[{i}].tls"),
+                        "probes and commands use plain TCP",
+                    );
+                    note(
+                        &tls("ca_file"),
+                        "probes and commands use plain TCP ([service.tls] absent)",
+                    );
+                    note(&tls("cert_file"), "no client certificate");
+                    note(&tls("key_file"), "no client certificate");
+                    note(
+                        &tls("server_name"),
+                        "each backend's certificate must list its host name or IP address, as backends gives it",
+                    );
+                }
+                Some(t) => {
+                    if t.cert_file.is_none() {
+                        note(
+                            &tls("cert_file"),
+                            "no client certificate (servers with tls-auth-clients yes refuse)",
+                        );
+                        note(&tls("key_file"), "no client certificate");
+                    }
+                    if t.server_name.is_none() {
+                        note(
+                            &tls("server_name"),
+                            "each backend's certificate must list its host name or IP address, as backends gives it",
+                        );
+                    }
+                }
             }
         }
         if self.dataplane.is_none() {

@@ -312,6 +312,11 @@ fn validate_service(
             "must be at least 1",
         ));
     }
+    let tls = s
+        .tls
+        .as_ref()
+        .map(|t| super::tls::validate_tls(t, &format!("service[{i}].tls"), deferred))
+        .transpose()?;
     Ok(ServiceConfig {
         name: name.clone(),
         vip,
@@ -330,6 +335,7 @@ fn validate_service(
             read_from_master: s.read_from_master.unwrap_or(d.read_from_master),
             auth: s.auth.clone(),
         },
+        tls,
     })
 }
 
@@ -425,6 +431,11 @@ fn validate_controller(
         },
         secret_files,
     )?;
+    let tls = raw
+        .tls
+        .as_ref()
+        .map(|t| super::api_tls::validate_api_tls(t, listen, secret_files))
+        .transpose()?;
     Ok(ControllerConfig {
         id: raw.id.get_ref().clone(),
         listen,
@@ -443,6 +454,7 @@ fn validate_controller(
             .map(|m| addr(m, "controller.metrics_listen".into()))
             .transpose()?,
         api,
+        tls,
     })
 }
 

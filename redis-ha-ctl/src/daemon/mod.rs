@@ -251,6 +251,19 @@ pub async fn run(
             ctl.listen
         )
     })?;
+    let api_tls = match &ctl.tls {
+        None => None,
+        Some(t) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(
+                t.server_config()
+                    .map_err(|e| anyhow::anyhow!("controller.tls: {e}"))?,
+            );
+            let listener = TcpListener::bind(t.listen)
+                .await
+                .with_context(|| format!("binding the API's TLS port {}", t.listen))?;
+            Some((listener, acceptor))
+        }
+    };
     let peer_ids: Vec<String> = ctl.peers.iter().map(|p| p.id.clone()).collect();
     let codec = PeerCodec::new(&ctl.id, &ctl.secret, peer_ids, boot);
     // Receiving needs its own codec state (replay windows); sealing stays in the executor.
@@ -317,6 +330,9 @@ pub async fn run(
             listen = %ctl.listen,
             "the API has no password (controller.requirepass): anyone who can connect may fail over"
         );
+    }
+    if let Some((listener, acceptor)) = api_tls {
+        tasks.spawn(sentinel_api::serve_tls(listener, api.clone(), acceptor));
     }
     tasks.spawn(sentinel_api::serve(api_listener, api));
     if let Some(addr) = ctl.metrics_listen {

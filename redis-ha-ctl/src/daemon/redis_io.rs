@@ -4,16 +4,16 @@
 
 use std::{sync::Arc, time::Duration};
 
-use anyhow::Context as _;
 use tokio::{sync::mpsc, task::JoinSet, time::Instant};
 use tracing::{info, warn};
 
 use super::executor::Input;
 use crate::{
-    config::{ControllerConfig, RedisAuth, ServiceConfig},
+    config::{ControllerConfig, ServiceConfig},
     failover::{self, Event, Millis, NodeAddr, ProbeResult, Role},
     metrics::Metrics,
     probe::{self, Prober},
+    redis_conn::RedisAccess,
 };
 
 /// One task per node, each with its own connection, probing every probe interval.
@@ -25,12 +25,13 @@ pub(super) fn spawn_probes(
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<()> {
     for (i, svc) in services.iter().enumerate() {
+        let access = RedisAccess::of(svc)
+            .map_err(|e| anyhow::anyhow!("service {}: [service.tls]: {e}", svc.name))?;
         let interval = Duration::from_millis(ctl.probe_interval_ms);
         let timeout = Duration::from_millis(svc.failover_params(ctl).probe_timeout_ms());
         let hosts = probe::Hosts::of(svc);
         for node in &svc.backends {
-            let mut prober = Prober::new(*node, svc.failover.auth.as_ref(), timeout, hosts.clone())
-                .with_context(|| format!("probe client for {node}"))?;
+            let mut prober = Prober::new(*node, access.clone(), timeout, hosts.clone());
             let tx = tx.clone();
             let metrics = metrics.clone();
             let (service_name, node_name) = (svc.name.clone(), node.to_string());
@@ -70,11 +71,14 @@ pub(super) fn spawn_command(
     tx: &mpsc::Sender<Input>,
 ) {
     let tx = tx.clone();
-    let auth = svc.failover.auth.clone();
+    let access = RedisAccess::of(svc);
     let timeout = Duration::from_millis((svc.failover.down_after_ms).clamp(100, 2000));
     let hosts = probe::Hosts::of(svc);
     tokio::spawn(async move {
-        let Ok(mut p) = Prober::new(node, auth.as_ref(), timeout, hosts) else {
+        let Ok(mut p) = access
+            .map(|a| Prober::new(node, a, timeout, hosts))
+            .inspect_err(|e| warn!(%node, "command client: {e}"))
+        else {
             let event = Event::CommandDone {
                 node,
                 command,
@@ -160,7 +164,8 @@ fn switchover_timeout(svc: &ServiceConfig) -> Duration {
 /// The Redis I/O of a planned switchover, on connections of its own (the probes' connections
 /// must keep probing meanwhile).
 struct SwitchoverIo {
-    auth: Option<RedisAuth>,
+    /// `Err`: the service's TLS files could not be read (logged at each use).
+    access: Result<RedisAccess, String>,
     timeout: Duration,
     hosts: Arc<probe::Hosts>,
 }
@@ -168,14 +173,16 @@ struct SwitchoverIo {
 impl SwitchoverIo {
     fn new(svc: &ServiceConfig) -> Self {
         Self {
-            auth: svc.failover.auth.clone(),
+            access: RedisAccess::of(svc),
             timeout: switchover_timeout(svc),
             hosts: probe::Hosts::of(svc),
         }
     }
 
     fn prober(&self, node: NodeAddr) -> Option<Prober> {
-        Prober::new(node, self.auth.as_ref(), self.timeout, self.hosts.clone())
+        self.access
+            .clone()
+            .map(|a| Prober::new(node, a, self.timeout, self.hosts.clone()))
             .inspect_err(|e| warn!(%node, "switchover client: {e}"))
             .ok()
     }

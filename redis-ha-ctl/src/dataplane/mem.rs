@@ -276,6 +276,7 @@ mod tests {
             resolve_hostnames: false,
             announce_hostnames: false,
             failover: Default::default(),
+            tls: None,
         };
         let mut dp = MemDataplane::default();
         dp.set_floating_leases(&[ip(100)], 7).unwrap();

@@ -17,6 +17,7 @@ fn svc() -> ServiceConfig {
         resolve_hostnames: false,
         announce_hostnames: false,
         failover: Default::default(),
+        tls: None,
     }
 }
 

@@ -56,13 +56,14 @@ pub const PEER_REFUSAL_REASONS: [&str; 5] = [
 
 /// Why the API closed or refused a client ([`Metrics::api_client_closed`]): a limit it hit or
 /// a protocol error; exported at 0 from the start like [`PEER_REFUSAL_REASONS`].
-pub const API_CLOSE_REASONS: [&str; 6] = [
+pub const API_CLOSE_REASONS: [&str; 7] = [
     "maxclients",
     "idle-timeout",
     "output-buffer-normal",
     "output-buffer-pubsub",
     "request-too-large",
     "protocol-error",
+    "tls-handshake",
 ];
 
 /// Exposition format of a scrape.

@@ -8,8 +8,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
-    net::TcpStream,
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     sync::{broadcast, oneshot},
     time::Instant,
 };
@@ -19,7 +18,7 @@ use super::{
     Api, ApiError, ControlRequest, REDIS_VERSION,
     auth::{self, Need, User},
     command::{self, ClientCommand, Command, RedisHaCommand, SentinelCommand},
-    limits::{Closed, Output, set_keepalive},
+    limits::{Closed, Output},
     pubsub::Subscriptions,
     sentinel,
 };
@@ -76,16 +75,16 @@ impl<'a> Connection<'a> {
     /// protocol error (`Ok(Some(why))`), or its socket fails. Reads, writes and events are
     /// waited for together, so a client that does not read its replies never stalls the loop:
     /// its unread output grows, and is bounded by the output buffer limits instead.
-    pub(super) async fn run(mut self, mut stream: TcpStream) -> std::io::Result<Option<Closed>> {
+    /// `stream` is the accepted TCP connection or, on the TLS port, the TLS session over it.
+    pub(super) async fn run(
+        mut self,
+        stream: impl AsyncRead + AsyncWrite + Unpin,
+    ) -> std::io::Result<Option<Closed>> {
         let limits = &self.api.limits;
-        let _ = stream.set_nodelay(true);
-        if let Some(idle) = limits.keepalive() {
-            let _ = set_keepalive(&stream, idle);
-        }
         let mut parser = RequestParser::new(limits.request());
         let mut out = Output::default();
         let mut last_active = Instant::now();
-        let (mut rd, mut wr) = stream.split();
+        let (mut rd, mut wr) = tokio::io::split(stream);
         loop {
             // Answer the complete requests buffered (clients pipeline), checking the output
             // limit after each. Past BACKPRESSURE unsent bytes the rest wait, and nothing more

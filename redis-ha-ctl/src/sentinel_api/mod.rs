@@ -60,6 +60,7 @@ use tokio::{
     net::TcpListener,
     sync::{Semaphore, mpsc, watch},
 };
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use crate::{
@@ -131,8 +132,22 @@ impl Api {
     }
 }
 
+/// How long a client on the TLS port may take to complete its handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Accepts connections until the task is dropped.
 pub async fn serve(listener: TcpListener, api: Arc<Api>) {
+    serve_with(listener, api, None).await;
+}
+
+/// [`serve`] in TLS (`[controller.tls]`): each connection completes a handshake first. A
+/// client that fails it (plain TCP, an unknown certificate) is closed and logged, rate-limited
+/// like the other refusals.
+pub async fn serve_tls(listener: TcpListener, api: Arc<Api>, tls: TlsAcceptor) {
+    serve_with(listener, api, Some(tls)).await;
+}
+
+async fn serve_with(listener: TcpListener, api: Arc<Api>, tls: Option<TlsAcceptor>) {
     let maxclients = limits::fit_maxclients(api.limits.maxclients);
     let slots = Arc::new(Semaphore::new(
         usize::try_from(maxclients).unwrap_or(Semaphore::MAX_PERMITS),
@@ -162,10 +177,36 @@ pub async fn serve(listener: TcpListener, api: Arc<Api>) {
         };
         let api = api.clone();
         let id = ids.fetch_add(1, Ordering::Relaxed);
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _slot = slot;
             api.metrics.api_clients_changed(1);
-            match Connection::new(id, peer, &api).run(stream).await {
+            let _ = stream.set_nodelay(true);
+            if let Some(idle) = api.limits.keepalive() {
+                let _ = limits::set_keepalive(&stream, idle);
+            }
+            let served = match tls {
+                None => Connection::new(id, peer, &api).run(stream).await,
+                Some(tls) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => Connection::new(id, peer, &api).run(stream).await,
+                        failed => {
+                            let why = match failed {
+                                Ok(Err(e)) => e.to_string(),
+                                _ => "timed out".to_owned(),
+                            };
+                            api.metrics.api_client_closed("tls-handshake");
+                            api.limit_log.warn(
+                                "tls-handshake",
+                                &format!("{id} ({peer})"),
+                                &format!("closed: TLS handshake failed: {why}"),
+                            );
+                            Ok(None)
+                        }
+                    }
+                }
+            };
+            match served {
                 Ok(None) => {}
                 Ok(Some(closed)) => {
                     api.metrics.api_client_closed(closed.reason());
