@@ -92,6 +92,56 @@ fn tls_only_servers_fail_over_and_take_writes_through_the_vip_in_tls() -> Result
     })
 }
 
+/// A planned switchover speaks TLS at every step: CLIENT PAUSE on the master, the replica's
+/// catch-up check, REPLICAOF NO ONE, and REPLICAOF to the old master, which must end up a
+/// replica of the new one with every write acknowledged before the switch.
+#[test]
+fn a_planned_switchover_between_tls_only_servers_loses_no_write() -> Result<()> {
+    with_tls_cluster(|cluster| {
+        let tb = cluster.testbed();
+        assert_eq!(set_via_vip(tb, "before-switch", "1")?, "OK");
+        let old = cluster.master()?.addr();
+        let reply = cluster.sentinel_cli(1, &["SENTINEL", "FAILOVER", SERVICE_NAME])?;
+        ensure!(reply.trim() == "OK", "SENTINEL FAILOVER answered {reply:?}");
+        wait_until(
+            "the write port to leave the old master",
+            RESUME_BOUND,
+            Duration::from_millis(200),
+            || Ok((cluster.master()?.addr() != old).then_some(())),
+        )?;
+        let reply = wait_until(
+            "writes over TLS through the VIP after the switchover",
+            RESUME_BOUND,
+            Duration::from_millis(200),
+            || {
+                Ok(set_via_vip(tb, "after-switch", "2")
+                    .ok()
+                    .filter(|r| r == "OK"))
+            },
+        )?;
+        assert_eq!(reply, "OK");
+        let new = cluster.master()?;
+        assert_eq!(new.redis_cli(&["GET", "before-switch"])?.trim(), "1");
+        assert_eq!(new.redis_cli(&["GET", "after-switch"])?.trim(), "2");
+        let demoted = tb
+            .backend_at(old)
+            .context("the old master is not a backend of the testbed")?;
+        wait_until(
+            "the old master to replicate from the new one over TLS",
+            RESUME_BOUND,
+            Duration::from_millis(200),
+            || {
+                let info = demoted.redis_cli(&["INFO", "replication"])?;
+                Ok(
+                    (info.contains("role:slave") && info.contains("master_link_status:up"))
+                        .then_some(()),
+                )
+            },
+        )?;
+        Ok(())
+    })
+}
+
 #[test]
 fn a_controller_with_the_wrong_ca_logs_the_tls_failure_and_keeps_running() -> Result<()> {
     with_tls_cluster(|cluster| {
