@@ -13,28 +13,13 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context as _, Result, bail, ensure};
 use redis_ha_tests::ha::{GATEWAY, owner_changes};
 use redis_ha_tests::testbed::{VIP, namespace_prefix};
-use redis_ha_tests::trial::{LoopOptions, Request, missing_keys, summary};
-use redis_ha_tests::{
-    ArpKind, HaCluster, HaOptions, TrafficLoop, leftovers, require_root, wait_until,
-};
+use redis_ha_tests::trial::{missing_keys, summary};
+use redis_ha_tests::{ArpKind, HaCluster, HaOptions, leftovers, require_root, wait_until};
 
 /// Failovers per run: lb1 → lb2, back to lb1 (after lb2 dies), and so on.
 const TRIALS: usize = 4;
 const PREFIX: &str = "ha";
 const READ_KEY: &str = "ha:read";
-
-/// The client of the bar: one connection, a request every 10 ms, a generous timeout.
-fn client_loop(addr: std::net::SocketAddrV4, request: Request) -> LoopOptions {
-    LoopOptions {
-        addr,
-        request,
-        pause: Duration::from_millis(10),
-        timeout: Duration::from_secs(5),
-        reconnect_every: None,
-        max_duration: Duration::from_secs(240),
-        max_requests: 30_000,
-    }
-}
 
 struct Trial {
     from: usize,
@@ -309,45 +294,8 @@ fn run_trials(ha: &HaCluster) -> Result<Vec<Trial>> {
         "lb1 has the higher priority, yet lb{first} holds the VIP"
     );
 
-    let client = ha.client();
-    ensure!(
-        client
-            .redis_cli(ha.vip_write(), &["SET", READ_KEY, "here"])?
-            .trim()
-            == "OK"
-    );
-    wait_until(
-        "the read key to reach the replicas",
-        Duration::from_secs(10),
-        Duration::from_millis(50),
-        || {
-            let everywhere = ha.backends()[1..]
-                .iter()
-                .map(|b| b.redis_cli(&["GET", READ_KEY]))
-                .collect::<Result<Vec<_>>>()?
-                .iter()
-                .all(|v| v.trim() == "here");
-            Ok(everywhere.then_some(()))
-        },
-    )?;
-    let writer = TrafficLoop::start(
-        client.path(),
-        client_loop(
-            ha.vip_write(),
-            Request::Set {
-                prefix: PREFIX.into(),
-            },
-        ),
-    )?;
-    let reader = TrafficLoop::start(
-        client.path(),
-        client_loop(
-            ha.vip_read(),
-            Request::Get {
-                key: READ_KEY.into(),
-            },
-        ),
-    )?;
+    let (writer, reader) =
+        ha.start_vip_clients(PREFIX, READ_KEY, Duration::from_secs(240), 30_000)?;
 
     let mut trials = Vec::new();
     let mut holder = first;

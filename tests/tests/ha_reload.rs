@@ -9,26 +9,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, ensure};
 use redis_ha_tests::ha::owner_changes;
 use redis_ha_tests::testbed::VIP;
-use redis_ha_tests::trial::{LoopOptions, Request};
-use redis_ha_tests::{HaCluster, HaOptions, TrafficLoop, require_root, wait_until};
+use redis_ha_tests::{HaCluster, HaOptions, require_root};
 
 const PREFIX: &str = "hareload";
 const READ_KEY: &str = "hareload:read";
 /// How long a controller may take to log a reload's outcome.
 const RELOAD_BOUND: Duration = Duration::from_secs(10);
-
-/// One connection, a request every 10 ms, a generous timeout: it fails only if the path breaks.
-fn client_loop(addr: std::net::SocketAddrV4, request: Request) -> LoopOptions {
-    LoopOptions {
-        addr,
-        request,
-        pause: Duration::from_millis(10),
-        timeout: Duration::from_secs(5),
-        reconnect_every: None,
-        max_duration: Duration::from_secs(120),
-        max_requests: 12_000,
-    }
-}
 
 #[test]
 fn reloading_every_controller_keeps_the_vip_on_its_holder_and_every_connection() -> Result<()> {
@@ -43,43 +29,8 @@ fn reloading_every_controller_keeps_the_vip_on_its_holder_and_every_connection()
 
 fn reload_everywhere(ha: &HaCluster) -> Result<()> {
     let holder = ha.wait_single_holder(Duration::from_secs(20))?;
-    let client = ha.client();
-    ensure!(
-        client
-            .redis_cli(ha.vip_write(), &["SET", READ_KEY, "here"])?
-            .trim()
-            == "OK"
-    );
-    wait_until(
-        "the read key to reach the replicas",
-        Duration::from_secs(10),
-        Duration::from_millis(50),
-        || {
-            let values = ha.backends()[1..]
-                .iter()
-                .map(|b| b.redis_cli(&["GET", READ_KEY]))
-                .collect::<Result<Vec<_>>>()?;
-            Ok(values.iter().all(|v| v.trim() == "here").then_some(()))
-        },
-    )?;
-    let writer = TrafficLoop::start(
-        client.path(),
-        client_loop(
-            ha.vip_write(),
-            Request::Set {
-                prefix: PREFIX.into(),
-            },
-        ),
-    )?;
-    let reader = TrafficLoop::start(
-        client.path(),
-        client_loop(
-            ha.vip_read(),
-            Request::Get {
-                key: READ_KEY.into(),
-            },
-        ),
-    )?;
+    let (writer, reader) =
+        ha.start_vip_clients(PREFIX, READ_KEY, Duration::from_secs(120), 12_000)?;
     let started = Instant::now();
     writer.wait_acks_after(started, 20, Duration::from_secs(10))?;
     reader.wait_acks_after(started, 20, Duration::from_secs(10))?;

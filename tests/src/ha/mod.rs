@@ -40,6 +40,7 @@ use crate::testbed::{
 
 mod arp;
 mod build;
+mod clients;
 
 pub(crate) use arp::parse_inet;
 pub use arp::{ArpCapture, ArpClaim, ArpKind, mac_of, neighbour, owner_changes, parse_arp_claims};
