@@ -15,6 +15,7 @@
 //!   same-subnet and a routed client; and its failover trials ([`seed::trial`]);
 //! - [`trial`]: traffic through the VIP and the failover trial ([`run_trial`]): gap, lost
 //!   acknowledged writes, writes reaching the old master;
+//! - [`forge`]: forged TCP segments (any source address) sent from inside a namespace;
 //! - [`tls`]: certificates made at test time and the arguments of TLS-only redis-servers;
 //! - [`package`]: the .deb (`cargo xtask package`, tests/tests/package.rs);
 //! - this file: finding the redis-ha-ctl binary and checking for root.
@@ -23,6 +24,7 @@
 //! collide and leftovers are easy to find.
 
 pub mod cluster;
+pub mod forge;
 pub mod ha;
 pub mod http;
 pub mod netns;

@@ -20,6 +20,7 @@
 
 mod backend;
 mod build;
+mod intruder;
 mod replication_net;
 
 pub use backend::Backend;
