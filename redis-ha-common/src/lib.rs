@@ -159,6 +159,14 @@ pub struct InterfaceMac {
     pub _pad: [u8; 2],
 }
 
+/// Values of `IF_ROLES` (keyed by ifindex): what a data-plane interface faces.
+pub mod if_role {
+    /// Clients only: a segment from a backend's address arriving here is not a reply.
+    pub const CLIENTS: u32 = 1;
+    /// The backends (and maybe clients too): their replies are taken here.
+    pub const BACKENDS: u32 = 2;
+}
+
 /// `NatConfig::mode`.
 pub mod nat_mode {
     /// Only the destination is rewritten: backends see the client's address, and their
@@ -248,12 +256,43 @@ pub struct Flow {
     pub flags: u16,
     /// Full NAT: the source address toward the backend (`NatConfig::ip` when it was made).
     pub nat_ip: [u8; 4],
-    pub _pad2: u32,
+    /// The backend's acknowledgement number (the client's next sequence number), as last
+    /// noted: set from the SYN, then written by the backend's replies only when it moved more
+    /// than [`ACK_STEP`], so that the entry is not written on every packet. A client's FIN or
+    /// RST counts only within [`seq_in_window`] of it. 0: not known.
+    pub backend_ack: u32,
     /// Where the client's packets went last, so most packets skip the FIB lookup.
     pub to_backend: NextHop,
     /// Where the backend's replies went last. Its `resolved_ns` stays 0 until the backend
     /// answers.
     pub to_client: NextHop,
+    /// The client's acknowledgement number (the backend's next sequence number), noted like
+    /// `backend_ack` by the client's packets; the backend's FIN or RST counts only within
+    /// [`seq_in_window`] of it. 0: not known yet (until the client's first ACK).
+    pub client_ack: u32,
+    pub _pad: u32,
+}
+
+/// How far a side's acknowledgement number moves before the program writes it into the entry
+/// again. The two directions run on different CPUs and share the entry's cache line: a write
+/// per packet would bounce it between them.
+pub const ACK_STEP: u32 = 1 << 20;
+/// How far beyond the noted acknowledgement number a FIN or RST's sequence number may be: the
+/// noted value lags by up to [`ACK_STEP`], and the sender may have a whole receive window in
+/// flight past it (Linux's default maximum is 6 MiB).
+pub const SEQ_AHEAD: u32 = ACK_STEP + (1 << 24);
+/// How far before it: a retransmission of what was already acknowledged.
+pub const SEQ_BEHIND: u32 = 1 << 16;
+
+/// Does sequence number `seq` lie in the window around `acked`, the peer's acknowledgement
+/// number as noted in the entry (0: unknown, anything goes)? A forger who does not see the
+/// connection hits it about once in 250 tries, and a FIN or RST outside it ends nothing.
+pub const fn seq_in_window(seq: u32, acked: u32) -> bool {
+    if acked == 0 {
+        return true;
+    }
+    let d = seq.wrapping_sub(acked);
+    d <= SEQ_AHEAD || d >= 0u32.wrapping_sub(SEQ_BEHIND)
 }
 
 impl Flow {
@@ -388,8 +427,24 @@ pub mod counter {
     /// started a connection or been rewritten without one: passed untouched, the kernel drops
     /// it. Only the host it is addressed to acts on it.
     pub const PASS_NOT_FOR_HOST: u32 = 21;
+    /// A client's segment that is not a SYN, on a connection this node has no entry for (made
+    /// through another LB node, or its entry was evicted or swept): rewritten toward the
+    /// backend the live state maps it to (the master, or the read pool's Maglev entry) and
+    /// forwarded, without storing anything, so that segments which start no connection (a
+    /// flood of bare ACKs, FINs or RSTs) cannot fill the connection table.
+    pub const FWD_TO_BACKEND_NO_FLOW: u32 = 22;
+    /// A segment from a backend's address that arrived on an interface which does not face the
+    /// backends (`[dataplane] backend_interfaces`): not taken as a reply (anyone on the client
+    /// side can forge a backend's address, and XDP runs before reverse-path filtering), passed
+    /// untouched.
+    pub const PASS_NOT_BACKEND_SIDE: u32 = 23;
+    /// A FIN or RST of a known connection whose sequence number lies outside the connection's
+    /// window (`seq_in_window` of the other side's noted acknowledgement): most likely forged
+    /// by someone who does not see the connection. Dropped; the entry is left as it was (its
+    /// receiver would have ignored it too).
+    pub const DROP_OUT_OF_WINDOW: u32 = 24;
     /// Number of counters (size of the `COUNTERS` array).
-    pub const COUNT: u32 = 22;
+    pub const COUNT: u32 = 25;
 
     /// Names for display, indexed like the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -415,6 +470,9 @@ pub mod counter {
         "fwd_local",
         "fwd_local_reply",
         "pass_not_for_host",
+        "fwd_to_backend_no_flow",
+        "pass_not_backend_side",
+        "drop_out_of_window",
     ];
 }
 
@@ -438,22 +496,84 @@ pub mod map_name {
     pub const NAT_PORTS: &str = "NAT_PORTS";
     pub const NAT_CURSOR: &str = "NAT_CURSOR";
     pub const IF_MACS: &str = "IF_MACS";
+    pub const FLOW_HASH_KEY: &str = "FLOW_HASH_KEY";
+    pub const IF_ROLES: &str = "IF_ROLES";
 }
 
-/// Hash of a client → VIP connection that picks its Maglev table entry.
+/// Value of `FLOW_HASH_KEY[0]`: the secret key of [`flow_hash`]. The same on every LB node
+/// of a cluster (the controller derives it from the cluster's shared secret), so that every
+/// node sends a connection to the same replica; unknown to clients, so that no client can
+/// choose its replica by choosing its source port. All zero: not written (yet).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowHashKey {
+    pub k0: u64,
+    pub k1: u64,
+}
+
+impl FlowHashKey {
+    /// The key from 16 bytes, as SipHash reads its key (two little-endian words).
+    pub const fn from_bytes(b: [u8; 16]) -> Self {
+        Self {
+            k0: u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+            k1: u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]),
+        }
+    }
+}
+
+/// One SipRound.
+#[inline(always)]
+const fn sip_round(v: [u64; 4]) -> [u64; 4] {
+    let [mut v0, mut v1, mut v2, mut v3] = v;
+    v0 = v0.wrapping_add(v1);
+    v1 = v1.rotate_left(13) ^ v0;
+    v0 = v0.rotate_left(32);
+    v2 = v2.wrapping_add(v3);
+    v3 = v3.rotate_left(16) ^ v2;
+    v0 = v0.wrapping_add(v3);
+    v3 = v3.rotate_left(21) ^ v0;
+    v2 = v2.wrapping_add(v1);
+    v1 = v1.rotate_left(17) ^ v2;
+    v2 = v2.rotate_left(32);
+    [v0, v1, v2, v3]
+}
+
+/// SipHash-2-4 compression of one 8-byte message word.
+#[inline(always)]
+const fn sip_block(v: [u64; 4], m: u64) -> [u64; 4] {
+    let [v0, v1, v2, v3] = v;
+    let [v0, v1, v2, v3] = sip_round(sip_round([v0, v1, v2, v3 ^ m]));
+    [v0 ^ m, v1, v2, v3]
+}
+
+/// Hash of a client → VIP connection that picks its Maglev table entry (and, under full NAT,
+/// where the search for a source port starts): SipHash-2-4, keyed by `secret`, of the 12
+/// bytes client address, VIP, client port and VIP port (ports big-endian, as on the wire),
+/// truncated to 32 bits.
 ///
-/// Deterministic (no per-node seed) so every data-plane node, given the same tables, sends a
-/// connection to the same replica. A murmur3-style finaliser spreads nearby ports and addresses.
-pub const fn flow_hash(key: &FlowKey) -> u32 {
-    let mut h = u32::from_be_bytes(key.src_ip);
-    h ^= u32::from_be_bytes(key.dst_ip).rotate_left(16);
-    h ^= ((key.src_port as u32) << 16) | key.dst_port as u32;
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^= h >> 16;
-    h
+/// Keyed so that a client cannot choose its replica (an unkeyed hash lets it pick source
+/// ports that all land on one replica); deterministic given the key, so every data-plane
+/// node, given the same key and tables, sends a connection to the same replica. SipHash is a
+/// keyed PRF made for short inputs, and its fixed-length form here has no loop and no memory
+/// access, which the verifier takes as it is; it costs about 100 ALU instructions, paid only
+/// on a read port's new connection.
+#[inline(always)]
+pub const fn flow_hash(key: &FlowKey, secret: &FlowHashKey) -> u32 {
+    let (s, d) = (key.src_ip, key.dst_ip);
+    let m0 = u64::from_le_bytes([s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3]]);
+    let [sp0, sp1] = key.src_port.to_be_bytes();
+    let [dp0, dp1] = key.dst_port.to_be_bytes();
+    // The last word: the 4 bytes left, then the message length (12) in the top byte.
+    let m1 = u32::from_le_bytes([sp0, sp1, dp0, dp1]) as u64 | (12u64 << 56);
+    let v = [
+        secret.k0 ^ 0x736f_6d65_7073_6575,
+        secret.k1 ^ 0x646f_7261_6e64_6f6d,
+        secret.k0 ^ 0x6c79_6765_6e65_7261,
+        secret.k1 ^ 0x7465_6462_7974_6573,
+    ];
+    let [v0, v1, v2, v3] = sip_block(sip_block(v, m0), m1);
+    let v = sip_round(sip_round(sip_round(sip_round([v0, v1, v2 ^ 0xff, v3]))));
+    (v[0] ^ v[1] ^ v[2] ^ v[3]) as u32
 }
 
 /// Slot of `READ_RING` holding entry `i` of table `half` (0/1) of `service_id`.
@@ -471,11 +591,12 @@ const _: () = assert!(size_of::<NetKey>() == 8);
 const _: () = assert!(size_of::<Backend>() == 16);
 const _: () = assert!(size_of::<FlowKey>() == 12);
 const _: () = assert!(size_of::<NextHop>() == 32);
-const _: () = assert!(size_of::<Flow>() == 96);
+const _: () = assert!(size_of::<Flow>() == 104);
 const _: () = assert!(size_of::<NatConfig>() == 16);
 const _: () = assert!(size_of::<NatKey>() == 8);
 const _: () = assert!(size_of::<InterfaceMac>() == 8);
 const _: () = assert!(size_of::<BackendStats>() == 56);
+const _: () = assert!(size_of::<FlowHashKey>() == 16);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -496,4 +617,84 @@ mod pod {
     unsafe impl aya::Pod for NatConfig {}
     unsafe impl aya::Pod for NatKey {}
     unsafe impl aya::Pod for InterfaceMac {}
+    unsafe impl aya::Pod for FlowHashKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use core::hash::Hasher as _;
+
+    use super::*;
+
+    /// SipHash-2-4 as the reference implementation computes it over the same 12 bytes.
+    #[expect(
+        deprecated,
+        reason = "std's SipHasher is SipHash-2-4 itself, the reference"
+    )]
+    fn reference(key: &FlowKey, secret: &FlowHashKey) -> u32 {
+        let mut h = std::hash::SipHasher::new_with_keys(secret.k0, secret.k1);
+        h.write(&key.src_ip);
+        h.write(&key.dst_ip);
+        h.write(&key.src_port.to_be_bytes());
+        h.write(&key.dst_port.to_be_bytes());
+        h.finish() as u32
+    }
+
+    fn key(i: u32) -> FlowKey {
+        FlowKey {
+            src_ip: [198, 18, (i >> 8) as u8, i as u8],
+            dst_ip: [198, 18, 0, 100],
+            src_port: 32768 + (i as u16).wrapping_mul(7919),
+            dst_port: 6381,
+        }
+    }
+
+    #[test]
+    fn flow_hash_is_siphash_2_4_of_the_connection() {
+        let secrets = [
+            FlowHashKey::default(),
+            FlowHashKey::from_bytes(*b"0123456789abcdef"),
+            FlowHashKey {
+                k0: u64::MAX,
+                k1: 0x0123_4567_89ab_cdef,
+            },
+        ];
+        for secret in &secrets {
+            for i in 0..1000 {
+                assert_eq!(
+                    flow_hash(&key(i), secret),
+                    reference(&key(i), secret),
+                    "{i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_sequence_window_is_around_the_noted_acknowledgement_and_wraps() {
+        for acked in [1u32, 0x6d2f_0a12, u32::MAX - 10] {
+            assert!(seq_in_window(acked, acked));
+            assert!(seq_in_window(acked.wrapping_add(SEQ_AHEAD), acked));
+            assert!(!seq_in_window(acked.wrapping_add(SEQ_AHEAD + 1), acked));
+            assert!(seq_in_window(acked.wrapping_sub(SEQ_BEHIND), acked));
+            assert!(!seq_in_window(acked.wrapping_sub(SEQ_BEHIND + 1), acked));
+            assert!(!seq_in_window(acked.wrapping_add(0x8000_0000), acked));
+        }
+        assert!(
+            seq_in_window(0x1234_5678, 0),
+            "nothing noted: anything goes"
+        );
+    }
+
+    #[test]
+    fn another_secret_sends_connections_elsewhere() {
+        let a = FlowHashKey::from_bytes(*b"cluster-a-secret");
+        let b = FlowHashKey::from_bytes(*b"cluster-b-secret");
+        let same = (0..1000)
+            .filter(|&i| flow_hash(&key(i), &a) % RING_SIZE == flow_hash(&key(i), &b) % RING_SIZE)
+            .count();
+        // Independent keys agree on a ring entry about once in RING_SIZE.
+        assert!(same < 5, "{same} of 1000 connections kept their ring entry");
+    }
 }

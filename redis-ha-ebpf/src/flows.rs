@@ -5,7 +5,7 @@
 //! follows a connection's end on its entry, so that the entry goes when the connection does.
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
-use redis_ha_common::{Flow, FlowKey, NatKey, flow_end};
+use redis_ha_common::{ACK_STEP, Flow, FlowKey, NatKey, flow_end, seq_in_window};
 
 use crate::{
     maps::{FLOWS, FLOWS_SPILL, FLOWS_SPILLED, NAT_PORTS},
@@ -75,6 +75,27 @@ pub fn remove(key: &FlowKey, flow: &Flow) -> bool {
         return main;
     }
     FLOWS_SPILL.remove(key).is_ok() || main
+}
+
+/// Checks a segment of a known connection against the connection's window: true for a FIN or
+/// RST whose sequence number is outside the window around `peer_ack` (the other side's noted
+/// acknowledgement), which the caller drops without touching the entry. A segment in the
+/// window notes its own acknowledgement number in `own_ack` when that moved more than
+/// `ACK_STEP` (rarely, so the entry is not written on every packet); one outside it notes
+/// nothing, so a forger cannot move the window either.
+#[inline(always)]
+pub fn out_of_window(tcp: &TcpHdr, peer_ack: u32, own_ack: &mut u32) -> bool {
+    if !seq_in_window(u32::from_be_bytes(tcp.seq), peer_ack) {
+        return tcp.flags & (TCP_FIN | TCP_RST) != 0;
+    }
+    if tcp.flags & TCP_ACK != 0 {
+        let ack = u32::from_be_bytes(tcp.ack_seq);
+        let ahead = ack.wrapping_sub(*own_ack);
+        if *own_ack == 0 || (ahead > ACK_STEP && ahead < 1 << 31) {
+            *own_ack = ack;
+        }
+    }
+    false
 }
 
 /// Follows a connection's close on its entry: notes each side's FIN (`fin` is the sender's

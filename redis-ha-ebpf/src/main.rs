@@ -37,18 +37,18 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use frame::{Frame, ptr_at};
-use maps::{SERVICES, backend_stats, count};
+use maps::{IF_ROLES, SERVICES, backend_stats, count};
 use packet::{
     ETH_P_ARP, ETH_P_IPV4, EthHdr, IP_MF_OFFSET_MASK, IP_OFF, IPPROTO_TCP, Ipv4Hdr, RST_FRAME_LEN,
     TCP_ACK, TCP_OFF, TCP_SYN, TcpHdr,
 };
-use redis_ha_common::{FlowKey, ServiceKey, counter, flow_end};
+use redis_ha_common::{FlowKey, ServiceKey, counter, flow_end, if_role};
 
 use crate::{
     arp::arp_guard,
-    flows::closing,
+    flows::{closing, out_of_window},
     reset::send_reset,
-    to_backend::{along_flow, new_flow},
+    to_backend::{along_flow, new_flow, syn_follows, without_flow},
     to_client::{backend_of, backend_reply, forget_direct, local_reply},
 };
 
@@ -98,14 +98,18 @@ fn try_redis_ha<C: Frame>(ctx: &C) -> Result<u32, u32> {
         src_port: u16::from_be_bytes(tcp.sport),
         dst_port: u16::from_be_bytes(tcp.dport),
     };
-    // A bare SYN always starts over: the client may reuse a port whose old entry points at a
-    // backend that has since been replaced.
+    // Only a bare SYN may start a connection's entry (see `to_backend::without_flow`).
     let bare_syn = tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if !bare_syn {
         // A reply comes from a backend's address. Asked first: `BACKEND_ADDRS` is small and
         // stays in cache, so a client's packet pays little for the miss, while asking `FLOWS`
         // first would cost every reply a miss in a large table.
         if let Some(owner) = backend_of(fkey.src_ip, fkey.src_port) {
+            // Anyone on the client side can forge a backend's address (XDP runs before
+            // reverse-path filtering), and a reply may close or reset a connection's entry.
+            if !faces_backends(ctx) {
+                return Err(counter::PASS_NOT_BACKEND_SIDE);
+            }
             return backend_reply(ctx, eth, ip, tcp, &fkey, owner);
         }
         // Most of the client's packets belong to a known connection: one lookup finds it, and
@@ -114,6 +118,10 @@ fn try_redis_ha<C: Frame>(ctx: &C) -> Result<u32, u32> {
         // SAFETY: a map value stays valid for the whole run of the program (RCU); another
         // CPU may write its next hops concurrently, see `next_hop`.
         if let Some(flow) = flows::get(&fkey) {
+            if out_of_window(tcp, flow.backend_ack, &mut flow.client_ack) {
+                count(counter::DROP_OUT_OF_WINDOW);
+                return Ok(C::DROP);
+            }
             let closed = closing(ip, tcp, flow, flow_end::CLIENT_FIN);
             let slot = flow.backend;
             let action = along_flow(ctx, eth, ip, tcp, &fkey, flow);
@@ -145,8 +153,16 @@ fn try_redis_ha<C: Frame>(ctx: &C) -> Result<u32, u32> {
         // (the VIP moved here, or its entry was evicted) is over, and the client is told at
         // once. With destination NAT the backend knows the client's own address, so the
         // connection simply carries on from here.
-        if !bare_syn && nat::is_full(&nat::config()) {
+        if bare_syn {
+            if let Some(flow) = flows::get(&fkey)
+                && syn_follows(flow)
+            {
+                return Ok(along_flow(ctx, eth, ip, tcp, &fkey, flow));
+            }
+        } else if nat::is_full(&nat::config()) {
             return Ok(send_reset(ctx, eth, counter::RESET_NO_FLOW));
+        } else if let Some(action) = without_flow(ctx, eth, ip, tcp, &fkey, &svc) {
+            return Ok(action);
         }
         return Ok(new_flow(ctx, eth, ip, tcp, &fkey, svc));
     }
@@ -154,6 +170,14 @@ fn try_redis_ha<C: Frame>(ctx: &C) -> Result<u32, u32> {
         forget_direct(&fkey);
     }
     Err(counter::PASS_NOT_SERVICE)
+}
+
+/// Does the interface the frame came in on face the backends (`IF_ROLES`; no entry: yes)?
+#[inline(always)]
+fn faces_backends<C: Frame>(ctx: &C) -> bool {
+    // SAFETY: the value is copied out at once.
+    unsafe { IF_ROLES.get(&ctx.ingress_ifindex()) }
+        .is_none_or(|role| *role & if_role::BACKENDS != 0)
 }
 
 /// The IPv4 and TCP headers of an IPv4 frame, or why the fast path leaves it alone.

@@ -7,9 +7,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use redis_ha_common::{
-    AddrKey, Backend, BackendStats, FLOW_TABLE_SIZE, FloatingLease, Flow, FlowKey, InterfaceMac,
-    MAX_BACKENDS, MAX_CLIENT_NETS, MAX_FLOATING, MAX_INTERFACES, MAX_SERVICES, NatConfig, NatKey,
-    RING_ENTRIES, ServiceKey, ServicePort, ServiceState, counter,
+    AddrKey, Backend, BackendStats, FLOW_TABLE_SIZE, FloatingLease, Flow, FlowHashKey, FlowKey,
+    InterfaceMac, MAX_BACKENDS, MAX_CLIENT_NETS, MAX_FLOATING, MAX_INTERFACES, MAX_SERVICES,
+    NatConfig, NatKey, RING_ENTRIES, ServiceKey, ServicePort, ServiceState, counter,
 };
 
 /// VIP + port → (service, write or read). Written by the controller when services change;
@@ -56,6 +56,12 @@ pub static FLOWS: HashMap<FlowKey, Flow, { FLOW_TABLE_SIZE as usize }> = HashMap
 #[btf_map]
 pub static FLOWS_SPILL: LruHashMap<FlowKey, Flow, { FLOW_TABLE_SIZE as usize }> = LruHashMap::new();
 
+/// [0]: the secret key of `flow_hash`, which picks a read connection's replica. Written by
+/// the controller at load (derived from the cluster's shared secret, so the same on every LB
+/// node); read whenever the program picks a replica. All zero until written.
+#[btf_map]
+pub static FLOW_HASH_KEY: Array<FlowHashKey, 1> = Array::new();
+
 /// [0]: when (`bpf_ktime_get_ns`) an entry first went to `FLOWS_SPILL`, 0 while none has.
 /// Written by the program once; read by it on a `FLOWS` miss, and by the controller (status,
 /// metrics).
@@ -68,6 +74,14 @@ pub static FLOWS_SPILLED: Array<u64, 1> = Array::new();
 /// itself). No entry: the interface takes every frame.
 #[btf_map]
 pub static IF_MACS: HashMap<u32, InterfaceMac, { MAX_INTERFACES as usize }> = HashMap::new();
+
+/// ifindex of a data-plane interface → [`redis_ha_common::if_role`]. Written by the controller
+/// when it attaches, from `[dataplane] backend_interfaces`; read for every segment from a
+/// backend's address, which is taken as a reply only where the interface faces the backends.
+/// No entry (the key unset, as on one-subnet deployments where clients and backends share an
+/// interface): every interface faces the backends.
+#[btf_map]
+pub static IF_ROLES: HashMap<u32, u32, { MAX_INTERFACES as usize }> = HashMap::new();
 
 /// [0]: this node's NAT mode, source address and port range. Written by the controller at
 /// load (all zero: destination NAT only); read for every new connection to a remote backend

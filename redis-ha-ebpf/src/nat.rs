@@ -5,7 +5,8 @@
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use redis_ha_common::{
-    Flow, FlowKey, NAT_PORT_TRIES, NAT_PORT_TRIES_IN_ORDER, NatConfig, NatKey, flow_hash, nat_mode,
+    Flow, FlowHashKey, FlowKey, NAT_PORT_TRIES, NAT_PORT_TRIES_IN_ORDER, NatConfig, NatKey,
+    flow_hash, nat_mode,
 };
 
 use crate::{
@@ -54,8 +55,13 @@ pub fn take_port(
     // SAFETY: per-CPU slot, only this CPU's program instance touches it.
     let start = unsafe { *cursor };
     // A CPU's first connection starts at a point of its own (from the connection's hash), so
-    // that CPUs do not all walk the range in step from its first port.
-    let start = if start == 0 { flow_hash(fkey) } else { start };
+    // that CPUs do not all walk the range in step from its first port. Only a starting point,
+    // which needs no secret.
+    let start = if start == 0 {
+        flow_hash(fkey, &FlowHashKey::default())
+    } else {
+        start
+    };
     // A constant trip count, exited early for a smaller range: the verifier walks every
     // iteration, and a count it cannot bound (LLVM turned `min(size, 32)` into `size`) makes
     // the program too complex to load.

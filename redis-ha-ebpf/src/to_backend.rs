@@ -7,8 +7,8 @@ use core::mem::MaybeUninit;
 
 use aya_log_ebpf::debug;
 use redis_ha_common::{
-    Flow, FlowKey, RING_SIZE, ServicePort, backend_flags, counter, flow_end, flow_flags, flow_hash,
-    port_kind, ring_index,
+    Flow, FlowKey, RING_SIZE, ServicePort, ServiceState, backend_flags, counter, flow_end,
+    flow_flags, flow_hash, port_kind, ring_index,
 };
 
 use crate::{
@@ -16,7 +16,7 @@ use crate::{
     flows,
     forward::{Fixes, finish, fix_checksum, forward, rewrite, wire_len},
     frame::Frame,
-    maps::{BACKENDS, NEW_FLOW, READ_RING, SERVICE_STATE, backend_stats, count},
+    maps::{BACKENDS, FLOW_HASH_KEY, NEW_FLOW, READ_RING, SERVICE_STATE, backend_stats, count},
     mem::zero_in_place,
     nat,
     next_hop::{next_hop, note_activity},
@@ -110,8 +110,9 @@ fn count_to_backend<C: Frame>(ctx: &C, ip: &Ipv4Hdr, slot: u32, new_flow: bool) 
     });
 }
 
-/// Client → VIP:port with no connection entry (its SYN, or a packet whose entry was evicted
-/// or made on another LB node): picks the backend, records the connection, forwards.
+/// Client → VIP:port, a connection's SYN (or, for a backend on this node, any segment of a
+/// connection with no entry, see [`without_flow`]): picks the backend, records the
+/// connection, forwards.
 #[inline(always)]
 pub fn new_flow<C: Frame>(
     ctx: &C,
@@ -125,15 +126,7 @@ pub fn new_flow<C: Frame>(
         count(counter::DROP_INTERNAL);
         return C::DROP;
     };
-    let slot = if svc.kind == port_kind::WRITE {
-        state.master
-    } else {
-        let i = flow_hash(fkey) % RING_SIZE;
-        READ_RING
-            .get(ring_index(svc.service_id, state.ring_active & 1, i))
-            .copied()
-            .unwrap_or(0)
-    };
+    let slot = pick(fkey, &svc, &state);
     if slot == 0 {
         return send_reset(ctx, eth, counter::RESET_NO_BACKEND);
     }
@@ -207,6 +200,8 @@ pub fn new_flow<C: Frame>(
     flow.kind = svc.kind;
     flow.backend_ip = be.ip;
     flow.backend_port = be.port;
+    // What the backend will acknowledge first: the SYN takes one sequence number.
+    flow.backend_ack = u32::from_be_bytes(tcp.seq).wrapping_add(1);
     if local {
         flow.flags = flow_flags::LOCAL;
     }
@@ -242,6 +237,91 @@ pub fn new_flow<C: Frame>(
     }
     count_to_backend(ctx, ip, slot, true);
     finish(ctx, eth, ip, fix, route, counter::FWD_TO_BACKEND)
+}
+
+/// The backend the live state gives a connection: the master for the write port, the read
+/// pool's Maglev entry of the connection's hash for the read port; 0 = none. The same on
+/// every LB node given the same tables, which is what lets a connection move between nodes.
+#[inline(always)]
+fn pick(fkey: &FlowKey, svc: &ServicePort, state: &ServiceState) -> u32 {
+    if svc.kind == port_kind::WRITE {
+        return state.master;
+    }
+    let secret = FLOW_HASH_KEY.get(0).copied().unwrap_or_default();
+    let i = flow_hash(fkey, &secret) % RING_SIZE;
+    READ_RING
+        .get(ring_index(svc.service_id, state.ring_active & 1, i))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Client → VIP:port, a segment that is not a SYN, with no entry here (the connection was
+/// made through another LB node, or its entry was evicted or swept): forwarded to the backend
+/// [`pick`] maps it to, and nothing is stored. Only a SYN may take a place in the table:
+/// otherwise any flood of bare ACKs, FINs or RSTs from many source ports fills it, and the
+/// spill table then evicts the idle live connections (pub/sub, pools). The backend's replies
+/// take the stateless reply path (`client_networks`), as they did before for a connection
+/// that moved here.
+///
+/// `None`: the backend is this node's own, whose replies are mapped back at TC egress only
+/// through an entry (there is no stateless path there): the caller admits the connection as
+/// before.
+#[inline(always)]
+pub fn without_flow<C: Frame>(
+    ctx: &C,
+    eth: *mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    tcp: &mut TcpHdr,
+    fkey: &FlowKey,
+    svc: &ServicePort,
+) -> Option<u32> {
+    let Some(state) = SERVICE_STATE.get(svc.service_id).copied() else {
+        count(counter::DROP_INTERNAL);
+        return Some(C::DROP);
+    };
+    let slot = pick(fkey, svc, &state);
+    if slot == 0 {
+        return Some(send_reset(ctx, eth, counter::RESET_NO_BACKEND));
+    }
+    let Some(be) = BACKENDS.get(slot).copied() else {
+        count(counter::DROP_INTERNAL);
+        return Some(C::DROP);
+    };
+    if be.flags & backend_flags::LOCAL != 0 {
+        return None;
+    }
+    let fix = to_backend_addr(ip, tcp, be.ip, be.port);
+    count_to_backend(ctx, ip, slot, false);
+    let len = wire_len(ctx, ip, tcp);
+    Some(forward(
+        ctx,
+        eth,
+        ip,
+        len,
+        fix.into(),
+        None,
+        counter::FWD_TO_BACKEND_NO_FLOW,
+    ))
+}
+
+/// May a bare SYN follow the entry its key already has? Yes while the connection may still
+/// be live: a SYN never takes a live connection's entry (a forged one would otherwise move a
+/// client's connection to another replica, or cut it), so a retransmitted SYN, or a port
+/// reused while the entry lingers, goes where the entry says. The entry is replaced only
+/// once its connection ended (a reset, or FIN both ways) or its backend is no longer the
+/// right one, or, under full NAT, its translation is from another source address.
+#[inline(always)]
+pub fn syn_follows(flow: &Flow) -> bool {
+    if flow.end & flow_end::RST != 0 || flow.end & flow_end::BOTH_FIN == flow_end::BOTH_FIN {
+        return false;
+    }
+    if flow.nat_port != 0 && flow.nat_ip != nat::config().ip {
+        return false;
+    }
+    let Some(state) = SERVICE_STATE.get(flow.service_id) else {
+        return false;
+    };
+    still_valid(flow, state.master)
 }
 
 /// Is the backend a connection was given still the right one? A write connection must still

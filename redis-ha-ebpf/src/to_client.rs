@@ -140,6 +140,11 @@ pub fn backend_reply<C: Frame>(
             None => Err(counter::PASS_NOT_SERVICE),
         };
     };
+    if flows::out_of_window(tcp, flow.client_ack, &mut flow.backend_ack) {
+        // Under full NAT the destination is rewritten already; the packet goes nowhere.
+        count(counter::DROP_OUT_OF_WINDOW);
+        return Ok(C::DROP);
+    }
     let closed = closing(ip, tcp, flow, flow_end::BACKEND_FIN);
     // The connection's key names the VIP port it was made to.
     let reply = Reply {
@@ -246,6 +251,8 @@ pub fn local_reply(ctx: &TcContext, ip: &mut Ipv4Hdr, tcp: &mut TcpHdr) {
     let Some((key, flow)) = reply_flow(ip.dst, u16::from_be_bytes(tcp.dport), &owner) else {
         return;
     };
+    // This node's own server: its segments are not forged, only its acknowledgement is noted.
+    flows::out_of_window(tcp, 0, &mut flow.backend_ack);
     let closed = closing(ip, tcp, flow, flow_end::BACKEND_FIN);
     note_activity(&mut flow.to_client);
     let fix = rewrite(

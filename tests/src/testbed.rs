@@ -403,6 +403,7 @@ impl Testbed {
         format!(
             "[dataplane]\n\
              interfaces = [{interfaces}]\n\
+             backend_interfaces = [{backend_interfaces}]\n\
              xdp_mode = {mode}\n\
              pin_dir = {pin_dir}\n\
              \n\
@@ -414,6 +415,8 @@ impl Testbed {
              backends = [{backends}]\n\
              {tls}",
             interfaces = list(self.lb_interfaces()),
+            // Every LB interface but the clients' faces the backends.
+            backend_interfaces = list(self.lb_interfaces().split_off(1)),
             mode = toml_string(self.xdp_mode.as_str()),
             pin_dir = toml_string(&self.pin_dir().display().to_string()),
             name = toml_string(SERVICE_NAME),

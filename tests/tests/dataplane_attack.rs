@@ -200,7 +200,6 @@ impl Findings {
 /// subscriber and the pooled connection. The next message the master pushed left without the
 /// VIP as its source, and the subscriber's kernel answered it with a reset.
 #[test]
-#[ignore = "needs dp-harden: fails on main (issue 22)"]
 fn a_flood_of_segments_that_open_nothing_leaves_the_table_and_idle_connections_alone() -> Result<()>
 {
     let tb = testbed(XdpMode::Native, false, Some(1024))?;
@@ -287,7 +286,6 @@ fn entry_unchanged(tb: &Testbed, key: &FlowKey, was: &Flow) -> Result<()> {
 /// SYN replaced a read connection's entry and picked its replica again, which after the read
 /// pool grew was another one, and the connection was reset.
 #[test]
-#[ignore = "needs dp-harden: fails on main (issue 22)"]
 fn forged_closes_resets_and_syns_leave_live_connections_alone() -> Result<()> {
     // The backends' segment is a bridge, which the program serves at the TC hook.
     let tb = testbed(XdpMode::Tc, true, None)?;

@@ -40,6 +40,7 @@ pub(super) fn validate_dataplane(dp: &Spanned<RawDataplane>) -> Result<Dataplane
             ));
         }
     }
+    let backend_interfaces = backend_interfaces(raw)?;
     let d = DataplaneConfig::default();
     let pin_dir = match &raw.pin_dir {
         None => d.pin_dir,
@@ -97,6 +98,7 @@ pub(super) fn validate_dataplane(dp: &Spanned<RawDataplane>) -> Result<Dataplane
         nat_address,
         nat_ports,
         client_networks,
+        backend_interfaces,
         flow_table_size,
         veth_peer_redirect: raw.veth_peer_redirect.unwrap_or(d.veth_peer_redirect),
         interfaces: raw
@@ -107,7 +109,44 @@ pub(super) fn validate_dataplane(dp: &Spanned<RawDataplane>) -> Result<Dataplane
             .collect(),
         xdp_mode: raw.xdp_mode.unwrap_or(d.xdp_mode),
         pin_dir,
+        // Filled in once `[controller]` is known (`secret::flow_hash_key`).
+        flow_hash_key: d.flow_hash_key,
     })
+}
+
+/// `dataplane.backend_interfaces`: each one of `interfaces`, none twice.
+fn backend_interfaces(raw: &RawDataplane) -> Result<Vec<String>, Problem> {
+    let Some(list) = &raw.backend_interfaces else {
+        return Ok(Vec::new());
+    };
+    let mut out: Vec<String> = Vec::new();
+    for (i, name) in list.iter().enumerate() {
+        let key = format!("dataplane.backend_interfaces[{i}]");
+        let listed = raw
+            .interfaces
+            .get_ref()
+            .iter()
+            .any(|n| n.get_ref() == name.get_ref());
+        if !listed {
+            return Err(problem(
+                name,
+                key,
+                format!(
+                    "{:?} is not one of dataplane.interfaces: the program sees only those",
+                    name.get_ref()
+                ),
+            ));
+        }
+        if out.contains(name.get_ref()) {
+            return Err(problem(
+                name,
+                key,
+                format!("{:?} is listed twice", name.get_ref()),
+            ));
+        }
+        out.push(name.get_ref().clone());
+    }
+    Ok(out)
 }
 
 /// `dataplane.client_networks`, each `"198.18.0.0/24"`.

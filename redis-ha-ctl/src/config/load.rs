@@ -137,6 +137,7 @@ pub(super) struct RawDataplane {
     pub xdp_mode: Option<XdpMode>,
     pub pin_dir: Option<Spanned<String>>,
     pub client_networks: Option<Vec<Spanned<String>>>,
+    pub backend_interfaces: Option<Vec<Spanned<String>>>,
     /// Signed, so that a negative size gets our range message rather than serde's.
     pub flow_table_size: Option<Spanned<i64>>,
     pub veth_peer_redirect: Option<bool>,

@@ -300,6 +300,11 @@ pub struct DataplaneConfig {
     /// these networks must then reach the backends only through the VIP.
     #[serde(serialize_with = "networks")]
     pub client_networks: Vec<(Ipv4Addr, u8)>,
+    /// Those of `interfaces` that face the backends: a segment from a backend's address is
+    /// taken as its reply only there, so that nobody on the client side can close, reset or
+    /// rewrite a connection by forging the backend's address. Empty (the default): every
+    /// interface, as where clients and backends share one.
+    pub backend_interfaces: Vec<String>,
     /// Entries of the connection table (one per connection), and of the LRU table that takes
     /// new connections while it is full. Orderly closes remove their entry at once; the
     /// daemon sweeps the rest (`dataplane::sweep`).
@@ -316,6 +321,11 @@ pub struct DataplaneConfig {
     pub nat_address: Option<Ipv4Addr>,
     /// Full NAT: the source ports toward backends, one connection per port and backend.
     pub nat_ports: NatPorts,
+    /// The secret key of the replica choice (`FLOW_HASH_KEY`), derived from
+    /// `[controller] secret` so that every LB node of the cluster has the same one and no
+    /// client knows it. Not a key of the file. All zero on a node without `[controller]`.
+    #[serde(skip)]
+    pub flow_hash_key: redis_ha_common::FlowHashKey,
 }
 
 impl Default for DataplaneConfig {
@@ -327,6 +337,7 @@ impl Default for DataplaneConfig {
             xdp_mode: XdpMode::default(),
             pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
             client_networks: Vec::new(),
+            backend_interfaces: Vec::new(),
             // The size the program's maps are compiled with, so that a config without the key
             // loads the maps exactly as built.
             flow_table_size: redis_ha_common::FLOW_TABLE_SIZE,
@@ -335,6 +346,7 @@ impl Default for DataplaneConfig {
             nat: NatMode::Destination,
             nat_address: None,
             nat_ports: NatPorts::DEFAULT,
+            flow_hash_key: redis_ha_common::FlowHashKey::default(),
         }
     }
 }

@@ -23,11 +23,34 @@ pub(super) fn read(path: &Path) -> Result<String, String> {
     Ok(text.trim().to_owned())
 }
 
+/// The key of the replica choice (`flow_hash`), from the cluster's shared secret: the first
+/// 16 bytes of HMAC-SHA256(secret, label). The label keeps it apart from every other use of
+/// the secret (peer messages are MACed with the secret itself), so knowing the one reveals
+/// nothing of the other; the same secret gives every LB node the same key.
+pub fn flow_hash_key(secret: &str) -> redis_ha_common::FlowHashKey {
+    use hmac::{Hmac, Mac as _};
+    let mut mac =
+        Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(b"redis-ha flow hash key v1");
+    let out = mac.finalize().into_bytes();
+    let mut key = [0; 16];
+    key.copy_from_slice(&out[..16]);
+    redis_ha_common::FlowHashKey::from_bytes(key)
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
+
+    #[test]
+    fn the_flow_hash_key_is_the_same_for_a_secret_and_differs_between_secrets() {
+        let a = flow_hash_key("a-secret-of-enough-characters");
+        assert_eq!(a, flow_hash_key("a-secret-of-enough-characters"));
+        assert_ne!(a, flow_hash_key("another-secret-of-enough-characters"));
+        assert_ne!(a, redis_ha_common::FlowHashKey::default());
+    }
 
     #[test]
     fn a_secret_others_may_read_or_the_group_may_change_is_refused() {

@@ -67,7 +67,7 @@ pub(super) fn validate(
     mut secret_files: SecretFiles,
     resolver: &dyn Resolver,
 ) -> Result<Config, Problem> {
-    let dataplane = raw
+    let mut dataplane = raw
         .dataplane
         .as_ref()
         .map(super::dataplane::validate_dataplane)
@@ -77,6 +77,9 @@ pub(super) fn validate(
         .as_ref()
         .map(|c| validate_controller(c, &mut secret_files))
         .transpose()?;
+    if let (Some(dp), Some(ctl)) = (&mut dataplane, &controller) {
+        dp.flow_hash_key = super::secret::flow_hash_key(&ctl.secret);
+    }
     let ha = raw
         .ha
         .as_ref()

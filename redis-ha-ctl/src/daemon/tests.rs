@@ -148,6 +148,10 @@ impl Dataplane for SharedDataplane {
         self.0.lock().unwrap().interface_macs()
     }
 
+    fn interface_roles(&self) -> Result<BTreeMap<u32, u32>, Self::Error> {
+        self.0.lock().unwrap().interface_roles()
+    }
+
     fn apply(&mut self, op: &MapOp) -> Result<(), Self::Error> {
         self.0.lock().unwrap().apply(op)
     }

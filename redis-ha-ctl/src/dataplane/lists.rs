@@ -67,6 +67,15 @@ pub fn plan_interface_macs(
     )
 }
 
+pub fn plan_interface_roles(current: &BTreeMap<u32, u32>, roles: &[(u32, u32)]) -> Vec<MapOp> {
+    exact(
+        current,
+        &roles.iter().copied().collect(),
+        |ifindex, role| MapOp::SetInterfaceRole { ifindex, role },
+        |ifindex| MapOp::RemoveInterfaceRole { ifindex },
+    )
+}
+
 /// A set as a map whose values say nothing.
 fn present<K: Ord + Copy>(set: &BTreeSet<K>) -> BTreeMap<K, ()> {
     set.iter().map(|k| (*k, ())).collect()

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use redis_ha_common::{Backend, NatConfig, ServiceState};
+use redis_ha_common::{Backend, FlowHashKey, NatConfig, ServiceState};
 
 use super::{Dataplane, MapOp, Snapshot};
 
@@ -24,8 +24,12 @@ pub struct MemDataplane {
     pub accept_local: BTreeMap<[u8; 16], u32>,
     /// `NAT[0]`.
     pub nat: NatConfig,
+    /// `FLOW_HASH_KEY[0]`.
+    pub flow_hash_key: FlowHashKey,
     /// `IF_MACS`: ifindex → MAC.
     pub if_macs: BTreeMap<u32, [u8; 6]>,
+    /// `IF_ROLES`: ifindex → `if_role`.
+    pub if_roles: BTreeMap<u32, u32>,
 }
 
 impl MemDataplane {
@@ -72,6 +76,10 @@ impl Dataplane for MemDataplane {
 
     fn interface_macs(&self) -> Result<BTreeMap<u32, [u8; 6]>, Self::Error> {
         Ok(self.if_macs.clone())
+    }
+
+    fn interface_roles(&self) -> Result<BTreeMap<u32, u32>, Self::Error> {
+        Ok(self.if_roles.clone())
     }
 
     fn apply(&mut self, op: &MapOp) -> Result<(), Self::Error> {
@@ -128,11 +136,18 @@ impl Dataplane for MemDataplane {
                 self.accept_local.remove(iface);
             }
             MapOp::SetNat { nat } => self.nat = *nat,
+            MapOp::SetFlowHashKey { key } => self.flow_hash_key = *key,
             MapOp::SetInterfaceMac { ifindex, mac } => {
                 self.if_macs.insert(*ifindex, *mac);
             }
             MapOp::RemoveInterfaceMac { ifindex } => {
                 self.if_macs.remove(ifindex);
+            }
+            MapOp::SetInterfaceRole { ifindex, role } => {
+                self.if_roles.insert(*ifindex, *role);
+            }
+            MapOp::RemoveInterfaceRole { ifindex } => {
+                self.if_roles.remove(ifindex);
             }
         }
         Ok(())
@@ -185,6 +200,9 @@ mod tests {
         }
         fn interface_macs(&self) -> Result<BTreeMap<u32, [u8; 6]>, Self::Error> {
             self.dp.interface_macs()
+        }
+        fn interface_roles(&self) -> Result<BTreeMap<u32, u32>, Self::Error> {
+            self.dp.interface_roles()
         }
         fn apply(&mut self, op: &MapOp) -> Result<(), Self::Error> {
             self.dp.apply(op)?;

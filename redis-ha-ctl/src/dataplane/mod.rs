@@ -30,7 +30,8 @@ use std::{
 };
 
 use redis_ha_common::{
-    Backend, NatConfig, ServiceKey, ServicePort, ServiceState, backend_flags, port_kind,
+    Backend, FlowHashKey, NatConfig, ServiceKey, ServicePort, ServiceState, backend_flags,
+    port_kind,
 };
 
 use crate::{
@@ -221,12 +222,24 @@ pub enum MapOp {
     SetNat {
         nat: NatConfig,
     },
+    /// `FLOW_HASH_KEY[0] = key`: the secret key of the replica choice (`flow_hash`).
+    SetFlowHashKey {
+        key: FlowHashKey,
+    },
     /// `IF_MACS[ifindex] = mac`: the data-plane interface's own MAC.
     SetInterfaceMac {
         ifindex: u32,
         mac: [u8; 6],
     },
     RemoveInterfaceMac {
+        ifindex: u32,
+    },
+    /// `IF_ROLES[ifindex] = role`: what the data-plane interface faces (`if_role`).
+    SetInterfaceRole {
+        ifindex: u32,
+        role: u32,
+    },
+    RemoveInterfaceRole {
         ifindex: u32,
     },
 }
@@ -421,6 +434,8 @@ pub trait Dataplane {
     fn saved_accept_local(&self) -> Result<BTreeMap<[u8; 16], u32>, Self::Error>;
     /// `IF_MACS`: ifindex → MAC.
     fn interface_macs(&self) -> Result<BTreeMap<u32, [u8; 6]>, Self::Error>;
+    /// `IF_ROLES`: ifindex → `if_role`.
+    fn interface_roles(&self) -> Result<BTreeMap<u32, u32>, Self::Error>;
     fn apply(&mut self, op: &MapOp) -> Result<(), Self::Error>;
 
     /// Makes `FLOATING` hold exactly `addresses`, each answering ARP until `until_ns`
@@ -444,6 +459,12 @@ pub trait Dataplane {
     /// Makes `IF_MACS` hold exactly `macs` (ifindex, MAC), new ones first.
     fn set_interface_macs(&mut self, macs: &[(u32, [u8; 6])]) -> Result<(), Self::Error> {
         let ops = lists::plan_interface_macs(&self.interface_macs()?, macs);
+        apply_all(self, &ops)
+    }
+
+    /// Makes `IF_ROLES` hold exactly `roles` (ifindex, `if_role`), new ones first.
+    fn set_interface_roles(&mut self, roles: &[(u32, u32)]) -> Result<(), Self::Error> {
+        let ops = lists::plan_interface_roles(&self.interface_roles()?, roles);
         apply_all(self, &ops)
     }
 

@@ -181,10 +181,12 @@ impl HaCluster {
             toml += &format!(
                 "[dataplane]\n\
                  interfaces = [{interfaces}]\n\
+                 backend_interfaces = [{backend_interface}]\n\
                  xdp_mode = {mode}\n\
                  pin_dir = {pin_dir}\n\
                  client_networks = [{networks}]\n\n",
                 interfaces = list(&lb.interfaces().map(str::to_owned)),
+                backend_interface = toml_string(lb.interfaces()[1]),
                 mode = toml_string(o.xdp_mode.as_str()),
                 pin_dir = toml_string(&lb.pin_dir.display().to_string()),
                 networks = toml_string(CLIENT_NETWORK),

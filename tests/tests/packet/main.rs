@@ -6,7 +6,7 @@
 //! - [`netns`]: the namespace guard and the addresses/MACs the FIB will answer with;
 //! - [`dataplane`]: a loaded program and its maps; `dataplane::run`, the table runner ([`dataplane::Case`]);
 //! - the test groups: [`forward`], [`passthrough`], [`reset`], [`fib`], [`next_hop`],
-//!   [`arp_guard`], [`close`], [`port_reuse`], [`measure`].
+//!   [`arp_guard`], [`close`], [`port_reuse`], [`untrusted`], [`measure`].
 //!
 //! Every test loads its own copy of the program, so flows and counters never leak between
 //! tests.
@@ -26,6 +26,7 @@ mod port_reuse;
 mod reset;
 mod spill;
 mod stateless;
+mod untrusted;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -85,10 +86,22 @@ pub fn at_every_hook(body: impl Fn(&Testbed, Hook)) {
 }
 
 /// A TCP frame from `src` to `dst` with the MACs it carries on the wire: the sender's own,
-/// and the testbed router's on the sender's subnet.
+/// and the testbed router's on the sender's subnet. Sequence and acknowledgement numbers are
+/// those of one connection seen from both ends (a client's sequence number is what its
+/// backend acknowledges, and the other way round), so that FINs and RSTs are in its window.
 pub fn tcp(src: SocketAddrV4, dst: SocketAddrV4) -> Tcp4 {
-    Tcp4::new(host_mac(*src.ip()), device_mac(*src.ip()), src, dst)
+    let mut t = Tcp4::new(host_mac(*src.ip()), device_mac(*src.ip()), src, dst);
+    if src.ip().octets()[..3] == [198, 18, 1] {
+        (t.seq, t.ack) = (BACKEND_SEQ, CLIENT_SEQ.wrapping_add(1));
+    } else {
+        (t.seq, t.ack) = (CLIENT_SEQ, BACKEND_SEQ);
+    }
+    t
 }
+
+/// The sequence numbers of [`tcp`]'s frames from a client and from a backend.
+pub const CLIENT_SEQ: u32 = 0x6d2f_0a11;
+pub const BACKEND_SEQ: u32 = 0x0000_1f40;
 
 /// The `FLOWS` key of a packet from `src` to `dst`.
 pub fn flow_key(src: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {

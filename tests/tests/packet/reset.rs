@@ -110,10 +110,12 @@ fn stale_flow_resets_acknowledge_what_the_segment_carried() {
             }),
         ];
         for (i, _) in shapes.iter().enumerate() {
-            dp.step(syn_to_master(
-                "SYN to the write port",
-                client(41100 + i as u16),
-            ));
+            let c = client(41100 + i as u16);
+            // The segments below are the connection's next ones: their FINs are in its window.
+            dp.step(Case {
+                frame: tcp(c, WRITE).seq(0xfff0_0000 - 1).syn().build(),
+                ..syn_to_master("SYN to the write port", c)
+            });
         }
         dp.set_state(SID, SLOT_12, 1);
         let cases: Vec<Case> = shapes

@@ -88,6 +88,10 @@ impl Dataplane for BpfDataplane {
             .collect())
     }
 
+    fn interface_roles(&self) -> Result<BTreeMap<u32, u32>, BpfError> {
+        Ok(self.if_roles.iter().filter_map(Result::ok).collect())
+    }
+
     fn apply(&mut self, op: &MapOp) -> Result<(), BpfError> {
         match op {
             MapOp::SetBackend { slot, backend } => {
@@ -194,6 +198,18 @@ impl Dataplane for BpfDataplane {
                 .remove(ifindex)
                 .map_err(map_err(map_name::IF_MACS)),
             MapOp::SetNat { nat } => self.nat.set(0, nat, 0).map_err(map_err(map_name::NAT)),
+            MapOp::SetInterfaceRole { ifindex, role } => self
+                .if_roles
+                .insert(ifindex, role, 0)
+                .map_err(map_err(map_name::IF_ROLES)),
+            MapOp::RemoveInterfaceRole { ifindex } => self
+                .if_roles
+                .remove(ifindex)
+                .map_err(map_err(map_name::IF_ROLES)),
+            MapOp::SetFlowHashKey { key } => self
+                .flow_hash_key
+                .set(0, key, 0)
+                .map_err(map_err(map_name::FLOW_HASH_KEY)),
         }
     }
 }

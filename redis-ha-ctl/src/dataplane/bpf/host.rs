@@ -10,7 +10,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use redis_ha_common::if_role;
+
 use super::BpfError;
+use crate::config::DataplaneConfig;
 
 /// Whether bpffs is mounted where `pin_dir` would go.
 pub(super) fn check_bpffs(pin_dir: &Path) -> Result<(), BpfError> {
@@ -216,6 +219,28 @@ pub(super) fn write_accept_local(iface: &str, value: u32) -> Result<bool, BpfErr
 /// (ifindex, MAC) of each of `interfaces` in the current network namespace, asked of the
 /// kernel (`SIOCGIFHWADDR`; sysfs would show the namespace that mounted it). An interface
 /// without an Ethernet address is left out: the program then takes every frame on it.
+/// `IF_ROLES` for `cfg`: with `backend_interfaces` set, every data-plane interface with what
+/// it faces; without, nothing (the program then takes replies on every interface).
+pub(super) fn interface_roles(cfg: &DataplaneConfig) -> Vec<(u32, u32)> {
+    if cfg.backend_interfaces.is_empty() {
+        return Vec::new();
+    }
+    cfg.interfaces
+        .iter()
+        .filter_map(|iface| {
+            let name = std::ffi::CString::new(iface.as_str()).ok()?;
+            // SAFETY: a NUL-terminated name.
+            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            let role = if cfg.backend_interfaces.contains(iface) {
+                if_role::BACKENDS
+            } else {
+                if_role::CLIENTS
+            };
+            (ifindex != 0).then_some((ifindex, role))
+        })
+        .collect()
+}
+
 pub(super) fn interface_macs(interfaces: &[String]) -> Vec<(u32, [u8; 6])> {
     interfaces.iter().filter_map(|i| interface_mac(i)).collect()
 }

@@ -135,7 +135,11 @@ impl BpfDataplane {
         }
         let mut dp = Self::open(&cfg.pin_dir)?;
         dp.apply(&MapOp::SetNat { nat })?;
+        dp.apply(&MapOp::SetFlowHashKey {
+            key: cfg.flow_hash_key,
+        })?;
         dp.set_interface_macs(&host::interface_macs(&cfg.interfaces))?;
+        dp.set_interface_roles(&host::interface_roles(cfg))?;
         set_accept_local(&mut dp, &cfg.interfaces)?;
         dp.set_client_networks(&cfg.client_networks)?;
         let peers = redirect_to_veth_peers(&mut dp, cfg, hook)?;
@@ -223,8 +227,14 @@ impl BpfDataplane {
         let mut dp = Self::open(&cfg.pin_dir)?;
         redirect_to_veth_peers(&mut dp, cfg, hook)?;
         dp.set_interface_macs(&host::interface_macs(&cfg.interfaces))?;
+        dp.set_interface_roles(&host::interface_roles(cfg))?;
         dp.apply(&MapOp::SetNat {
             nat: nat::nat_config(cfg)?,
+        })?;
+        // A version before FLOW_HASH_KEY hashed without a key: read connections made before
+        // the upgrade keep their entries; only new ones are placed by the keyed hash.
+        dp.apply(&MapOp::SetFlowHashKey {
+            key: cfg.flow_hash_key,
         })?;
         Ok((switched, old_id, new_id))
     }

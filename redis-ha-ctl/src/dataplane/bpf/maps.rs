@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapInfo, PerCpuArray};
 use redis_ha_common::{
-    AddrKey, Backend, BackendStats, FloatingLease, Flow, FlowKey, InterfaceMac, NatConfig, NatKey,
-    ServiceKey, ServicePort, ServiceState, map_name,
+    AddrKey, Backend, BackendStats, FloatingLease, Flow, FlowHashKey, FlowKey, InterfaceMac,
+    NatConfig, NatKey, ServiceKey, ServicePort, ServiceState, map_name,
 };
 
 use super::{BpfError, map_err};
@@ -52,6 +52,10 @@ pub struct BpfDataplane {
     pub(super) accept_local: HashMap<MapData, [u8; 16], u32>,
     /// `IF_MACS`: data-plane interface → its MAC.
     pub(super) if_macs: HashMap<MapData, u32, InterfaceMac>,
+    /// `IF_ROLES`: data-plane interface → what it faces (`if_role`).
+    pub(super) if_roles: HashMap<MapData, u32, u32>,
+    /// `FLOW_HASH_KEY`: the secret key of the replica choice.
+    pub(super) flow_hash_key: Array<MapData, FlowHashKey>,
     /// `NAT`: this node's NAT mode, source address and ports.
     pub(super) nat: Array<MapData, NatConfig>,
     /// `NAT_PORTS`: full-NAT (backend, source port) → connection.
@@ -98,6 +102,10 @@ impl BpfDataplane {
             accept_local: HashMap::try_from(open(map_name::ACCEPT_LOCAL)?)
                 .map_err(map_err(map_name::ACCEPT_LOCAL))?,
             nat: Array::try_from(open(map_name::NAT)?).map_err(map_err(map_name::NAT))?,
+            if_roles: HashMap::try_from(open(map_name::IF_ROLES)?)
+                .map_err(map_err(map_name::IF_ROLES))?,
+            flow_hash_key: Array::try_from(open(map_name::FLOW_HASH_KEY)?)
+                .map_err(map_err(map_name::FLOW_HASH_KEY))?,
             if_macs: HashMap::try_from(open(map_name::IF_MACS)?)
                 .map_err(map_err(map_name::IF_MACS))?,
             nat_ports: HashMap::try_from(open(map_name::NAT_PORTS)?)
@@ -139,6 +147,8 @@ pub(super) fn map_pins(pin_dir: &Path) -> MapPins {
         map_name::NAT,
         map_name::NAT_PORTS,
         map_name::IF_MACS,
+        map_name::FLOW_HASH_KEY,
+        map_name::IF_ROLES,
     ]
     .into_iter()
     .map(|n| (n, pin_dir.join(n)))

@@ -15,9 +15,9 @@ use aya::{
     },
 };
 use redis_ha_common::{
-    AddrKey, Backend, BackendStats, FloatingLease, Flow, FlowKey, InterfaceMac, NatConfig, NatKey,
-    RING_SIZE, ServiceKey, ServicePort, ServiceState, backend_flags, counter, map_name, nat_mode,
-    ring_index,
+    AddrKey, Backend, BackendStats, FloatingLease, Flow, FlowHashKey, FlowKey, InterfaceMac,
+    NatConfig, NatKey, RING_SIZE, ServiceKey, ServicePort, ServiceState, backend_flags, counter,
+    map_name, nat_mode, ring_index,
 };
 
 use crate::{
@@ -73,6 +73,9 @@ pub struct Dataplane {
     counters: PerCpuArray<MapData, u64>,
     cli_ifindex: u32,
     srv_ifindex: u32,
+    /// The device every frame arrives on, instead of the one its source lives behind: a
+    /// forged source address arrives where the forger is.
+    arrive_on: std::cell::Cell<Option<u32>>,
 }
 
 impl Dataplane {
@@ -147,6 +150,7 @@ impl Dataplane {
             counters,
             cli_ifindex: tb.cli_ifindex,
             srv_ifindex: tb.srv_ifindex,
+            arrive_on: std::cell::Cell::new(None),
         };
         // As the controller writes them at attach.
         dp.set_interface_mac(tb.cli_ifindex, CLI_DEV_MAC);
@@ -246,6 +250,30 @@ impl Dataplane {
         .expect("CLIENT_NETS type");
         map.insert(&Key::new(prefix_len, net.octets()), 1, 0)
             .expect("insert CLIENT_NETS");
+    }
+
+    /// Frames arrive on `ifindex` from now on (`None`: where their source lives).
+    pub fn arrive_on(&self, ifindex: Option<u32>) {
+        self.arrive_on.set(ifindex);
+    }
+
+    /// `IF_ROLES[ifindex] = role`, as `[dataplane] backend_interfaces` sets it.
+    pub fn set_interface_role(&mut self, ifindex: u32, role: u32) {
+        let mut map: HashMap<&mut MapData, u32, u32> =
+            HashMap::try_from(self.bpf.map_mut(map_name::IF_ROLES).expect("IF_ROLES"))
+                .expect("IF_ROLES type");
+        map.insert(ifindex, role, 0).expect("insert IF_ROLES");
+    }
+
+    /// `FLOW_HASH_KEY[0]`: the secret key of the replica choice.
+    pub fn set_flow_hash_key(&mut self, key: FlowHashKey) {
+        let mut map: Array<&mut MapData, FlowHashKey> = Array::try_from(
+            self.bpf
+                .map_mut(map_name::FLOW_HASH_KEY)
+                .expect("FLOW_HASH_KEY"),
+        )
+        .expect("FLOW_HASH_KEY type");
+        map.set(0, key, 0).expect("set FLOW_HASH_KEY");
     }
 
     /// `NAT[0]`: full NAT from `ip`, source ports `first..=last`.

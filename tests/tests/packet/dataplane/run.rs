@@ -95,6 +95,9 @@ impl Dataplane {
     /// The device a frame arrives on: rha-srv for frames from the backend subnet, rha-cli for
     /// everything else.
     fn wire_ingress(&self, frame: &[u8]) -> u32 {
+        if let Some(ifindex) = self.arrive_on.get() {
+            return ifindex;
+        }
         let from_backend_net =
             frame.len() >= 30 && frame[12..14] == [0x08, 0x00] && frame[26..29] == [198, 18, 1];
         if from_backend_net {
