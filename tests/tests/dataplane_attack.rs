@@ -243,6 +243,14 @@ fn a_flood_of_segments_that_open_nothing_leaves_the_table_and_idle_connections_a
             format!("{before} connections before {sent} forged ACK/FIN/RST segments, {after} after")
         }),
     );
+    // The flood reached the program, which forwarded it by the live state alone.
+    let maps = tb.ctl("maps", &["--flows", "0"])?;
+    findings.check(
+        "the flood reached the program",
+        maps.contains("fwd_to_backend_no_flow")
+            .then_some(())
+            .context("no fwd_to_backend_no_flow counted"),
+    );
     sweep(&tb, redis_ha_ctl::ha::net::monotonic_ns())?;
     findings.check(
         "the subscriber opened before the flood",
@@ -404,5 +412,14 @@ fn forged_closes_resets_and_syns_leave_live_connections_alone() -> Result<()> {
         findings.check(&format!("{what}, then PING"), reader.ping());
     }
     drop(intruder_ns);
+    // The forged FINs and the RST reached the program (a test whose segments never arrive
+    // would pass too) and were judged outside their connection's window.
+    let maps = tb.ctl("maps", &["--flows", "0"])?;
+    findings.check(
+        "the forged closes reached the program",
+        maps.contains("drop_out_of_window")
+            .then_some(())
+            .context("no drop_out_of_window counted"),
+    );
     findings.assert_none(&tb)
 }
