@@ -3,7 +3,7 @@
 //! replica, and which backend acknowledged it (asked once per connection with `CLIENT INFO`,
 //! whose `laddr` is the backend's own address since the data plane rewrites the VIP).
 //!
-//! Records stay small on purpose (12 bytes a write): a soak of hours writes millions of keys.
+//! Records stay small on purpose (16 bytes a write): a soak of hours writes millions of keys.
 
 use std::net::Ipv4Addr;
 
@@ -16,6 +16,9 @@ pub struct WriteAck {
     pub id: u32,
     /// When the `SET`'s reply arrived, in ms since the writer's time origin.
     pub at_ms: u32,
+    /// How long before `at_ms` the `SET` was sent: the server took it somewhere in between
+    /// (a reply read late, on a busy machine, must not move the write in time).
+    pub sent_before_ms: u16,
     /// 1-based index into [`WriterOptions::backends`] of the backend that acknowledged it;
     /// 0 when the connection's `CLIENT INFO` named no known backend.
     pub backend: u8,
@@ -146,6 +149,10 @@ pub fn ms_since(origin: Instant, t: Instant) -> u32 {
     u32::try_from(t.saturating_duration_since(origin).as_millis()).unwrap_or(u32::MAX)
 }
 
+fn sent_before(sent: Instant, acked: Instant) -> u16 {
+    u16::try_from(acked.saturating_duration_since(sent).as_millis()).unwrap_or(u16::MAX)
+}
+
 /// Which backend `CLIENT INFO`'s reply names as the server's end of the connection.
 pub fn backend_of(client_info: &str, backends: &[Ipv4Addr]) -> u8 {
     let laddr = client_info
@@ -173,6 +180,7 @@ fn write_loop(
         }
         let waited = id % 2 == 0;
         let mut acked_at = None;
+        let mut sent_at = Instant::now();
         let outcome = (|| -> std::io::Result<WriteAck> {
             if conn.is_none() {
                 lock().connects += 1;
@@ -189,6 +197,7 @@ fn write_loop(
             let key = WriterRecord::key(&options.prefix, id);
             let value = id.to_string();
             let set: Vec<&[u8]> = vec![b"SET", key.as_bytes(), value.as_bytes()];
+            sent_at = Instant::now();
             if waited {
                 c.send_all([set, vec![b"WAIT", b"1", wait_ms.as_bytes()]])?;
             } else {
@@ -203,6 +212,7 @@ fn write_loop(
             let mut ack = WriteAck {
                 id,
                 at_ms: ms_since(origin, now),
+                sent_before_ms: sent_before(sent_at, now),
                 backend: *backend,
                 waited,
                 confirmed: false,
@@ -221,6 +231,7 @@ fn write_loop(
                     r.acks.push(WriteAck {
                         id,
                         at_ms: ms_since(origin, at),
+                        sent_before_ms: sent_before(sent_at, at),
                         backend: *backend,
                         waited,
                         confirmed: false,
@@ -256,6 +267,6 @@ mod tests {
 
     #[test]
     fn an_ack_record_stays_small() {
-        assert!(std::mem::size_of::<WriteAck>() <= 12);
+        assert!(std::mem::size_of::<WriteAck>() <= 16);
     }
 }

@@ -27,9 +27,16 @@ pub fn master_at(changes: &[MasterChange], t_ms: u32) -> Option<u8> {
     Some(changes[i - 1].master)
 }
 
-/// Acknowledged by a backend that was certainly not the master at that moment.
+/// Acknowledged by a backend that was certainly not the master at that moment: the master is
+/// known, the same, and another backend from the `SET`'s sending to its reply.
 pub fn by_demoted_master(ack: &WriteAck, changes: &[MasterChange]) -> bool {
-    ack.backend != 0 && master_at(changes, ack.at_ms).is_some_and(|m| m != ack.backend)
+    let sent = ack.at_ms.saturating_sub(u32::from(ack.sent_before_ms));
+    let same_interval = changes.partition_point(|c| c.seen_ms <= sent)
+        == changes.partition_point(|c| c.seen_ms <= ack.at_ms);
+    ack.backend != 0
+        && same_interval
+        && master_at(changes, sent).is_some_and(|m| m != ack.backend)
+        && master_at(changes, ack.at_ms).is_some_and(|m| m != ack.backend)
 }
 
 /// The longest time between consecutive acknowledgements (times sorted) that ends after
@@ -303,6 +310,7 @@ mod tests {
         WriteAck {
             id,
             at_ms,
+            sent_before_ms: 0,
             backend,
             waited: confirmed,
             confirmed,
@@ -325,6 +333,12 @@ mod tests {
             !by_demoted_master(&ack(4, 1300, 0, false), &changes),
             "an unknown backend is not blamed"
         );
+        // Sent during the uncertain interval, its reply read late: not blamed either.
+        let late = WriteAck {
+            sent_before_ms: 200,
+            ..ack(5, 1300, 1, false)
+        };
+        assert!(!by_demoted_master(&late, &changes));
     }
 
     fn run(fault: SoakFault, injected: u32, recovered: u32) -> FaultRun {

@@ -13,8 +13,9 @@ use redis_ha_tests::{Cluster, Fault, wait_until};
 /// One kind of fault of the schedule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum SoakFault {
-    /// `kill -9` of the master, then restarted with its own arguments: it comes back claiming
-    /// to be a master with an empty dataset, and the controllers turn it into a replica.
+    /// `kill -9` of the master, then restarted with the arguments it first had (backend 1
+    /// claiming to be a master with an empty dataset, the others replicating backend 1); the
+    /// controllers make it a replica of the current master.
     MasterKill9,
     /// `SIGSTOP` of the master (a hung host), then `SIGCONT`.
     MasterSigStop,

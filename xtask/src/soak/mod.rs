@@ -291,21 +291,24 @@ fn run(cluster: &Cluster, options: &Options, header: String) -> Result<()> {
     };
     let (occurrences, before) = analysis::analyse(&inputs);
     let trends = analysis::process_trends(&monitor.resources);
-    let lost_before_first = missing.len() as u64
-        - occurrences
+    let lost_before_first = (missing.len() as u64).saturating_sub(
+        occurrences
             .iter()
             .map(|o| o.lost_confirmed + o.lost_unconfirmed)
-            .sum::<u64>();
+            .sum::<u64>(),
+    );
     let unknown_backend = records
         .writer
         .acks
         .iter()
         .filter(|a| a.backend == 0)
         .count();
-    let mut notes = vec![format!(
-        "the master killed with kill -9 is restarted with its own arguments (it claims to be a master, \
-         with an empty dataset) and the controllers convert it into a replica"
-    )];
+    let mut notes = vec![
+        "a master killed with kill -9 is restarted with the arguments it first had (backend 1 as a \
+         master with an empty dataset, the others as replicas of backend 1); the controllers then \
+         make it a replica of the current master"
+            .to_owned(),
+    ];
     if lost_before_first > 0 {
         notes.push(format!(
             "**{lost_before_first} acknowledged write(s) lost before the first fault**"

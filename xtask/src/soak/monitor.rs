@@ -11,8 +11,10 @@ use redis_ha_tests::{Cluster, open_fds, vm_rss_kib};
 const MAPS_EVERY: Duration = Duration::from_millis(250);
 pub const RESOURCES_EVERY: Duration = Duration::from_secs(10);
 
-/// The write port seen on a new (epoch, master) at `seen_ms`; the previous successful sample
-/// was at `prev_sample_ms`, so the change itself happened in (prev_sample_ms, seen_ms].
+/// The write port seen on a new (epoch, master) by a sample that ended at `seen_ms`; the last
+/// sample that still showed the old one started at `prev_sample_ms`. A sample reads the maps
+/// somewhere between its start and its end (`redis-ha-ctl maps` is a process, slow to start on
+/// a busy machine), so the change itself happened in (prev_sample_ms, seen_ms].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MasterChange {
     pub prev_sample_ms: u32,
@@ -62,6 +64,7 @@ pub fn run(
     let mut flows = None;
     let mut next_resources = Instant::now();
     while !stop.load(Ordering::Relaxed) && started.elapsed() < max_duration {
+        let sample_start = ms_since(origin, Instant::now());
         match cluster.maps() {
             Ok(maps) => {
                 let now = ms_since(origin, Instant::now());
@@ -83,7 +86,7 @@ pub fn run(
                         master,
                     });
                 }
-                last_sample_ms = Some(now);
+                last_sample_ms = Some(sample_start);
             }
             Err(_) => record.maps_errors += 1,
         }

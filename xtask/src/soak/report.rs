@@ -256,8 +256,9 @@ pub fn markdown(
          time between two acknowledged writes that ends after the injection and starts before the fault was \
          undone. Lost: acknowledged writes of the window missing on the final master (pipelined EXISTS after \
          the last fault). Acked by a demoted master: the backend behind the writer's connection (CLIENT INFO's \
-         laddr) was certainly not the write port's master at the acknowledgement (sampled every 250 ms; \
-         acknowledgements between the sample before a switch and the one that saw it are not judged). \
+         laddr) was certainly not the write port's master from the SET's sending to its reply (sampled \
+         every 250 ms; nothing is judged from the start of the last sample showing the old master to \
+         the end of the first showing the new one). \
          Failovers: the write port moved to another backend (epoch bumps: its epoch changed)."
     )?;
     Ok(md)
