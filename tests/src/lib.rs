@@ -47,7 +47,8 @@ pub use netns::{
     Leftovers, Netns, cleanup_prefix, in_netns, leftovers, list_namespaces, netns_command,
 };
 pub use process::{
-    ChildGuard, GiveUp, ProcessSlot, describe, output_within, run, run_within, wait_until,
+    ChildGuard, GiveUp, ProcessSlot, describe, open_fds, output_within, run, run_within,
+    vm_rss_kib, wait_until,
 };
 pub use seed::{FULL_NAT, SeedCluster, SeedNode, SeedOptions};
 pub use testbed::{Backend, Testbed, TestbedOptions, XdpMode, unique_tag};

@@ -9,6 +9,7 @@ mod demo;
 mod demo_seed;
 mod package;
 mod prerequisites;
+mod soak;
 mod test;
 mod testbed;
 
@@ -116,6 +117,23 @@ enum Task {
         #[arg(long)]
         attack: bool,
     },
+    /// A soak: writes (SET, and SET + WAIT 1), reads, churning connections and pub/sub through
+    /// the VIP while faults repeat on a schedule (master kill -9, SIGSTOP and link cut, a
+    /// controller killed or partitioned, a switchover); then every acknowledged write checked on
+    /// the final master. Writes bench-results/soak/summary.md and samples.csv; fails when a
+    /// WAIT-confirmed write was lost, a demoted master acknowledged a write, a failover had no
+    /// fault behind it, or a controller's memory or file descriptors grew.
+    Soak {
+        /// How long to inject faults (the testbed's setup and the final check come on top).
+        #[arg(long, default_value_t = 15)]
+        minutes: u64,
+        /// default: one LB node in front of the backends (the only one the soak runs on yet).
+        #[arg(long, value_enum, default_value_t = Topology::Default)]
+        topology: Topology,
+        /// Output directory (default <workspace>/bench-results/soak).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -219,6 +237,19 @@ fn run(task: Task) -> Result<()> {
             xdp_mode,
         } => demo::demo(keep, xdp_mode.unwrap_or(XdpMode::Native)),
         Task::Test => test::test(),
+        Task::Soak {
+            minutes,
+            topology,
+            out,
+        } => soak::soak(soak::Options {
+            minutes,
+            seed: topology == Topology::Seed,
+            out,
+            command: std::iter::once("cargo xtask".to_owned())
+                .chain(std::env::args().skip(1))
+                .collect::<Vec<_>>()
+                .join(" "),
+        }),
         Task::Bench {
             quick,
             repeats,

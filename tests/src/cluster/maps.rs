@@ -8,6 +8,8 @@ pub struct MapsView {
     pub epoch: u64,
     pub master_slot: u32,
     pub backends: Vec<BackendRow>,
+    /// Entries in the connection tables (FLOWS + FLOWS_SPILL), when `maps` printed the count.
+    pub flows: Option<u64>,
     /// The whole output, for messages.
     pub raw: String,
 }
@@ -115,10 +117,15 @@ impl FromStr for MapsView {
         if backends.is_empty() {
             bail!("no backend rows in `maps`:\n{raw}");
         }
+        let flows = raw
+            .lines()
+            .find_map(|l| l.strip_prefix("flows: ")?.strip_suffix(" connections"))
+            .and_then(|n| n.trim().parse().ok());
         Ok(MapsView {
             epoch,
             master_slot,
             backends,
+            flows,
             raw: raw.to_owned(),
         })
     }

@@ -24,11 +24,15 @@ use crate::netns::in_netns;
 use crate::process::wait_until;
 use crate::testbed::Backend;
 
+mod pubsub;
 mod resp;
 mod traffic;
+mod verified;
 
+pub use pubsub::{PubSubRecord, Subscriber};
 pub use resp::{Reply, Resp, missing_keys};
 pub use traffic::{LoopOptions, LoopRecord, Request, TrafficLoop};
+pub use verified::{VerifiedWriter, WriteAck, WriterOptions, WriterRecord, ms_since};
 
 /// How the master fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,7 +57,7 @@ impl fmt::Display for Fault {
 }
 
 impl Fault {
-    fn apply(self, cluster: &Cluster, b: &Backend) -> Result<()> {
+    pub fn apply(self, cluster: &Cluster, b: &Backend) -> Result<()> {
         match self {
             Fault::Kill9 => b.kill(),
             Fault::SigStop => b.stop(),
@@ -61,7 +65,7 @@ impl Fault {
         }
     }
 
-    fn undo(self, cluster: &Cluster, b: &Backend) -> Result<()> {
+    pub fn undo(self, cluster: &Cluster, b: &Backend) -> Result<()> {
         match self {
             Fault::Kill9 => b.start(),
             Fault::SigStop => b.resume(),

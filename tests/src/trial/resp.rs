@@ -109,7 +109,7 @@ fn encode(args: &[&[u8]]) -> Vec<u8> {
     buf
 }
 
-fn invalid(msg: String) -> std::io::Error {
+pub(super) fn invalid(msg: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
 }
 

@@ -10,6 +10,8 @@ pub enum Request {
     Set { prefix: String },
     /// `GET <key>`.
     Get { key: String },
+    /// `PUBLISH <channel> <n>`: `n` is what a [`super::Subscriber`] records as received.
+    Publish { channel: String },
 }
 
 #[derive(Clone, Debug)]
@@ -201,12 +203,16 @@ fn run_loop(options: &LoopOptions, record: &Mutex<LoopRecord>, stop: &AtomicBool
                     c.call(&[b"SET", key.as_bytes(), n.to_string().as_bytes()])
                 }
                 Request::Get { key } => c.call(&[b"GET", key.as_bytes()]),
+                Request::Publish { channel } => {
+                    c.call(&[b"PUBLISH", channel.as_bytes(), n.to_string().as_bytes()])
+                }
             }
         })();
         let now = Instant::now();
         let failure = match outcome {
             Ok(Reply::Simple(s)) if s == "OK" => None,
             Ok(Reply::Bulk(_)) if matches!(options.request, Request::Get { .. }) => None,
+            Ok(Reply::Int(_)) if matches!(options.request, Request::Publish { .. }) => None,
             Ok(other) => Some(format!("unexpected reply {other:?}")),
             Err(e) => Some(e.to_string()),
         };

@@ -23,6 +23,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use redis_ha_tests::vm_rss_kib;
 
 /// Bounds on what the attackers do, whatever the series' length.
 const PIPELINERS: usize = 4;
@@ -262,16 +263,4 @@ impl Drop for Attack {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// The resident memory of `pid` in KiB.
-pub fn vm_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }

@@ -21,7 +21,7 @@ mod failover_seed;
 mod haproxy;
 mod packet;
 mod paths;
-mod report;
+pub(crate) mod report;
 mod seed_failover;
 mod seed_paths;
 mod seed_stack;
@@ -70,7 +70,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 /// Ctrl-C (or SIGTERM) would end the process without running a destructor, leaving the
 /// testbeds' namespaces and processes behind. Instead the signal is noted, the bench stops at
 /// its next check (every measured run and trial), and the guards clean up as it unwinds.
-fn catch_interrupts() {
+pub(crate) fn catch_interrupts() {
     for signal in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
@@ -226,7 +226,7 @@ fn bench_seed(
 
 /// A fresh release build of redis-ha-ctl; if the tree does not build right now (the tree is
 /// shared with engineers mid-change), the newest binary already built, said so in the report.
-fn ctl() -> Result<CtlInfo> {
+pub(crate) fn ctl() -> Result<CtlInfo> {
     if let Some(path) = std::env::var_os("REDIS_HA_CTL").filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
         return Ok(CtlInfo {
