@@ -106,6 +106,31 @@ fn duplicates_and_limits_are_refused() {
     );
     let nets = parse(&ok).unwrap().dataplane.unwrap().client_networks;
     assert_eq!(nets, [(Ipv4Addr::new(198, 18, 0, 0), 24)]);
+    let backend_if = |list: &str| {
+        GOOD.replace(
+            "xdp_mode = \"native\"",
+            &format!("backend_interfaces = {list}"),
+        )
+    };
+    let text = backend_if("[\"eth1\", \"eth2\"]");
+    let (line, key, msg) = err(&text);
+    assert_eq!(key, "dataplane.backend_interfaces[1]");
+    assert!(
+        msg.contains("\"eth2\" is not one of dataplane.interfaces"),
+        "{msg}"
+    );
+    assert_eq!(
+        line,
+        text.lines()
+            .position(|l| l.contains("backend_interfaces"))
+            .unwrap()
+            + 1
+    );
+    let (_, key, msg) = err(&backend_if("[\"eth1\", \"eth1\"]"));
+    assert_eq!(key, "dataplane.backend_interfaces[1]");
+    assert!(msg.contains("listed twice"), "{msg}");
+    let dp = parse(&backend_if("[\"eth1\"]")).unwrap().dataplane.unwrap();
+    assert_eq!(dp.backend_interfaces, ["eth1"]);
     let tc = GOOD.replace("xdp_mode = \"native\"", "xdp_mode = \"tc\"");
     assert_eq!(parse(&tc).unwrap().dataplane.unwrap().xdp_mode, XdpMode::Tc);
     let bad = GOOD.replace("xdp_mode = \"native\"", "xdp_mode = \"tcx\"");
@@ -204,6 +229,7 @@ fn slots_are_distinct_nonzero_and_in_range() {
 const EVERY_KEY: &str = r#"
 [dataplane]
 interfaces = ["eth0", "eth1"]
+backend_interfaces = ["eth1"]
 xdp_mode = "tc"
 pin_dir = "/sys/fs/bpf/other"
 client_networks = ["198.18.0.0/24", "10.0.0.0/8"]
@@ -306,6 +332,7 @@ fn a_config_setting_every_key_reads_back_equal_from_its_serialisation() {
     assert!(dp.xdp_mode != dd.xdp_mode && dp.pin_dir != dd.pin_dir);
     assert!(dp.client_networks != dd.client_networks && dp.flow_table_size != dd.flow_table_size);
     assert!(dp.veth_peer_redirect != dd.veth_peer_redirect);
+    assert!(dp.backend_interfaces != dd.backend_interfaces);
     assert!(dp.nat != dd.nat && dp.nat_address.is_some() && dp.nat_ports != dd.nat_ports);
     assert!(ctl.probe_interval_ms != ControllerConfig::DEFAULT_PROBE_INTERVAL_MS);
     assert!(ctl.state_file != ControllerConfig::default_state_file(&ctl.id));
@@ -360,9 +387,12 @@ fn keys_left_out_take_their_sections_defaults() {
         dp,
         DataplaneConfig {
             interfaces: dp.interfaces.clone(),
+            // Not a key: derived from `[controller] secret`.
+            flow_hash_key: dp.flow_hash_key,
             ..DataplaneConfig::default()
         }
     );
+    assert_ne!(dp.flow_hash_key, redis_ha_common::FlowHashKey::default());
     let ha = cfg.ha.unwrap();
     assert_eq!(
         ha,
