@@ -21,6 +21,8 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod failover;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ha;
 pub mod http;
 pub mod maglev;

@@ -216,8 +216,7 @@ impl PeerCodec {
     }
 
     fn mac(&self) -> Hmac<Sha256> {
-        // HMAC accepts keys of any length; new_from_slice cannot fail for it.
-        Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC takes any key length")
+        mac(&self.secret)
     }
 
     /// A service's message to peer `to`: sealed per receiver, since it names the receiver's
@@ -243,11 +242,7 @@ impl PeerCodec {
             msg,
         };
         let body = serde_json::to_vec(&env).expect("envelope serializes");
-        let mut mac = self.mac();
-        mac.update(&body);
-        let mut out = mac.finalize().into_bytes().to_vec();
-        out.extend_from_slice(&body);
-        out
+        authenticated(&self.secret, &body)
     }
 
     /// Starts from the boots of peers heard before this controller's start: a datagram of an
@@ -308,6 +303,21 @@ impl PeerCodec {
         self.seen.insert(env.from.clone(), (env.boot, env.seq));
         Ok((ControllerId(env.from), env.service, env.msg.into()))
     }
+}
+
+fn mac(secret: &[u8]) -> Hmac<Sha256> {
+    // HMAC accepts keys of any length; new_from_slice cannot fail for it.
+    Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length")
+}
+
+/// The datagram carrying `body`: its MAC under `secret`, then the body. The fuzz target
+/// seals arbitrary bodies with it so that they reach the decoder behind the MAC check.
+pub(crate) fn authenticated(secret: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut mac = mac(secret);
+    mac.update(body);
+    let mut out = mac.finalize().into_bytes().to_vec();
+    out.extend_from_slice(body);
+    out
 }
 
 /// Largest epoch, clock stamp or duration a peer may send. Far beyond any real one (an epoch

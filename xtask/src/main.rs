@@ -7,6 +7,7 @@ mod bench;
 mod build_load;
 mod demo;
 mod demo_seed;
+mod fuzz_parsers;
 mod package;
 mod prerequisites;
 mod soak;
@@ -73,8 +74,16 @@ enum Task {
         #[arg(long)]
         xdp_mode: Option<XdpMode>,
     },
-    /// Every test of the workspace (as root, one at a time), then a check for leaked namespaces.
+    /// Every test of the workspace (as root, one at a time), then a check for leaked
+    /// namespaces, then a short run of each parser fuzz target.
     Test,
+    /// The libFuzzer targets (cargo fuzz, fuzz/) on the RESP request parser, the config loader
+    /// and the peer datagram decoder, each for a bounded time; fails on a crash.
+    FuzzParsers {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+    },
     /// redis-ha vs direct vs the seed's HAProxy + Sentinel in one run; writes bench-results/.
     Bench {
         /// Short run (3 repeats, 1 failover trial per case; about 3 minutes).
@@ -250,6 +259,7 @@ fn run(task: Task) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(" "),
         }),
+        Task::FuzzParsers { seconds } => fuzz_parsers::fuzz_parsers(seconds),
         Task::Bench {
             quick,
             repeats,

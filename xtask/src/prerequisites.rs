@@ -10,6 +10,8 @@ use redis_ha_tests::{find_program, is_root, run, run_within};
 
 /// The bpf-linker release that builds with the pinned aya crates (docs/building.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The cargo-fuzz release the fuzz targets were built and run with.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Binaries the tests and the demo run, and the Debian package of each.
 const DEBIAN_PROGRAMS: &[(&str, &str)] = &[
@@ -61,6 +63,7 @@ const BPFFS: &str = "/sys/fs/bpf";
 pub fn prerequisites() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     debian_packages()?;
     bpffs()?;
     Ok(())
@@ -68,7 +71,7 @@ pub fn prerequisites() -> Result<()> {
 
 /// `rustup run nightly PROGRAM`: explicit, because inside `cargo xtask` the `cargo` on PATH
 /// may be a toolchain's own binary, which does not understand `+nightly`.
-fn nightly(program: &str) -> Command {
+pub fn nightly(program: &str) -> Command {
     let mut cmd = Command::new("rustup");
     cmd.args(["run", "nightly", program]);
     cmd
@@ -169,6 +172,29 @@ fn bpf_linker() -> Result<()> {
     }
     if let Err(e) = run(Command::new("bpf-linker").arg("--version")) {
         bail!("bpf-linker was installed but does not run ({e:#}): is ~/.cargo/bin on PATH?");
+    }
+    Ok(())
+}
+
+/// `cargo xtask fuzz-parsers` and `cargo xtask test` run the libFuzzer targets in `fuzz/`
+/// with cargo fuzz, on the nightly toolchain that builds the XDP program.
+fn cargo_fuzz() -> Result<()> {
+    if run(nightly("cargo").args(["fuzz", "--version"])).is_ok() {
+        return Ok(());
+    }
+    println!("==> installing cargo-fuzz {CARGO_FUZZ_VERSION} (nightly)");
+    let mut install = nightly("cargo");
+    install.args([
+        "install",
+        "cargo-fuzz",
+        "--locked",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]);
+    println!("    {}", redis_ha_tests::describe(&install));
+    let status = install.status().context("running cargo install")?;
+    if !status.success() {
+        bail!("installing cargo-fuzz failed ({status}); see cargo's output above");
     }
     Ok(())
 }

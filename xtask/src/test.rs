@@ -5,6 +5,11 @@ use redis_ha_tests::testbed::PREFIX;
 use redis_ha_tests::{describe, is_root, leftovers};
 
 use crate::build_load::{build, cargo};
+use crate::fuzz_parsers::fuzz_parsers;
+
+/// Seconds each parser fuzz target runs in the suite: enough for the seeds' neighbourhood
+/// (tens of thousands of inputs); the long runs are `cargo xtask fuzz-parsers`.
+const FUZZ_SECONDS: u64 = 20;
 
 pub fn test() -> Result<()> {
     if !is_root() {
@@ -43,6 +48,8 @@ pub fn test() -> Result<()> {
     match (status.success(), leaked.is_empty()) {
         (true, true) => {
             println!("==> all tests passed; no namespace leaked");
+            // After the tests, so a crash found here does not hide their results.
+            fuzz_parsers(FUZZ_SECONDS)?;
             Ok(())
         }
         (false, true) => bail!("tests failed ({status})"),

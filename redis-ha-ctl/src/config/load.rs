@@ -66,16 +66,20 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
+        Self::parse_for_check(path, &text, &SystemResolver)
+    }
+
+    /// [`Config::load_for_check`] on text already read, with names resolved by `resolver`.
+    pub(crate) fn parse_for_check(
+        path: &Path,
+        text: &str,
+        resolver: &dyn Resolver,
+    ) -> Result<(Config, Vec<ConfigError>), ConfigError> {
         let mut deferred = Vec::new();
-        let config = Self::parse_with(
-            path,
-            &text,
-            SecretFiles::Defer(&mut deferred),
-            &SystemResolver,
-        )?;
+        let config = Self::parse_with(path, text, SecretFiles::Defer(&mut deferred), resolver)?;
         let deferred = deferred
             .into_iter()
-            .map(|p| invalid(path, &text, p))
+            .map(|p| invalid(path, text, p))
             .collect();
         Ok((config, deferred))
     }

@@ -8,7 +8,7 @@
 /// Most bytes of an inline request line (Redis's `PROTO_INLINE_MAX_SIZE`).
 pub const MAX_INLINE_LEN: usize = 64 * 1024;
 /// Longest `*<count>` or `$<len>` header line: a few digits; anything longer is garbage.
-const MAX_HEADER_LEN: usize = 32;
+pub(super) const MAX_HEADER_LEN: usize = 32;
 
 /// How big one request may be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -279,7 +279,11 @@ impl RequestParser {
             let scanned = self.buf.len() - from;
             self.work += scanned as u64;
             self.scanned += scanned;
-            return if self.scanned > max {
+            // A CR last may be the first half of the CRLF that ends the line, not part of it:
+            // counting it would refuse a line of exactly `max` bytes when the read ends
+            // between CR and LF, and accept it when both arrive together.
+            let pending_cr = self.scanned > 0 && self.buf.last() == Some(&b'\r');
+            return if self.scanned - usize::from(pending_cr) > max {
                 Err(too_long)
             } else {
                 Ok(None)

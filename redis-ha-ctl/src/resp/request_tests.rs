@@ -1,6 +1,7 @@
 //! The request parser: the wire forms it accepts, the errors it gives, and that its work per
 //! byte stays bounded however the input is cut.
 
+use super::request::MAX_HEADER_LEN;
 use super::{MAX_INLINE_LEN, ProtocolError, Request, RequestLimits, RequestParser, parse_request};
 
 fn args(words: &[&str]) -> Request {
@@ -98,6 +99,41 @@ fn any_cut_of_the_input_parses_as_the_whole() {
         let (requests, result, _) = feed(&wire, piece, RequestLimits::default());
         assert_eq!((&requests, result), (&whole, Ok(())), "piece {piece}");
     }
+}
+
+/// Found while writing the `resp_parser` fuzz target's differential check (cut reads against
+/// one read): a line of exactly the longest length allowed was refused as too long when a read
+/// ended between its CR and its LF (the CR was counted as part of the line), and accepted when
+/// the CRLF arrived in one read.
+#[test]
+fn a_line_of_the_longest_length_parses_however_its_crlf_is_cut() {
+    let header = format!("*{:0>width$}", 1, width = MAX_HEADER_LEN - 1);
+    let inline = "x".repeat(MAX_INLINE_LEN);
+    for (wire, expected) in [
+        (format!("{header}\r\n$4\r\nPING\r\n"), args(&["PING"])),
+        (format!("{inline}\r\n"), vec![inline.clone().into_bytes()]),
+    ] {
+        let wire = wire.as_bytes();
+        let cr = wire.iter().position(|&b| b == b'\r').unwrap();
+        let mut parser = RequestParser::new(RequestLimits::default());
+        parser.buffer().extend_from_slice(&wire[..=cr]);
+        assert_eq!(
+            parser.next_request(),
+            Ok(None),
+            "a read ending after the CR"
+        );
+        parser.buffer().extend_from_slice(&wire[cr + 1..]);
+        assert_eq!(parser.next_request(), Ok(Some(expected.clone())));
+        assert_eq!(
+            feed(wire, wire.len(), RequestLimits::default()).0,
+            [expected]
+        );
+    }
+    // One byte more is still refused, whether the CR has arrived or not.
+    let long = format!("*{:0>width$}\r", 1, width = MAX_HEADER_LEN);
+    let mut parser = RequestParser::new(RequestLimits::default());
+    parser.buffer().extend_from_slice(long.as_bytes());
+    assert_eq!(parser.next_request(), Err(ProtocolError::HeaderTooLong));
 }
 
 #[test]
