@@ -24,6 +24,7 @@
 
 pub mod cluster;
 pub mod ha;
+pub mod hosts;
 pub mod http;
 pub mod netns;
 pub mod package;
