@@ -69,7 +69,7 @@ impl ServiceMachine {
         for report in self.reports.values_mut() {
             if let Some((hello, _)) = &mut report.hello {
                 rename(&mut hello.master);
-                hello.sdown.iter_mut().for_each(|a| rename(a));
+                hello.sdown.iter_mut().for_each(&rename);
             }
         }
         if self.master == from {
