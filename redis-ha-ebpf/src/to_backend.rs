@@ -48,7 +48,7 @@ pub fn along_flow<C: Frame>(
         debug!(ctx, "reset stale flow to backend slot {}", slot);
         return send_reset(ctx, eth, counter::RESET_STALE_FLOW);
     }
-    // The entry carries the backend's address: no BACKENDS lookup on this path.
+    // The entry carries the backend's address, which `still_valid` found still in its slot.
     let fix = to_backend_addr(ip, tcp, flow.backend_ip, flow.backend_port);
     count_to_backend(ctx, ip, flow.backend, false);
     if flow.flags & flow_flags::LOCAL != 0 {
@@ -325,14 +325,19 @@ pub fn syn_follows(flow: &Flow) -> bool {
 }
 
 /// Is the backend a connection was given still the right one? A write connection must still
-/// point at the master, a read connection at a replica in the read pool.
+/// point at the master, a read connection at a replica in the read pool; and the slot must
+/// still hold the address the connection went to: a backend given by name that moved keeps
+/// its slot, and its old machine's connections end as a removed backend's do.
 #[inline(always)]
 fn still_valid(flow: &Flow, master: u32) -> bool {
+    let Some(be) = BACKENDS.get(flow.backend) else {
+        return false;
+    };
+    if be.ip != flow.backend_ip || be.port != flow.backend_port {
+        return false;
+    }
     if flow.kind == port_kind::WRITE {
         return flow.backend == master;
     }
-    match BACKENDS.get(flow.backend) {
-        Some(be) => be.flags & backend_flags::READABLE != 0 && be.service_id == flow.service_id,
-        None => false,
-    }
+    be.flags & backend_flags::READABLE != 0 && be.service_id == flow.service_id
 }

@@ -26,6 +26,7 @@
 pub mod cluster;
 pub mod forge;
 pub mod ha;
+pub mod hosts;
 pub mod http;
 pub mod netns;
 pub mod package;

@@ -10,74 +10,22 @@
 //! Run: `REDIS_HA_CTL=<binary> cargo test --release -p redis-ha-tests --test hostnames --
 //! --test-threads=1 --nocapture`.
 
-use std::{
-    ffi::CString,
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use redis_ha_tests::{
-    Cluster, ClusterOptions, process::run_within, require_root, testbed::backend_ip, wait_until,
+    Cluster, ClusterOptions,
+    hosts::{name, name_backends, with_private_hosts},
+    process::run_within,
+    require_root,
+    testbed::backend_ip,
+    wait_until,
 };
 
 const PYTHON: &str = "/usr/bin/python3";
 /// Bound of every wait below (correctness, not speed).
 const BOUND: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(100);
-
-/// The name of backend `n` in the test's hosts file.
-fn name(n: usize) -> String {
-    format!("redis{n}.internal")
-}
-
-/// Runs `f` on a thread in a new mount namespace where `hosts` is /etc/hosts: every process
-/// `f` starts (and theirs) resolves the test's names; nothing else on the machine sees them.
-fn with_private_hosts<T: Send>(hosts: &Path, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    let source = CString::new(hosts.as_os_str().as_encoded_bytes())?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: plain system calls on this thread's own namespaces, with valid
-            // NUL-terminated paths. CLONE_NEWNS unshares this thread only (not the process).
-            unsafe {
-                if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                    bail!("unshare(CLONE_NEWNS): {}", std::io::Error::last_os_error());
-                }
-                // Private first: a bind mount in a namespace that shares its mounts with the
-                // host's would show up over the machine's /etc/hosts.
-                let root = c"/";
-                let flags = libc::MS_REC | libc::MS_PRIVATE;
-                if libc::mount(
-                    std::ptr::null(),
-                    root.as_ptr(),
-                    std::ptr::null(),
-                    flags,
-                    std::ptr::null(),
-                ) != 0
-                {
-                    bail!("making / private: {}", std::io::Error::last_os_error());
-                }
-                let target = c"/etc/hosts";
-                if libc::mount(
-                    source.as_ptr(),
-                    target.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                ) != 0
-                {
-                    bail!(
-                        "bind-mounting the test's hosts file: {}",
-                        std::io::Error::last_os_error()
-                    );
-                }
-            }
-            f()
-        })
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
-}
 
 /// `SENTINEL get-master-addr-by-name mymaster` of controller `n`, as `host:port`.
 fn master_by_name(cluster: &Cluster, n: usize) -> Result<String> {
@@ -128,37 +76,12 @@ fn controllers_fail_over_backends_given_by_name() -> Result<()> {
 }
 
 fn by_name(cluster: &Cluster) -> Result<()> {
-    let backends = cluster.testbed().backends().len();
-    let dir = cluster
-        .testbed()
-        .config_path()
-        .parent()
-        .context("the testbed's config has no directory")?
-        .to_owned();
-    let hosts = dir.join("hosts");
-    let mut table = String::from("127.0.0.1 localhost\n");
-    for n in 1..=backends {
-        table += &format!("{} {}\n", backend_ip(n), name(n));
-    }
-    std::fs::write(&hosts, table)?;
-
     // The same cluster, its backends now given by name: each controller's config rewritten,
     // every process started again where the names resolve.
-    for c in cluster.controllers() {
-        c.kill()?;
-        let path = c.config_path();
-        let mut text = std::fs::read_to_string(path)?;
-        for n in 1..=backends {
-            let addr = format!("\"{}:6379\"", backend_ip(n));
-            text = text.replace(&addr, &format!("\"{}:6379\"", name(n)));
-        }
-        text = text.replace(
-            "backends = [",
-            "resolve_hostnames = true\nannounce_hostnames = true\nbackends = [",
-        );
-        ensure!(text.contains(&name(1)), "no backend renamed in:\n{text}");
-        std::fs::write(path, text)?;
-    }
+    let hosts = name_backends(
+        cluster,
+        "resolve_hostnames = true\nannounce_hostnames = true",
+    )?;
     // The rest runs where the names resolve: the harness's own `redis-ha-ctl maps` reads
     // the same config.
     with_private_hosts(&hosts, || named(cluster))

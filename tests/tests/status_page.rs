@@ -134,6 +134,7 @@ fn sample_status() -> Status {
             failovers: 1,
             tilt_since_unix_ms: None,
             safe_mode: false,
+            unresolved: Vec::new(),
         }],
         dataplane: Some(DataplaneStatus {
             pin_dir: "/sys/fs/bpf/redis-ha".into(),

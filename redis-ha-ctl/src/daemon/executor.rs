@@ -3,6 +3,8 @@
 //! machines and performs their actions in order, so decisions and map writes are strictly
 //! ordered. Whatever waits on the network runs on other tasks and comes back as an [`Input`].
 
+#[path = "follow.rs"]
+mod follow;
 #[path = "reload.rs"]
 pub(super) mod reload;
 
@@ -18,6 +20,7 @@ use super::{
     control::{ApiError, ControlRequest, EventHub},
     failpoint::Failpoint,
     floating::Floating,
+    hostnames::{Lookup, Watched},
     operator::Operator,
     peers::PeerSender,
     redis_io,
@@ -65,6 +68,8 @@ pub(super) enum Input {
     Ha { from: ControllerId, msg: HaMsg },
     /// Read the config file again and apply what changed (`SIGHUP`).
     Reload,
+    /// A backend name's lookup differs from the last one sent (see `hostnames`).
+    Resolved { name: String, lookup: Lookup },
 }
 
 /// Sentinel's timer runs at 10 Hz; so do the failover machines' ticks.
@@ -116,6 +121,8 @@ pub(super) struct Parts<D> {
     pub(super) failpoint: Failpoint,
     /// What a reload of the config needs (`None`: this executor does not reload).
     pub(super) reloading: Option<Reloading>,
+    /// Where the backend names to resolve go, for the resolver task (`None`: none runs).
+    pub(super) resolving: Option<watch::Sender<Vec<String>>>,
 }
 
 /// The executor's state: owned by one task.
@@ -154,6 +161,9 @@ pub(super) struct Executor<D> {
     reloading: Option<Reloading>,
     /// How the last reload went, for the status.
     last_reload: Option<ReloadStatus>,
+    /// The backends given by name, and the address each name has now.
+    hosts: Watched,
+    resolving: Option<watch::Sender<Vec<String>>>,
 }
 
 impl<D: Dataplane> Executor<D> {
@@ -176,6 +186,7 @@ impl<D: Dataplane> Executor<D> {
             seed,
             failpoint,
             reloading,
+            resolving,
         } = parts;
         let Machines {
             targets,
@@ -197,6 +208,8 @@ impl<D: Dataplane> Executor<D> {
             failpoint,
             reloading,
             last_reload: None,
+            hosts: Watched::of(&services),
+            resolving,
             services,
             ctl,
             start,
@@ -276,6 +289,10 @@ impl<D: Dataplane> Executor<D> {
                 first.extend(self.reload());
                 continue;
             }
+            if let Input::Resolved { name, lookup } = &input {
+                first.extend(self.resolved(name, lookup));
+                continue;
+            }
             if let Some((service, event)) = self.accept(input) {
                 let actions = self.machines[service].step(event, now, self.jitter.next());
                 if !actions.is_empty() {
@@ -307,6 +324,8 @@ impl<D: Dataplane> Executor<D> {
             .into_iter()
             .map(|(i, pool)| (i, vec![Action::SetReadPool(pool)]))
             .collect();
+        // Moves a failover held back: followed once it is over.
+        out.extend(self.follow_moves());
         for (i, m) in self.machines.iter_mut().enumerate() {
             let actions = m.step(Event::Tick, now, self.jitter.next());
             if !actions.is_empty() {
@@ -374,7 +393,7 @@ impl<D: Dataplane> Executor<D> {
                 None
             }
             // Handled by the main loop before it gets here.
-            Input::Ha { .. } | Input::Reload => None,
+            Input::Ha { .. } | Input::Reload | Input::Resolved { .. } => None,
             Input::Resumed { service, ok, at } => {
                 self.operators[service].resumed(&self.names[service], ok, at);
                 None

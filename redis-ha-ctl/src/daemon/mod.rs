@@ -297,7 +297,10 @@ pub async fn run(
             }
         });
     }
-    hostnames::Watched::of(&config.services).spawn(&mut tasks);
+    let watched = hostnames::Watched::of(&config.services);
+    watched.announce();
+    let (resolving, resolve_rx) = watch::channel(watched.names());
+    hostnames::spawn_resolver(&mut tasks, resolve_rx, tx.clone());
 
     let (status_tx, status_rx) = watch::channel(Status::default());
     let events = Arc::new(EventHub::new());
@@ -381,6 +384,7 @@ pub async fn run(
             names: names_tx,
             catalog: catalog_tx,
         }),
+        resolving: Some(resolving),
     });
     info!(id = %ctl.id, listen = %ctl.listen, services = names.len(), "controller started");
     watchdog::Watchdog::ready();

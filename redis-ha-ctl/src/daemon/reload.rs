@@ -134,6 +134,12 @@ impl<D: Dataplane> Executor<D> {
             return Ok(Vec::new());
         }
         let now = self.now();
+        // Kept services stay at the addresses they run on: a backend name that resolves
+        // elsewhere now is followed as every move is (`follow`), machine and slot together.
+        let mut services = config.services.clone();
+        for (s, running) in services.iter_mut().zip(&self.services) {
+            s.backends.clone_from(&running.backends);
+        }
         let mut retuned: Vec<(usize, Params)> = Vec::new();
         for &i in &plan.retuned {
             let svc = &config.services[i];
@@ -168,14 +174,8 @@ impl<D: Dataplane> Executor<D> {
             });
         }
         let mut probes = JoinSet::new();
-        redis_io::spawn_probes(
-            &mut probes,
-            &config.services,
-            &self.ctl,
-            &self.tx,
-            &self.metrics,
-        )
-        .map_err(|e| format!("{e:#}"))?;
+        redis_io::spawn_probes(&mut probes, &services, &self.ctl, &self.tx, &self.metrics)
+            .map_err(|e| format!("{e:#}"))?;
 
         // Nothing below fails: the running state changes as a whole.
         let kept = config.services.len().min(self.services.len());
@@ -198,12 +198,19 @@ impl<D: Dataplane> Executor<D> {
             self.targets.push(a.target);
             first.push((i, a.actions));
         }
-        self.services = config.services.clone();
+        self.services = services;
         self.names = self.services.iter().map(|s| s.name.clone()).collect();
         self.read_pools.resize(self.services.len());
         r.probes = probes;
         r.names.send_replace(self.names.clone());
-        r.catalog.send_replace(Arc::new(catalog(config)));
+        let mut shown = config.clone();
+        shown.services.clone_from(&self.services);
+        r.catalog.send_replace(Arc::new(catalog(&shown)));
+        // Added services' names are watched too; the resolver sends every name afresh.
+        self.hosts = super::Watched::of(&self.services);
+        if let Some(resolving) = &self.resolving {
+            resolving.send_replace(self.hosts.names());
+        }
         if !plan.removed.is_empty() {
             // Removed services' ports, state and slots leave the maps (`plan`'s step 6);
             // added ones arrive with their first actions.

@@ -44,6 +44,8 @@ pub(super) struct ServiceView {
     pub(super) failovers: u64,
     /// When `+tilt` was emitted, until `-tilt`.
     pub(super) tilt_since_unix_ms: Option<u64>,
+    /// Backend names that do not resolve now (each keeps its last address).
+    pub(super) unresolved: Vec<String>,
 }
 
 impl ServiceView {
@@ -56,7 +58,14 @@ impl ServiceView {
                 .collect(),
             failovers: 0,
             tilt_since_unix_ms: None,
+            unresolved: Vec::new(),
         }
+    }
+
+    /// A backend moved from `from` to `to`: what was probed at `from` says nothing of `to`.
+    pub(super) fn moved(&mut self, from: NodeAddr, to: NodeAddr) {
+        self.nodes.remove(&from);
+        self.nodes.insert(to, NodeView::default());
     }
 
     /// A peer's message for this service, received at `now`.
@@ -178,6 +187,7 @@ pub(super) fn service_status(
         failovers: view.failovers,
         tilt_since_unix_ms: view.tilt_since_unix_ms,
         safe_mode: m.in_safe_mode(),
+        unresolved: view.unresolved.clone(),
     }
 }
 

@@ -38,6 +38,9 @@ use crate::{
     status::Status,
 };
 
+#[path = "tests_follow.rs"]
+mod follow;
+
 /// One controller alone (quorum 1); `{listen}` and `{backend}` are filled in.
 const SOLO: &str = r#"
 [controller]
@@ -171,8 +174,12 @@ struct Running {
 impl Running {
     /// Starts an executor for `config` on `dp`, as `run` does after loading a data plane.
     async fn start(config: &str, dp: SharedDataplane) -> Self {
+        Self::start_parsed(Config::parse(Path::new("test.toml"), config).unwrap(), dp).await
+    }
+
+    /// [`Self::start`] for a config parsed already (its names resolved by the test).
+    async fn start_parsed(mut cfg: Config, dp: SharedDataplane) -> Self {
         let dir = TempDir::new();
-        let mut cfg = Config::parse(Path::new("test.toml"), config).unwrap();
         let ctl = cfg.controller.as_mut().unwrap();
         ctl.state_file = dir.0.join("state.json");
         let ctl = ctl.clone();
@@ -213,6 +220,7 @@ impl Running {
             seed: 1,
             failpoint: Default::default(),
             reloading: None,
+            resolving: None,
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let done = tokio::spawn(executor.run(rx, async {

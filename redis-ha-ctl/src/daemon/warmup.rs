@@ -46,6 +46,14 @@ impl ReadPoolHold {
     }
 
     /// A reload changed the number of services to `services`.
+    /// Node `from` of `service` moved to another address: a pool held from before must not
+    /// name the address the service no longer has.
+    pub(super) fn moved(&mut self, service: usize, from: NodeAddr) {
+        if let Some(Some(pool)) = self.held.get_mut(service) {
+            pool.retain(|a| *a != from);
+        }
+    }
+
     pub(super) fn resize(&mut self, services: usize) {
         self.held.resize(services, None);
     }

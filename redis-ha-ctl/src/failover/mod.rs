@@ -54,7 +54,7 @@ use std::fmt;
 
 pub use action::{Action, ForceRefused, ForcedOutcome, Notice, NoticeKind, Persisted, Vote};
 pub use event::{Command, Event, Hello, NodeInfo, PeerMsg, ProbeResult, ReplicaInfo, Role};
-pub use machine::{FailoverPhase, MachineConfig, ServiceMachine, SetupError};
+pub use machine::{FailoverPhase, MachineConfig, MoveRefused, ServiceMachine, SetupError};
 pub use params::{Params, ReadFromMaster};
 
 /// Milliseconds. Only differences matter: the executor may count from boot or from any origin, as

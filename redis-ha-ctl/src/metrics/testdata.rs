@@ -75,6 +75,7 @@ pub(crate) fn sample() -> Status {
             failovers: 1,
             tilt_since_unix_ms: None,
             safe_mode: false,
+            unresolved: Vec::new(),
         }],
         dataplane: Some(DataplaneStatus {
             pin_dir: "/sys/fs/bpf/redis-ha".into(),

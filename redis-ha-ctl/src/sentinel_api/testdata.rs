@@ -72,6 +72,7 @@ pub(crate) fn status() -> Status {
             failovers: 0,
             tilt_since_unix_ms: None,
             safe_mode: false,
+            unresolved: Vec::new(),
         }],
         dataplane: Some(DataplaneStatus {
             pin_dir: "/sys/fs/bpf/redis-ha".into(),

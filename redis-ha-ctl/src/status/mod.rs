@@ -112,6 +112,9 @@ pub struct ServiceStatus {
     /// Its state file could not be read: no vote and no failover until a majority of the
     /// other controllers told it the current epoch.
     pub safe_mode: bool,
+    /// Backend names that do not resolve now: each keeps the address it had.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unresolved: Vec<String>,
 }
 
 impl Default for ServiceStatus {
@@ -134,6 +137,7 @@ impl Default for ServiceStatus {
             failovers: 0,
             tilt_since_unix_ms: None,
             safe_mode: false,
+            unresolved: Vec::new(),
         }
     }
 }

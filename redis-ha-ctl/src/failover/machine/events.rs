@@ -150,6 +150,7 @@ impl ServiceMachine {
         out: &mut Vec<Action>,
     ) {
         self.peer_heard(&from, out);
+        let hello = self.aliases_applied(hello);
         if hello.current_epoch > self.current_epoch {
             self.current_epoch = hello.current_epoch;
             self.emit(out, NoticeKind::NewEpoch, self.current_epoch.to_string());
@@ -177,6 +178,9 @@ impl ServiceMachine {
             }
         } else if hello.config_epoch == self.config_epoch
             && hello.master < self.advertised_master()
+            // An address we do not know in our own epoch is a move the peer followed first,
+            // not a second master: our own lookup follows it (see `moved`).
+            && self.nodes.contains_key(&hello.master)
             && !matches!(self.failover, Failover::Reconfiguration(_))
         {
             // Two masters in one epoch: Sentinel adopts neither, and the controllers stay

@@ -6,10 +6,13 @@ mod discovery;
 mod election;
 mod events;
 mod forced;
+mod moved;
 mod promotion;
 mod read_pool;
 mod safe_mode;
 mod tilt;
+
+pub use moved::MoveRefused;
 
 use super::health::{Flip, Liveness};
 use super::select::{self, Candidate};
@@ -256,6 +259,9 @@ pub struct ServiceMachine {
 
     /// Every node we probe-track, including old masters (future replicas).
     nodes: BTreeMap<NodeAddr, Node>,
+    /// Old address → new one, for every node that moved (see `moved`): peers that have not
+    /// followed a move yet still name the old one.
+    aliases: BTreeMap<NodeAddr, NodeAddr>,
     /// The latest hello and vote of each peer, for ODOWN and the election.
     reports: BTreeMap<ControllerId, PeerReport>,
     /// Whether `+odown` was emitted for the current master (reports only flips).
@@ -315,6 +321,7 @@ impl ServiceMachine {
             master,
             config_epoch,
             nodes,
+            aliases: BTreeMap::new(),
             reports: BTreeMap::new(),
             odown: false,
             failover: Failover::Idle,

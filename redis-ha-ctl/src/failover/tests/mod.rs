@@ -12,6 +12,7 @@ mod switchover;
 mod tilt;
 mod unit;
 mod unit_discovery;
+mod unit_moved;
 mod unit_safe_mode;
 mod unit_switch;
 
