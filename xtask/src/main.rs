@@ -7,6 +7,7 @@ mod bench;
 mod build_load;
 mod demo;
 mod demo_seed;
+mod fuzz;
 mod package;
 mod prerequisites;
 mod test;
@@ -74,6 +75,20 @@ enum Task {
     },
     /// Every test of the workspace (as root, one at a time), then a check for leaked namespaces.
     Test,
+    /// Random and damaged frames through the data plane at every hook (BPF_PROG_TEST_RUN),
+    /// each checked: no abort or error path, one counter per frame, non-VIP frames unchanged,
+    /// rewritten frames with valid checksums, resets well-formed (docs/testing.md).
+    Fuzz {
+        /// The generator's seed; a failure prints it (default: a new one, printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Frames per hook.
+        #[arg(long, default_value_t = 1_000_000)]
+        frames: u64,
+        /// Only these hooks (repeat the option; default: all three).
+        #[arg(long, value_enum)]
+        hook: Vec<fuzz::FuzzHook>,
+    },
     /// redis-ha vs direct vs the seed's HAProxy + Sentinel in one run; writes bench-results/.
     Bench {
         /// Short run (3 repeats, 1 failover trial per case; about 3 minutes).
@@ -219,6 +234,7 @@ fn run(task: Task) -> Result<()> {
             xdp_mode,
         } => demo::demo(keep, xdp_mode.unwrap_or(XdpMode::Native)),
         Task::Test => test::test(),
+        Task::Fuzz { seed, frames, hook } => fuzz::fuzz(seed, frames, &hook),
         Task::Bench {
             quick,
             repeats,
