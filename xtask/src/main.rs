@@ -8,6 +8,7 @@ mod build_load;
 mod demo;
 mod demo_seed;
 mod fuzz_parsers;
+mod fuzz;
 mod package;
 mod prerequisites;
 mod soak;
@@ -83,6 +84,20 @@ enum Task {
         /// Seconds per target.
         #[arg(long, default_value_t = 300)]
         seconds: u64,
+    },
+    /// Random and damaged frames through the data plane at every hook (BPF_PROG_TEST_RUN),
+    /// each checked: no abort or error path, one counter per frame, non-VIP frames unchanged,
+    /// rewritten frames with valid checksums, resets well-formed (docs/testing.md).
+    Fuzz {
+        /// The generator's seed; a failure prints it (default: a new one, printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Frames per hook.
+        #[arg(long, default_value_t = 1_000_000)]
+        frames: u64,
+        /// Only these hooks (repeat the option; default: all three).
+        #[arg(long, value_enum)]
+        hook: Vec<fuzz::FuzzHook>,
     },
     /// redis-ha vs direct vs the seed's HAProxy + Sentinel in one run; writes bench-results/.
     Bench {
@@ -260,6 +275,7 @@ fn run(task: Task) -> Result<()> {
                 .join(" "),
         }),
         Task::FuzzParsers { seconds } => fuzz_parsers::fuzz_parsers(seconds),
+        Task::Fuzz { seed, frames, hook } => fuzz::fuzz(seed, frames, &hook),
         Task::Bench {
             quick,
             repeats,

@@ -92,6 +92,21 @@ pub fn l4_checksum_v4(
     finish(pseudo + sum_words(&seg))
 }
 
+/// Whether an IPv4 header of any length carries a valid checksum. Summed with the field in
+/// place, so both encodings of zero (0x0000 and 0xffff) pass, as they do for a receiver.
+pub fn ipv4_header_verifies(header: &[u8]) -> bool {
+    finish(sum_words(header)) == 0
+}
+
+/// Whether a TCP or UDP segment over IPv4 carries a valid checksum (field in place, as above).
+pub fn l4_verifies_v4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, segment: &[u8]) -> bool {
+    let pseudo = sum_words(&src.octets())
+        + sum_words(&dst.octets())
+        + u64::from(proto)
+        + segment.len() as u64;
+    finish(pseudo + sum_words(segment)) == 0
+}
+
 /// Checksum of a TCP segment over IPv6; its checksum field counts as zero.
 pub fn tcp_checksum_v6(src: Ipv6Addr, dst: Ipv6Addr, segment: &[u8]) -> u16 {
     let mut seg = segment.to_vec();

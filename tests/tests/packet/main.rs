@@ -6,7 +6,8 @@
 //! - [`netns`]: the namespace guard and the addresses/MACs the FIB will answer with;
 //! - [`dataplane`]: a loaded program and its maps; `dataplane::run`, the table runner ([`dataplane::Case`]);
 //! - the test groups: [`forward`], [`passthrough`], [`reset`], [`fib`], [`next_hop`],
-//!   [`arp_guard`], [`close`], [`port_reuse`], [`untrusted`], [`measure`].
+//!   [`arp_guard`], [`close`], [`port_reuse`], [`untrusted`], [`measure`];
+//! - [`fuzz`]: random and damaged frames at every hook, judged by invariants (`cargo xtask fuzz`).
 //!
 //! Every test loads its own copy of the program, so flows and counters never leak between
 //! tests.
@@ -18,6 +19,7 @@ mod fib;
 mod forward;
 mod frame;
 mod full_nat;
+mod fuzz;
 mod measure;
 mod netns;
 mod next_hop;

@@ -57,7 +57,7 @@ pub const HOOKS: [Hook; 2] = [Hook::Xdp, Hook::Tc];
 
 mod run;
 
-pub use run::{Case, Expect, Gso, Ingress, NO_COUNTER};
+pub use run::{Case, Expect, Gso, Ingress, NO_COUNTER, Run};
 
 pub struct Dataplane {
     bpf: Ebpf,

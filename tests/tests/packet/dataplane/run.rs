@@ -118,6 +118,13 @@ impl Dataplane {
             .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"))
     }
 
+    /// One run of `frame` from the wire through the hook's program or (`egress`) the TC egress
+    /// program. The kernel's refusal comes back as an error: a fuzzer's frame may be too short
+    /// to run at all.
+    pub fn try_run_once(&self, frame: &[u8], egress: bool) -> Result<Run, ProgramError> {
+        self.try_run_prog(frame, Ingress::Wire, 1, None, egress)
+    }
+
     fn try_run(&self, frame: &[u8], ingress: Ingress, repeat: u32) -> Result<Run, ProgramError> {
         self.try_run_gso(frame, ingress, repeat, None)
     }
@@ -215,6 +222,17 @@ impl Dataplane {
 
     /// The shortest frame the kernel test-runs at this hook: an Ethernet header at XDP; at TC
     /// also a whole IPv4 header when the EtherType says IPv4 (the skb test run checks it).
+    /// [`Self::shortest_run`] for `frame`'s own EtherType: at TC the skb test run wants the
+    /// whole network header of IPv6 (40 bytes) too.
+    pub fn shortest_run_for(&self, frame: &[u8]) -> usize {
+        let ipv6 = frame.len() >= ETH_LEN && frame[12..14] == [0x86, 0xdd];
+        match self.hook {
+            Hook::Tc if ipv6 => ETH_LEN + 40,
+            Hook::Tc if frame.len() >= ETH_LEN && frame[12..14] != [0x08, 0x00] => ETH_LEN,
+            _ => self.shortest_run(),
+        }
+    }
+
     fn shortest_run(&self) -> usize {
         match self.hook {
             Hook::Xdp => ETH_LEN,
