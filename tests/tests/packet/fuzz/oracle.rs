@@ -17,15 +17,17 @@ use crate::{
 
 /// Drops that are decisions, each with its own counter. `DROP_INTERNAL` is not one: it is the
 /// error path (a map or helper call failed), which no frame may reach.
-const DECIDED_DROPS: [u32; 3] = [
+const DECIDED_DROPS: [u32; 4] = [
     counter::DROP_NO_ROUTE,
     counter::DROP_RST_NO_BACKEND,
     counter::DROP_ARP_NOT_HOLDER,
+    counter::DROP_OUT_OF_WINDOW,
 ];
 
 /// Passes whose counters say "untouched".
-const UNTOUCHED: [u32; 7] = [
+const UNTOUCHED: [u32; 8] = [
     counter::PASS_NOT_IPV4,
+    counter::PASS_NOT_BACKEND_SIDE,
     counter::PASS_NOT_TCP,
     counter::PASS_NOT_SERVICE,
     counter::PASS_MALFORMED,
@@ -43,8 +45,9 @@ const RESETS: [u32; 5] = [
 ];
 
 /// Rewritten and sent on (redirect), or rewritten and handed to the kernel (pass).
-const REWRITES: [u32; 5] = [
+const REWRITES: [u32; 6] = [
     counter::FWD_TO_BACKEND,
+    counter::FWD_TO_BACKEND_NO_FLOW,
     counter::FWD_TO_CLIENT,
     counter::FWD_TO_CLIENT_NO_FLOW,
     counter::PASS_REWRITTEN,
@@ -213,6 +216,7 @@ pub fn judge_ingress(
             checked.reset = true;
         } else if [
             counter::FWD_TO_BACKEND,
+            counter::FWD_TO_BACKEND_NO_FLOW,
             counter::FWD_TO_CLIENT,
             counter::FWD_TO_CLIENT_NO_FLOW,
         ]
