@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, Result, bail};
 use redis_ha_tests::{describe, is_root};
 
-use crate::build_load::cargo;
+use crate::bench::packet::packet_test;
 
 /// The test's name, as `cargo test -- --exact` takes it.
 const TEST: &str = "fuzz::fuzz_frames";
@@ -53,23 +53,10 @@ pub fn fuzz(seed: Option<u64>, frames: u64, hooks: &[FuzzHook]) -> Result<()> {
             })
             .collect()
     };
-    let mut cmd = cargo();
-    cmd.args([
-        "test",
-        "--release",
-        "-p",
-        "redis-ha-tests",
-        "--test",
-        "packet",
-        "--",
-        "--exact",
-        TEST,
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env("RHA_FUZZ_SEED", seed.to_string())
-    .env("RHA_FUZZ_FRAMES", frames.to_string())
-    .env("RHA_FUZZ_HOOKS", hooks.join(","));
+    let mut cmd = packet_test(TEST);
+    cmd.env("RHA_FUZZ_SEED", seed.to_string())
+        .env("RHA_FUZZ_FRAMES", frames.to_string())
+        .env("RHA_FUZZ_HOOKS", hooks.join(","));
     println!(
         "==> seed {seed}, {frames} frames per hook ({}): RHA_FUZZ_SEED={seed} \
          RHA_FUZZ_FRAMES={frames} RHA_FUZZ_HOOKS={} {}",

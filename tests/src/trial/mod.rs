@@ -28,11 +28,13 @@ mod pubsub;
 mod resp;
 mod traffic;
 mod verified;
+mod worker;
 
 pub use pubsub::{PubSubRecord, Subscriber};
 pub use resp::{Reply, Resp, missing_keys};
 pub use traffic::{LoopOptions, LoopRecord, Request, TrafficLoop};
 pub use verified::{VerifiedWriter, WriteAck, WriterOptions, WriterRecord, ms_since};
+use worker::Worker;
 
 /// How the master fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

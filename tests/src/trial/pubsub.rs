@@ -39,11 +39,7 @@ impl PubSubRecord {
 /// A subscriber on its own thread inside a namespace; it resubscribes whenever its
 /// connection fails or stays silent longer than `silence` (the publisher is steady, so silence
 /// means a dead path). Stopped and joined on drop; bounded by `max_duration`.
-pub struct Subscriber {
-    record: Arc<Mutex<PubSubRecord>>,
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<Result<()>>>,
-}
+pub struct Subscriber(Worker<PubSubRecord>);
 
 impl Subscriber {
     pub fn start(
@@ -53,51 +49,21 @@ impl Subscriber {
         silence: Duration,
         max_duration: Duration,
     ) -> Result<Self> {
-        let record = Arc::new(Mutex::new(PubSubRecord::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let handle = {
-            let (record, stop, channel) = (record.clone(), stop.clone(), channel.to_owned());
-            std::thread::Builder::new()
-                .name("subscriber".into())
-                .spawn(move || {
-                    in_netns(&netns_path, move || {
-                        subscribe_loop(addr, &channel, silence, max_duration, &record, &stop);
-                        Ok(())
-                    })?
-                })
-                .context("starting the subscriber thread")?
-        };
-        Ok(Self {
-            record,
-            stop,
-            handle: Some(handle),
+        let channel = channel.to_owned();
+        Worker::start("subscriber", netns_path, move |record, stop| {
+            subscribe_loop(addr, &channel, silence, max_duration, record, stop);
+            Ok(())
         })
+        .map(Self)
     }
 
     pub fn record(&self) -> MutexGuard<'_, PubSubRecord> {
-        self.record.lock().unwrap_or_else(|e| e.into_inner())
+        self.0.record()
     }
 
     /// Stops the subscriber and returns everything it received.
-    pub fn finish(mut self) -> Result<PubSubRecord> {
-        self.join()?;
-        Ok(std::mem::take(&mut *self.record()))
-    }
-
-    fn join(&mut self) -> Result<()> {
-        self.stop.store(true, Ordering::Relaxed);
-        match self.handle.take() {
-            Some(h) => h
-                .join()
-                .map_err(|_| anyhow::anyhow!("the subscriber thread panicked"))?,
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Subscriber {
-    fn drop(&mut self) {
-        let _ = self.join();
+    pub fn finish(self) -> Result<PubSubRecord> {
+        self.0.finish()
     }
 }
 

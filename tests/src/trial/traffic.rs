@@ -108,29 +108,17 @@ impl LoopRecord {
 /// drop; it also ends by itself at its hard bounds.
 pub struct TrafficLoop {
     options: LoopOptions,
-    record: Arc<Mutex<LoopRecord>>,
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<Result<()>>>,
+    worker: Worker<LoopRecord>,
 }
 
 impl TrafficLoop {
     /// Starts the loop with its sockets in the namespace at `netns_path`.
     pub fn start(netns_path: PathBuf, options: LoopOptions) -> Result<Self> {
-        let record = Arc::new(Mutex::new(LoopRecord::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let handle = {
-            let (record, stop, options) = (record.clone(), stop.clone(), options.clone());
-            std::thread::Builder::new()
-                .name("traffic".into())
-                .spawn(move || in_netns(&netns_path, move || run_loop(&options, &record, &stop))?)
-                .context("starting the traffic thread")?
-        };
-        Ok(Self {
-            options,
-            record,
-            stop,
-            handle: Some(handle),
-        })
+        let run = options.clone();
+        let worker = Worker::start("traffic", netns_path, move |record, stop| {
+            run_loop(&run, record, stop)
+        })?;
+        Ok(Self { options, worker })
     }
 
     pub fn options(&self) -> &LoopOptions {
@@ -139,7 +127,7 @@ impl TrafficLoop {
 
     /// What it saw so far (a lock; hold it briefly).
     pub fn record(&self) -> MutexGuard<'_, LoopRecord> {
-        self.record.lock().unwrap_or_else(|e| e.into_inner())
+        self.worker.record()
     }
 
     /// Waits (bounded) until at least `n` requests succeeded after `t`.
@@ -149,7 +137,7 @@ impl TrafficLoop {
             timeout,
             Duration::from_millis(10),
             || {
-                if self.handle.as_ref().is_none_or(JoinHandle::is_finished) {
+                if !self.worker.is_running() {
                     bail!("the traffic loop ended");
                 }
                 Ok((self.record().acks_after(t) >= n).then_some(()))
@@ -158,25 +146,8 @@ impl TrafficLoop {
     }
 
     /// Stops the loop and returns everything it saw.
-    pub fn finish(mut self) -> Result<LoopRecord> {
-        self.join()?;
-        Ok(self.record().clone())
-    }
-
-    fn join(&mut self) -> Result<()> {
-        self.stop.store(true, Ordering::Relaxed);
-        match self.handle.take() {
-            Some(h) => h
-                .join()
-                .map_err(|_| anyhow::anyhow!("the traffic thread panicked"))?,
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for TrafficLoop {
-    fn drop(&mut self) {
-        let _ = self.join();
+    pub fn finish(self) -> Result<LoopRecord> {
+        self.worker.finish()
     }
 }
 

@@ -79,11 +79,7 @@ impl WriterRecord {
 
 /// The writer on its own thread in a namespace; stopped and joined on drop, and bounded by
 /// its options.
-pub struct VerifiedWriter {
-    record: Arc<Mutex<WriterRecord>>,
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<Result<()>>>,
-}
+pub struct VerifiedWriter(Worker<WriterRecord>);
 
 impl VerifiedWriter {
     /// Starts writing from the namespace at `netns_path`; `origin` is time 0 of the records.
@@ -92,55 +88,24 @@ impl VerifiedWriter {
             options.backends.len() < usize::from(u8::MAX),
             "too many backends to name in a u8"
         );
-        let record = Arc::new(Mutex::new(WriterRecord::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let handle = {
-            let (record, stop) = (record.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("verified-writer".into())
-                .spawn(move || {
-                    in_netns(&netns_path, move || {
-                        write_loop(&options, origin, &record, &stop);
-                        Ok(())
-                    })?
-                })
-                .context("starting the writer thread")?
-        };
-        Ok(Self {
-            record,
-            stop,
-            handle: Some(handle),
+        Worker::start("verified-writer", netns_path, move |record, stop| {
+            write_loop(&options, origin, record, stop);
+            Ok(())
         })
+        .map(Self)
     }
 
     pub fn record(&self) -> MutexGuard<'_, WriterRecord> {
-        self.record.lock().unwrap_or_else(|e| e.into_inner())
+        self.0.record()
     }
 
     pub fn is_running(&self) -> bool {
-        self.handle.as_ref().is_some_and(|h| !h.is_finished())
+        self.0.is_running()
     }
 
     /// Stops the writer and returns everything it saw.
-    pub fn finish(mut self) -> Result<WriterRecord> {
-        self.join()?;
-        Ok(std::mem::take(&mut *self.record()))
-    }
-
-    fn join(&mut self) -> Result<()> {
-        self.stop.store(true, Ordering::Relaxed);
-        match self.handle.take() {
-            Some(h) => h
-                .join()
-                .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?,
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for VerifiedWriter {
-    fn drop(&mut self) {
-        let _ = self.join();
+    pub fn finish(self) -> Result<WriterRecord> {
+        self.0.finish()
     }
 }
 

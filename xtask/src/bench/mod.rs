@@ -19,7 +19,7 @@ mod attack;
 mod failover;
 mod failover_seed;
 mod haproxy;
-mod packet;
+pub(crate) mod packet;
 mod paths;
 pub(crate) mod report;
 mod seed_failover;

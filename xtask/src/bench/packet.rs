@@ -7,6 +7,7 @@
 //! named) and loads the program from the redis-ha-ctl library, which xtask cannot depend on
 //! (xtask must build before bpf-linker exists; it is what installs it).
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -36,13 +37,9 @@ pub struct PacketResults {
     pub stats_on: bool,
 }
 
-/// Whether the kernel's BPF run-time statistics are on (the sysctl, or a BPF_ENABLE_STATS
-/// file descriptor someone holds: both show here).
-fn stats_on() -> bool {
-    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
-}
-
-pub fn measure() -> Result<PacketResults> {
+/// `cargo test` of one packet test (tests/tests/packet/) by its exact name, its output shown:
+/// how xtask runs what loads the program, since it cannot link the library that does.
+pub fn packet_test(exact_name: &str) -> Command {
     let mut cmd = cargo();
     cmd.args([
         "test",
@@ -53,10 +50,21 @@ pub fn measure() -> Result<PacketResults> {
         "packet",
         "--",
         "--exact",
-        TEST,
+        exact_name,
         "--nocapture",
         "--test-threads=1",
     ]);
+    cmd
+}
+
+/// Whether the kernel's BPF run-time statistics are on (the sysctl, or a BPF_ENABLE_STATS
+/// file descriptor someone holds: both show here).
+fn stats_on() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
+}
+
+pub fn measure() -> Result<PacketResults> {
+    let mut cmd = packet_test(TEST);
     let command = describe(&cmd);
     println!("==> per-packet cost: {command}");
     let stats_before = stats_on();
