@@ -82,6 +82,23 @@ impl Netns {
         self.run("ip", args)
     }
 
+    /// A veth pair: `here` in this namespace, its peer `there` in `peer_ns`.
+    pub fn add_veth(&self, here: &str, there: &str, peer_ns: &Netns) -> Result<()> {
+        self.ip(&[
+            "link",
+            "add",
+            here,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            there,
+            "netns",
+            peer_ns.name(),
+        ])?;
+        Ok(())
+    }
+
     /// Sets a network sysctl of this namespace, e.g. `("net.ipv4.ip_forward", "1")`.
     ///
     /// Written through /proc/sys from a shell entered into the namespace: /proc/sys/net shows

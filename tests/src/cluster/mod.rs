@@ -621,18 +621,7 @@ fn attach_node(tb: &Testbed, n: u8) -> Result<Netns> {
     let outside = format!("{prefix}p{n}");
     let lb = tb.lb();
     let ip = node_ip(n);
-    lb.ip(&[
-        "link",
-        "add",
-        &outside,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &inside,
-        "netns",
-        ns.name(),
-    ])?;
+    lb.add_veth(&outside, &inside, &ns)?;
     lb.ip(&[
         "addr",
         "add",

@@ -267,18 +267,7 @@ fn controller_listen(ctl: usize) -> SocketAddrV4 {
 
 /// A veth `inside` in `ns`, its peer `port` on `bridge` in the switch namespace `sw`, the port up.
 pub(crate) fn plug(sw: &Netns, ns: &Netns, inside: &str, port: &str, bridge: &str) -> Result<()> {
-    sw.ip(&[
-        "link",
-        "add",
-        port,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        inside,
-        "netns",
-        ns.name(),
-    ])?;
+    sw.add_veth(port, inside, ns)?;
     sw.ip(&["link", "set", port, "master", bridge])?;
     sw.ip(&["link", "set", port, "up"])
         .map(drop)

@@ -64,18 +64,7 @@ impl SeedCluster {
         setup_on_link_endpoint(&router, &name("g0"), ROUTER_IP, mode)?;
         router.set_sysctl("net.ipv4.ip_forward", "1")?;
         let routed_client = Netns::create(&name("rc"))?;
-        router.ip(&[
-            "link",
-            "add",
-            &name("g1"),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &name("rc"),
-            "netns",
-            routed_client.name(),
-        ])?;
+        router.add_veth(&name("g1"), &name("rc"), &routed_client)?;
         setup_on_link_endpoint(&router, &name("g1"), ROUTED_GATEWAY, mode)?;
         setup_on_link_endpoint(&routed_client, &name("rc"), ROUTED_CLIENT_IP, mode)?;
         routed_client.ip(&[

@@ -61,18 +61,7 @@ impl Testbed {
         lb.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
 
         // Client side.
-        lb.ip(&[
-            "link",
-            "add",
-            &lb_client_interface,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &client_interface,
-            "netns",
-            client.name(),
-        ])?;
+        lb.add_veth(&lb_client_interface, &client_interface, &client)?;
         lb.ip(&[
             "addr",
             "add",
@@ -109,18 +98,7 @@ impl Testbed {
             let interface = name(&format!("r{n}"));
             let lb_interface = name(&format!("l{n}"));
             let ip = backend_ip(n);
-            lb.ip(&[
-                "link",
-                "add",
-                &lb_interface,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &interface,
-                "netns",
-                ns.name(),
-            ])?;
+            lb.add_veth(&lb_interface, &interface, &ns)?;
             if let Some(bridge) = &backend_bridge {
                 // A bridge port: the backends share the segment, and the bridge holds the
                 // LB's address on it.

@@ -29,18 +29,7 @@ impl Testbed {
         let ns = Netns::create(&format!("{prefix}x"))?;
         let interface = format!("{prefix}x");
         let lb_interface = format!("{prefix}lx");
-        self.lb.ip(&[
-            "link",
-            "add",
-            &lb_interface,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &interface,
-            "netns",
-            ns.name(),
-        ])?;
+        self.lb.add_veth(&lb_interface, &interface, &ns)?;
         self.lb
             .ip(&["link", "set", &lb_interface, "master", bridge])?;
         self.lb.ip(&["link", "set", &lb_interface, "up"])?;

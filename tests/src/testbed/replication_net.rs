@@ -50,18 +50,7 @@ impl Testbed {
             let n = backend.index;
             let port = format!("{prefix}b{n}");
             let interface = format!("{prefix}p{n}");
-            ns.ip(&[
-                "link",
-                "add",
-                &port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &interface,
-                "netns",
-                backend.ns.name(),
-            ])?;
+            ns.add_veth(&port, &interface, &backend.ns)?;
             ns.ip(&["link", "set", &port, "master", &bridge, "up"])?;
             let ip = replication_ip(n);
             backend
